@@ -1,0 +1,31 @@
+# Build, run and test caddy-aitoken. See SPEC.md section 2.
+
+GO ?= go
+CADDY ?= bin/caddy
+
+.PHONY: all build run test bench vet clean
+
+all: build
+
+# The custom caddy binary, built from xcaddy.json with xcaddy's builder package.
+build:
+	$(GO) run ./cmd/xbuild -o $(CADDY)
+
+# Build, start Redis and the mock upstream on free loopback ports, run Caddyfile.example.
+run:
+	scripts/run.sh
+
+# Every test, with the race detector; tests start their own redis-server.
+test:
+	scripts/test.sh
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+vet:
+	$(GO) vet ./...
+	@out=$$(gofmt -l .); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+clean:
+	rm -rf bin .run

@@ -1,0 +1,69 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+)
+
+// apiError is an error answered to an API client in OpenAI's shape:
+// {"error":{"message","type","param","code"}}.
+type apiError struct {
+	Status  int
+	Type    string
+	Code    string
+	Message string
+	Param   string
+}
+
+func (e *apiError) Error() string { return e.Message }
+
+// The errors of SPEC 3.3.
+var (
+	errMissingKey = &apiError{http.StatusUnauthorized, "invalid_request_error", "missing_api_key",
+		"You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' or 'x-api-key: YOUR_KEY'.", ""}
+	errInvalidKey = &apiError{http.StatusUnauthorized, "invalid_request_error", "invalid_api_key",
+		"Incorrect API key provided, or the key was revoked or has expired.", ""}
+	errQuota = &apiError{http.StatusPaymentRequired, "insufficient_quota", "insufficient_quota",
+		"Your balance cannot cover this request. Top up your account or lower max_tokens.", ""}
+	errUnavailable = &apiError{http.StatusServiceUnavailable, "server_error", "service_unavailable",
+		"The service is temporarily unable to check your key or balance. Please retry shortly.", ""}
+	errTooLarge = &apiError{http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large",
+		"The request body is larger than this endpoint accepts.", ""}
+)
+
+func errInvalidRequest(msg, param string) *apiError {
+	return &apiError{http.StatusBadRequest, "invalid_request_error", "invalid_request_error", msg, param}
+}
+
+func errModelNotFound(model string) *apiError {
+	return &apiError{http.StatusNotFound, "invalid_request_error", "model_not_found",
+		"The model '" + model + "' does not exist or you do not have access to it.", "model"}
+}
+
+func errModelNotAllowed(model string) *apiError {
+	return &apiError{http.StatusForbidden, "invalid_request_error", "model_not_allowed",
+		"The model '" + model + "' is not allowed for this API key on this endpoint.", "model"}
+}
+
+func (e *apiError) write(w http.ResponseWriter) {
+	body := struct {
+		Error struct {
+			Message string  `json:"message"`
+			Type    string  `json:"type"`
+			Param   *string `json:"param"`
+			Code    string  `json:"code"`
+		} `json:"error"`
+	}{}
+	body.Error.Message, body.Error.Type, body.Error.Code = e.Message, e.Type, e.Code
+	if e.Param != "" {
+		body.Error.Param = &e.Param
+	}
+	b, _ := json.Marshal(body)
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(e.Status)
+	_, _ = w.Write(b)
+}

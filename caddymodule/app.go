@@ -1,0 +1,277 @@
+// Package caddymodule is the Caddy glue of caddy-aitoken: the aitoken app,
+// the metering handler, the admin API and their Caddyfile syntax. It wires
+// the meter, billing and usagelog packages and translates errors to HTTP.
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+)
+
+func init() {
+	caddy.RegisterModule(new(App))
+}
+
+// App is the aitoken app: the state every aitoken handler of one config
+// shares. Its Redis client and SQLite ledger are pooled across config
+// reloads, so a reload neither drops a usage record nor opens a second
+// writer on the ledger.
+type App struct {
+	// Redis is the go-redis URL of the shared serving state, e.g.
+	// "redis://127.0.0.1:6379/0". {env.*} and {file.*} placeholders are
+	// resolved at provision time so a password never appears in the config.
+	// Default: "redis://127.0.0.1:6379/0".
+	Redis string `json:"redis,omitempty"`
+
+	// Database is the path of the SQLite ledger, the system of record. Only
+	// the ledger node sets it; it runs the usage flusher and the admin API.
+	// Placeholders are resolved.
+	Database string `json:"database,omitempty"`
+
+	// Currency is the ISO code of the currency prices and balances are in.
+	// Default: "USD".
+	Currency string `json:"currency,omitempty"`
+
+	// Prices maps a model name, or a prefix ending in "*", to its price per
+	// one million tokens. They win over PricingFile.
+	Prices map[string]billing.Price `json:"prices,omitempty"`
+
+	// PricingFile is a JSON file with more prices, in the same form as
+	// Prices. Placeholders are resolved.
+	PricingFile string `json:"pricing_file,omitempty"`
+
+	// FlushInterval is the longest a usage record waits in Redis before the
+	// flusher writes it to the ledger. Default: 1s.
+	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`
+
+	prices   *billing.PriceTable
+	accounts *billing.Accounts
+	redis    *redisConn
+	ledger   *ledgerConn // nil on gateway-only nodes
+	log      *zap.Logger
+
+	inflight *tracker // handlers running on this config
+	settling *tracker // usage settlements not yet written to Redis
+	stopped  atomic.Bool
+}
+
+// CaddyModule returns the Caddy module information.
+func (*App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "aitoken",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision resolves secrets, builds the price table and takes (or creates)
+// the pooled Redis client and ledger.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.log = ctx.Logger()
+	a.inflight, a.settling = new(tracker), new(tracker)
+	repl := caddy.NewReplacer()
+	if a.Redis == "" {
+		a.Redis = "redis://127.0.0.1:6379/0"
+	}
+	if a.Currency == "" {
+		a.Currency = "USD"
+	}
+	a.Currency = strings.ToUpper(a.Currency)
+	if a.FlushInterval <= 0 {
+		a.FlushInterval = caddy.Duration(time.Second)
+	}
+
+	prices, err := a.loadPrices(repl)
+	if err != nil {
+		return err
+	}
+	a.prices, err = billing.NewPriceTable(prices)
+	if err != nil {
+		return err
+	}
+
+	redisURL, err := repl.ReplaceOrErr(a.Redis, true, true)
+	if err != nil {
+		return fmt.Errorf("redis: %v", err)
+	}
+	a.redis, err = acquireRedis(redisURL)
+	if err != nil {
+		return err
+	}
+	a.accounts = billing.NewAccounts(a.redis.client)
+
+	if a.Database != "" {
+		dbPath, err := repl.ReplaceOrErr(a.Database, true, true)
+		if err != nil {
+			return fmt.Errorf("database: %v", err)
+		}
+		if dbPath, err = filepath.Abs(dbPath); err != nil {
+			return fmt.Errorf("database: %v", err)
+		}
+		a.ledger, err = acquireLedger(dbPath, a.redis, time.Duration(a.FlushInterval), a.log)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *App) loadPrices(repl *caddy.Replacer) (map[string]billing.Price, error) {
+	prices := make(map[string]billing.Price)
+	if a.PricingFile != "" {
+		path, err := repl.ReplaceOrErr(a.PricingFile, true, true)
+		if err != nil {
+			return nil, fmt.Errorf("pricing_file: %v", err)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("pricing_file: %v", err)
+		}
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&prices); err != nil {
+			return nil, fmt.Errorf("pricing_file %s: %v", path, err)
+		}
+	}
+	for model, p := range a.Prices {
+		prices[model] = p
+	}
+	for model, p := range prices {
+		if p.Input == 0 && p.Output == 0 {
+			return nil, fmt.Errorf("price %s: input and output are required", model)
+		}
+	}
+	return prices, nil
+}
+
+// Validate checks the configuration.
+func (a *App) Validate() error {
+	if len(a.Currency) != 3 {
+		return fmt.Errorf("currency %q: want a 3-letter ISO code", a.Currency)
+	}
+	return nil
+}
+
+// Start makes this config's app the one the admin API serves.
+func (a *App) Start() error {
+	activeApp.Store(a)
+	return nil
+}
+
+// Stop stops serving the admin API from this app if it is still the active one.
+func (a *App) Stop() error {
+	activeApp.CompareAndSwap(a, nil)
+	return nil
+}
+
+// Cleanup lets requests still in flight on this config finish, then gives
+// back its references to the pooled Redis client and ledger. When a reload
+// keeps them in use by the new config, nothing closes.
+func (a *App) Cleanup() error {
+	if !a.stopped.CompareAndSwap(false, true) {
+		return nil
+	}
+	release := func() {
+		if a.ledger != nil {
+			a.ledger.release()
+		}
+		if a.redis != nil {
+			a.redis.release()
+		}
+	}
+	// Settlements take milliseconds: wait for them here, so a shutdown
+	// drains every usage record into the stream before the ledger closes.
+	select {
+	case <-a.settling.idle():
+	case <-time.After(settleDrainTimeout):
+		a.log.Error("usage settlements still pending after drain timeout")
+	}
+	select {
+	case <-a.inflight.idle():
+		release()
+	default:
+		// Old streams can outlive a reload; release when they end.
+		go func() {
+			select {
+			case <-a.inflight.idle():
+				<-a.settling.idle()
+			case <-time.After(drainTimeout):
+				a.log.Warn("requests still in flight after drain timeout; releasing shared connections")
+			}
+			release()
+		}()
+	}
+	return nil
+}
+
+// Bounds on how long a cleaned-up config waits for its requests and for
+// their settlements.
+const (
+	drainTimeout       = 15 * time.Minute
+	settleDrainTimeout = 10 * time.Second
+)
+
+// activeApp is the app of the running config, for the admin API (admin
+// modules are provisioned before apps and never cleaned up).
+var activeApp atomic.Pointer[App]
+
+// errNoLedger answers admin calls on a node without a database.
+var errNoLedger = errors.New("this node has no aitoken database configured")
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)
+
+// tracker counts requests in flight and tells when there are none.
+type tracker struct {
+	mu   sync.Mutex
+	n    int
+	done chan struct{}
+}
+
+func (t *tracker) begin() {
+	t.mu.Lock()
+	t.n++
+	t.mu.Unlock()
+}
+
+func (t *tracker) end() {
+	t.mu.Lock()
+	t.n--
+	if t.n == 0 && t.done != nil {
+		close(t.done)
+		t.done = nil
+	}
+	t.mu.Unlock()
+}
+
+// idle returns a channel closed once no request is in flight.
+func (t *tracker) idle() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == 0 {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	if t.done == nil {
+		t.done = make(chan struct{})
+	}
+	return t.done
+}

@@ -1,0 +1,223 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/dustin/go-humanize"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("aitoken", parseGlobalOption)
+	httpcaddyfile.RegisterHandlerDirective("aitoken", parseHandler)
+	httpcaddyfile.RegisterDirectiveOrder("aitoken", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// parseGlobalOption sets up the aitoken app from the global option:
+//
+//	aitoken {
+//		redis          <url>
+//		database       <path>
+//		currency       <ISO code>
+//		price <model>  input <per 1M> [cached_input <per 1M>] [cache_write <per 1M>] output <per 1M>
+//		pricing_file   <path>
+//		flush_interval <duration>
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "aitoken", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile reads the aitoken global option.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "redis":
+			if err := oneArg(d, &a.Redis); err != nil {
+				return err
+			}
+		case "database":
+			if err := oneArg(d, &a.Database); err != nil {
+				return err
+			}
+		case "currency":
+			if err := oneArg(d, &a.Currency); err != nil {
+				return err
+			}
+		case "pricing_file":
+			if err := oneArg(d, &a.PricingFile); err != nil {
+				return err
+			}
+		case "flush_interval":
+			var s string
+			if err := oneArg(d, &s); err != nil {
+				return err
+			}
+			dur, err := caddy.ParseDuration(s)
+			if err != nil || dur <= 0 {
+				return d.Errf("flush_interval %q: want a positive duration like 1s", s)
+			}
+			a.FlushInterval = caddy.Duration(dur)
+		case "price":
+			model, p, err := parsePrice(d)
+			if err != nil {
+				return err
+			}
+			if a.Prices == nil {
+				a.Prices = make(map[string]billing.Price)
+			}
+			if _, dup := a.Prices[model]; dup {
+				return d.Errf("price %s: given twice", model)
+			}
+			a.Prices[model] = p
+		default:
+			return d.Errf("unrecognized aitoken option %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// parsePrice reads: price <model> input <x> [cached_input <y>] [cache_write <z>] output <w>
+func parsePrice(d *caddyfile.Dispenser) (string, billing.Price, error) {
+	var p billing.Price
+	if !d.NextArg() {
+		return "", p, d.ArgErr()
+	}
+	model := d.Val()
+	seen := map[string]bool{}
+	for d.NextArg() {
+		field := d.Val()
+		if !d.NextArg() {
+			return "", p, d.Errf("price %s: %s needs a value", model, field)
+		}
+		n, err := billing.ParseNanos(d.Val())
+		if err != nil || n < 0 {
+			return "", p, d.Errf("price %s %s %q: want a non-negative decimal like 0.14", model, field, d.Val())
+		}
+		switch field {
+		case "input":
+			p.Input = n
+		case "cached_input":
+			p.CachedInput = n
+		case "cache_write":
+			p.CacheWrite = n
+		case "output":
+			p.Output = n
+		default:
+			return "", p, d.Errf("price %s: unknown field %q (want input, cached_input, cache_write, output)", model, field)
+		}
+		seen[field] = true
+	}
+	if !seen["input"] || !seen["output"] {
+		return "", p, d.Errf("price %s: input and output are required", model)
+	}
+	return model, p, nil
+}
+
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile reads the aitoken directive:
+//
+//	aitoken {
+//		models <model...>
+//		max_request_body <size>
+//		reserve_output_tokens <n>
+//		on_redis_error deny
+//		inject_stream_usage on|off
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "models":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.Models = append(h.Models, args...)
+		case "max_request_body":
+			var s string
+			if err := oneArg(d, &s); err != nil {
+				return err
+			}
+			n, err := humanize.ParseBytes(s)
+			if err != nil || n == 0 || n > 1<<32 {
+				return d.Errf("max_request_body %q: want a size like 8MiB", s)
+			}
+			h.MaxRequestBody = int64(n)
+		case "reserve_output_tokens":
+			var s string
+			if err := oneArg(d, &s); err != nil {
+				return err
+			}
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || n <= 0 {
+				return d.Errf("reserve_output_tokens %q: want a positive integer", s)
+			}
+			h.ReserveOutputTokens = n
+		case "on_redis_error":
+			if err := oneArg(d, &h.OnRedisError); err != nil {
+				return err
+			}
+			if h.OnRedisError != "deny" {
+				return d.Errf("on_redis_error %q: only deny is supported", h.OnRedisError)
+			}
+		case "inject_stream_usage":
+			var s string
+			if err := oneArg(d, &s); err != nil {
+				return err
+			}
+			var on bool
+			switch s {
+			case "on":
+				on = true
+			case "off":
+			default:
+				return d.Errf("inject_stream_usage %q: want on or off", s)
+			}
+			h.InjectStreamUsage = &on
+		default:
+			return d.Errf("unrecognized aitoken option %q", d.Val())
+		}
+	}
+	return nil
+}
+
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+)

@@ -1,0 +1,250 @@
+package caddymodule_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/cnaitoken/caddy-aitoken/caddymodule"
+	"github.com/cnaitoken/caddy-aitoken/internal/mockupstream"
+	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
+)
+
+// The one Caddy of this test binary (caddytest shares it) listens here.
+const (
+	adminURL   = "http://localhost:2999"
+	gatewayURL = "http://localhost:9080"
+)
+
+// env is what TestMain starts: a real redis-server, the mock provider and a
+// ledger file. Every test makes its own users and keys.
+var env struct {
+	redis    *testredis.Server
+	mock     *mockupstream.Server
+	upstream *httptest.Server
+	dir      string
+}
+
+func TestMain(m *testing.M) {
+	srv, stop := testredis.StartMain()
+	env.redis = srv
+	env.mock = mockupstream.New()
+	env.upstream = httptest.NewServer(env.mock)
+	env.dir, _ = os.MkdirTemp("", "aitoken-test-")
+	code := m.Run()
+	env.upstream.Close()
+	stop()
+	os.RemoveAll(env.dir)
+	os.Exit(code)
+}
+
+// config is the gateway's Caddyfile; flush varies it for reload tests.
+func config(flush string) string {
+	return fmt.Sprintf(`{
+	skip_install_trust
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 10s
+	aitoken {
+		redis %s
+		database %s
+		currency USD
+		price test-model  input 1.00 cached_input 0.10 output 2.00
+		price other-model input 1.00 output 1.00
+		price pre-*       input 3.00 output 3.00
+		flush_interval %s
+	}
+}
+http://localhost:9080 {
+	route /v1/* {
+		aitoken {
+			max_request_body 64KiB
+			reserve_output_tokens 100
+		}
+		reverse_proxy %s {
+			header_up Authorization "Bearer upstream-secret"
+		}
+	}
+	route /limited/v1/* {
+		uri strip_prefix /limited
+		aitoken {
+			models test-model
+		}
+		reverse_proxy %s
+	}
+}
+`, env.redis.URL(), filepath.Join(env.dir, "ledger.db"), flush, env.upstream.URL, env.upstream.URL)
+}
+
+var startOnce sync.Mutex
+
+// gateway makes sure the shared Caddy runs the test config.
+func gateway(t *testing.T) *caddytest.Tester {
+	t.Helper()
+	startOnce.Lock()
+	defer startOnce.Unlock()
+	tc := caddytest.NewTester(t)
+	tc.InitServer(config("50ms"), "caddyfile")
+	return tc
+}
+
+// admin calls the admin API and decodes the JSON answer into out.
+func admin(t *testing.T, method, path, body string, out any) int {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, _ := http.NewRequest(method, adminURL+path, rd)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %d %s: %v", method, path, resp.StatusCode, b, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+type userResp struct {
+	ID      string `json:"id"`
+	Email   string `json:"email"`
+	Balance string `json:"balance"`
+	Held    string `json:"held"`
+}
+
+type keyResp struct {
+	ID  string `json:"id"`
+	Key string `json:"key"`
+}
+
+type usageRecord struct {
+	RequestID         string `json:"request_id"`
+	KeyID             string `json:"key_id"`
+	Model             string `json:"model"`
+	Stream            bool   `json:"stream"`
+	Status            int    `json:"status"`
+	Outcome           string `json:"outcome"`
+	InputTokens       int64  `json:"input_tokens"`
+	CachedInputTokens int64  `json:"cached_input_tokens"`
+	OutputTokens      int64  `json:"output_tokens"`
+	Cost              string `json:"cost"`
+	Estimated         bool   `json:"estimated"`
+}
+
+// newAccount creates a user with the given credit and a key for it.
+func newAccount(t *testing.T, credit string, keyBody string) (userResp, keyResp) {
+	t.Helper()
+	var u userResp
+	if st := admin(t, "POST", "/aitoken/users", `{"email":"t@example.com"}`, &u); st != http.StatusCreated {
+		t.Fatalf("create user: %d", st)
+	}
+	if credit != "" {
+		if st := admin(t, "POST", "/aitoken/users/"+u.ID+"/credits", `{"amount":"`+credit+`","reason":"test"}`, &u); st != http.StatusOK {
+			t.Fatalf("credit: %d", st)
+		}
+	}
+	if keyBody == "" {
+		keyBody = `{"user":"` + u.ID + `"}`
+	}
+	var k keyResp
+	if st := admin(t, "POST", "/aitoken/keys", strings.ReplaceAll(keyBody, "$USER", u.ID), &k); st != http.StatusCreated {
+		t.Fatalf("create key: %d", st)
+	}
+	return u, k
+}
+
+func getUser(t *testing.T, id string) userResp {
+	t.Helper()
+	var u userResp
+	if st := admin(t, "GET", "/aitoken/users/"+id, "", &u); st != http.StatusOK {
+		t.Fatalf("get user: %d", st)
+	}
+	return u
+}
+
+func usageOf(t *testing.T, user string) []usageRecord {
+	t.Helper()
+	var out struct {
+		Records []usageRecord `json:"records"`
+	}
+	if st := admin(t, "GET", "/aitoken/usage?limit=1000&user="+user, "", &out); st != http.StatusOK {
+		t.Fatalf("usage: %d", st)
+	}
+	return out.Records
+}
+
+// waitUsage waits until the ledger holds n usage rows for user (the
+// flusher runs every 50ms) and returns them.
+func waitUsage(t *testing.T, user string, n int) []usageRecord {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		recs := usageOf(t, user)
+		if len(recs) >= n {
+			if len(recs) > n {
+				t.Fatalf("want %d usage rows, got %d", n, len(recs))
+			}
+			return recs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("want %d usage rows, got %d after 15s", n, len(recs))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// post sends a raw request to the gateway.
+func post(t *testing.T, path, key, body string, hdr ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", gatewayURL+path, bytes.NewBufferString(body))
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+func mustNanos(t *testing.T, s string) int64 {
+	t.Helper()
+	var whole, frac int64
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	if _, err := fmt.Sscanf(s, "%d.%09d", &whole, &frac); err != nil {
+		t.Fatalf("amount %q: %v", s, err)
+	}
+	n := whole*1_000_000_000 + frac
+	if neg {
+		n = -n
+	}
+	return n
+}

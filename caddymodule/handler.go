@@ -1,0 +1,298 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/meter"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler meters an AI API route: it checks the caller's key and balance
+// in Redis, reserves a hold, passes the request on (to reverse_proxy), and
+// bills the tokens it sees in the response as it streams past.
+type Handler struct {
+	// Models this route serves. Default: every model with a price.
+	Models []string `json:"models,omitempty"`
+
+	// MaxRequestBody is the largest request body accepted, in bytes; a
+	// larger one gets 413. Default: 8MiB.
+	MaxRequestBody int64 `json:"max_request_body,omitempty"`
+
+	// ReserveOutputTokens is how many output tokens the hold covers when a
+	// request sets no max_tokens. Default: 4096.
+	ReserveOutputTokens int64 `json:"reserve_output_tokens,omitempty"`
+
+	// OnRedisError says what to do when Redis cannot be reached: "deny"
+	// answers 503. Default: "deny".
+	OnRedisError string `json:"on_redis_error,omitempty"`
+
+	// InjectStreamUsage asks the upstream for a usage report on streams
+	// (stream_options.include_usage) and hides that report from clients
+	// that did not ask for it. Turn off for upstreams that reject the
+	// field. Default: true.
+	InjectStreamUsage *bool `json:"inject_stream_usage,omitempty"`
+
+	app    *App
+	log    *zap.Logger
+	models map[string]struct{}
+	inject bool
+}
+
+// Defaults of the handler options.
+const (
+	defaultMaxRequestBody      = 8 << 20
+	defaultReserveOutputTokens = 4096
+	settleTimeout              = 5 * time.Second
+)
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.aitoken",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision finds the aitoken app and fills defaults.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.log = ctx.Logger()
+	appIface, err := ctx.AppIfConfigured("aitoken")
+	if err != nil {
+		return fmt.Errorf("the aitoken handler needs the aitoken global option (prices, redis): %v", err)
+	}
+	h.app = appIface.(*App)
+	if h.MaxRequestBody <= 0 {
+		h.MaxRequestBody = defaultMaxRequestBody
+	}
+	if h.ReserveOutputTokens <= 0 {
+		h.ReserveOutputTokens = defaultReserveOutputTokens
+	}
+	if h.OnRedisError == "" {
+		h.OnRedisError = "deny"
+	}
+	h.inject = h.InjectStreamUsage == nil || *h.InjectStreamUsage
+	if len(h.Models) > 0 {
+		h.models = make(map[string]struct{}, len(h.Models))
+		for _, m := range h.Models {
+			h.models[m] = struct{}{}
+		}
+	}
+	return nil
+}
+
+// Validate checks the options.
+func (h *Handler) Validate() error {
+	if h.OnRedisError != "deny" {
+		return fmt.Errorf("on_redis_error %q: only \"deny\" is supported", h.OnRedisError)
+	}
+	for _, m := range h.Models {
+		if _, ok := h.app.prices.Lookup(m); !ok {
+			return fmt.Errorf("models: %q has no price in the aitoken global option", m)
+		}
+	}
+	return nil
+}
+
+// ServeHTTP admits, forwards and meters one request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	h.app.inflight.begin()
+	defer h.app.inflight.end()
+
+	requestID := newRequestID()
+	w.Header().Set("X-Request-Id", requestID)
+
+	secret := keyFromRequest(r)
+	if secret == "" {
+		errMissingKey.write(w)
+		return nil
+	}
+	keyHash := billing.HashKey(secret)
+
+	// Clean the path so "//v1//chat/completions/" cannot slip past the
+	// meter to an upstream that normalises it.
+	format := meter.FormatForPath(path.Clean("/" + r.URL.Path))
+	if r.Method != http.MethodPost || format == meter.FormatUnknown {
+		g, err := h.app.accounts.Authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true})
+		if err != nil {
+			h.authError(err, "").write(w)
+			return nil
+		}
+		h.setIdentity(r, g, "")
+		prepareUpstream(r)
+		return next.ServeHTTP(w, r)
+	}
+
+	req, price, reqErr := h.readRequest(r, format)
+	if reqErr != nil {
+		// Authenticate first, so a bad key is a 401 whatever the body.
+		if _, err := h.app.accounts.Authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true}); err != nil &&
+			!errors.Is(err, billing.ErrModelNotAllowed) {
+			h.authError(err, "").write(w)
+			return nil
+		}
+		reqErr.write(w)
+		return nil
+	}
+
+	maxOut := req.MaxOutputTokens
+	if maxOut <= 0 {
+		maxOut = h.ReserveOutputTokens
+	}
+	if format == meter.FormatEmbeddings {
+		maxOut = 0
+	}
+	hold, err := price.Hold(req.InputEstimate, maxOut)
+	if err != nil {
+		errQuota.write(w)
+		return nil
+	}
+	g, err := h.app.accounts.Authorize(r.Context(), billing.AuthRequest{
+		KeyHash: keyHash, Model: req.Model, Hold: hold, RequestID: requestID,
+	})
+	if err != nil {
+		h.authError(err, req.Model).write(w)
+		return nil
+	}
+
+	h.setIdentity(r, g, req.Model)
+	setBody(r, req.Body)
+	prepareUpstream(r)
+
+	mw := newMeteredWriter(w, req)
+	start := time.Now()
+	finished := false
+	defer func() {
+		// On a mid-stream upstream failure reverse_proxy panics with
+		// http.ErrAbortHandler: settle anyway, and let the panic go on.
+		h.finish(r, mw, g, req, price, start, !finished)
+	}()
+	err = next.ServeHTTP(mw, r)
+	finished = true
+	if err != nil && !mw.wroteHeader {
+		mw.upstreamErr = err
+	}
+	return err
+}
+
+// readRequest reads and parses the body, and finds the model's price.
+func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Request, billing.Price, *apiError) {
+	if r.ContentLength > h.MaxRequestBody {
+		return nil, billing.Price{}, errTooLarge
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, h.MaxRequestBody+1))
+	if err != nil {
+		return nil, billing.Price{}, errInvalidRequest("could not read the request body", "")
+	}
+	if int64(len(body)) > h.MaxRequestBody {
+		return nil, billing.Price{}, errTooLarge
+	}
+	req, err := meter.ParseRequest(format, body, h.inject)
+	switch {
+	case errors.Is(err, meter.ErrMissingModel):
+		return nil, billing.Price{}, errInvalidRequest("you must provide a model parameter", "model")
+	case err != nil:
+		return nil, billing.Price{}, errInvalidRequest("the request body is not a valid JSON object", "")
+	}
+	price, ok := h.app.prices.Lookup(req.Model)
+	if !ok {
+		return nil, billing.Price{}, errModelNotFound(req.Model)
+	}
+	if h.models != nil {
+		if _, ok := h.models[req.Model]; !ok {
+			return nil, billing.Price{}, errModelNotAllowed(req.Model)
+		}
+	}
+	return req, price, nil
+}
+
+// authError maps an Authorize error to the client's answer.
+func (h *Handler) authError(err error, model string) *apiError {
+	switch {
+	case errors.Is(err, billing.ErrInvalidKey):
+		return errInvalidKey
+	case errors.Is(err, billing.ErrModelNotAllowed):
+		return errModelNotAllowed(model)
+	case errors.Is(err, billing.ErrInsufficientQuota):
+		return errQuota
+	}
+	h.log.Error("redis unavailable; denying request", zap.Error(err))
+	return errUnavailable
+}
+
+// setIdentity exposes who is calling to later handlers and the access log.
+func (h *Handler) setIdentity(r *http.Request, g billing.Grant, model string) {
+	caddyhttp.SetVar(r.Context(), "aitoken.user", g.User)
+	caddyhttp.SetVar(r.Context(), "aitoken.key_id", g.KeyID)
+	if model != "" {
+		caddyhttp.SetVar(r.Context(), "aitoken.model", model)
+	}
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set("http.auth.user.id", g.KeyID)
+	}
+}
+
+// keyFromRequest returns the API key from Authorization: Bearer or x-api-key.
+func keyFromRequest(r *http.Request) string {
+	if auth := r.Header.Get("Authorization"); auth != "" {
+		if scheme, token, ok := strings.Cut(auth, " "); ok && strings.EqualFold(scheme, "Bearer") {
+			return strings.TrimSpace(token)
+		}
+	}
+	return strings.TrimSpace(r.Header.Get("X-Api-Key"))
+}
+
+// prepareUpstream removes the client's credentials, so they never reach a
+// provider, and asks for an uncompressed body the meter can read (the
+// encode handler may still compress for the client).
+func prepareUpstream(r *http.Request) {
+	for _, h := range [...]string{"Authorization", "X-Api-Key", "Cookie", "Proxy-Authorization", "Accept-Encoding"} {
+		r.Header.Del(h)
+	}
+}
+
+// setBody replaces the consumed request body with body.
+func setBody(r *http.Request, body []byte) {
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.ContentLength = int64(len(body))
+	r.TransferEncoding = nil
+	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+}
+
+func newRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "req_" + hex.EncodeToString(b[:])
+}
+
+// detached is the context settlement runs in: it outlives the client.
+func detached(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(r.Context()), settleTimeout)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,121 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/usagelog"
+)
+
+// pool holds what must outlive one config: Redis clients keyed by URL and
+// ledgers keyed by database path, so a reload reuses them.
+var pool = caddy.NewUsagePool()
+
+// redisConn is a pooled Redis client.
+type redisConn struct {
+	key    string
+	client redis.UniversalClient
+}
+
+// Redis timeouts: nothing on the request path may hang on a stalled Redis.
+const (
+	redisDialTimeout = 2 * time.Second
+	redisIOTimeout   = time.Second
+)
+
+func acquireRedis(url string) (*redisConn, error) {
+	key := "redis|" + url
+	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		opt, err := redis.ParseURL(url)
+		if err != nil {
+			// The URL may hold a password: never echo it.
+			return nil, fmt.Errorf("redis: invalid URL: %v", redactURLError(err))
+		}
+		if opt.DialTimeout == 0 || opt.DialTimeout > redisDialTimeout {
+			opt.DialTimeout = redisDialTimeout
+		}
+		if opt.ReadTimeout == 0 {
+			opt.ReadTimeout = redisIOTimeout
+		}
+		if opt.WriteTimeout == 0 {
+			opt.WriteTimeout = redisIOTimeout
+		}
+		return &redisConn{key: key, client: redis.NewClient(opt)}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*redisConn), nil
+}
+
+// redactURLError keeps go-redis URL errors free of the URL itself.
+func redactURLError(err error) string {
+	return "check scheme (redis:// or rediss://), host and database number"
+}
+
+// Destruct closes the client once no config uses it.
+func (c *redisConn) Destruct() error { return c.client.Close() }
+
+func (c *redisConn) release() { _, _ = pool.Delete(c.key) }
+
+// ledgerConn is a pooled SQLite ledger and the flusher feeding it.
+type ledgerConn struct {
+	key     string
+	store   *usagelog.Store
+	flusher *usagelog.Flusher
+	redis   *redisConn
+	log     *zap.Logger
+}
+
+func acquireLedger(path string, rc *redisConn, interval time.Duration, log *zap.Logger) (*ledgerConn, error) {
+	key := "ledger|" + path + "|" + rc.key
+	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		store, err := usagelog.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("database %s: %v", path, err)
+		}
+		// The flusher keeps its own reference to the Redis client, so the
+		// client outlives the final drain.
+		own, err := acquireRedis(rc.key[len("redis|"):])
+		if err != nil {
+			store.Close()
+			return nil, err
+		}
+		f := usagelog.NewFlusher(own.client, store, usagelog.FlusherConfig{
+			Stream:   billing.UsageStream,
+			Group:    "ledger",
+			Consumer: "ledger-" + path,
+			Interval: interval,
+		}, log.Named("flusher"))
+		f.Start()
+		return &ledgerConn{key: key, store: store, flusher: f, redis: own, log: log}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*ledgerConn), nil
+}
+
+// Destruct drains the usage stream into the ledger and closes it.
+func (l *ledgerConn) Destruct() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := l.flusher.Stop(ctx)
+	if err != nil {
+		l.log.Error("draining usage stream on shutdown", zap.Error(err))
+	}
+	if cerr := l.store.Close(); err == nil {
+		err = cerr
+	}
+	l.redis.release()
+	return err
+}
+
+func (l *ledgerConn) release() { _, _ = pool.Delete(l.key) }

@@ -1,0 +1,188 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/meter"
+	"github.com/cnaitoken/caddy-aitoken/usagelog"
+)
+
+// meteredWriter forwards every write to the client at once while the
+// meter observes the same bytes.
+type meteredWriter struct {
+	*caddyhttp.ResponseWriterWrapper
+	obs         *meter.Observer
+	hiding      bool
+	wroteHeader bool
+	status      int
+	firstByte   time.Time
+	upstreamErr error
+}
+
+func newMeteredWriter(w http.ResponseWriter, req *meter.Request) *meteredWriter {
+	return &meteredWriter{
+		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		obs:                   meter.NewObserver(req),
+		hiding:                req.InjectedUsage && !req.ClientWantsUsage,
+	}
+}
+
+// WriteHeader starts the meter on the final status.
+func (m *meteredWriter) WriteHeader(code int) {
+	if m.wroteHeader {
+		return
+	}
+	if code < 200 {
+		m.ResponseWriter.WriteHeader(code)
+		return
+	}
+	m.wroteHeader, m.status = true, code
+	m.obs.Start(code, m.Header().Get("Content-Type"))
+	if m.hiding {
+		// A hidden usage chunk changes the length.
+		m.Header().Del("Content-Length")
+	}
+	m.ResponseWriter.WriteHeader(code)
+}
+
+// Write forwards p (less a hidden usage chunk) and lets the meter see it.
+func (m *meteredWriter) Write(p []byte) (int, error) {
+	if !m.wroteHeader {
+		m.WriteHeader(http.StatusOK)
+	}
+	if m.firstByte.IsZero() && len(p) > 0 {
+		m.firstByte = time.Now()
+	}
+	if err := m.obs.Feed(m.ResponseWriter, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// ReadFrom copies through Write, so the meter sees every byte.
+func (m *meteredWriter) ReadFrom(r io.Reader) (int64, error) {
+	return io.Copy(writerOnly{m}, r)
+}
+
+type writerOnly struct{ io.Writer }
+
+// finish closes the meter, prices the response and settles it: the log
+// fields are set now, the Redis write happens off the response's path.
+func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, req *meter.Request,
+	price billing.Price, start time.Time, aborted bool) {
+	var out io.Writer = mw.ResponseWriter
+	if aborted {
+		out = io.Discard
+	}
+	_ = mw.obs.Close(out)
+	res := mw.obs.Result()
+	end := time.Now()
+
+	status := mw.status
+	outcome := res.Outcome
+	switch {
+	case !mw.wroteHeader:
+		status = http.StatusBadGateway
+		var he caddyhttp.HandlerError
+		if errors.As(mw.upstreamErr, &he) && he.StatusCode != 0 {
+			status = he.StatusCode
+		}
+		outcome = meter.OutcomeUpstreamError
+	case r.Context().Err() != nil && outcome != meter.OutcomeCompleted:
+		outcome = meter.OutcomeClientGone
+	case aborted && outcome == meter.OutcomeCompleted && !res.HasUsage:
+		outcome = meter.OutcomeCutOff
+	}
+
+	tokens := billing.Tokens{
+		Input:       res.Usage.InputTokens,
+		CachedInput: res.Usage.CachedInputTokens,
+		CacheWrite:  res.Usage.CacheWriteTokens,
+		Output:      res.Usage.OutputTokens,
+	}
+	estimated := false
+	if !res.HasUsage {
+		tokens = billing.Tokens{}
+		if status < 400 && mw.wroteHeader {
+			// No usage report: bill what passed, by the characters rule.
+			tokens.Input = estimateTokens(int64(len(req.Body)))
+			tokens.Output = estimateTokens(res.OutputChars)
+			estimated = true
+		}
+	}
+	cost, err := price.Cost(tokens)
+	if err != nil {
+		h.log.Error("pricing usage", zap.String("request_id", g.RequestID), zap.Error(err))
+		cost = g.Hold
+	}
+
+	rec := usagelog.Record{
+		RequestID:         g.RequestID,
+		Time:              start.UTC(),
+		User:              g.User,
+		KeyID:             g.KeyID,
+		Model:             req.Model,
+		Endpoint:          r.URL.Path,
+		Stream:            res.Stream,
+		Status:            status,
+		Outcome:           string(outcome),
+		InputTokens:       tokens.Input,
+		CachedInputTokens: tokens.CachedInput,
+		CacheWriteTokens:  tokens.CacheWrite,
+		OutputTokens:      tokens.Output,
+		ReasoningTokens:   res.Usage.ReasoningTokens,
+		Cost:              cost,
+		Currency:          h.app.Currency,
+		Estimated:         estimated,
+		DurationMS:        end.Sub(start).Milliseconds(),
+	}
+	if !mw.firstByte.IsZero() {
+		rec.TTFTMS = mw.firstByte.Sub(start).Milliseconds()
+	}
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
+		rec.ClientIP = ip
+	}
+
+	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+		extra.Add(zap.String("aitoken_request_id", g.RequestID))
+		extra.Add(zap.String("aitoken_user", g.User))
+		extra.Add(zap.String("aitoken_key_id", g.KeyID))
+		extra.Add(zap.String("aitoken_model", req.Model))
+		extra.Add(zap.Int64("aitoken_input_tokens", tokens.Input))
+		extra.Add(zap.Int64("aitoken_output_tokens", tokens.Output))
+		extra.Add(zap.String("aitoken_cost", cost.String()))
+		extra.Add(zap.String("aitoken_outcome", string(outcome)))
+	}
+
+	body, err := json.Marshal(rec)
+	if err != nil {
+		h.log.Error("encoding usage record", zap.String("request_id", g.RequestID), zap.Error(err))
+		return
+	}
+	ctx, cancel := detached(r)
+	h.app.settling.begin()
+	go func() {
+		defer h.app.settling.end()
+		defer cancel()
+		if _, err := h.app.accounts.Settle(ctx, g, cost, body); err != nil {
+			h.log.Error("settling usage in redis failed; the hold expires on its own",
+				zap.String("request_id", g.RequestID), zap.String("user", g.User),
+				zap.String("cost", cost.String()), zap.Error(err))
+		}
+	}()
+}
+
+// estimateTokens is the characters-per-token rule for text without a usage
+// report: one token per four bytes, rounded up.
+func estimateTokens(n int64) int64 {
+	return (n + 3) / 4
+}

@@ -1,0 +1,12 @@
+// Package meter reads AI API requests and watches their responses as the
+// bytes pass to the client, to learn what a request cost in tokens.
+//
+// It is pure: no network, no files, no goroutines. A handler parses the
+// request body once with [ParseRequest] (which can ask a streaming upstream
+// to report usage), then feeds every response write through an [Observer],
+// which forwards the bytes at once, hides the usage-only chunk the gateway
+// caused, and reports a [Result] at the end.
+//
+// Supported shapes are OpenAI chat/completions, completions, embeddings and
+// responses, and Anthropic messages, each as a JSON body or an SSE stream.
+package meter

@@ -1,0 +1,247 @@
+package meter
+
+import "bytes"
+
+// jsonScanner follows a JSON response body as it passes, without keeping
+// it: it tracks strings, escapes and nesting, recognises the top-level keys,
+// copies only the value of the top-level "usage" (up to maxUsageJSON), notes
+// whether a top-level "error" is null, and counts the characters of the
+// generated-text strings. Memory stays bounded whatever the input.
+type jsonScanner struct {
+	state     uint8
+	depth     int    // 1 inside the top-level object
+	objBits   uint64 // bit d-1 set when the container at depth d (<= 64) is an object
+	expectKey bool   // the next string of the current object is a key
+	inStr     bool
+	esc       bool
+	uHex      uint8 // hex digits of a \u escape still to skip
+	strKind   uint8
+	key       [maxKey]byte // the last key read, cut at maxKey
+	keyLen    int
+	top       uint8 // the top-level member whose value is being read
+
+	capturing  bool
+	capOver    bool
+	capture    []byte
+	errFirst   bool // the next non-space byte starts the top-level "error" value
+	errNonNull bool
+
+	usage    wireUsage
+	hasUsage bool
+	chars    charCounter
+}
+
+const maxKey = 32
+
+// jsonScanner states.
+const (
+	jsStart uint8 = iota // before the opening brace
+	jsBody
+	jsDone // the top-level object closed
+	jsBad  // not a JSON object
+)
+
+// Kinds of string.
+const (
+	strOther uint8 = iota
+	strKey
+	strCount // generated text: its characters are counted
+)
+
+// Top-level members of interest.
+const (
+	topOther uint8 = iota
+	topUsage
+	topError
+)
+
+func (s *jsonScanner) feed(p []byte) {
+	for i := 0; i < len(p); i++ {
+		if s.state >= jsDone {
+			return
+		}
+		c := p[i]
+		if s.capturing {
+			if len(s.capture) < maxUsageJSON {
+				s.capture = append(s.capture, c)
+			} else {
+				s.capOver = true
+			}
+		}
+		if s.inStr {
+			i = s.stringByte(p, i)
+			continue
+		}
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		}
+		if s.state == jsStart {
+			if c != '{' {
+				s.state = jsBad
+				return
+			}
+			s.state, s.depth, s.objBits, s.expectKey = jsBody, 1, 1, true
+			continue
+		}
+		if s.errFirst {
+			s.errFirst = false
+			s.errNonNull = c != 'n'
+		}
+		switch c {
+		case '"':
+			s.inStr = true
+			switch {
+			case !s.inObject():
+				s.strKind = strOther
+			case s.expectKey:
+				s.strKind, s.keyLen = strKey, 0
+			case s.keyLen <= maxKey && textKey(s.key[:s.keyLen]):
+				s.strKind = strCount
+				s.chars.esc, s.chars.uHex = false, 0
+			default:
+				s.strKind = strOther
+			}
+		case '{', '[':
+			s.depth++
+			if s.depth <= 64 {
+				bit := uint64(1) << (s.depth - 1)
+				if c == '{' {
+					s.objBits |= bit
+				} else {
+					s.objBits &^= bit
+				}
+			}
+			s.expectKey = c == '{'
+		case '}', ']':
+			if s.depth == 1 {
+				s.endMember()
+				s.state = jsDone
+				return
+			}
+			s.depth--
+			s.expectKey = false
+			if s.depth == 1 && s.capturing { // the usage object or array is complete
+				s.endCapture(s.capture)
+			}
+		case ',':
+			if s.depth == 1 {
+				s.endMember()
+			}
+			s.expectKey = s.inObject()
+		case ':':
+			s.expectKey = false
+			if s.depth == 1 {
+				switch s.top {
+				case topUsage:
+					s.capturing, s.capOver, s.capture = true, false, s.capture[:0]
+				case topError:
+					s.errFirst = true
+				}
+			}
+		}
+	}
+}
+
+// stringByte handles the byte p[i] inside a string and returns the index
+// of the last byte it consumed.
+func (s *jsonScanner) stringByte(p []byte, i int) int {
+	c := p[i]
+	if s.strKind == strCount && !(c == '"' && !s.esc && s.uHex == 0) {
+		s.chars.addByte(c)
+	}
+	switch {
+	case s.uHex > 0:
+		s.uHex--
+		return i
+	case s.esc:
+		s.esc = false
+		if c == 'u' {
+			s.uHex = 4
+		}
+		return i
+	}
+	switch c {
+	case '"':
+		s.inStr = false
+		if s.strKind == strKey && s.depth == 1 {
+			s.top = topOther
+			switch string(s.key[:min(s.keyLen, maxKey)]) {
+			case "usage":
+				s.top = topUsage
+			case "error":
+				s.top = topError
+			}
+			if s.keyLen > maxKey {
+				s.top = topOther
+			}
+		}
+		return i
+	case '\\':
+		s.esc = true
+		if s.strKind == strKey {
+			s.keyLen = maxKey + 1 // an escaped key is none we look for
+		}
+		return i
+	}
+	switch s.strKind {
+	case strKey:
+		if s.keyLen < maxKey {
+			s.key[s.keyLen] = c
+		}
+		s.keyLen++
+	case strCount:
+	default:
+		// Skip to the next quote or backslash, unless capturing (which needs
+		// every byte appended one at a time).
+		if s.capturing {
+			return i
+		}
+		rest := p[i+1:]
+		q := bytes.IndexByte(rest, '"')
+		if q < 0 {
+			q = len(rest)
+		}
+		if b := bytes.IndexByte(rest[:q], '\\'); b >= 0 {
+			q = b
+		}
+		return i + q // the loop goes on at the quote or backslash
+	}
+	return i
+}
+
+// endMember ends the value of a top-level member at its ',' or '}'.
+func (s *jsonScanner) endMember() {
+	if s.capturing { // a scalar: drop the delimiter
+		s.endCapture(s.capture[:max(len(s.capture)-1, 0)])
+	}
+	s.errFirst = false
+	s.top = topOther
+}
+
+// endCapture decodes the captured usage value raw.
+func (s *jsonScanner) endCapture(raw []byte) {
+	s.capturing = false
+	if !s.capOver {
+		if u, ok := decodeUsage(trimWS(raw)); ok {
+			s.usage, s.hasUsage = u, true
+		}
+	}
+	if cap(s.capture) > keepBuf {
+		s.capture = nil
+	}
+}
+
+// inObject reports whether the innermost open container is an object.
+func (s *jsonScanner) inObject() bool {
+	return s.depth >= 1 && s.depth <= 64 && s.objBits&(1<<(s.depth-1)) != 0
+}
+
+// textKey reports whether a string under key k is generated text.
+func textKey(k []byte) bool {
+	switch string(k) {
+	case "content", "text", "reasoning_content", "thinking", "arguments", "refusal":
+		return true
+	}
+	return false
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what the tests and `make run` need on this machine:
+#   redis      redis-server (Debian package; apt-get when run as root)
+#   stripe-mock  github.com/stripe/stripe-mock (go install; a failure only warns)
+# Usage: scripts/ensure-deps.sh [redis] [stripe-mock]   (default: both)
+set -euo pipefail
+
+want_redis=0 want_stripe=0
+if [ $# -eq 0 ]; then
+	want_redis=1 want_stripe=1
+fi
+for arg in "$@"; do
+	case "$arg" in
+	redis) want_redis=1 ;;
+	stripe-mock) want_stripe=1 ;;
+	*) echo "ensure-deps: unknown dependency '$arg' (want: redis, stripe-mock)" >&2; exit 2 ;;
+	esac
+done
+
+if [ "$want_redis" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
+	if [ "$(id -u)" -eq 0 ]; then
+		echo "ensure-deps: redis-server not found; installing it with apt-get" >&2
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update
+		apt-get install -y --no-install-recommends redis-server
+	else
+		cat >&2 <<'MSG'
+ensure-deps: redis-server is not installed, and it is needed to run the tests
+and `make run` (they start their own redis-server on free loopback ports).
+Install it as root, then try again:
+    sudo apt-get install redis-server      # Debian/Ubuntu
+    brew install redis                     # macOS
+MSG
+		exit 1
+	fi
+	command -v redis-server >/dev/null 2>&1 || { echo "ensure-deps: redis-server still not on PATH" >&2; exit 1; }
+fi
+
+if [ "$want_stripe" = 1 ]; then
+	gobin="$(go env GOBIN)"
+	[ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+	if ! command -v stripe-mock >/dev/null 2>&1 && [ ! -x "$gobin/stripe-mock" ]; then
+		version="${STRIPE_MOCK_VERSION:-latest}"
+		echo "ensure-deps: installing stripe-mock@$version into $gobin" >&2
+		if ! go install "github.com/stripe/stripe-mock@$version"; then
+			echo "ensure-deps: WARNING: could not install stripe-mock; tests that need it will fail or skip" >&2
+		fi
+	fi
+fi

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test: go vet, then go test with the race detector. The tests
+# start their own redis-server (internal/testredis) and stripe-mock on free
+# loopback ports. Extra arguments replace ./... (e.g. scripts/test.sh ./meter/...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/ensure-deps.sh
+
+# stripe-mock is installed into GOBIN (or GOPATH/bin), which may not be on PATH.
+gobin="$(go env GOBIN)"
+[ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+export PATH="$gobin:$PATH"
+
+pkgs=("$@")
+[ ${#pkgs[@]} -gt 0 ] || pkgs=(./...)
+
+echo "== go vet ${pkgs[*]}"
+go vet "${pkgs[@]}"
+
+echo "== go test -race ${pkgs[*]}"
+go test -race -count=1 -timeout 15m "${pkgs[@]}"

@@ -1,0 +1,67 @@
+package usagelog
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func decodeSeeds() []string {
+	b, _ := json.Marshal(rec("0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b", "u_0123456789abcdef", time.Now().UTC()))
+	return []string{
+		string(b),
+		`{"request_id":"a","time":"2026-01-02T03:04:05.123+01:00","user":"u","cost":"1.5","status":200}`,
+		`{"request_id":"a\u0062","user":"\u00e9","time":"2026-01-02T03:04:05Z"}`,
+		`{"Request_ID":"a","USER":"u","time":"2026-01-02T03:04:05Z"}`,
+		`{"request_id":"a","status":1.0,"cost":1.25,"input_tokens":1e3}`,
+		`{"request_id":null,"time":null,"cost":null,"stream":null}`,
+		`{"status":"200","stream":1,"cost":"x","time":"yesterday"}`,
+		`{"request_id":"a","request_id":"b","status":1,"status":2}`,
+		`{"input_tokens":9223372036854775808,"status":-0}`,
+		`{"extra":{"nested":[1,2]},"request_id":"a"}`,
+		`[1,2]`, `"x"`, `null`, `{`, ``, `{"a":"b"}x`, " {\"user\":\"\xff\"} ",
+	}
+}
+
+// FuzzDecodeRecord checks that the fast decoder agrees with encoding/json
+// on every input: same error or no error, same record.
+func FuzzDecodeRecord(f *testing.F) {
+	for _, s := range decodeSeeds() {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		got, gotErr := decodeRecord(raw)
+		var want Record
+		wantErr := json.Unmarshal([]byte(raw), &want)
+		if (gotErr == nil) != (wantErr == nil) {
+			t.Fatalf("%q: fast %v, encoding/json %v", raw, gotErr, wantErr)
+		}
+		if gotErr != nil {
+			return
+		}
+		if !got.Time.Equal(want.Time) || got.Time.String() != want.Time.String() {
+			t.Fatalf("%q: time %v, want %v", raw, got.Time, want.Time)
+		}
+		got.Time, want.Time = time.Time{}, time.Time{}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q:\n got %+v\nwant %+v", raw, got, want)
+		}
+	})
+}
+
+func TestFastDecodeTakesProducerShape(t *testing.T) {
+	raw := decodeSeeds()[0]
+	if _, ok := fastDecode(raw); !ok {
+		t.Errorf("a producer's record fell back to encoding/json: %s", raw)
+	}
+}
+
+func BenchmarkDecodeRecord(b *testing.B) {
+	raw := decodeSeeds()[0]
+	for b.Loop() {
+		if _, err := decodeRecord(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,115 @@
+package usagelog
+
+import (
+	"encoding/json"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// decodeShard is the fewest entries worth a goroutine of their own. JSON
+// decoding is a large share of a flush (a third of the insert's cost per
+// row), so a large batch is decoded on every core.
+const decodeShard = 128
+
+// batch is a decoded read, ready to store.
+type batch struct {
+	recs    []Record
+	rejects []reject
+	ids     []string // every entry read, deleted ones included, for XACK
+}
+
+// decodeAll decodes msgs into records and rejects, in stream order.
+func (f *Flusher) decodeAll(msgs []redis.XMessage) batch {
+	type decoded struct {
+		rec Record
+		rj  *reject
+		ok  bool // false: deleted while pending, only to ack
+	}
+	out := make([]decoded, len(msgs))
+	decodeRange := func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			if msgs[i].Values == nil {
+				continue
+			}
+			out[i].rec, out[i].rj = f.decode(msgs[i])
+			out[i].ok = true
+		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(msgs)/decodeShard)
+	if workers <= 1 {
+		decodeRange(0, len(msgs))
+	} else {
+		var wg sync.WaitGroup
+		per := (len(msgs) + workers - 1) / workers
+		for lo := 0; lo < len(msgs); lo += per {
+			wg.Go(func() { decodeRange(lo, min(lo+per, len(msgs))) })
+		}
+		wg.Wait()
+	}
+
+	b := batch{recs: make([]Record, 0, len(msgs)), ids: make([]string, len(msgs))}
+	for i, d := range out {
+		b.ids[i] = msgs[i].ID
+		switch {
+		case !d.ok:
+		case d.rj != nil:
+			b.rejects = append(b.rejects, *d.rj)
+		default:
+			b.recs = append(b.recs, d.rec)
+		}
+	}
+	return b
+}
+
+// decode reads one entry. An entry that is not a valid Record comes back as
+// a reject carrying its raw value; the log gets the entry ID and the reason
+// only, never the content.
+func (f *Flusher) decode(m redis.XMessage) (Record, *reject) {
+	raw, ok := m.Values[RecordField].(string)
+	if !ok {
+		b, _ := json.Marshal(m.Values)
+		return Record{}, f.rejected(m.ID, string(b), "missing field "+RecordField)
+	}
+	r, err := decodeRecord(raw)
+	if err != nil {
+		return Record{}, f.rejected(m.ID, raw, "bad json: "+err.Error())
+	}
+	if err := r.validate(); err != nil {
+		return Record{}, f.rejected(m.ID, raw, err.Error())
+	}
+	return r, nil
+}
+
+func (f *Flusher) rejected(id, raw, reason string) *reject {
+	f.log.Error("usage stream entry rejected, kept in usage_rejects",
+		zap.String("entry_id", id), zap.Int("bytes", len(raw)), zap.String("reason", rejectKind(reason)))
+	return &reject{stream: f.cfg.Stream, entryID: id, raw: raw, reason: reason}
+}
+
+// rejectKind trims a reject reason to its fixed prefix for the log, since
+// JSON error texts may quote bits of the content.
+func rejectKind(reason string) string {
+	if strings.HasPrefix(reason, "bad json") {
+		return "bad json"
+	}
+	return reason
+}
+
+// idLess reports whether stream entry ID a ("ms-seq") sorts before b.
+func idLess(a, b string) bool {
+	am, as := splitID(a)
+	bm, bs := splitID(b)
+	return am < bm || am == bm && as < bs
+}
+
+func splitID(id string) (ms, seq uint64) {
+	m, s, _ := strings.Cut(id, "-")
+	ms, _ = strconv.ParseUint(m, 10, 64)
+	seq, _ = strconv.ParseUint(s, 10, 64)
+	return ms, seq
+}

@@ -1,0 +1,414 @@
+package usagelog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// RecordField is the field of a usage stream entry that holds the JSON of
+// a Record.
+const RecordField = "r"
+
+// Flusher defaults and timings.
+const (
+	// DefaultStream is the usage stream read when FlusherConfig.Stream is empty.
+	DefaultStream = "aitoken:usage"
+	// DefaultGroup is the consumer group used when FlusherConfig.Group is empty.
+	DefaultGroup = "usagelog"
+	// DefaultInterval is the read block time when FlusherConfig.Interval is 0.
+	DefaultInterval = time.Second
+	// DefaultBatch is the batch size when FlusherConfig.Batch is 0.
+	DefaultBatch = 1000
+
+	// defaultClaimIdle is how long another consumer's entry must sit
+	// unacknowledged before this flusher takes it over (its owner is
+	// presumed dead); it also sets how often the flusher looks.
+	defaultClaimIdle = 30 * time.Second
+
+	minBackoff = 50 * time.Millisecond
+	maxBackoff = time.Second
+)
+
+// FlusherConfig configures a Flusher.
+type FlusherConfig struct {
+	// Stream is the Redis stream producers XADD usage records to.
+	// Default: "aitoken:usage".
+	Stream string
+	// Group is the consumer group the flusher reads with. Default: "usagelog".
+	Group string
+	// Consumer names this reader within the group; it must be stable across
+	// restarts so that the entries it had read but not stored are found
+	// again. Default: the host name.
+	Consumer string
+	// Interval is how long one read blocks waiting for new records (they
+	// are stored as soon as they arrive); between such reads the flusher
+	// notices Stop and looks for idle entries. Default: 1s.
+	Interval time.Duration
+	// Batch is the largest number of entries read at once and stored in
+	// one transaction. Default: 1000.
+	Batch int
+}
+
+// Flusher reads records (field "r" holds the JSON of a Record) from a Redis
+// stream with a consumer group, inserts a batch in one SQLite transaction,
+// commits, then XACKs and XDELs the entries. Crash-safe: an entry is either
+// pending in the stream or in SQLite, never neither, and never stored twice
+// (INSERT OR IGNORE on request_id). An entry that is not a valid Record is
+// kept verbatim in the usage_rejects table and acknowledged, so it cannot
+// block the stream.
+type Flusher struct {
+	rdb redis.UniversalClient
+	s   *Store
+	cfg FlusherConfig
+	log *zap.Logger
+
+	claimIdle time.Duration // tests shorten it
+
+	batchMu sync.Mutex // one batch at a time between the loop and FlushNow
+
+	lifeMu  sync.Mutex
+	started bool
+	stopped bool
+	stop    chan struct{} // closed by Stop
+	done    chan struct{} // closed when the loop has returned
+}
+
+// NewFlusher returns a Flusher that moves records from rdb into s. It does
+// nothing until Start or FlushNow. A nil log discards messages.
+func NewFlusher(rdb redis.UniversalClient, s *Store, cfg FlusherConfig, log *zap.Logger) *Flusher {
+	if cfg.Stream == "" {
+		cfg.Stream = DefaultStream
+	}
+	if cfg.Group == "" {
+		cfg.Group = DefaultGroup
+	}
+	if cfg.Consumer == "" {
+		cfg.Consumer, _ = os.Hostname()
+		if cfg.Consumer == "" {
+			cfg.Consumer = "usagelog"
+		}
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultInterval
+	}
+	// Below 1ms BLOCK would round to 0, which blocks forever.
+	cfg.Interval = max(cfg.Interval, time.Millisecond)
+	if cfg.Batch <= 0 {
+		cfg.Batch = DefaultBatch
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Flusher{
+		rdb:       rdb,
+		s:         s,
+		cfg:       cfg,
+		log:       log.With(zap.String("stream", cfg.Stream), zap.String("consumer", cfg.Consumer)),
+		claimIdle: defaultClaimIdle,
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+}
+
+// Start runs the flusher in a goroutine: it creates the consumer group if
+// needed (from the start of the stream, so records written before the group
+// existed are not lost), stores this consumer's pending entries, and then
+// new ones as they come, taking over entries other consumers left idle for
+// 30s. Redis or SQLite errors are retried with a backoff of at most 1s.
+// Start after Start or after Stop does nothing.
+func (f *Flusher) Start() {
+	f.lifeMu.Lock()
+	defer f.lifeMu.Unlock()
+	if f.started || f.stopped {
+		return
+	}
+	f.started = true
+	go f.run()
+}
+
+// Stop ends the loop started by Start and then drains: it stores every
+// entry pending for this consumer and every entry already in the stream
+// when the drain began. It returns ctx's error if ctx ends first; what was
+// not drained stays in the stream for the next start.
+func (f *Flusher) Stop(ctx context.Context) error {
+	f.lifeMu.Lock()
+	started := f.started
+	if !f.stopped {
+		f.stopped = true
+		close(f.stop)
+	}
+	f.lifeMu.Unlock()
+	if started {
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return fmt.Errorf("stop flusher: %w", ctx.Err())
+		}
+	}
+	if _, err := f.FlushNow(ctx); err != nil {
+		return fmt.Errorf("stop flusher: %w", err)
+	}
+	return nil
+}
+
+// FlushNow makes one synchronous drain pass: this consumer's pending
+// entries, then the entries in the stream when the pass began. It returns
+// the number of stream entries it stored and acknowledged (records already
+// in SQLite and rejected entries included).
+func (f *Flusher) FlushNow(ctx context.Context) (int, error) {
+	if err := f.ensureGroup(ctx); err != nil {
+		return 0, err
+	}
+	n, err := f.drainPending(ctx)
+	if err != nil {
+		return n, err
+	}
+	m, err := f.drainNew(ctx)
+	return n + m, err
+}
+
+func (f *Flusher) run() {
+	defer close(f.done)
+	ctx := context.Background()
+	var (
+		backoff     time.Duration
+		needPending = true
+		lastClaim   time.Time
+	)
+	for {
+		select {
+		case <-f.stop:
+			return
+		default:
+		}
+		err := f.step(ctx, &needPending, &lastClaim)
+		if err == nil {
+			backoff = 0
+			continue
+		}
+		// Whatever this step had read is pending now: read it again first.
+		needPending = true
+		backoff = min(max(2*backoff, minBackoff), maxBackoff)
+		f.log.Warn("usage flush failed, retrying", zap.Error(err), zap.Duration("backoff", backoff))
+		t := time.NewTimer(backoff)
+		select {
+		case <-f.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// step does one round of the loop: pending entries when needed, idle
+// entries of other consumers every claimIdle, then one blocking read.
+func (f *Flusher) step(ctx context.Context, needPending *bool, lastClaim *time.Time) error {
+	if *needPending {
+		if err := f.ensureGroup(ctx); err != nil {
+			return err
+		}
+		if _, err := f.drainPending(ctx); err != nil {
+			return err
+		}
+		*needPending = false
+	}
+	if time.Since(*lastClaim) >= f.claimIdle {
+		if err := f.claimOrphans(ctx); err != nil {
+			return err
+		}
+		*lastClaim = time.Now()
+	}
+	// Store new entries as they come; return when a read times out empty,
+	// when Stop is called, or when it is time to look for orphans again.
+	until := time.Now().Add(f.claimIdle)
+	_, err := f.pump(ctx, func(ctx context.Context) ([]redis.XMessage, bool, error) {
+		select {
+		case <-f.stop:
+			return nil, false, nil
+		default:
+		}
+		msgs, err := f.read(ctx, ">", f.cfg.Interval)
+		return msgs, time.Now().Before(until), err
+	})
+	return err
+}
+
+// ensureGroup creates the consumer group (and the stream) if missing. The
+// group starts at "0" so that nothing written before it existed is skipped.
+func (f *Flusher) ensureGroup(ctx context.Context) error {
+	err := f.rdb.XGroupCreateMkStream(ctx, f.cfg.Stream, f.cfg.Group, "0").Err()
+	// Redis reports an existing group only as an error reply prefixed
+	// BUSYGROUP; there is no typed error to test.
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("create consumer group: %w", err)
+	}
+	return nil
+}
+
+// read runs XREADGROUP from id ("0" for this consumer's pending entries,
+// ">" for new ones). A negative block does not block. No entries is not an
+// error.
+func (f *Flusher) read(ctx context.Context, id string, block time.Duration) ([]redis.XMessage, error) {
+	streams, err := f.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group:    f.cfg.Group,
+		Consumer: f.cfg.Consumer,
+		Streams:  []string{f.cfg.Stream, id},
+		Count:    int64(f.cfg.Batch),
+		Block:    block,
+	}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read usage stream: %w", err)
+	}
+	if len(streams) == 0 {
+		return nil, nil
+	}
+	return streams[0].Messages, nil
+}
+
+// drainPending stores this consumer's pending entries, oldest first.
+func (f *Flusher) drainPending(ctx context.Context) (int, error) {
+	after := "0"
+	return f.pump(ctx, func(ctx context.Context) ([]redis.XMessage, bool, error) {
+		msgs, err := f.read(ctx, after, -1)
+		if len(msgs) > 0 {
+			after = msgs[len(msgs)-1].ID
+		}
+		return msgs, true, err
+	})
+}
+
+// drainNew stores new entries up to the last one in the stream when it
+// began, so that a busy producer cannot keep it going forever.
+func (f *Flusher) drainNew(ctx context.Context) (int, error) {
+	last, err := f.rdb.XRevRangeN(ctx, f.cfg.Stream, "+", "-", 1).Result()
+	if err != nil {
+		return 0, fmt.Errorf("read usage stream: %w", err)
+	}
+	if len(last) == 0 {
+		return 0, nil
+	}
+	mark := last[0].ID
+	return f.pump(ctx, func(ctx context.Context) ([]redis.XMessage, bool, error) {
+		msgs, err := f.read(ctx, ">", -1)
+		return msgs, len(msgs) > 0 && idLess(msgs[len(msgs)-1].ID, mark), err
+	})
+}
+
+// claimOrphans takes over and stores the entries other consumers read but
+// left unacknowledged for claimIdle.
+func (f *Flusher) claimOrphans(ctx context.Context) error {
+	start := "0-0"
+	n, err := f.pump(ctx, func(ctx context.Context) ([]redis.XMessage, bool, error) {
+		for start != "" {
+			msgs, next, err := f.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+				Stream:   f.cfg.Stream,
+				Group:    f.cfg.Group,
+				Consumer: f.cfg.Consumer,
+				MinIdle:  f.claimIdle,
+				Start:    start,
+				Count:    int64(f.cfg.Batch),
+			}).Result()
+			if err != nil {
+				return nil, false, fmt.Errorf("claim idle usage entries: %w", err)
+			}
+			if next == "0-0" { // the scan of the pending list is complete
+				next = ""
+			}
+			start = next
+			if len(msgs) > 0 { // a scan step may claim nothing: go on
+				return msgs, start != "", nil
+			}
+		}
+		return nil, false, nil
+	})
+	if n > 0 {
+		f.log.Info("stored usage entries of another consumer", zap.Int("entries", n))
+	}
+	return err
+}
+
+// pump stores the batches read returns until read returns none, more is
+// false, or an error occurs. Reading and decoding the next batch overlap
+// with storing the current one: SQLite and Redis each work while the other
+// does. Entries read but not stored when pump fails stay pending in the
+// stream, for drainPending.
+func (f *Flusher) pump(ctx context.Context, read func(context.Context) (msgs []redis.XMessage, more bool, err error)) (int, error) {
+	type decoded struct {
+		b   batch
+		err error
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	ch := make(chan decoded, 1)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }() // no reader outlives pump
+	wg.Go(func() {
+		defer close(ch)
+		for more := true; more; {
+			var d decoded
+			var msgs []redis.XMessage
+			msgs, more, d.err = read(ctx)
+			if d.err == nil && len(msgs) == 0 {
+				return
+			}
+			if d.err == nil {
+				d.b = f.decodeAll(msgs)
+			}
+			select {
+			case ch <- d:
+			case <-ctx.Done():
+				return
+			}
+			if d.err != nil {
+				return
+			}
+		}
+	})
+	total := 0
+	for d := range ch {
+		if d.err != nil {
+			return total, d.err
+		}
+		n, err := f.store(ctx, d.b)
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// store writes one batch in one transaction, then acknowledges and deletes
+// its entries. It returns how many entries it took off the stream.
+func (f *Flusher) store(ctx context.Context, b batch) (int, error) {
+	f.batchMu.Lock()
+	defer f.batchMu.Unlock()
+	inserted, err := f.s.insertBatch(ctx, b.recs, b.rejects)
+	if err != nil {
+		return 0, err
+	}
+	// Only after the commit: a crash before this line leaves the entries
+	// pending, and storing them again is a no-op.
+	_, err = f.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.XAck(ctx, f.cfg.Stream, f.cfg.Group, b.ids...)
+		p.XDel(ctx, f.cfg.Stream, b.ids...)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("ack usage entries: %w", err)
+	}
+	if ce := f.log.Check(zap.DebugLevel, "usage flushed"); ce != nil {
+		ce.Write(zap.Int("entries", len(b.ids)), zap.Int("inserted", inserted), zap.Int("rejected", len(b.rejects)))
+	}
+	return len(b.ids), nil
+}

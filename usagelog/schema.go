@@ -1,0 +1,89 @@
+package usagelog
+
+// migrations are applied in order, each once, in its own transaction; the
+// version of migrations[i] is i+1. Never edit an applied migration: append a
+// new one.
+//
+// Money is INTEGER nanos, times are INTEGER Unix nanoseconds (UTC), lists are
+// JSON arrays in TEXT. The usage table has no foreign key to users: a usage
+// row must always be accepted from the stream (a batch that fails a
+// constraint would block the flusher), and erasure anonymises rows in place.
+// Usage has only the indexes its queries need, because every index costs
+// insert throughput (the ledger must take ≥ 50k rows/s): by time (listing,
+// retention) and by user and time (accounts, balance); a key's rows are
+// found through its user (see ListUsage).
+var migrations = []string{
+	// 1: users, ledger, keys, usage, rejected stream entries.
+	`
+CREATE TABLE users (
+	id         TEXT PRIMARY KEY,
+	email      TEXT NOT NULL DEFAULT '',
+	name       TEXT NOT NULL DEFAULT '',
+	status     TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'deleted')),
+	created_at INTEGER NOT NULL
+);
+
+CREATE TABLE ledger (
+	id         INTEGER PRIMARY KEY,
+	user_id    TEXT NOT NULL REFERENCES users (id),
+	amount     INTEGER NOT NULL,
+	kind       TEXT NOT NULL,
+	reason     TEXT NOT NULL DEFAULT '',
+	ref        TEXT UNIQUE,
+	created_at INTEGER NOT NULL
+);
+CREATE INDEX ledger_user ON ledger (user_id);
+
+CREATE TABLE keys (
+	id          TEXT PRIMARY KEY,
+	user_id     TEXT NOT NULL REFERENCES users (id),
+	name        TEXT NOT NULL DEFAULT '',
+	hash        TEXT NOT NULL UNIQUE,
+	prefix      TEXT NOT NULL DEFAULT '',
+	models      TEXT NOT NULL DEFAULT '[]',
+	rpm         INTEGER NOT NULL DEFAULT 0,
+	tpm         INTEGER NOT NULL DEFAULT 0,
+	allowed_ips TEXT NOT NULL DEFAULT '[]',
+	expires_at  INTEGER,
+	status      TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'revoked')),
+	created_at  INTEGER NOT NULL,
+	revoked_at  INTEGER
+);
+CREATE INDEX keys_user ON keys (user_id);
+CREATE INDEX keys_active ON keys (status) WHERE status = 'active';
+
+CREATE TABLE usage (
+	request_id          TEXT PRIMARY KEY,
+	time                INTEGER NOT NULL,
+	user_id             TEXT NOT NULL,
+	key_id              TEXT NOT NULL DEFAULT '',
+	model               TEXT NOT NULL DEFAULT '',
+	endpoint            TEXT NOT NULL DEFAULT '',
+	stream              INTEGER NOT NULL DEFAULT 0,
+	status              INTEGER NOT NULL DEFAULT 0,
+	outcome             TEXT NOT NULL DEFAULT '',
+	input_tokens        INTEGER NOT NULL DEFAULT 0,
+	cached_input_tokens INTEGER NOT NULL DEFAULT 0,
+	cache_write_tokens  INTEGER NOT NULL DEFAULT 0,
+	output_tokens       INTEGER NOT NULL DEFAULT 0,
+	reasoning_tokens    INTEGER NOT NULL DEFAULT 0,
+	cost                INTEGER NOT NULL DEFAULT 0,
+	currency            TEXT NOT NULL DEFAULT '',
+	estimated           INTEGER NOT NULL DEFAULT 0,
+	duration_ms         INTEGER NOT NULL DEFAULT 0,
+	ttft_ms             INTEGER NOT NULL DEFAULT 0,
+	client_ip           TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX usage_time ON usage (time);
+CREATE INDEX usage_user_time ON usage (user_id, time);
+
+CREATE TABLE usage_rejects (
+	stream      TEXT NOT NULL,
+	entry_id    TEXT NOT NULL,
+	raw         TEXT NOT NULL,
+	reason      TEXT NOT NULL,
+	received_at INTEGER NOT NULL,
+	PRIMARY KEY (stream, entry_id)
+);
+`,
+}

@@ -1,0 +1,297 @@
+package usagelog
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+)
+
+// Record is one metered request: what was used, what it cost, and how it
+// went. Its JSON is the usage record of SPEC 5, and also what producers put
+// in the usage stream (field RecordField). Content is never part of it.
+type Record struct {
+	// RequestID is unique per request; the usage table is keyed by it, so a
+	// record delivered twice is stored once.
+	RequestID string `json:"request_id"`
+	// Time is when the request started. Producers set it in UTC
+	// (time.Now().UTC()) so that the JSON reads "…Z"; records read from
+	// the Store are always in UTC.
+	Time time.Time `json:"time"`
+	// User is the ID of the user billed.
+	User string `json:"user"`
+	// KeyID is the ID of the API key used.
+	KeyID string `json:"key_id"`
+	// Model is the model the request asked for.
+	Model string `json:"model"`
+	// Endpoint is the metered path, such as "/v1/chat/completions".
+	Endpoint string `json:"endpoint"`
+	// Stream is true for an SSE response.
+	Stream bool `json:"stream"`
+	// Status is the HTTP status sent to the client.
+	Status int `json:"status"`
+	// Outcome says how the request ended, such as "ok" or "client_gone".
+	Outcome string `json:"outcome"`
+	// InputTokens is the number of prompt tokens, cached ones included.
+	InputTokens int64 `json:"input_tokens"`
+	// CachedInputTokens is the part of InputTokens read from the
+	// provider's prompt cache.
+	CachedInputTokens int64 `json:"cached_input_tokens"`
+	// CacheWriteTokens is the number of tokens written to the provider's
+	// prompt cache (Anthropic).
+	CacheWriteTokens int64 `json:"cache_write_tokens,omitempty"`
+	// OutputTokens is the number of completion tokens, reasoning included.
+	OutputTokens int64 `json:"output_tokens"`
+	// ReasoningTokens is the part of OutputTokens spent on reasoning.
+	ReasoningTokens int64 `json:"reasoning_tokens"`
+	// Cost is what the user was charged.
+	Cost billing.Nanos `json:"cost"`
+	// Currency is the currency of Cost, such as "USD".
+	Currency string `json:"currency"`
+	// Estimated is true when the tokens were estimated because the
+	// upstream sent no usage report.
+	Estimated bool `json:"estimated"`
+	// DurationMS is the time from request to last byte, in milliseconds.
+	DurationMS int64 `json:"duration_ms"`
+	// TTFTMS is the time to the first response byte, in milliseconds.
+	TTFTMS int64 `json:"ttft_ms"`
+	// ClientIP is the client's address; empty when log_client_ip is off.
+	ClientIP string `json:"client_ip"`
+}
+
+// validate refuses records that cannot be stored meaningfully. The flusher
+// sends such records to usage_rejects instead of inserting them.
+func (r *Record) validate() error {
+	switch {
+	case r.RequestID == "":
+		return fmt.Errorf("record without request_id: %w", ErrInvalid)
+	case r.User == "":
+		return fmt.Errorf("record without user: %w", ErrInvalid)
+	case r.Time.IsZero():
+		return fmt.Errorf("record without time: %w", ErrInvalid)
+	case r.Time.Year() < 1970 || r.Time.Year() > 2200: // beyond int64 Unix nanoseconds soon after
+		return fmt.Errorf("record time out of range: %w", ErrInvalid)
+	}
+	return nil
+}
+
+const usageColumns = `request_id, time, user_id, key_id, model, endpoint, stream, status, outcome,
+	input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens,
+	cost, currency, estimated, duration_ms, ttft_ms, client_ip`
+
+// insertChunk is how many rows one INSERT statement carries: one statement
+// per row spends most of its time crossing database/sql, many rows per
+// statement amortise that (20 columns × 50 rows stays far below SQLite's
+// 32766 bound variables).
+const insertChunk = 50
+
+// insertUsageSQL returns a multi-row INSERT OR IGNORE for n rows.
+func insertUsageSQL(n int) string {
+	var b strings.Builder
+	b.WriteString(`INSERT OR IGNORE INTO usage (` + usageColumns + `) VALUES `)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`)
+	}
+	return b.String()
+}
+
+var insertChunkSQL = insertUsageSQL(insertChunk)
+
+// InsertUsage stores recs in one transaction and returns how many were new.
+// A record whose request_id is already stored is skipped, so replaying a
+// batch is harmless. Records without a request_id, user or time are refused
+// with ErrInvalid before anything is written.
+func (s *Store) InsertUsage(ctx context.Context, recs []Record) (int, error) {
+	for i := range recs {
+		if err := recs[i].validate(); err != nil {
+			return 0, err
+		}
+	}
+	return s.insertBatch(ctx, recs, nil)
+}
+
+// reject is a stream entry that could not be read as a Record, kept as it
+// arrived so that nothing is lost.
+type reject struct {
+	stream, entryID, raw, reason string
+}
+
+// insertBatch writes valid records and rejects in one transaction.
+func (s *Store) insertBatch(ctx context.Context, recs []Record, rejects []reject) (int, error) {
+	if len(recs) == 0 && len(rejects) == 0 {
+		return 0, nil
+	}
+	inserted := 0
+	err := inTx(ctx, s.wr, func(tx *sql.Tx) error {
+		var full *sql.Stmt // prepared once per batch, used for every full chunk
+		args := make([]any, 0, insertChunk*20)
+		for rest := recs; len(rest) > 0; {
+			chunk := rest[:min(len(rest), insertChunk)]
+			rest = rest[len(chunk):]
+			args = args[:0]
+			for i := range chunk {
+				r := &chunk[i]
+				args = append(args, r.RequestID, unixNanos(r.Time), r.User, r.KeyID, r.Model,
+					r.Endpoint, r.Stream, r.Status, r.Outcome, r.InputTokens, r.CachedInputTokens,
+					r.CacheWriteTokens, r.OutputTokens, r.ReasoningTokens, int64(r.Cost), r.Currency,
+					r.Estimated, r.DurationMS, r.TTFTMS, r.ClientIP)
+			}
+			var (
+				res sql.Result
+				err error
+			)
+			if len(chunk) == insertChunk {
+				if full == nil {
+					if full, err = tx.PrepareContext(ctx, insertChunkSQL); err != nil {
+						return err
+					}
+					defer full.Close()
+				}
+				res, err = full.ExecContext(ctx, args...)
+			} else {
+				res, err = tx.ExecContext(ctx, insertUsageSQL(len(chunk)), args...)
+			}
+			if err != nil {
+				return err
+			}
+			n, _ := res.RowsAffected()
+			inserted += int(n)
+		}
+		now := time.Now().UnixNano()
+		for _, rj := range rejects {
+			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO usage_rejects
+				(stream, entry_id, raw, reason, received_at) VALUES (?, ?, ?, ?, ?)`,
+				rj.stream, rj.entryID, rj.raw, rj.reason, now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("insert usage: %w", err)
+	}
+	return inserted, nil
+}
+
+// UsageQuery selects usage records. Empty fields do not filter.
+type UsageQuery struct {
+	// User keeps records of this user ID.
+	User string
+	// Key keeps records of this key ID.
+	Key string
+	// Model keeps records of this exact model name.
+	Model string
+	// From keeps records at or after this time. Zero: no lower bound.
+	From time.Time
+	// To keeps records before this time (exclusive). Zero: no upper bound.
+	To time.Time
+	// Limit is the largest number of records returned. Default 100, max 1000.
+	Limit int
+	// Before is a cursor: the request_id of the last record of the previous
+	// page. Only records older than it (by time, then request_id) are
+	// returned. An unknown request_id gives ErrNotFound.
+	Before string
+}
+
+// Limits of UsageQuery.Limit.
+const (
+	// DefaultUsageLimit is the page size when UsageQuery.Limit is 0.
+	DefaultUsageLimit = 100
+	// MaxUsageLimit is the largest page ListUsage returns.
+	MaxUsageLimit = 1000
+)
+
+// ListUsage returns the records matching q, newest first (ties broken by
+// request_id, descending), so that Before pages through them stably.
+func (s *Store) ListUsage(ctx context.Context, q UsageQuery) ([]Record, error) {
+	var (
+		where []string
+		args  []any
+	)
+	add := func(cond string, a ...any) {
+		where = append(where, cond)
+		args = append(args, a...)
+	}
+	if q.User != "" {
+		add("user_id = ?", q.User)
+	}
+	if q.Key != "" {
+		add("key_id = ?", q.Key)
+		// There is no index by key (it would cost insert speed); a key
+		// belongs to one user, so its rows are found through the user index.
+		if q.User == "" {
+			var owner string
+			err := s.rd.QueryRowContext(ctx, `SELECT user_id FROM keys WHERE id = ?`, q.Key).Scan(&owner)
+			switch {
+			case err == nil:
+				add("user_id = ?", owner)
+			case !errors.Is(err, sql.ErrNoRows): // unknown key: scan by time instead
+				return nil, fmt.Errorf("list usage: %w", err)
+			}
+		}
+	}
+	if q.Model != "" {
+		add("model = ?", q.Model)
+	}
+	if !q.From.IsZero() {
+		add("time >= ?", unixNanos(q.From))
+	}
+	if !q.To.IsZero() {
+		add("time < ?", unixNanos(q.To))
+	}
+	if q.Before != "" {
+		var t int64
+		err := s.rd.QueryRowContext(ctx, `SELECT time FROM usage WHERE request_id = ?`, q.Before).Scan(&t)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("usage cursor %s: %w", q.Before, ErrNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list usage: %w", err)
+		}
+		add("(time, request_id) < (?, ?)", t, q.Before)
+	}
+	limit := q.Limit
+	if limit <= 0 {
+		limit = DefaultUsageLimit
+	}
+	limit = min(limit, MaxUsageLimit)
+	query := `SELECT ` + usageColumns + ` FROM usage`
+	if len(where) > 0 {
+		query += ` WHERE ` + strings.Join(where, ` AND `)
+	}
+	query += ` ORDER BY time DESC, request_id DESC LIMIT ?`
+	args = append(args, limit)
+
+	rows, err := s.rd.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list usage: %w", err)
+	}
+	defer rows.Close()
+	var recs []Record
+	for rows.Next() {
+		var (
+			r       Record
+			t, cost int64
+		)
+		if err := rows.Scan(&r.RequestID, &t, &r.User, &r.KeyID, &r.Model, &r.Endpoint, &r.Stream,
+			&r.Status, &r.Outcome, &r.InputTokens, &r.CachedInputTokens, &r.CacheWriteTokens,
+			&r.OutputTokens, &r.ReasoningTokens, &cost, &r.Currency, &r.Estimated, &r.DurationMS,
+			&r.TTFTMS, &r.ClientIP); err != nil {
+			return nil, fmt.Errorf("list usage: %w", err)
+		}
+		r.Time = fromNanos(t)
+		r.Cost = billing.Nanos(cost)
+		recs = append(recs, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list usage: %w", err)
+	}
+	return recs, nil
+}
