@@ -195,13 +195,13 @@ func usageOf(t *testing.T, user string) []usageRecord {
 }
 
 // waitUsage waits until the ledger holds n usage rows for user (the
-// flusher runs every 50ms) and returns them.
+// flusher runs every 50ms) and the account holds nothing, and returns them.
 func waitUsage(t *testing.T, user string, n int) []usageRecord {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		recs := usageOf(t, user)
-		if len(recs) >= n {
+		if len(recs) >= n && getUser(t, user).Held == "0.000000000" {
 			if len(recs) > n {
 				t.Fatalf("want %d usage rows, got %d", n, len(recs))
 			}

@@ -13,12 +13,12 @@ import (
 	"github.com/openai/openai-go/v3/option"
 )
 
-func client(key string) openai.Client {
-	return openai.NewClient(
-		option.WithBaseURL(gatewayURL+"/v1/"),
+func client(key string, opts ...option.RequestOption) openai.Client {
+	return openai.NewClient(append([]option.RequestOption{
+		option.WithBaseURL(gatewayURL + "/v1/"),
 		option.WithAPIKey(key),
 		option.WithMaxRetries(0),
-	)
+	}, opts...)...)
 }
 
 func chatParams(model string) openai.ChatCompletionNewParams {

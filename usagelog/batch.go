@@ -1,7 +1,9 @@
 package usagelog
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"runtime"
 	"strconv"
 	"strings"
@@ -64,6 +66,81 @@ func (f *Flusher) decodeAll(msgs []redis.XMessage) batch {
 		}
 	}
 	return b
+}
+
+// pump stores the batches read returns until read returns none, more is
+// false, or an error occurs. Reading and decoding the next batch overlap
+// with storing the current one: SQLite and Redis each work while the other
+// does. Entries read but not stored when pump fails stay pending in the
+// stream, for drainPending.
+func (f *Flusher) pump(ctx context.Context, read func(context.Context) (msgs []redis.XMessage, more bool, err error)) (int, error) {
+	type decoded struct {
+		b   batch
+		err error
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	ch := make(chan decoded, 1)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }() // no reader outlives pump
+	wg.Go(func() {
+		defer close(ch)
+		for more := true; more; {
+			var d decoded
+			var msgs []redis.XMessage
+			msgs, more, d.err = read(ctx)
+			if d.err == nil && len(msgs) == 0 {
+				return
+			}
+			if d.err == nil {
+				d.b = f.decodeAll(msgs)
+			}
+			select {
+			case ch <- d:
+			case <-ctx.Done():
+				return
+			}
+			if d.err != nil {
+				return
+			}
+		}
+	})
+	total := 0
+	for d := range ch {
+		if d.err != nil {
+			return total, d.err
+		}
+		n, err := f.store(ctx, d.b)
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// store writes one batch in one transaction, then acknowledges and deletes
+// its entries. It returns how many entries it took off the stream.
+func (f *Flusher) store(ctx context.Context, b batch) (int, error) {
+	f.batchMu.Lock()
+	defer f.batchMu.Unlock()
+	inserted, err := f.s.insertBatch(ctx, b.recs, b.rejects)
+	if err != nil {
+		return 0, err
+	}
+	// Only after the commit: a crash before this line leaves the entries
+	// pending, and storing them again is a no-op.
+	_, err = f.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.XAck(ctx, f.cfg.Stream, f.cfg.Group, b.ids...)
+		p.XDel(ctx, f.cfg.Stream, b.ids...)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("ack usage entries: %w", err)
+	}
+	if ce := f.log.Check(zap.DebugLevel, "usage flushed"); ce != nil {
+		ce.Write(zap.Int("entries", len(b.ids)), zap.Int("inserted", inserted), zap.Int("rejected", len(b.rejects)))
+	}
+	return len(b.ids), nil
 }
 
 // decode reads one entry. An entry that is not a valid Record comes back as
