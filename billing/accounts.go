@@ -53,6 +53,10 @@ type KeyRecord struct {
 
 // PutKey stores (or replaces) the record of the key with the given hash.
 func (a *Accounts) PutKey(ctx context.Context, hash string, k KeyRecord) error {
+	return a.putKey(ctx, a.rdb, hash, k)
+}
+
+func (a *Accounts) putKey(ctx context.Context, c redis.Cmdable, hash string, k KeyRecord) error {
 	status := "revoked"
 	if k.Active {
 		status = "active"
@@ -65,7 +69,7 @@ func (a *Accounts) PutKey(ctx context.Context, hash string, k KeyRecord) error {
 	if !k.ExpiresAt.IsZero() {
 		exp = k.ExpiresAt.UnixMilli()
 	}
-	return a.rdb.HSet(ctx, keyRecordKey(hash),
+	return c.HSet(ctx, keyRecordKey(hash),
 		"id", k.ID, "user", k.User, "status", status, "models", models, "expires", exp).Err()
 }
 
@@ -144,7 +148,9 @@ local now = tonumber(ARGV[2])
 local exp = tonumber(rec[5] or '0') or 0
 if exp > 0 and exp <= now then return {'invalid'} end
 if ARGV[1] ~= '' and rec[4] and rec[4] ~= '' then
-  if not string.find(rec[4], ',' .. ARGV[1] .. ',', 1, true) then return {'model', rec[1], rec[2]} end
+  if string.find(ARGV[1], ',', 1, true) or not string.find(rec[4], ',' .. ARGV[1] .. ',', 1, true) then
+    return {'model', rec[1], rec[2]}
+  end
 end
 if ARGV[3] == 'check' then return {'ok', rec[1], rec[2]} end
 local user = rec[2]
@@ -161,6 +167,7 @@ end
 local v = redis.call('HMGET', acct, 'balance', 'held')
 local bal = tonumber(v[1] or '0') or 0
 local held = tonumber(v[2] or '0') or 0
+if redis.call('HEXISTS', amts, ARGV[4]) == 1 then return {'dup', rec[1], user} end
 if bal - held < tonumber(ARGV[3]) then return {'quota', rec[1], user} end
 redis.call('HINCRBY', acct, 'held', ARGV[3])
 redis.call('ZADD', holds, ARGV[5], ARGV[4])
@@ -175,6 +182,9 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 	now := time.Now()
 	hold := "check"
 	if !req.CheckOnly {
+		if req.RequestID == "" {
+			return Grant{}, errors.New("a hold needs a request id")
+		}
 		if req.Hold < 0 {
 			return Grant{}, fmt.Errorf("negative hold %d", req.Hold)
 		}
@@ -200,6 +210,8 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 		return g, ErrModelNotAllowed
 	case "quota":
 		return g, ErrInsufficientQuota
+	case "dup":
+		return Grant{}, fmt.Errorf("request id %q already holds a reservation", req.RequestID)
 	default:
 		return Grant{}, ErrInvalidKey
 	}
@@ -223,8 +235,53 @@ return bal
 // Settle releases g's hold, debits cost and records usage (the JSON of a
 // usage record) in one round trip, returning the new balance.
 func (a *Accounts) Settle(ctx context.Context, g Grant, cost Nanos, record []byte) (Nanos, error) {
+	if cost < 0 {
+		return 0, fmt.Errorf("negative cost %d", cost)
+	}
 	bal, err := settleScript.Run(ctx, a.rdb,
 		[]string{acctKey(g.User), holdsKey(g.User), holdAmtKey(g.User), UsageStream},
 		g.RequestID, strconv.FormatInt(-int64(cost), 10), record).Int64()
 	return Nanos(bal), err
+}
+
+// seededKey marks a Redis whose accounts and keys were built from the
+// ledger. A Redis that lost its data (restarted without persistence) lacks
+// it, and the ledger node seeds it again at start.
+const seededKey = "ait:seeded"
+
+// Seeded reports whether Redis holds state built from the ledger.
+func (a *Accounts) Seeded(ctx context.Context) (bool, error) {
+	n, err := a.rdb.Exists(ctx, seededKey).Result()
+	return n == 1, err
+}
+
+// Seed writes every account balance (with no holds) and key record, keyed
+// by key hash, from the ledger, and marks Redis as seeded.
+func (a *Accounts) Seed(ctx context.Context, balances map[string]Nanos, keys map[string]KeyRecord) error {
+	pipe := a.rdb.Pipeline()
+	flush := func() error {
+		if pipe.Len() < 512 {
+			return nil
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+	for user, bal := range balances {
+		pipe.HSet(ctx, acctKey(user), "balance", int64(bal), "held", 0)
+		pipe.Del(ctx, holdsKey(user), holdAmtKey(user))
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	for hash, k := range keys {
+		if err := a.putKey(ctx, pipe, hash, k); err != nil {
+			return err
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	pipe.Set(ctx, seededKey, time.Now().UTC().Format(time.RFC3339), 0)
+	_, err := pipe.Exec(ctx)
+	return err
 }

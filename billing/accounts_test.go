@@ -236,7 +236,7 @@ func TestAuthorizeModelAllowlist(t *testing.T) {
 		{limited, "deepseek-chat", nil},
 		{limited, "", nil}, // empty model skips the check
 		{limited, "claude-sonnet", ErrModelNotAllowed},
-		{limited, "gpt-4", ErrModelNotAllowed},      // prefix of an allowed model
+		{limited, "gpt-4", ErrModelNotAllowed},       // prefix of an allowed model
 		{limited, "gpt-4o-mini", ErrModelNotAllowed}, // allowed model is its prefix
 		{limited, "4o", ErrModelNotAllowed},          // substring
 		{limited, "gpt-4o,deepseek-chat", ErrModelNotAllowed},

@@ -88,6 +88,11 @@ func acquireLedger(path string, rc *redisConn, interval time.Duration, log *zap.
 			store.Close()
 			return nil, err
 		}
+		if err := seedRedis(store, billing.NewAccounts(own.client), log); err != nil {
+			own.release()
+			store.Close()
+			return nil, err
+		}
 		f := usagelog.NewFlusher(own.client, store, usagelog.FlusherConfig{
 			Stream:   billing.UsageStream,
 			Group:    "ledger",
@@ -119,3 +124,38 @@ func (l *ledgerConn) Destruct() error {
 }
 
 func (l *ledgerConn) release() { _, _ = pool.Delete(l.key) }
+
+// seedRedis rebuilds accounts and keys in a Redis that has none (new, or
+// restarted without its data) from the ledger, the system of record.
+func seedRedis(store *usagelog.Store, accounts *billing.Accounts, log *zap.Logger) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	seeded, err := accounts.Seeded(ctx)
+	if err != nil {
+		return fmt.Errorf("redis: %v", err)
+	}
+	if seeded {
+		return nil
+	}
+	balances, err := store.Balances(ctx)
+	if err != nil {
+		return err
+	}
+	active, err := store.ActiveKeys(ctx)
+	if err != nil {
+		return err
+	}
+	keys := make(map[string]billing.KeyRecord, len(active))
+	for _, k := range active {
+		rec := billing.KeyRecord{ID: k.ID, User: k.UserID, Active: true, Models: k.Models}
+		if k.ExpiresAt != nil {
+			rec.ExpiresAt = *k.ExpiresAt
+		}
+		keys[k.Hash] = rec
+	}
+	if err := accounts.Seed(ctx, balances, keys); err != nil {
+		return fmt.Errorf("seeding redis from the ledger: %v", err)
+	}
+	log.Info("seeded redis from the ledger", zap.Int("accounts", len(balances)), zap.Int("keys", len(keys)))
+	return nil
+}

@@ -126,3 +126,27 @@ func (s *Store) LedgerBalance(ctx context.Context, userID string) (billing.Nanos
 	}
 	return billing.Nanos(bal), nil
 }
+
+// Balances returns the ledger balance of every user that is not deleted,
+// for rebuilding the serving state in Redis.
+func (s *Store) Balances(ctx context.Context) (map[string]billing.Nanos, error) {
+	rows, err := s.rd.QueryContext(ctx, `
+		SELECT u.id,
+		       (SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE user_id = u.id)
+		     - (SELECT COALESCE(SUM(cost), 0) FROM usage WHERE user_id = u.id)
+		FROM users u WHERE u.status != 'deleted'`)
+	if err != nil {
+		return nil, fmt.Errorf("balances: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[string]billing.Nanos)
+	for rows.Next() {
+		var id string
+		var bal int64
+		if err := rows.Scan(&id, &bal); err != nil {
+			return nil, fmt.Errorf("balances: %w", err)
+		}
+		out[id] = billing.Nanos(bal)
+	}
+	return out, rows.Err()
+}
