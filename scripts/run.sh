@@ -86,20 +86,23 @@ cat <<'EOF'
 
 caddy-aitoken gateway: http://localhost:8080   (admin API: http://localhost:2019)
 
-Mint a first key from another terminal:
+Mint a first key and make a billed call, from another terminal:
 
-  # 1. create a user; note its "id"
-  curl -s -X POST localhost:2019/aitoken/users -H 'Content-Type: application/json' -d '{"email":"you@example.com"}'
+  # 1. create a user "demo" (409 if it already exists from an earlier run: fine)
+  curl -s -X POST localhost:2019/aitoken/users -H 'Content-Type: application/json' -d '{"id":"demo","email":"you@example.com"}'
 
-  # 2. credit it (replace USER_ID)
-  curl -s -X POST localhost:2019/aitoken/users/USER_ID/credits -H 'Content-Type: application/json' -d '{"amount":"10.00"}'
+  # 2. credit it with 10.00 USD
+  curl -s -X POST localhost:2019/aitoken/users/demo/credits -H 'Content-Type: application/json' -d '{"amount":"10.00","reason":"first top-up"}'
 
-  # 3. mint a key; the "key" secret is shown only once
-  curl -s -X POST localhost:2019/aitoken/keys -H 'Content-Type: application/json' -d '{"user":"USER_ID"}'
-  KEY=sk-...
+  # 3. mint a key; its secret ("key") is shown only once
+  KEY=$(curl -s -X POST localhost:2019/aitoken/keys -H 'Content-Type: application/json' -d '{"user":"demo"}' | sed -n 's/.*"key":"\([^"]*\)".*/\1/p'); echo $KEY
 
-  # 4. first chat call
-  curl localhost:8080/v1/chat/completions -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d '{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"Hello"}]}'
+  # 4. a first chat call, billed to demo
+  curl -s localhost:8080/v1/chat/completions -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d '{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"Hello"}]}'
+
+  # 5. the balance and the usage row (the ledger flushes every second)
+  curl -s localhost:2019/aitoken/users/demo
+  curl -s 'localhost:2019/aitoken/usage?user=demo'
 
 Press Ctrl-C to stop.
 
