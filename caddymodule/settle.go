@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -26,6 +27,10 @@ type meteredWriter struct {
 	status      int
 	firstByte   time.Time
 	upstreamErr error
+	// compressed is set when the upstream compressed the body anyway.
+	compressed *compressedFeed
+	// unreadable is set when the body is in an encoding the meter cannot read.
+	unreadable bool
 }
 
 func newMeteredWriter(w http.ResponseWriter, req *meter.Request) *meteredWriter {
@@ -47,6 +52,11 @@ func (m *meteredWriter) WriteHeader(code int) {
 	}
 	m.wroteHeader, m.status = true, code
 	m.obs.Start(code, m.Header().Get("Content-Type"))
+	if enc := m.Header().Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
+		m.compressed = newCompressedFeed(enc, m.obs)
+		m.unreadable = m.compressed == nil
+		m.hiding = false
+	}
 	if m.hiding {
 		// A hidden usage chunk changes the length.
 		m.Header().Del("Content-Length")
@@ -61,6 +71,13 @@ func (m *meteredWriter) Write(p []byte) (int, error) {
 	}
 	if m.firstByte.IsZero() && len(p) > 0 {
 		m.firstByte = time.Now()
+	}
+	if m.compressed != nil || m.unreadable {
+		n, err := m.ResponseWriter.Write(p)
+		if m.compressed != nil && n > 0 {
+			m.compressed.write(p[:n])
+		}
+		return n, err
 	}
 	if err := m.obs.Feed(m.ResponseWriter, p); err != nil {
 		return 0, err
@@ -80,8 +97,11 @@ type writerOnly struct{ io.Writer }
 func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, req *meter.Request,
 	price billing.Price, start time.Time, aborted bool) {
 	var out io.Writer = mw.ResponseWriter
-	if aborted {
+	if aborted || mw.compressed != nil || mw.unreadable {
 		out = io.Discard
+	}
+	if mw.compressed != nil {
+		mw.compressed.close()
 	}
 	_ = mw.obs.Close(out)
 	res := mw.obs.Result()
@@ -99,25 +119,29 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 		outcome = meter.OutcomeUpstreamError
 	case r.Context().Err() != nil && outcome != meter.OutcomeCompleted:
 		outcome = meter.OutcomeClientGone
-	case aborted && outcome == meter.OutcomeCompleted && !res.HasUsage:
-		outcome = meter.OutcomeCutOff
 	}
 
-	tokens := billing.Tokens{
-		Input:       res.Usage.InputTokens,
-		CachedInput: res.Usage.CachedInputTokens,
-		CacheWrite:  res.Usage.CacheWriteTokens,
-		Output:      res.Usage.OutputTokens,
-	}
-	estimated := false
-	if !res.HasUsage {
-		tokens = billing.Tokens{}
-		if status < 400 && mw.wroteHeader {
-			// No usage report: bill what passed, by the characters rule.
-			tokens.Input = estimateTokens(int64(len(req.Body)))
-			tokens.Output = estimateTokens(res.OutputChars)
-			estimated = true
+	// Bill the upstream's own report; fill what it lacks from an estimate
+	// of what passed, and say so on the row.
+	usage, estimated := res.Usage, false
+	switch {
+	case res.HasUsage && outcome == meter.OutcomeCompleted:
+	case res.HasUsage:
+		// A report cut short (e.g. Anthropic's message_start, then a
+		// cut): its input is real, its output a placeholder.
+		if est := estimateUsage(req, res); est.OutputTokens > usage.OutputTokens {
+			usage.OutputTokens, estimated = est.OutputTokens, true
 		}
+	case status < 400 && mw.wroteHeader:
+		usage, estimated = estimateUsage(req, res), true
+	default:
+		usage = meter.Usage{} // an upstream error without usage costs nothing
+	}
+	tokens := billing.Tokens{
+		Input:       usage.InputTokens,
+		CachedInput: usage.CachedInputTokens,
+		CacheWrite:  usage.CacheWriteTokens,
+		Output:      usage.OutputTokens,
 	}
 	cost, err := price.Cost(tokens)
 	if err != nil {
@@ -139,7 +163,7 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 		CachedInputTokens: tokens.CachedInput,
 		CacheWriteTokens:  tokens.CacheWrite,
 		OutputTokens:      tokens.Output,
-		ReasoningTokens:   res.Usage.ReasoningTokens,
+		ReasoningTokens:   usage.ReasoningTokens,
 		Cost:              cost,
 		Currency:          h.app.Currency,
 		Estimated:         estimated,
@@ -181,8 +205,8 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 	}()
 }
 
-// estimateTokens is the characters-per-token rule for text without a usage
-// report: one token per four bytes, rounded up.
-func estimateTokens(n int64) int64 {
-	return (n + 3) / 4
+// estimateUsage estimates a response without a usage report: input from
+// the request, output from the text that passed.
+func estimateUsage(req *meter.Request, res meter.Result) meter.Usage {
+	return meter.Usage{InputTokens: (int64(len(req.Body)) + 3) / 4, OutputTokens: (res.OutputChars + 3) / 4}
 }
