@@ -49,6 +49,8 @@ type KeyRecord struct {
 	Models []string
 	// ExpiresAt is when the key stops working; zero means never.
 	ExpiresAt time.Time
+	// RPM and TPM limit requests and tokens per minute; 0 is unlimited.
+	RPM, TPM int64
 }
 
 // PutKey stores (or replaces) the record of the key with the given hash.
@@ -70,7 +72,8 @@ func (a *Accounts) putKey(ctx context.Context, c redis.Cmdable, hash string, k K
 		exp = k.ExpiresAt.UnixMilli()
 	}
 	return c.HSet(ctx, keyRecordKey(hash),
-		"id", k.ID, "user", k.User, "status", status, "models", models, "expires", exp).Err()
+		"id", k.ID, "user", k.User, "status", status, "models", models, "expires", exp,
+		"rpm", max(k.RPM, 0), "tpm", max(k.TPM, 0)).Err()
 }
 
 // RevokeKey marks the key revoked and tells every node at once.
@@ -134,50 +137,16 @@ type Grant struct {
 	User      string
 	RequestID string
 	Hold      Nanos
+	// Key is the key's record as Redis has it (for the local key cache).
+	Key KeyRecord
+	// Limits is the state of the key's rate windows after this request.
+	Limits RateState
 }
 
-// authorizeScript checks the key, its expiry and model allowlist, releases
-// the account's expired holds, and reserves the new hold if the available
-// balance (balance − held) covers it. Lua numbers are doubles: balances are
-// compared exactly up to 2^53 nanos (about 9 million currency units); every
-// stored value is changed with HINCRBY on integer strings.
-var authorizeScript = redis.NewScript(`
-local rec = redis.call('HMGET', KEYS[1], 'id', 'user', 'status', 'models', 'expires')
-if not rec[1] or rec[3] ~= 'active' then return {'invalid'} end
-local now = tonumber(ARGV[2])
-local exp = tonumber(rec[5] or '0') or 0
-if exp > 0 and exp <= now then return {'invalid'} end
-if ARGV[1] ~= '' and rec[4] and rec[4] ~= '' then
-  if string.find(ARGV[1], ',', 1, true) or not string.find(rec[4], ',' .. ARGV[1] .. ',', 1, true) then
-    return {'model', rec[1], rec[2]}
-  end
-end
-if ARGV[3] == 'check' then return {'ok', rec[1], rec[2]} end
-local user = rec[2]
-local acct = 'ait:{' .. user .. '}:acct'
-local holds = 'ait:{' .. user .. '}:holds'
-local amts = 'ait:{' .. user .. '}:holdamt'
-local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, 64)
-for _, id in ipairs(expired) do
-  local amt = redis.call('HGET', amts, id)
-  if amt and amt ~= '0' then redis.call('HINCRBY', acct, 'held', '-' .. amt) end
-  redis.call('HDEL', amts, id)
-  redis.call('ZREM', holds, id)
-end
-local v = redis.call('HMGET', acct, 'balance', 'held')
-local bal = tonumber(v[1] or '0') or 0
-local held = tonumber(v[2] or '0') or 0
-if redis.call('HEXISTS', amts, ARGV[4]) == 1 then return {'dup', rec[1], user} end
-if bal - held < tonumber(ARGV[3]) then return {'quota', rec[1], user} end
-redis.call('HINCRBY', acct, 'held', ARGV[3])
-redis.call('ZADD', holds, ARGV[5], ARGV[4])
-redis.call('HSET', amts, ARGV[4], ARGV[3])
-return {'ok', rec[1], user}
-`)
-
 // Authorize admits a request in one round trip: the key must exist, be
-// active and unexpired, allow the model, and (unless CheckOnly) the
-// account's available balance must cover the hold, which is then reserved.
+// active and unexpired, allow the model, be inside its rpm/tpm windows, and
+// (unless CheckOnly) the account's available balance must cover the hold,
+// which is then reserved and the request counted.
 func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error) {
 	now := time.Now()
 	hold := "check"
@@ -205,11 +174,24 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 		if !req.CheckOnly {
 			g.Hold = req.Hold
 		}
+		if len(res) >= 10 {
+			g.Key = KeyRecord{ID: g.KeyID, User: g.User, Active: true, Models: splitModels(res[3]),
+				RPM: atoi(res[5]), TPM: atoi(res[6])}
+			if ms := atoi(res[4]); ms > 0 {
+				g.Key.ExpiresAt = time.UnixMilli(ms)
+			}
+			g.Limits = rateState(g.Key.RPM, g.Key.TPM, atoi(res[7]), atoi(res[8]), atoi(res[9]))
+		}
 		return g, nil
 	case "model":
 		return g, ErrModelNotAllowed
 	case "quota":
 		return g, ErrInsufficientQuota
+	case "rate":
+		if len(res) < 7 {
+			return g, &RateLimitError{Kind: "requests"}
+		}
+		return g, &RateLimitError{Kind: res[3], Limit: atoi(res[4]), Reset: time.Duration(atoi(res[6])) * time.Millisecond}
 	case "dup":
 		return Grant{}, fmt.Errorf("request id %q already holds a reservation", req.RequestID)
 	default:
@@ -217,31 +199,56 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 	}
 }
 
-// settleScript releases exactly the request's own hold (if still there),
-// debits the real cost and appends the usage record to the stream, all at
-// once.
-var settleScript = redis.NewScript(`
-local amt = redis.call('HGET', KEYS[3], ARGV[1])
-if amt then
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  if amt ~= '0' then redis.call('HINCRBY', KEYS[1], 'held', '-' .. amt) end
-end
-local bal = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
-redis.call('XADD', KEYS[4], '*', 'r', ARGV[3])
-return bal
-`)
+// SettleMode says how a settlement treats a request whose hold is gone.
+type SettleMode string
 
-// Settle releases g's hold, debits cost and records usage (the JSON of a
-// usage record) in one round trip, returning the new balance.
-func (a *Accounts) Settle(ctx context.Context, g Grant, cost Nanos, record []byte) (Nanos, error) {
+// Settlement modes.
+const (
+	// SettleLive is the normal settlement at the end of a request: it
+	// always debits, whether or not the hold is still there.
+	SettleLive SettleMode = "live"
+	// SettleReplay replays a spooled settlement whose first attempt may or
+	// may not have reached Redis: it applies only if the hold (or its
+	// expired trace) is still there, so it never debits twice.
+	SettleReplay SettleMode = "replay"
+	// SettleReplayNoHold replays a settlement of a request admitted
+	// without a hold (Redis was down): applied once per request id.
+	SettleReplayNoHold SettleMode = "replay-nohold"
+)
+
+// Settle releases g's hold, debits cost, counts tokens in the key's tpm
+// window and records usage (the JSON of a usage record), all in one round
+// trip. It reports whether it applied (a replay of a settlement that
+// already happened does not).
+func (a *Accounts) Settle(ctx context.Context, g Grant, cost Nanos, tokens int64, record []byte, mode SettleMode) (bool, error) {
 	if cost < 0 {
-		return 0, fmt.Errorf("negative cost %d", cost)
+		return false, fmt.Errorf("negative cost %d", cost)
 	}
-	bal, err := settleScript.Run(ctx, a.rdb,
-		[]string{acctKey(g.User), holdsKey(g.User), holdAmtKey(g.User), UsageStream},
-		g.RequestID, strconv.FormatInt(-int64(cost), 10), record).Int64()
-	return Nanos(bal), err
+	if mode == "" {
+		mode = SettleLive
+	}
+	window := ""
+	if g.Key.TPM > 0 && tokens > 0 {
+		window = rateKey(g.User, g.KeyID, time.Now(), "t")
+	}
+	res, err := settleScript.Run(ctx, a.rdb,
+		[]string{acctKey(g.User), holdsKey(g.User), holdAmtKey(g.User), UsageStream, expiredKey(g.User), window,
+			replayKey(g.User, g.RequestID)},
+		g.RequestID, strconv.FormatInt(-int64(cost), 10), record, string(mode), tokens).Int64()
+	return res == 1, err
+}
+
+func atoi(s string) int64 {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}
+
+func splitModels(s string) []string {
+	s = strings.Trim(s, ",")
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
 }
 
 // seededKey marks a Redis whose accounts and keys were built from the

@@ -93,7 +93,7 @@ func TestAuthorizeOK(t *testing.T) {
 		t.Fatalf("Authorize: %v", err)
 	}
 	want := Grant{KeyID: "key_1", User: "alice", RequestID: "req_1", Hold: 250}
-	if g != want {
+	if !sameGrant(g, want) {
 		t.Fatalf("grant = %+v, want %+v", g, want)
 	}
 	wantBalance(t, a, "alice", 1_000, 250)
@@ -177,7 +177,7 @@ func TestAuthorizeInvalidKey(t *testing.T) {
 				if !errors.Is(err, ErrInvalidKey) {
 					t.Fatalf("err = %v, want ErrInvalidKey", err)
 				}
-				if g != (Grant{}) {
+				if !sameGrant(g, Grant{}) {
 					t.Fatalf("grant = %+v, want zero", g)
 				}
 			})
@@ -291,7 +291,7 @@ func TestAuthorizeCheckOnlyReservesNothing(t *testing.T) {
 		t.Fatalf("Authorize: %v", err)
 	}
 	want := Grant{KeyID: "key_c", User: "alice", RequestID: "req_check"}
-	if g != want {
+	if !sameGrant(g, want) {
 		t.Fatalf("grant = %+v, want %+v (no hold)", g, want)
 	}
 	wantBalance(t, a, "alice", 0, 0)
@@ -384,7 +384,7 @@ func TestSettle(t *testing.T) {
 	wantBalance(t, a, "alice", 10_000, 5_000)
 
 	record := []byte(`{"request_id":"req_1","user":"alice","cost":"0.000001234","model":"gpt-4o","note":"ünïcode \" \\ \n"}`)
-	bal, err := a.Settle(ctx, g1, 1_234, record)
+	bal, err := settleBal(ctx, a, g1, 1_234, record)
 	if err != nil {
 		t.Fatalf("Settle: %v", err)
 	}
@@ -410,7 +410,7 @@ func TestSettle(t *testing.T) {
 	}
 
 	// Costs above the hold are debited in full.
-	bal, err = a.Settle(ctx, g2, 2_500, []byte(`{"request_id":"req_2"}`))
+	bal, err = settleBal(ctx, a, g2, 2_500, []byte(`{"request_id":"req_2"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,7 +436,7 @@ func TestSettleZeroCostAndBinaryRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	record := []byte{0, 1, 2, 0xff, '\r', '\n', 'x'}
-	if _, err := a.Settle(ctx, g, 0, record); err != nil {
+	if _, err := settleBal(ctx, a, g, 0, record); err != nil {
 		t.Fatal(err)
 	}
 	wantBalance(t, a, "alice", 100, 0)
@@ -468,7 +468,7 @@ func TestSettleReleasedHold(t *testing.T) {
 
 	// The late settlement of req_old still debits its cost, and leaves
 	// req_cur's hold alone.
-	bal, err := a.Settle(ctx, old, 650, []byte(`{"request_id":"req_old"}`))
+	bal, err := settleBal(ctx, a, old, 650, []byte(`{"request_id":"req_old"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -480,17 +480,17 @@ func TestSettleReleasedHold(t *testing.T) {
 	// Settling a grant whose hold never existed (or was settled already)
 	// debits and never pushes held below the live holds.
 	ghost := Grant{KeyID: "key_l", User: "alice", RequestID: "req_ghost", Hold: 10_000}
-	if _, err := a.Settle(ctx, ghost, 50, []byte(`{}`)); err != nil {
+	if _, err := settleBal(ctx, a, ghost, 50, []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
 	wantBalance(t, a, "alice", 300, 300)
 
-	if _, err := a.Settle(ctx, cur, 300, []byte(`{}`)); err != nil {
+	if _, err := settleBal(ctx, a, cur, 300, []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
 	wantBalance(t, a, "alice", 0, 0)
 	// Settling req_cur again: debits again, held stays at zero.
-	if _, err := a.Settle(ctx, cur, 1, []byte(`{}`)); err != nil {
+	if _, err := settleBal(ctx, a, cur, 1, []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
 	wantBalance(t, a, "alice", -1, 0)
@@ -725,7 +725,7 @@ func TestAuthorizeSettleConcurrent(t *testing.T) {
 	errs = make(chan error, len(grants))
 	for _, g := range grants {
 		wg.Go(func() {
-			if _, err := a.Settle(ctx, g, hold, []byte(`{"request_id":"`+g.RequestID+`"}`)); err != nil {
+			if _, err := settleBal(ctx, a, g, hold, []byte(`{"request_id":"`+g.RequestID+`"}`)); err != nil {
 				errs <- err
 			}
 		})
@@ -768,8 +768,22 @@ func BenchmarkAuthorizeSettle(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := a.Settle(ctx, g, 6_500, record); err != nil {
+		if _, err := settleBal(ctx, a, g, 6_500, record); err != nil {
 			b.Fatal(err)
 		}
 	}
+}
+
+// settleBal settles live and returns the balance after.
+func settleBal(ctx context.Context, a *Accounts, g Grant, cost Nanos, record []byte) (Nanos, error) {
+	if _, err := a.Settle(ctx, g, cost, 0, record, SettleLive); err != nil {
+		return 0, err
+	}
+	bal, _, err := a.Balance(ctx, g.User)
+	return bal, err
+}
+
+// sameGrant compares the identity and hold of two grants.
+func sameGrant(a, b Grant) bool {
+	return a.KeyID == b.KeyID && a.User == b.User && a.RequestID == b.RequestID && a.Hold == b.Hold
 }

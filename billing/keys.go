@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"math/big"
+	"strconv"
+	"time"
 )
 
 // Redis key layout. Every key of one account carries the account's hash tag
@@ -59,4 +61,14 @@ func NewID(prefix string) string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return prefix + hex.EncodeToString(b[:])
+}
+
+func expiredKey(user string) string { return "ait:{" + user + "}:expired" }
+
+func replayKey(user, requestID string) string { return "ait:{" + user + "}:replayed:" + requestID }
+
+// rateKey names the per-minute window of a key's requests ("r") or tokens
+// ("t") at time t.
+func rateKey(user, keyID string, t time.Time, kind string) string {
+	return "ait:{" + user + "}:rl:" + keyID + ":" + strconv.FormatInt(t.UnixMilli()/60000, 10) + ":" + kind
 }

@@ -261,6 +261,8 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 		User      string     `json:"user"`
 		Name      string     `json:"name"`
 		Models    []string   `json:"models"`
+		RPM       int64      `json:"rpm"`
+		TPM       int64      `json:"tpm"`
 		ExpiresAt *time.Time `json:"expires_at"`
 	}
 	if err := decodeBody(r, &in); err != nil {
@@ -276,6 +278,12 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 		if _, ok := app.prices.Lookup(m); !ok {
 			return badField("models", "%q has no price", m)
 		}
+	}
+	if in.RPM < 0 {
+		return badField("rpm", "must be 0 (unlimited) or a positive number of requests per minute")
+	}
+	if in.TPM < 0 {
+		return badField("tpm", "must be 0 (unlimited) or a positive number of tokens per minute")
 	}
 	if in.ExpiresAt != nil && !in.ExpiresAt.After(time.Now()) {
 		return badField("expires_at", "must be in the future")
@@ -298,6 +306,8 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 		Hash:      billing.HashKey(secret),
 		Prefix:    secret[:11],
 		Models:    in.Models,
+		RPM:       in.RPM,
+		TPM:       in.TPM,
 		ExpiresAt: in.ExpiresAt,
 		Status:    "active",
 		CreatedAt: time.Now().UTC(),
@@ -305,7 +315,7 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	if err := app.ledger.store.CreateKey(r.Context(), k); err != nil {
 		return err
 	}
-	rec := billing.KeyRecord{ID: k.ID, User: k.UserID, Active: true, Models: k.Models}
+	rec := billing.KeyRecord{ID: k.ID, User: k.UserID, Active: true, Models: k.Models, RPM: k.RPM, TPM: k.TPM}
 	if k.ExpiresAt != nil {
 		rec.ExpiresAt = *k.ExpiresAt
 	}

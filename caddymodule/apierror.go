@@ -2,8 +2,11 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
 )
 
 // apiError is an error answered to an API client in OpenAI's shape:
@@ -34,6 +37,11 @@ var (
 
 func errInvalidRequest(msg, param string) *apiError {
 	return &apiError{http.StatusBadRequest, "invalid_request_error", "invalid_request_error", msg, param}
+}
+
+func errRateLimited(rl *billing.RateLimitError) *apiError {
+	return &apiError{http.StatusTooManyRequests, "requests", "rate_limit_exceeded",
+		fmt.Sprintf("Rate limit reached: %d %s per minute for this key. Try again in %s.", rl.Limit, rl.Kind, formatReset(rl.Reset)), ""}
 }
 
 func errModelNotFound(model string) *apiError {

@@ -134,7 +134,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.Method != http.MethodPost || format == meter.FormatUnknown {
 		g, err := h.app.accounts.Authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true})
 		if err != nil {
-			h.authError(err, "").write(w)
+			h.refuse(w, err, "")
 			return nil
 		}
 		h.setIdentity(r, g, "")
@@ -147,7 +147,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// Authenticate first, so a bad key is a 401 whatever the body.
 		if _, err := h.app.accounts.Authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true}); err != nil &&
 			!errors.Is(err, billing.ErrModelNotAllowed) {
-			h.authError(err, "").write(w)
+			h.refuse(w, err, "")
 			return nil
 		}
 		reqErr.write(w)
@@ -170,9 +170,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		KeyHash: keyHash, Model: req.Model, Hold: hold, RequestID: requestID,
 	})
 	if err != nil {
-		h.authError(err, req.Model).write(w)
+		h.refuse(w, err, req.Model)
 		return nil
 	}
+	setRateHeaders(w.Header(), g.Limits)
 
 	h.setIdentity(r, g, req.Model)
 	setBody(r, req.Body)
@@ -223,6 +224,50 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 		}
 	}
 	return req, price, nil
+}
+
+// refuse answers a request Authorize refused.
+func (h *Handler) refuse(w http.ResponseWriter, err error, model string) {
+	var rl *billing.RateLimitError
+	if errors.As(err, &rl) {
+		secs := int64((rl.Reset + time.Second - 1) / time.Second)
+		w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
+		h := w.Header()
+		if rl.Kind == "tokens" {
+			h.Set("X-Ratelimit-Limit-Tokens", strconv.FormatInt(rl.Limit, 10))
+			h.Set("X-Ratelimit-Remaining-Tokens", "0")
+			h.Set("X-Ratelimit-Reset-Tokens", formatReset(rl.Reset))
+		} else {
+			h.Set("X-Ratelimit-Limit-Requests", strconv.FormatInt(rl.Limit, 10))
+			h.Set("X-Ratelimit-Remaining-Requests", "0")
+			h.Set("X-Ratelimit-Reset-Requests", formatReset(rl.Reset))
+		}
+		errRateLimited(rl).write(w)
+		return
+	}
+	h.authError(err, model).write(w)
+}
+
+// setRateHeaders adds OpenAI's x-ratelimit-* headers for a limited key.
+func setRateHeaders(h http.Header, s billing.RateState) {
+	if s.RequestLimit > 0 {
+		h.Set("X-Ratelimit-Limit-Requests", strconv.FormatInt(s.RequestLimit, 10))
+		h.Set("X-Ratelimit-Remaining-Requests", strconv.FormatInt(s.RequestsLeft, 10))
+		h.Set("X-Ratelimit-Reset-Requests", formatReset(s.Reset))
+	}
+	if s.TokenLimit > 0 {
+		h.Set("X-Ratelimit-Limit-Tokens", strconv.FormatInt(s.TokenLimit, 10))
+		h.Set("X-Ratelimit-Remaining-Tokens", strconv.FormatInt(s.TokensLeft, 10))
+		h.Set("X-Ratelimit-Reset-Tokens", formatReset(s.Reset))
+	}
+}
+
+// formatReset writes a window reset as OpenAI does ("1s", "6m0s", "250ms").
+func formatReset(d time.Duration) string {
+	if d >= time.Second {
+		return d.Round(time.Second).String()
+	}
+	return d.Round(time.Millisecond).String()
 }
 
 // authError maps an Authorize error to the client's answer.

@@ -147,7 +147,7 @@ func seedRedis(store *usagelog.Store, accounts *billing.Accounts, log *zap.Logge
 	}
 	keys := make(map[string]billing.KeyRecord, len(active))
 	for _, k := range active {
-		rec := billing.KeyRecord{ID: k.ID, User: k.UserID, Active: true, Models: k.Models}
+		rec := billing.KeyRecord{ID: k.ID, User: k.UserID, Active: true, Models: k.Models, RPM: k.RPM, TPM: k.TPM}
 		if k.ExpiresAt != nil {
 			rec.ExpiresAt = *k.ExpiresAt
 		}
