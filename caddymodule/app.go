@@ -36,6 +36,11 @@ type App struct {
 	// Default: "redis://127.0.0.1:6379/0".
 	Redis string `json:"redis,omitempty"`
 
+	// RedisSentinel, when set, reaches Redis through Sentinel for
+	// failover: the master name and sentinel addresses. Password and
+	// database number still come from Redis (a URL).
+	RedisSentinel *SentinelConfig `json:"redis_sentinel,omitempty"`
+
 	// Database is the path of the SQLite ledger, the system of record. Only
 	// the ledger node sets it; it runs the usage flusher and the admin API.
 	// Placeholders are resolved.
@@ -106,7 +111,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("redis: %v", err)
 	}
-	a.redis, err = acquireRedis(redisURL)
+	a.redis, err = acquireRedis(redisURL, a.RedisSentinel)
 	if err != nil {
 		return err
 	}
@@ -156,8 +161,22 @@ func (a *App) loadPrices(repl *caddy.Replacer) (map[string]billing.Price, error)
 	return prices, nil
 }
 
+// SentinelConfig names a Redis master watched by Sentinel.
+type SentinelConfig struct {
+	// Master is the name the sentinels know the master by.
+	Master string `json:"master"`
+	// Addrs are the sentinels, host:port.
+	Addrs []string `json:"addrs"`
+	// Password authenticates to the sentinels themselves, if they need it.
+	// Placeholders are resolved.
+	Password string `json:"password,omitempty"`
+}
+
 // Validate checks the configuration.
 func (a *App) Validate() error {
+	if s := a.RedisSentinel; s != nil && (s.Master == "" || len(s.Addrs) == 0) {
+		return fmt.Errorf("redis_sentinel: a master name and at least one sentinel address are required")
+	}
 	if len(a.Currency) != 3 {
 		return fmt.Errorf("currency %q: want a 3-letter ISO code", a.Currency)
 	}

@@ -24,6 +24,7 @@ func init() {
 //
 //	aitoken {
 //		redis          <url>
+//		redis_sentinel <master> <addr...> { password <secret> }
 //		database       <path>
 //		currency       <ISO code>
 //		price <model>  input <per 1M> [cached_input <per 1M>] [cache_write <per 1M>] output <per 1M>
@@ -49,6 +50,22 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "redis":
 			if err := oneArg(d, &a.Redis); err != nil {
 				return err
+			}
+		case "redis_sentinel":
+			args := d.RemainingArgs()
+			if len(args) < 2 {
+				return d.Errf("redis_sentinel: want a master name and sentinel addresses")
+			}
+			a.RedisSentinel = &SentinelConfig{Master: args[0], Addrs: args[1:]}
+			for d.NextBlock(1) {
+				switch d.Val() {
+				case "password":
+					if err := oneArg(d, &a.RedisSentinel.Password); err != nil {
+						return err
+					}
+				default:
+					return d.Errf("unrecognized redis_sentinel option %q", d.Val())
+				}
 			}
 		case "database":
 			if err := oneArg(d, &a.Database); err != nil {

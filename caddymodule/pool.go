@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -20,8 +21,10 @@ var pool = caddy.NewUsagePool()
 
 // redisConn is a pooled Redis client.
 type redisConn struct {
-	key    string
-	client redis.UniversalClient
+	key      string
+	url      string
+	sentinel *SentinelConfig
+	client   redis.UniversalClient
 }
 
 // Redis timeouts: nothing on the request path may hang on a stalled Redis.
@@ -30,34 +33,44 @@ const (
 	redisIOTimeout   = time.Second
 )
 
-func acquireRedis(url string) (*redisConn, error) {
+func acquireRedis(url string, sentinel *SentinelConfig) (*redisConn, error) {
 	key := "redis|" + url
+	var sentinelPassword string
+	if sentinel != nil {
+		var err error
+		sentinelPassword, err = caddy.NewReplacer().ReplaceOrErr(sentinel.Password, true, true)
+		if err != nil {
+			return nil, fmt.Errorf("redis_sentinel password: %v", err)
+		}
+		key += "|sentinel|" + sentinel.Master + "|" + strings.Join(sentinel.Addrs, ",")
+	}
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		opt, err := redis.ParseURL(url)
 		if err != nil {
 			// The URL may hold a password: never echo it.
-			return nil, fmt.Errorf("redis: invalid URL: %v", redactURLError(err))
+			return nil, fmt.Errorf("redis: invalid URL: check scheme (redis:// or rediss://), host and database number")
 		}
-		if opt.DialTimeout == 0 || opt.DialTimeout > redisDialTimeout {
-			opt.DialTimeout = redisDialTimeout
+		uo := &redis.UniversalOptions{
+			Addrs:        []string{opt.Addr},
+			DB:           opt.DB,
+			Username:     opt.Username,
+			Password:     opt.Password,
+			TLSConfig:    opt.TLSConfig,
+			DialTimeout:  redisDialTimeout,
+			ReadTimeout:  redisIOTimeout,
+			WriteTimeout: redisIOTimeout,
 		}
-		if opt.ReadTimeout == 0 {
-			opt.ReadTimeout = redisIOTimeout
+		if sentinel != nil {
+			uo.MasterName = sentinel.Master
+			uo.Addrs = sentinel.Addrs
+			uo.SentinelPassword = sentinelPassword
 		}
-		if opt.WriteTimeout == 0 {
-			opt.WriteTimeout = redisIOTimeout
-		}
-		return &redisConn{key: key, client: redis.NewClient(opt)}, nil
+		return &redisConn{key: key, url: url, sentinel: sentinel, client: redis.NewUniversalClient(uo)}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return v.(*redisConn), nil
-}
-
-// redactURLError keeps go-redis URL errors free of the URL itself.
-func redactURLError(err error) string {
-	return "check scheme (redis:// or rediss://), host and database number"
 }
 
 // Destruct closes the client once no config uses it.
@@ -83,7 +96,7 @@ func acquireLedger(path string, rc *redisConn, interval time.Duration, log *zap.
 		}
 		// The flusher keeps its own reference to the Redis client, so the
 		// client outlives the final drain.
-		own, err := acquireRedis(rc.key[len("redis|"):])
+		own, err := acquireRedis(rc.url, rc.sentinel)
 		if err != nil {
 			store.Close()
 			return nil, err
