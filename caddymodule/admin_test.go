@@ -1,9 +1,11 @@
 package caddymodule_test
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestAdminBadInputStoresNothing(t *testing.T) {
@@ -81,10 +83,11 @@ func TestAdminBadInputStoresNothing(t *testing.T) {
 func TestAdminCreditsAndRevocation(t *testing.T) {
 	gateway(t)
 	var u userResp
-	if st := admin(t, "POST", "/aitoken/users", `{"id":"alice-`+t.Name()[:4]+`","email":"alice@example.com","name":"Alice"}`, &u); st != http.StatusCreated {
+	id := fmt.Sprintf("alice-%d", time.Now().UnixNano())
+	if st := admin(t, "POST", "/aitoken/users", `{"id":"`+id+`","email":"alice@example.com","name":"Alice"}`, &u); st != http.StatusCreated {
 		t.Fatalf("create: %d", st)
 	}
-	if u.ID != "alice-Test" || u.Email != "alice@example.com" || u.Balance != "0.000000000" {
+	if u.ID != id || u.Email != "alice@example.com" || u.Balance != "0.000000000" {
 		t.Fatalf("user %+v", u)
 	}
 	admin(t, "POST", "/aitoken/users/"+u.ID+"/credits", `{"amount":"10.50"}`, &u)

@@ -41,6 +41,11 @@ type App struct {
 	// database number still come from Redis (a URL).
 	RedisSentinel *SentinelConfig `json:"redis_sentinel,omitempty"`
 
+	// SpoolDir is where settlements that could not reach Redis wait, in an
+	// append-only file, until they are replayed. Default: Caddy's data
+	// directory, under aitoken/.
+	SpoolDir string `json:"spool_dir,omitempty"`
+
 	// Database is the path of the SQLite ledger, the system of record. Only
 	// the ledger node sets it; it runs the usage flusher and the admin API.
 	// Placeholders are resolved.
@@ -111,7 +116,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("redis: %v", err)
 	}
-	a.redis, err = acquireRedis(redisURL, a.RedisSentinel)
+	spoolDir, err := repl.ReplaceOrErr(a.SpoolDir, true, true)
+	if err != nil {
+		return fmt.Errorf("spool_dir: %v", err)
+	}
+	a.redis, err = acquireRedis(redisURL, a.RedisSentinel, spoolDir)
 	if err != nil {
 		return err
 	}

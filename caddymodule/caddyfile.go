@@ -29,6 +29,7 @@ func init() {
 //		currency       <ISO code>
 //		price <model>  input <per 1M> [cached_input <per 1M>] [cache_write <per 1M>] output <per 1M>
 //		pricing_file   <path>
+//		spool_dir      <path>
 //		flush_interval <duration>
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
@@ -73,6 +74,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "currency":
 			if err := oneArg(d, &a.Currency); err != nil {
+				return err
+			}
+		case "spool_dir":
+			if err := oneArg(d, &a.SpoolDir); err != nil {
 				return err
 			}
 		case "pricing_file":
@@ -168,7 +173,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		models <model...>
 //		max_request_body <size>
 //		reserve_output_tokens <n>
-//		on_redis_error deny
+//		on_redis_error deny|allow
 //		inject_stream_usage on|off
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -208,8 +213,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneArg(d, &h.OnRedisError); err != nil {
 				return err
 			}
-			if h.OnRedisError != "deny" {
-				return d.Errf("on_redis_error %q: only deny is supported", h.OnRedisError)
+			if h.OnRedisError != "deny" && h.OnRedisError != "allow" {
+				return d.Errf("on_redis_error %q: want deny or allow", h.OnRedisError)
 			}
 		case "inject_stream_usage":
 			var s string

@@ -65,6 +65,7 @@ func config(flush string) string {
 		price test-model  input 1.00 cached_input 0.10 output 2.00
 		price other-model input 1.00 output 1.00
 		price pre-*       input 3.00 output 3.00
+		price claude-test input 3.00 cached_input 0.30 cache_write 3.75 output 15.00
 		flush_interval %s
 	}
 }
@@ -85,8 +86,15 @@ http://localhost:9080 {
 		}
 		reverse_proxy %s
 	}
+	route /noinject/v1/* {
+		uri strip_prefix /noinject
+		aitoken {
+			inject_stream_usage off
+		}
+		reverse_proxy %s
+	}
 }
-`, env.redis.URL(), filepath.Join(env.dir, "ledger.db"), flush, env.upstream.URL, env.upstream.URL)
+`, env.redis.URL(), filepath.Join(env.dir, "ledger.db"), flush, env.upstream.URL, env.upstream.URL, env.upstream.URL)
 }
 
 var startOnce sync.Mutex
@@ -142,12 +150,14 @@ type usageRecord struct {
 	RequestID         string `json:"request_id"`
 	KeyID             string `json:"key_id"`
 	Model             string `json:"model"`
+	Endpoint          string `json:"endpoint"`
 	Stream            bool   `json:"stream"`
 	Status            int    `json:"status"`
 	Outcome           string `json:"outcome"`
 	InputTokens       int64  `json:"input_tokens"`
 	CachedInputTokens int64  `json:"cached_input_tokens"`
 	OutputTokens      int64  `json:"output_tokens"`
+	ReasoningTokens   int64  `json:"reasoning_tokens"`
 	Cost              string `json:"cost"`
 	Estimated         bool   `json:"estimated"`
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,7 +44,9 @@ type Handler struct {
 	ReserveOutputTokens int64 `json:"reserve_output_tokens,omitempty"`
 
 	// OnRedisError says what to do when Redis cannot be reached: "deny"
-	// answers 503. Default: "deny".
+	// answers 503; "allow" serves keys this node saw valid in the last ten
+	// minutes, without a hold, and bills them when Redis is back (their
+	// settlements wait in the local spool). Default: "deny".
 	OnRedisError string `json:"on_redis_error,omitempty"`
 
 	// InjectStreamUsage asks the upstream for a usage report on streams
@@ -102,8 +105,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate checks the options.
 func (h *Handler) Validate() error {
-	if h.OnRedisError != "deny" {
-		return fmt.Errorf("on_redis_error %q: only \"deny\" is supported", h.OnRedisError)
+	if h.OnRedisError != "deny" && h.OnRedisError != "allow" {
+		return fmt.Errorf("on_redis_error %q: want deny or allow", h.OnRedisError)
 	}
 	for _, m := range h.Models {
 		if _, ok := h.app.prices.Lookup(m); !ok {
@@ -132,7 +135,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// meter to an upstream that normalises it.
 	format := meter.FormatForPath(path.Clean("/" + r.URL.Path))
 	if r.Method != http.MethodPost || format == meter.FormatUnknown {
-		g, err := h.app.accounts.Authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true})
+		g, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true})
 		if err != nil {
 			h.refuse(w, err, "")
 			return nil
@@ -166,7 +169,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		errQuota.write(w)
 		return nil
 	}
-	g, err := h.app.accounts.Authorize(r.Context(), billing.AuthRequest{
+	g, err := h.authorize(r.Context(), billing.AuthRequest{
 		KeyHash: keyHash, Model: req.Model, Hold: hold, RequestID: requestID,
 	})
 	if err != nil {
@@ -224,6 +227,41 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 		}
 	}
 	return req, price, nil
+}
+
+// authorize runs Authorize; with on_redis_error allow it remembers keys
+// Redis confirmed and, when Redis cannot be reached, admits a remembered
+// key without a hold.
+func (h *Handler) authorize(ctx context.Context, req billing.AuthRequest) (billing.Grant, error) {
+	g, err := h.app.accounts.Authorize(ctx, req)
+	if h.OnRedisError != "allow" {
+		return g, err
+	}
+	now := time.Now()
+	cache := h.app.redis.keys
+	switch {
+	case err == nil:
+		cache.put(req.KeyHash, g.Key, now)
+		return g, nil
+	case isRefusal(err):
+		return g, err
+	}
+	rec, ok := cache.get(req.KeyHash, now)
+	if !ok || !rec.Active || (!rec.ExpiresAt.IsZero() && !now.Before(rec.ExpiresAt)) {
+		return g, err
+	}
+	if req.Model != "" && len(rec.Models) > 0 && !slices.Contains(rec.Models, req.Model) {
+		return billing.Grant{KeyID: rec.ID, User: rec.User}, billing.ErrModelNotAllowed
+	}
+	h.log.Warn("redis unavailable; admitting a cached key without a hold",
+		zap.String("key_id", rec.ID), zap.String("request_id", req.RequestID), zap.Error(err))
+	return billing.Grant{KeyID: rec.ID, User: rec.User, RequestID: req.RequestID, Key: rec}, nil
+}
+
+// isRefusal tells Authorize's answers from Redis failures.
+func isRefusal(err error) bool {
+	return errors.Is(err, billing.ErrInvalidKey) || errors.Is(err, billing.ErrModelNotAllowed) ||
+		errors.Is(err, billing.ErrInsufficientQuota) || errors.Is(err, billing.ErrRateLimited)
 }
 
 // refuse answers a request Authorize refused.
@@ -310,9 +348,11 @@ func keyFromRequest(r *http.Request) string {
 // provider, and asks for an uncompressed body the meter can read (the
 // encode handler may still compress for the client).
 func prepareUpstream(r *http.Request) {
-	for _, h := range [...]string{"Authorization", "X-Api-Key", "Cookie", "Proxy-Authorization", "Accept-Encoding"} {
+	for _, h := range [...]string{"Authorization", "X-Api-Key", "Cookie", "Proxy-Authorization"} {
 		r.Header.Del(h)
 	}
+	// Set, not deleted: Go's transport would otherwise ask for gzip itself.
+	r.Header.Set("Accept-Encoding", "identity")
 }
 
 // setBody replaces the consumed request body with body.

@@ -2,7 +2,11 @@ package caddymodule
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -12,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/spool"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
@@ -25,6 +30,69 @@ type redisConn struct {
 	url      string
 	sentinel *SentinelConfig
 	client   redis.UniversalClient
+	// keys caches key records for on_redis_error allow.
+	keys   *keyCache
+	cancel context.CancelFunc
+	// spool keeps settlements Redis could not take; replayer retries them.
+	spool    *spool.Spool
+	replayer *spool.Replayer
+}
+
+// spooled is a settlement waiting in the spool.
+type spooled struct {
+	Grant  billing.Grant      `json:"grant"`
+	Cost   billing.Nanos      `json:"cost"`
+	Tokens int64              `json:"tokens"`
+	Record json.RawMessage    `json:"record"`
+	Mode   billing.SettleMode `json:"mode"`
+}
+
+// settle applies a settlement, or spools it when Redis cannot take it, so
+// no usage record is lost.
+func (c *redisConn) settle(ctx context.Context, s spooled, log *zap.Logger) {
+	accounts := billing.NewAccounts(c.client)
+	_, err := accounts.Settle(ctx, s.Grant, s.Cost, s.Tokens, s.Record, billing.SettleLive)
+	if err == nil {
+		return
+	}
+	log.Warn("settling in redis failed; spooling it for replay",
+		zap.String("request_id", s.Grant.RequestID), zap.Error(err))
+	// The first attempt may have reached Redis: the replay applies only
+	// what did not.
+	s.Mode = billing.SettleReplay
+	if s.Grant.Hold == 0 {
+		s.Mode = billing.SettleReplayNoHold
+	}
+	payload, err := json.Marshal(s)
+	if err == nil {
+		err = c.spool.Append(spool.Entry{ID: s.Grant.RequestID, Payload: payload})
+	}
+	if err != nil {
+		log.Error("usage record lost: cannot spool settlement",
+			zap.String("request_id", s.Grant.RequestID), zap.String("user", s.Grant.User),
+			zap.String("cost", s.Cost.String()), zap.Error(err))
+		return
+	}
+	c.replayer.Kick()
+}
+
+// replay applies one spooled settlement.
+func (c *redisConn) replay(ctx context.Context, e spool.Entry) error {
+	var s spooled
+	if err := json.Unmarshal(e.Payload, &s); err != nil {
+		return nil // unreadable entries cannot succeed later either
+	}
+	_, err := billing.NewAccounts(c.client).Settle(ctx, s.Grant, s.Cost, s.Tokens, s.Record, s.Mode)
+	return err
+}
+
+// spoolPath is where settlements for one Redis target wait.
+func spoolPath(dir, key string) string {
+	if dir == "" {
+		dir = filepath.Join(caddy.AppDataDir(), "aitoken")
+	}
+	sum := sha256.Sum256([]byte(key))
+	return filepath.Join(dir, "spool-"+hex.EncodeToString(sum[:8])+".jsonl")
 }
 
 // Redis timeouts: nothing on the request path may hang on a stalled Redis.
@@ -33,7 +101,7 @@ const (
 	redisIOTimeout   = time.Second
 )
 
-func acquireRedis(url string, sentinel *SentinelConfig) (*redisConn, error) {
+func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redisConn, error) {
 	key := "redis|" + url
 	var sentinelPassword string
 	if sentinel != nil {
@@ -57,6 +125,7 @@ func acquireRedis(url string, sentinel *SentinelConfig) (*redisConn, error) {
 			Password:     opt.Password,
 			TLSConfig:    opt.TLSConfig,
 			DialTimeout:  redisDialTimeout,
+			MaxRetries:   1,
 			ReadTimeout:  redisIOTimeout,
 			WriteTimeout: redisIOTimeout,
 		}
@@ -65,7 +134,19 @@ func acquireRedis(url string, sentinel *SentinelConfig) (*redisConn, error) {
 			uo.Addrs = sentinel.Addrs
 			uo.SentinelPassword = sentinelPassword
 		}
-		return &redisConn{key: key, url: url, sentinel: sentinel, client: redis.NewUniversalClient(uo)}, nil
+		sp, err := spool.Open(spoolPath(spoolDir, key))
+		if err != nil {
+			return nil, fmt.Errorf("spool: %v", err)
+		}
+		log := caddy.Log().Named("aitoken")
+		rc := &redisConn{key: key, url: url, sentinel: sentinel, client: redis.NewUniversalClient(uo),
+			keys: newKeyCache(), spool: sp}
+		rc.replayer = spool.NewReplayer(sp, rc.replay, time.Second, log.Named("spool"))
+		rc.replayer.Start()
+		ctx, cancel := context.WithCancel(context.Background())
+		rc.cancel = cancel
+		go rc.keys.listenRevocations(ctx, rc.client, log)
+		return rc, nil
 	})
 	if err != nil {
 		return nil, err
@@ -74,7 +155,14 @@ func acquireRedis(url string, sentinel *SentinelConfig) (*redisConn, error) {
 }
 
 // Destruct closes the client once no config uses it.
-func (c *redisConn) Destruct() error { return c.client.Close() }
+func (c *redisConn) Destruct() error {
+	c.cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = c.replayer.Stop(ctx)
+	_ = c.spool.Close()
+	return c.client.Close()
+}
 
 func (c *redisConn) release() { _, _ = pool.Delete(c.key) }
 
@@ -96,7 +184,7 @@ func acquireLedger(path string, rc *redisConn, interval time.Duration, log *zap.
 		}
 		// The flusher keeps its own reference to the Redis client, so the
 		// client outlives the final drain.
-		own, err := acquireRedis(rc.url, rc.sentinel)
+		own, err := acquireRedis(rc.url, rc.sentinel, "")
 		if err != nil {
 			store.Close()
 			return nil, err

@@ -197,11 +197,7 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 	go func() {
 		defer h.app.settling.end()
 		defer cancel()
-		if _, err := h.app.accounts.Settle(ctx, g, cost, tokens.Input+tokens.Output, body, billing.SettleLive); err != nil {
-			h.log.Error("settling usage in redis failed; the hold expires on its own",
-				zap.String("request_id", g.RequestID), zap.String("user", g.User),
-				zap.String("cost", cost.String()), zap.Error(err))
-		}
+		h.app.redis.settle(ctx, spooled{Grant: g, Cost: cost, Tokens: tokens.Input + tokens.Output, Record: body}, h.log)
 	}()
 }
 

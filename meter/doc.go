@@ -5,7 +5,9 @@
 // request body once with [ParseRequest] (which can ask a streaming upstream
 // to report usage), then feeds every response write through an [Observer],
 // which forwards the bytes at once, hides the usage-only chunk the gateway
-// caused, and reports a [Result] at the end.
+// caused, and reports a [Result] at the end. When a response ends without a
+// usage report, [Estimate] counts the tokens locally ([CountTokens]) from
+// the request body and the text that passed.
 //
 // Supported shapes are OpenAI chat/completions, completions, embeddings and
 // responses, and Anthropic messages, each as a JSON body or an SSE stream.

@@ -45,7 +45,7 @@ func (o *Observer) chatEvent(data []byte) {
 		}
 		switch string(k) {
 		case "choices":
-			o.chars += choiceChars(v)
+			o.choiceText(v)
 		case "usage":
 			if u, ok := decodeUsage(v); ok { // last non-null usage wins
 				o.wire, o.hasUsage = u, true
@@ -58,16 +58,15 @@ func (o *Observer) chatEvent(data []byte) {
 	}
 }
 
-// choiceChars counts the generated characters in a chunk's choices:
+// choiceText takes the generated text in a chunk's choices:
 // delta.content, delta.reasoning_content and tool-call arguments for chat,
 // text for completions.
-func choiceChars(v []byte) int64 {
-	var n int64
+func (o *Observer) choiceText(v []byte) {
 	arr, _ := elements(v)
 	for {
 		choice, ok := arr.next()
 		if !ok {
-			return n
+			return
 		}
 		it, _ := members(choice)
 		for {
@@ -77,26 +76,25 @@ func choiceChars(v []byte) int64 {
 			}
 			switch string(k) {
 			case "delta":
-				n += deltaChars(val)
+				o.deltaText(val)
 			case "text":
-				n += stringChars(val)
+				o.text(val)
 			}
 		}
 	}
 }
 
-// deltaChars counts the characters of one chat delta.
-func deltaChars(v []byte) int64 {
-	var n int64
+// deltaText takes the generated text of one chat delta.
+func (o *Observer) deltaText(v []byte) {
 	it, _ := members(v)
 	for {
 		k, val, more := it.next()
 		if !more {
-			return n
+			return
 		}
 		switch string(k) {
 		case "content", "reasoning_content":
-			n += stringChars(val)
+			o.text(val)
 		case "tool_calls":
 			calls, _ := elements(val)
 			for {
@@ -104,10 +102,20 @@ func deltaChars(v []byte) int64 {
 				if !ok {
 					break
 				}
-				n += memberChars(member(call, "function"), "arguments")
+				o.text(member(member(call, "function"), "arguments"))
 			}
 		}
 	}
+}
+
+// text takes one generated-text JSON string v (with its quotes): it counts
+// its characters and samples its start. v that is not a string counts zero.
+func (o *Observer) text(v []byte) {
+	if len(v) < 2 || v[0] != '"' {
+		return
+	}
+	o.chars += stringChars(v)
+	o.sample.addString(v[1 : len(v)-1])
 }
 
 // messagesEvent handles an Anthropic Messages event.
@@ -139,8 +147,9 @@ func (o *Observer) messagesEvent(ev, data []byte) {
 	case "message_delta":
 		o.overlayUsage(usage)
 	case "content_block_delta":
-		o.chars += memberChars(delta, "text") + memberChars(delta, "thinking") +
-			memberChars(delta, "partial_json")
+		o.text(member(delta, "text"))
+		o.text(member(delta, "thinking"))
+		o.text(member(delta, "partial_json"))
 	case "message_stop":
 		o.done = true
 	case "error":
@@ -182,7 +191,7 @@ func (o *Observer) responsesEvent(ev, data []byte) {
 	case "response.output_text.delta", "response.refusal.delta",
 		"response.reasoning_text.delta", "response.reasoning_summary_text.delta",
 		"response.function_call_arguments.delta":
-		o.chars += stringChars(delta)
+		o.text(delta)
 	case "response.completed", "response.incomplete":
 		o.responseUsage(response)
 		o.done = true
@@ -222,11 +231,6 @@ func member(v []byte, key string) []byte {
 			found = val
 		}
 	}
-}
-
-// memberChars counts the characters of the string member key of object v.
-func memberChars(v []byte, key string) int64 {
-	return stringChars(member(v, key))
 }
 
 // usageOnlyChunk reports whether a chat/completions chunk is the one the

@@ -3,6 +3,7 @@ package meter
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -13,21 +14,41 @@ import (
 )
 
 // seedFiles adds the golden transcripts (and their CR and CRLF forms for
-// SSE) to a fuzz corpus.
-func seedFiles(f *testing.F, ext string, add func(b []byte)) {
+// SSE) to a fuzz corpus, each with the format its name starts with.
+func seedFiles(f *testing.F, ext string, add func(b []byte, fm Format)) {
 	names, _ := filepath.Glob(filepath.Join("..", "testdata", "meter", "*"+ext))
 	for _, name := range names {
 		b, err := os.ReadFile(name)
 		if err != nil {
 			f.Fatal(err)
 		}
-		add(b)
+		fm := formatOfFile(filepath.Base(name))
+		add(b, fm)
 		if ext == ".sse" {
-			add(lineEndings(b, "\r\n"))
-			add(lineEndings(b, "\r"))
+			add(lineEndings(b, "\r\n"), fm)
+			add(lineEndings(b, "\r"), fm)
 		}
 	}
 }
+
+// formatOfFile is the format a testdata file name starts with: "chat_",
+// "completions_", "embeddings_", "responses_" or "messages_" (or the same
+// followed by the extension).
+func formatOfFile(name string) Format {
+	prefix := name[:strings.IndexAny(name+"_", "_.")]
+	for _, fm := range []Format{FormatCompletions, FormatEmbeddings, FormatResponses, FormatMessages} {
+		if prefix == fm.String() {
+			return fm
+		}
+	}
+	if prefix == "chat" {
+		return FormatChat
+	}
+	return FormatUnknown
+}
+
+// allFormats are the values of a fuzzed format byte (format % 6).
+var allFormats = []Format{FormatUnknown, FormatChat, FormatCompletions, FormatEmbeddings, FormatResponses, FormatMessages}
 
 // randomPieces cuts b at random points chosen by seed, sometimes into
 // single bytes.
@@ -155,10 +176,16 @@ func refHidden(b []byte) []byte {
 }
 
 func FuzzSSEFramer(f *testing.F) {
-	seedFiles(f, ".sse", func(b []byte) {
-		f.Add(b, uint64(1), false, uint8(FormatChat))
-		f.Add(b, uint64(5), true, uint8(FormatChat))
+	seedFiles(f, ".sse", func(b []byte, fm Format) {
+		f.Add(b, uint64(1), false, uint8(fm))
+		f.Add(b, uint64(5), true, uint8(fm))
 	})
+	// Every format's event decoder, also those without a golden stream.
+	for _, fm := range allFormats {
+		f.Add([]byte("data: {\"choices\":[{\"delta\":{\"content\":\"a\\u00e9\\ud83d\\ude00\"}}],\"usage\":{\"prompt_tokens\":1}}\n\n"+
+			"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"b\\n\"}}\n\n"+
+			"data: {\"type\":\"response.output_text.delta\",\"delta\":\"c\\\"\"}\n\ndata: [DONE]\n\n"), uint64(2), true, uint8(fm))
+	}
 	f.Add([]byte("data: x\r"), uint64(0), true, uint8(FormatMessages))
 	f.Add([]byte("data:{\"choices\":[],\"usage\":{}}\r\r\rdata: [DONE]\n\n"), uint64(3), true, uint8(FormatCompletions))
 	f.Fuzz(func(t *testing.T, in []byte, seed uint64, hide bool, format uint8) {
@@ -170,6 +197,20 @@ func FuzzSSEFramer(f *testing.F) {
 		split := runSSE(t, req, randomPieces(in, seed))
 		if !reflect.DeepEqual(whole, split) {
 			t.Fatalf("split changed the outcome:\nwhole %+v\nsplit %+v", whole, split)
+		}
+		sample := whole.result.OutputSample
+		if len(sample) > sampleCap {
+			t.Fatalf("sample of %d bytes", len(sample))
+		}
+		// Without \u escapes (bad ones, lone surrogates) and invalid UTF-8, the
+		// sample has as many runes as were counted, until it is full.
+		if utf8.Valid(in) && !bytes.Contains(in, []byte(`\u`)) && len(sample) < sampleCap-utf8.UTFMax {
+			if (sample == nil) != (whole.result.OutputChars == 0) {
+				t.Fatalf("sample %v for %d chars", sample, whole.result.OutputChars)
+			}
+			if n := utf8.RuneCount(sample); int64(n) != whole.result.OutputChars {
+				t.Fatalf("sample %q has %d runes, OutputChars %d", sample, n, whole.result.OutputChars)
+			}
 		}
 		if ref := refEvents(in); !reflect.DeepEqual(whole.events, ref) && !(len(ref) == 0 && len(whole.events) == 0) {
 			t.Fatalf("events\n got %q\nwant %q", whole.events, ref)
@@ -327,28 +368,12 @@ func refUsage(body []byte) (w wireUsage, has bool) {
 	return w, has
 }
 
-// refChars counts the characters of the strings that are the direct value
-// of a text key, anywhere in v.
-func refChars(v any) int64 {
-	var n int64
-	switch v := v.(type) {
-	case map[string]any:
-		for k, x := range v {
-			if s, ok := x.(string); ok && textKey([]byte(k)) {
-				n += int64(utf8.RuneCountInString(s))
-			}
-			n += refChars(x)
-		}
-	case []any:
-		for _, x := range v {
-			n += refChars(x)
-		}
-	}
-	return n
-}
-
 func FuzzUsageJSON(f *testing.F) {
-	seedFiles(f, ".json", func(b []byte) { f.Add(b, uint64(1), uint8(FormatChat)) })
+	seedFiles(f, ".json", func(b []byte, fm Format) { f.Add(b, uint64(1), uint8(fm)) })
+	for _, fm := range allFormats { // every format, also those without a golden body
+		f.Add([]byte(`{"choices":[{"text":"a\u00e9","message":{"content":"\ud83d\ude00\ud83d"}}],"content":[{"text":"b\n","thinking":"c"}],`+
+			`"output":[{"content":[{"text":"d"}]}],"usage":{"prompt_tokens":2,"input_tokens":3,"output_tokens":1}}`), uint64(4), uint8(fm))
+	}
 	f.Add([]byte(`{"usage":{"prompt_tokens":1},"usage":null,"usage":[1]}`), uint64(2), uint8(FormatChat))
 	f.Add([]byte(`{"a":"\"}","usage":{"input_tokens":3,"cache_read_input_tokens":1e2}}`), uint64(3), uint8(FormatMessages))
 	f.Fuzz(func(t *testing.T, body []byte, seed uint64, format uint8) {
@@ -364,8 +389,25 @@ func FuzzUsageJSON(f *testing.F) {
 		if !bytes.Equal(whole.out, body) {
 			t.Fatal("forwarded bytes differ")
 		}
+		if len(whole.result.OutputSample) > sampleCap {
+			t.Fatalf("sample of %d bytes", len(whole.result.OutputSample))
+		}
 		var v any
-		if json.Unmarshal(body, &v) != nil || bytes.Contains(body, []byte(`\u`)) {
+		valid := json.Unmarshal(body, &v) == nil
+		shallow := strings.Count(string(body), "{")+strings.Count(string(body), "[") < 60
+		if valid && utf8.Valid(body) && shallow {
+			ref, _ := v.(map[string]any)
+			want := ""
+			if ref != nil {
+				want = refSample(t, body)
+			}
+			got := string(whole.result.OutputSample)
+			if len(want) <= sampleCap && got != want ||
+				len(want) > sampleCap && (!strings.HasPrefix(want, got) || len(got) < sampleCap-utf8.UTFMax) {
+				t.Fatalf("sample\n got %q\nwant %q", got, want)
+			}
+		}
+		if !valid || bytes.Contains(body, []byte(`\u`)) {
 			return
 		}
 		obj, isObj := v.(map[string]any)
@@ -386,10 +428,297 @@ func FuzzUsageJSON(f *testing.F) {
 		if has != whole.result.HasUsage || (has && ref != whole.wire) {
 			t.Fatalf("usage\n got %v %+v\nwant %v %+v", whole.result.HasUsage, whole.wire, has, ref)
 		}
-		if utf8.Valid(body) && strings.Count(string(body), "{")+strings.Count(string(body), "[") < 60 {
-			if got, want := whole.result.OutputChars, refChars(v); got != want {
+		if utf8.Valid(body) && shallow {
+			if got, want := whole.result.OutputChars, int64(utf8.RuneCountInString(refSample(t, body))); got != want {
 				t.Fatalf("chars %d, want %d", got, want)
 			}
 		}
 	})
+}
+
+// refSample is the generated text of a valid JSON object, decoded by
+// encoding/json: in document order, every string that is the direct value
+// of a text key whose name has no escape.
+func refSample(t *testing.T, body []byte) string {
+	type frame struct{ obj, wantKey bool }
+	var stack []frame
+	var out strings.Builder
+	dec := json.NewDecoder(bytes.NewReader(body))
+	var key string
+	keyEscaped := false
+	prev := int64(0)
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return out.String()
+		}
+		if err != nil {
+			t.Fatalf("refSample: %v", err)
+		}
+		off := dec.InputOffset()
+		raw := body[prev:off]
+		prev = off
+		var top *frame
+		if len(stack) > 0 {
+			top = &stack[len(stack)-1]
+		}
+		switch tok := tok.(type) {
+		case json.Delim:
+			switch tok {
+			case '{', '[':
+				stack = append(stack, frame{obj: tok == '{', wantKey: tok == '{'})
+			default:
+				stack = stack[:len(stack)-1]
+				if len(stack) > 0 && stack[len(stack)-1].obj {
+					stack[len(stack)-1].wantKey = true
+				}
+			}
+		default:
+			if top == nil || !top.obj {
+				continue
+			}
+			if top.wantKey {
+				key, _ = tok.(string)
+				keyEscaped = bytes.IndexByte(raw, '\\') >= 0
+				top.wantKey = false
+				continue
+			}
+			if s, ok := tok.(string); ok && !keyEscaped && textKey([]byte(key)) {
+				out.WriteString(s)
+			}
+			top.wantKey = true
+		}
+	}
+}
+
+// FuzzEstimateInput checks that the estimates never panic and stay in
+// range, through the real tokenizers. Their regexp engine offers the fuzzer
+// a vast coverage space, and minimizing each new input (60 s by default)
+// stalls it, so run it with a short minimization:
+//
+//	go test -run '^$' -fuzz FuzzEstimateInput -fuzzminimizetime 100x ./meter/
+func FuzzEstimateInput(f *testing.F) {
+	names, _ := filepath.Glob(filepath.Join("..", "testdata", "meter", "requests", "*.json"))
+	for _, name := range names {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, uint8(formatOfFile(filepath.Base(name))), uint8(0))
+	}
+	for _, fm := range allFormats {
+		f.Add([]byte(`{"messages":[{"content":[{"type":"tool_use","input":{"a":[1]},"content":[{"text":"x"}]}]}],"prompt":[[1],2,"s"],"input":[{"content":"y"}],"tools":[{"function":{"name":"n"}}],"system":null}`), uint8(fm), uint8(1))
+	}
+	f.Add([]byte(`{"input":`+strings.Repeat(`[`, 50)+strings.Repeat(`]`, 50)+`}`), uint8(FormatEmbeddings), uint8(2))
+	f.Add([]byte("\xff\xfe not json"), uint8(FormatChat), uint8(1))
+	models := []string{"gpt-4o", "gpt-4", "deepseek-chat", "claude-sonnet-4-5"}
+	f.Fuzz(func(t *testing.T, body []byte, format, model uint8) {
+		if len(body) > 1<<16 {
+			return
+		}
+		fm, m := Format(format%6), models[int(model)%len(models)]
+		orig := bytes.Clone(body)
+		n := EstimateInput(fm, m, body)
+		if n < 0 || n > maxCount || !bytes.Equal(body, orig) {
+			t.Fatalf("EstimateInput = %d", n)
+		}
+		if again := EstimateInput(fm, m, body); again != n {
+			t.Fatalf("EstimateInput not deterministic: %d then %d", n, again)
+		}
+		if fm != FormatUnknown && !json.Valid(body) && n != CountTokens(m, body) {
+			t.Fatalf("invalid JSON: %d, want the whole body counted", n)
+		}
+		// The walk gathers what encoding/json decodes (which replaces invalid
+		// UTF-8, so only valid UTF-8 compares).
+		if utf8.Valid(body) {
+			got, ok := gatherPrompt(fm, body)
+			want, wantOK := refGatherPrompt(fm, body)
+			if ok != wantOK || !bytes.Equal(got.text, want.text) || got.extra != want.extra {
+				t.Fatalf("gathered %v %q %d\nencoding/json %v %q %d", ok, got.text, got.extra, wantOK, want.text, want.extra)
+			}
+		}
+		// The output side, with the fuzzed bytes as a sample.
+		sample := body[:min(len(body), sampleCap)]
+		for _, chars := range []int64{0, int64(len(sample)), 1 << 50} {
+			if out := EstimateOutput(m, Result{OutputChars: chars, OutputSample: sample}); out < 0 || out > maxCount {
+				t.Fatalf("EstimateOutput(%d chars) = %d", chars, out)
+			}
+		}
+	})
+}
+
+func TestFormatOfFile(t *testing.T) {
+	for name, want := range map[string]Format{
+		"chat_stream_openai.sse": FormatChat, "completions_json.json": FormatCompletions, "embeddings.json": FormatEmbeddings, "x.json": FormatUnknown,
+		"embeddings_ids.json": FormatEmbeddings, "responses_items.json": FormatResponses, "messages_error.sse": FormatMessages,
+	} {
+		if got := formatOfFile(name); got != want {
+			t.Errorf("%s: %v", name, got)
+		}
+	}
+}
+
+// refPrompt is gatherPrompt written plainly with encoding/json, decoding
+// every level: the reference FuzzEstimateInput checks the walk against.
+type refPrompt struct {
+	text  []byte
+	extra int64
+}
+
+func refGatherPrompt(f Format, body []byte) (t refPrompt, ok bool) {
+	if f == FormatUnknown {
+		return t, true
+	}
+	var top map[string]json.RawMessage
+	if json.Unmarshal(body, &top) != nil || top == nil {
+		return t, false
+	}
+	switch f {
+	case FormatChat:
+		t.messages(top["messages"], true)
+		t.tools(top["tools"])
+		t.tools(top["functions"])
+	case FormatCompletions:
+		t.content(top["prompt"], 0)
+		t.content(top["suffix"], 0)
+	case FormatEmbeddings:
+		t.content(top["input"], 0)
+	case FormatResponses:
+		t.content(top["instructions"], 0)
+		t.content(top["input"], 0)
+		t.tools(top["tools"])
+	case FormatMessages:
+		t.content(top["system"], 0)
+		t.messages(top["messages"], false)
+		t.tools(top["tools"])
+	}
+	return t, true
+}
+
+func (t *refPrompt) add(s string) {
+	if s == "" {
+		return
+	}
+	if len(t.text) > 0 {
+		t.text = append(t.text, '\n')
+	}
+	t.text = append(t.text, s...)
+}
+
+func (t *refPrompt) addJSON(raw json.RawMessage) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return
+	}
+	var b bytes.Buffer
+	if json.Compact(&b, raw) == nil {
+		t.add(b.String())
+	}
+}
+
+// objects decodes an array of objects; elements that are not objects are
+// left out.
+func objects(raw json.RawMessage) (out []map[string]json.RawMessage, isArray bool) {
+	var items []json.RawMessage
+	if len(raw) == 0 || raw[0] != '[' || json.Unmarshal(raw, &items) != nil {
+		return nil, false
+	}
+	for _, it := range items {
+		var m map[string]json.RawMessage
+		if json.Unmarshal(it, &m) == nil && m != nil {
+			out = append(out, m)
+		}
+	}
+	return out, true
+}
+
+func (t *refPrompt) messages(raw json.RawMessage, chat bool) {
+	msgs, ok := objects(raw)
+	if !ok {
+		return
+	}
+	for _, msg := range msgs {
+		t.extra += tokensPerMessage
+		t.add(refStr(msg["role"]))
+		t.content(msg["content"], 0)
+		if chat {
+			t.add(refStr(msg["name"]))
+			calls, _ := objects(msg["tool_calls"])
+			for _, c := range calls {
+				t.function(c["function"])
+			}
+			t.function(msg["function_call"])
+		}
+	}
+	t.extra += tokensPerReply
+}
+
+func (t *refPrompt) function(raw json.RawMessage) {
+	var fn map[string]json.RawMessage
+	if json.Unmarshal(raw, &fn) != nil {
+		return
+	}
+	t.add(refStr(fn["name"]))
+	t.add(refStr(fn["arguments"]))
+}
+
+func (t *refPrompt) tools(raw json.RawMessage) {
+	tools, _ := objects(raw)
+	for _, tool := range tools {
+		if fn, ok := tool["function"]; ok {
+			tool = nil
+			if json.Unmarshal(fn, &tool) != nil {
+				continue
+			}
+		}
+		t.add(refStr(tool["name"]))
+		t.add(refStr(tool["description"]))
+		t.addJSON(tool["parameters"])
+		t.addJSON(tool["input_schema"])
+	}
+}
+
+func (t *refPrompt) content(raw json.RawMessage, depth int) {
+	if len(raw) == 0 || depth > maxContentDepth {
+		return
+	}
+	switch raw[0] {
+	case '"':
+		t.add(refStr(raw))
+	case '[':
+		var items []json.RawMessage
+		if json.Unmarshal(raw, &items) != nil {
+			return
+		}
+		for _, it := range items {
+			t.content(it, depth+1)
+		}
+	case '{':
+		var p map[string]json.RawMessage
+		if json.Unmarshal(raw, &p) != nil {
+			return
+		}
+		t.add(refStr(p["text"]))
+		t.add(refStr(p["refusal"]))
+		t.add(refStr(p["thinking"]))
+		t.add(refStr(p["name"]))
+		t.add(refStr(p["arguments"]))
+		if in, ok := p["input"]; ok && strings.HasSuffix(refStr(p["type"]), "tool_use") {
+			t.addJSON(in)
+		}
+		t.add(refStr(p["role"]))
+		t.content(p["content"], depth+1)
+		t.content(p["output"], depth+1)
+		t.content(p["summary"], depth+1)
+	case 'n', 't', 'f':
+	default:
+		t.extra++
+	}
+}
+
+func refStr(raw json.RawMessage) string {
+	var s string
+	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+		return ""
+	}
+	return s
 }

@@ -6,7 +6,8 @@ import "bytes"
 // it: it tracks strings, escapes and nesting, recognises the top-level keys,
 // copies only the value of the top-level "usage" (up to maxUsageJSON), notes
 // whether a top-level "error" is null, and counts the characters of the
-// generated-text strings. Memory stays bounded whatever the input.
+// generated-text strings, keeping the first sampleCap bytes of their text.
+// Memory stays bounded whatever the input.
 type jsonScanner struct {
 	state     uint8
 	depth     int    // 1 inside the top-level object
@@ -29,6 +30,7 @@ type jsonScanner struct {
 	usage    wireUsage
 	hasUsage bool
 	chars    charCounter
+	sample   sampler // the first of the generated text, decoded
 }
 
 const maxKey = 32
@@ -147,8 +149,30 @@ func (s *jsonScanner) feed(p []byte) {
 // of the last byte it consumed.
 func (s *jsonScanner) stringByte(p []byte, i int) int {
 	c := p[i]
-	if s.strKind == strCount && !(c == '"' && !s.esc && s.uHex == 0) {
-		s.chars.addByte(c)
+	if s.strKind == strCount && !s.capturing && !s.esc && s.uHex == 0 && c != '"' && c != '\\' {
+		// A run of plain generated text: count and sample it at once.
+		run := p[i:]
+		if q := bytes.IndexByte(run, '"'); q >= 0 {
+			run = run[:q]
+		}
+		if b := bytes.IndexByte(run, '\\'); b >= 0 {
+			run = run[:b]
+		}
+		for _, b := range run { // as charCounter does without escapes
+			if b&0xC0 != 0x80 {
+				s.chars.n++
+			}
+		}
+		s.sample.add(run)
+		return i + len(run) - 1 // the loop goes on at the quote or backslash
+	}
+	if s.strKind == strCount {
+		if c == '"' && !s.esc && s.uHex == 0 {
+			s.sample.endString()
+		} else {
+			s.chars.addByte(c)
+			s.sample.addByte(c)
+		}
 	}
 	switch {
 	case s.uHex > 0:

@@ -42,6 +42,11 @@ type Result struct {
 	// passed: content, reasoning, text and tool-argument deltas in a stream;
 	// the same fields of a JSON body.
 	OutputChars int64
+	// OutputSample is the start of that text, decoded (escapes resolved):
+	// at most 16 KiB, cut at a rune boundary; nil when no text passed. It is
+	// the Observer's own memory: valid while the Observer is, and not to be
+	// modified. [EstimateOutput] counts its tokens.
+	OutputSample []byte
 	// Stream is true when the response was SSE.
 	Stream bool
 }
@@ -72,6 +77,7 @@ type Observer struct {
 	streamErr bool
 	broken    bool // SSE protocol error: metering stopped, bytes pass untouched
 	chars     int64
+	sample    sampler // the first of the generated text, decoded
 
 	// SSE framing.
 	hiding    bool   // the usage-only chunk may be hidden
@@ -164,13 +170,13 @@ func (o *Observer) Close(w io.Writer) error {
 func (o *Observer) Result() Result {
 	r := Result{Outcome: o.outcome(), Stream: o.sse}
 	if o.sse {
-		r.HasUsage, r.OutputChars = o.hasUsage, o.chars
+		r.HasUsage, r.OutputChars, r.OutputSample = o.hasUsage, o.chars, o.sample.sample()
 		if o.hasUsage {
 			r.Usage = o.wire.usage(o.format)
 		}
 		return r
 	}
-	r.HasUsage, r.OutputChars = o.json.hasUsage, o.json.chars.n
+	r.HasUsage, r.OutputChars, r.OutputSample = o.json.hasUsage, o.json.chars.n, o.json.sample.sample()
 	if o.json.hasUsage {
 		r.Usage = o.json.usage.usage(o.format)
 	}

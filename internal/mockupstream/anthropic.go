@@ -31,14 +31,17 @@ type anthropicMessage struct {
 
 // messages answers the Anthropic-format POST /v1/messages: JSON, or the SSE
 // sequence message_start, content_block_start, ping, content_block_delta…,
-// content_block_stop, message_delta (cumulative usage), message_stop.
+// content_block_stop, message_delta (cumulative usage; X-Mock-Message-Deltas
+// of them), message_stop; or, with X-Mock-Error-After, an error event in
+// place of a content_block_delta and nothing after it.
 func (s *Server) messages(w http.ResponseWriter, r *http.Request) {
 	o, req, ok := begin(w, r, writeAnthropicError)
 	if !ok {
 		return
 	}
 	id := s.nextID("msg_mock_")
-	u := AnthropicUsage{InputTokens: o.prompt, CacheReadInputTokens: o.cached, OutputTokens: o.deltas}
+	u := AnthropicUsage{InputTokens: o.prompt, CacheCreationInputTokens: o.cacheWrite,
+		CacheReadInputTokens: o.cached, OutputTokens: o.deltas + o.reasoning}
 
 	if !req.Stream {
 		writeJSON(w, http.StatusOK, anthropicMessage{
@@ -67,8 +70,12 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request) {
 	if st.event("ping", map[string]any{"type": "ping"}) != nil {
 		return
 	}
+	streamErr := func() error {
+		return st.event("error", map[string]any{"type": "error",
+			"error": map[string]string{"type": "overloaded_error", "message": "Overloaded"}})
+	}
 	for i := range o.deltas {
-		if s.pace(st, o, i) != nil {
+		if !s.step(st, o, i, streamErr) {
 			return
 		}
 		if st.event("content_block_delta", map[string]any{
@@ -78,18 +85,30 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if s.pace(st, o, o.deltas) != nil {
+	if !s.step(st, o, o.deltas, streamErr) {
 		return
 	}
 	if st.event("content_block_stop", map[string]any{"type": "content_block_stop", "index": 0}) != nil {
 		return
 	}
-	if st.event("message_delta", map[string]any{
-		"type":  "message_delta",
-		"delta": map[string]any{"stop_reason": "end_turn", "stop_sequence": nil},
-		"usage": map[string]int{"output_tokens": o.deltas},
-	}) != nil {
-		return
+	// With X-Mock-Message-Deltas > 1, the earlier message_delta events carry
+	// a growing cumulative count and repeat the input counts, so a reader
+	// that adds instead of overwriting bills too much.
+	n := o.messageDeltas
+	for k := 1; k <= n; k++ {
+		usage := map[string]int{"output_tokens": u.OutputTokens * k / n}
+		delta := map[string]any{"stop_reason": nil, "stop_sequence": nil}
+		if k == n {
+			delta["stop_reason"] = "end_turn"
+		}
+		if n > 1 {
+			usage["input_tokens"] = u.InputTokens
+			usage["cache_creation_input_tokens"] = u.CacheCreationInputTokens
+			usage["cache_read_input_tokens"] = u.CacheReadInputTokens
+		}
+		if st.event("message_delta", map[string]any{"type": "message_delta", "delta": delta, "usage": usage}) != nil {
+			return
+		}
 	}
 	_ = st.event("message_stop", map[string]any{"type": "message_stop"})
 }

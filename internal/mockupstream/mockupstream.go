@@ -4,8 +4,12 @@
 //
 // Usage is deterministic: the uncached prompt is 12 tokens (X-Mock-Prompt),
 // cached prompt tokens come from X-Mock-Cached, and every content delta is one
-// completion token (X-Mock-Deltas, default 5). So, for example, an OpenAI chat
-// response reports prompt_tokens = 12 + cached and completion_tokens = deltas.
+// completion token (X-Mock-Deltas, default 5), plus X-Mock-Reasoning hidden
+// reasoning tokens. So, for example, an OpenAI chat response reports
+// prompt_tokens = 12 + cached and completion_tokens = deltas + reasoning; an
+// Anthropic one input_tokens = 12, cache_read_input_tokens = cached,
+// cache_creation_input_tokens = X-Mock-Cache-Write and output_tokens =
+// deltas + reasoning.
 //
 // Request headers that steer a response (all optional):
 //
@@ -21,8 +25,26 @@
 //	X-Mock-Usage: mode   chat and completions: "openai" (default; a stream
 //	                     reports usage only when stream_options.include_usage
 //	                     is true, in a last chunk with "choices":[]), "final"
-//	                     (DeepSeek style: usage on the finish_reason chunk,
-//	                     asked or not) or "none" (never any usage)
+//	                     (usage on the finish_reason chunk, asked or not),
+//	                     "deepseek" (as final, with DeepSeek's
+//	                     prompt_cache_hit_tokens / prompt_cache_miss_tokens in
+//	                     place of prompt_tokens_details) or "none" (never any
+//	                     usage); responses: "none" leaves usage null
+//	X-Mock-Reasoning: N  hidden reasoning tokens, counted in the completion /
+//	                     output tokens and reported as reasoning_tokens (chat,
+//	                     completions, responses; Anthropic: in output_tokens);
+//	                     they are not streamed as deltas; default 0
+//	X-Mock-Error-After: N  stream: after N deltas send an error event and end
+//	                     the stream (no usage, no terminator): chat and
+//	                     completions "data: {"error":{…}}", Anthropic
+//	                     "event: error", responses "event: error"
+//	X-Mock-Cache-Write: N  Anthropic: cache_creation_input_tokens; default 0
+//	X-Mock-Message-Deltas: N  Anthropic stream: N message_delta events with
+//	                     cumulative usage (the last one has the totals, and all
+//	                     repeat the input counts); default 1
+//	X-Mock-Gzip: 1       gzip the response body (Content-Encoding: gzip)
+//	                     whatever the request's Accept-Encoding; a stream's
+//	                     gzip writer is flushed after every event
 //
 // Every SSE event is written with one Write and flushed at once.
 package mockupstream
@@ -99,6 +121,17 @@ func New() *Server {
 
 // ServeHTTP records the request and answers it.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if v := r.Header.Get("X-Mock-Gzip"); v != "" && v != "0" && v != "false" {
+		gw := newGzipWriter(w)
+		s.serve(gw, r)
+		// Not deferred: after a cut (a panic) the stream must stay unfinished.
+		_ = gw.Close()
+		return
+	}
+	s.serve(w, r)
+}
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody))
 	if err != nil {
 		writeOpenAIError(w, http.StatusBadRequest, "reading body: "+err.Error())
@@ -181,10 +214,15 @@ type options struct {
 	hold   bool
 	cut    int // 0: no cut
 	usage  string
+
+	reasoning     int
+	errAfter      int // -1: no error event
+	cacheWrite    int
+	messageDeltas int
 }
 
 func parseOptions(h http.Header) (options, error) {
-	o := options{deltas: DefaultDeltas, prompt: DefaultPromptTokens, usage: "openai"}
+	o := options{deltas: DefaultDeltas, prompt: DefaultPromptTokens, usage: "openai", errAfter: -1, messageDeltas: 1}
 	var err error
 	ints := []struct {
 		name string
@@ -195,6 +233,10 @@ func parseOptions(h http.Header) (options, error) {
 		{"X-Mock-Cached", &o.cached},
 		{"X-Mock-Prompt", &o.prompt},
 		{"X-Mock-Cut", &o.cut},
+		{"X-Mock-Reasoning", &o.reasoning},
+		{"X-Mock-Error-After", &o.errAfter},
+		{"X-Mock-Cache-Write", &o.cacheWrite},
+		{"X-Mock-Message-Deltas", &o.messageDeltas},
 	}
 	for _, f := range ints {
 		v := h.Get(f.name)
@@ -206,6 +248,9 @@ func parseOptions(h http.Header) (options, error) {
 			return o, fmt.Errorf("bad %s: %q", f.name, v)
 		}
 		*f.dst = n
+	}
+	if o.messageDeltas < 1 {
+		return o, fmt.Errorf("bad X-Mock-Message-Deltas: %d", o.messageDeltas)
 	}
 	if o.status != 0 && (o.status < 200 || o.status > 599) {
 		return o, fmt.Errorf("bad X-Mock-Status: %d", o.status)
@@ -220,7 +265,7 @@ func parseOptions(h http.Header) (options, error) {
 	}
 	if v := h.Get("X-Mock-Usage"); v != "" {
 		switch v {
-		case "openai", "final", "none":
+		case "openai", "final", "deepseek", "none":
 			o.usage = v
 		default:
 			return o, fmt.Errorf("bad X-Mock-Usage: %q", v)
@@ -339,6 +384,20 @@ func (s *Server) pace(st *stream, o options, i int) error {
 		}
 	}
 	return st.ctx.Err()
+}
+
+// step runs before delta i, and with i == o.deltas before the end of the
+// stream: pace, then the X-Mock-Error-After error event, written by
+// writeErr. It returns false when the stream must end.
+func (s *Server) step(st *stream, o options, i int, writeErr func() error) bool {
+	if s.pace(st, o, i) != nil {
+		return false
+	}
+	if o.errAfter >= 0 && i == min(o.errAfter, o.deltas) {
+		_ = writeErr()
+		return false
+	}
+	return true
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

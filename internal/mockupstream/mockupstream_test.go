@@ -2,6 +2,7 @@ package mockupstream
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"io"
@@ -405,5 +406,197 @@ func TestCompletionsLegacy(t *testing.T) {
 	evs := readAll(t, post(t, ts.URL+"/v1/completions", `{"model":"m","prompt":"x","stream":true}`, nil).Body)
 	if len(evs) != 7 || evs[6].data != "[DONE]" {
 		t.Errorf("events = %+v", evs)
+	}
+}
+
+func TestReasoningTokens(t *testing.T) {
+	_, ts := newTest(t)
+	hdr := map[string]string{"X-Mock-Reasoning": "7", "X-Mock-Deltas": "3"}
+	m := decode(t, mustRead(t, post(t, ts.URL+"/v1/chat/completions", chatBody, hdr).Body))
+	u := m["usage"].(map[string]any)
+	if u["completion_tokens"] != 10.0 || u["total_tokens"] != 22.0 ||
+		u["completion_tokens_details"].(map[string]any)["reasoning_tokens"] != 7.0 {
+		t.Errorf("chat usage = %v", u)
+	}
+	if c := m["choices"].([]any)[0].(map[string]any)["message"].(map[string]any)["content"]; c != "Hello from the" {
+		t.Errorf("reasoning was streamed as content: %q", c)
+	}
+
+	evs := readAll(t, post(t, ts.URL+"/v1/responses", `{"model":"m","stream":true,"input":"x"}`, hdr).Body)
+	if len(evs) != 5 {
+		t.Fatalf("responses events = %+v", evs)
+	}
+	u = decode(t, evs[4].data)["response"].(map[string]any)["usage"].(map[string]any)
+	if u["output_tokens"] != 10.0 || u["output_tokens_details"].(map[string]any)["reasoning_tokens"] != 7.0 {
+		t.Errorf("responses usage = %v", u)
+	}
+
+	m = decode(t, mustRead(t, post(t, ts.URL+"/v1/messages", `{"model":"m","max_tokens":9}`, hdr).Body))
+	if u := m["usage"].(map[string]any); u["output_tokens"] != 10.0 {
+		t.Errorf("anthropic usage = %v", u)
+	}
+}
+
+func TestDeepSeekUsageMode(t *testing.T) {
+	_, ts := newTest(t)
+	hdr := map[string]string{"X-Mock-Usage": "deepseek", "X-Mock-Cached": "30", "X-Mock-Reasoning": "2"}
+	evs := readAll(t, post(t, ts.URL+"/v1/chat/completions", `{"model":"m","stream":true}`, hdr).Body)
+	// role, 5 deltas, finish chunk with usage, [DONE]: no usage-only chunk
+	if len(evs) != 8 || evs[7].data != "[DONE]" {
+		t.Fatalf("events = %+v", evs)
+	}
+	fin := decode(t, evs[6].data)
+	if ch := fin["choices"].([]any); len(ch) != 1 || ch[0].(map[string]any)["finish_reason"] != "stop" {
+		t.Errorf("final chunk = %s", evs[6].data)
+	}
+	u := fin["usage"].(map[string]any)
+	if u["prompt_tokens"] != 42.0 || u["prompt_cache_hit_tokens"] != 30.0 || u["prompt_cache_miss_tokens"] != 12.0 ||
+		u["completion_tokens"] != 7.0 || u["prompt_tokens_details"] != nil {
+		t.Errorf("usage = %v", u)
+	}
+	m := decode(t, mustRead(t, post(t, ts.URL+"/v1/chat/completions", chatBody, hdr).Body))
+	if u := m["usage"].(map[string]any); u["prompt_cache_hit_tokens"] != 30.0 {
+		t.Errorf("JSON usage = %v", u)
+	}
+}
+
+func TestErrorAfter(t *testing.T) {
+	_, ts := newTest(t)
+	hdr := map[string]string{"X-Mock-Error-After": "2"}
+
+	evs := readAll(t, post(t, ts.URL+"/v1/chat/completions",
+		`{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, hdr).Body)
+	// role chunk, 2 deltas, the error; no usage, no [DONE]
+	if len(evs) != 4 {
+		t.Fatalf("chat events = %+v", evs)
+	}
+	e := decode(t, evs[3].data)["error"].(map[string]any)
+	if e["type"] != "server_error" || e["message"] == "" {
+		t.Errorf("chat error event = %s", evs[3].data)
+	}
+
+	evs = readAll(t, post(t, ts.URL+"/v1/messages", `{"model":"m","stream":true,"max_tokens":9}`, hdr).Body)
+	var names []string
+	for _, ev := range evs {
+		names = append(names, ev.name)
+	}
+	if got := strings.Join(names, " "); got != "message_start content_block_start ping content_block_delta content_block_delta error" {
+		t.Fatalf("anthropic events = %s", got)
+	}
+	if m := decode(t, evs[5].data); m["type"] != "error" || m["error"].(map[string]any)["type"] != "overloaded_error" {
+		t.Errorf("anthropic error = %s", evs[5].data)
+	}
+
+	evs = readAll(t, post(t, ts.URL+"/v1/responses", `{"model":"m","stream":true,"input":"x"}`, hdr).Body)
+	if len(evs) != 4 || evs[3].name != "error" {
+		t.Fatalf("responses events = %+v", evs)
+	}
+	if m := decode(t, evs[3].data); m["type"] != "error" || m["code"] != "server_error" || m["sequence_number"] != 3.0 {
+		t.Errorf("responses error = %s", evs[3].data)
+	}
+
+	// At or past the number of deltas: the error comes after the last one.
+	evs = readAll(t, post(t, ts.URL+"/v1/completions", `{"model":"m","stream":true}`,
+		map[string]string{"X-Mock-Error-After": "9", "X-Mock-Deltas": "3"}).Body)
+	if len(evs) != 4 || !strings.Contains(evs[3].data, `"error"`) {
+		t.Fatalf("completions events = %+v", evs)
+	}
+}
+
+func TestAnthropicCacheWriteAndCumulativeDeltas(t *testing.T) {
+	_, ts := newTest(t)
+	hdr := map[string]string{"X-Mock-Cache-Write": "40", "X-Mock-Cached": "100", "X-Mock-Message-Deltas": "3", "X-Mock-Deltas": "6"}
+	m := decode(t, mustRead(t, post(t, ts.URL+"/v1/messages", `{"model":"m","max_tokens":9}`, hdr).Body))
+	if u := m["usage"].(map[string]any); u["cache_creation_input_tokens"] != 40.0 || u["cache_read_input_tokens"] != 100.0 ||
+		u["input_tokens"] != 12.0 || u["output_tokens"] != 6.0 {
+		t.Errorf("JSON usage = %v", u)
+	}
+	evs := readAll(t, post(t, ts.URL+"/v1/messages", `{"model":"m","stream":true,"max_tokens":9}`, hdr).Body)
+	if u := decode(t, evs[0].data)["message"].(map[string]any)["usage"].(map[string]any); u["cache_creation_input_tokens"] != 40.0 {
+		t.Errorf("start usage = %v", u)
+	}
+	var outs []float64
+	for _, ev := range evs {
+		if ev.name != "message_delta" {
+			continue
+		}
+		m := decode(t, ev.data)
+		u := m["usage"].(map[string]any)
+		outs = append(outs, u["output_tokens"].(float64))
+		if u["input_tokens"] != 12.0 || u["cache_read_input_tokens"] != 100.0 || u["cache_creation_input_tokens"] != 40.0 {
+			t.Errorf("message_delta usage = %v", u)
+		}
+	}
+	if len(outs) != 3 || outs[0] != 2 || outs[1] != 4 || outs[2] != 6 {
+		t.Errorf("cumulative output_tokens = %v", outs)
+	}
+	if evs[len(evs)-1].name != "message_stop" || !strings.Contains(evs[len(evs)-2].data, `"stop_reason":"end_turn"`) {
+		t.Errorf("end = %+v", evs[len(evs)-2:])
+	}
+}
+
+func TestGzip(t *testing.T) {
+	m, ts := newTest(t)
+	// A client that asks for identity still gets gzip, and the body
+	// decodes to the usual answer.
+	req, _ := http.NewRequest(http.MethodPost, ts.URL+"/v1/chat/completions", strings.NewReader(chatBody))
+	req.Header.Set("Accept-Encoding", "identity")
+	req.Header.Set("X-Mock-Gzip", "1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.Header.Get("Content-Encoding") != "gzip" || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("headers = %v", resp.Header)
+	}
+	zr, err := gzip.NewReader(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := decode(t, mustRead(t, zr))["usage"].(map[string]any); u["completion_tokens"] != 5.0 {
+		t.Errorf("usage = %v", u)
+	}
+
+	// A stream is flushed event by event: the first delta decodes while
+	// the stream is held open.
+	req, _ = http.NewRequest(http.MethodPost, ts.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true}`))
+	req.Header.Set("Accept-Encoding", "identity")
+	req.Header.Set("X-Mock-Gzip", "1")
+	req.Header.Set("X-Mock-Hold", "1")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.Header.Get("Content-Encoding") != "gzip" || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("stream headers = %v", resp.Header)
+	}
+	zr, err = gzip.NewReader(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(zr)
+	for _, want := range []string{`"role":"assistant"`, `"content":"Hello"`} {
+		ev, err := readEvent(br)
+		if err != nil || !strings.Contains(ev.data, want) {
+			t.Fatalf("event %q (%v), want %s", ev.data, err, want)
+		}
+	}
+	m.Release()
+	if evs := readAll(t, br); evs[len(evs)-1].data != "[DONE]" {
+		t.Fatalf("stream did not finish: %+v", evs)
+	}
+
+	// A cut gzip stream is left unfinished.
+	resp = post(t, ts.URL+"/v1/chat/completions", `{"model":"m","stream":true}`,
+		map[string]string{"X-Mock-Gzip": "1", "X-Mock-Cut": "2", "Accept-Encoding": "identity"})
+	zr, err = gzip.NewReader(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(zr)
+	if err == nil || !strings.Contains(string(b), `" from"`) || strings.Contains(string(b), "[DONE]") {
+		t.Errorf("cut gzip stream: %q, %v", b, err)
 	}
 }

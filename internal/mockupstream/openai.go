@@ -18,13 +18,42 @@ type OpenAIUsage struct {
 	} `json:"completion_tokens_details"`
 }
 
+// DeepSeekUsage is DeepSeek's usage object: prompt_tokens is hit + miss.
+type DeepSeekUsage struct {
+	PromptTokens            int `json:"prompt_tokens"`
+	CompletionTokens        int `json:"completion_tokens"`
+	TotalTokens             int `json:"total_tokens"`
+	PromptCacheHitTokens    int `json:"prompt_cache_hit_tokens"`
+	PromptCacheMissTokens   int `json:"prompt_cache_miss_tokens"`
+	CompletionTokensDetails struct {
+		ReasoningTokens int `json:"reasoning_tokens"`
+	} `json:"completion_tokens_details"`
+}
+
 func openAIUsage(o options) OpenAIUsage {
 	var u OpenAIUsage
 	u.PromptTokens = o.prompt + o.cached
-	u.CompletionTokens = o.deltas
+	u.CompletionTokens = o.deltas + o.reasoning
 	u.TotalTokens = u.PromptTokens + u.CompletionTokens
 	u.PromptTokensDetails.CachedTokens = o.cached
+	u.CompletionTokensDetails.ReasoningTokens = o.reasoning
 	return u
+}
+
+// usageJSON is the usage object in the X-Mock-Usage style.
+func usageJSON(o options) json.RawMessage {
+	var v any = openAIUsage(o)
+	if o.usage == "deepseek" {
+		var d DeepSeekUsage
+		d.PromptCacheHitTokens, d.PromptCacheMissTokens = o.cached, o.prompt
+		d.PromptTokens = o.prompt + o.cached
+		d.CompletionTokens = o.deltas + o.reasoning
+		d.TotalTokens = d.PromptTokens + d.CompletionTokens
+		d.CompletionTokensDetails.ReasoningTokens = o.reasoning
+		v = d
+	}
+	b, _ := json.Marshal(v)
+	return b
 }
 
 type chatMessage struct {
@@ -41,12 +70,12 @@ type chatChoice struct {
 }
 
 type completionResponse struct {
-	ID      string       `json:"id"`
-	Object  string       `json:"object"`
-	Created int64        `json:"created"`
-	Model   string       `json:"model"`
-	Choices []chatChoice `json:"choices"`
-	Usage   *OpenAIUsage `json:"usage,omitempty"`
+	ID      string          `json:"id"`
+	Object  string          `json:"object"`
+	Created int64           `json:"created"`
+	Model   string          `json:"model"`
+	Choices []chatChoice    `json:"choices"`
+	Usage   json.RawMessage `json:"usage,omitempty"`
 }
 
 type chunkDelta struct {
@@ -97,7 +126,7 @@ func (s *Server) openAICompletion(w http.ResponseWriter, r *http.Request, chat b
 		object, prefix = "chat.completion", "chatcmpl-mock-"
 	}
 	id := s.nextID(prefix)
-	u := openAIUsage(o)
+	u := usageJSON(o)
 
 	if !req.Stream {
 		choice := chatChoice{FinishReason: "stop"}
@@ -108,7 +137,7 @@ func (s *Server) openAICompletion(w http.ResponseWriter, r *http.Request, chat b
 		}
 		resp := completionResponse{ID: id, Object: object, Created: Created, Model: req.Model, Choices: []chatChoice{choice}}
 		if o.usage != "none" {
-			resp.Usage = &u
+			resp.Usage = u
 		}
 		writeJSON(w, http.StatusOK, resp)
 		return
@@ -145,28 +174,27 @@ func (s *Server) openAICompletion(w http.ResponseWriter, r *http.Request, chat b
 			return
 		}
 	}
+	streamErr := func() error { return st.event("", openAIErrorBody(http.StatusInternalServerError, midStreamError)) }
 	for i := range o.deltas {
-		if s.pace(st, o, i) != nil {
+		if !s.step(st, o, i, streamErr) {
 			return
 		}
 		if st.event("", mk(ptr(words[i%len(words)]), false, nil)) != nil {
 			return
 		}
 	}
-	if s.pace(st, o, o.deltas) != nil {
+	if !s.step(st, o, o.deltas, streamErr) {
 		return
 	}
 	last := mk(nil, false, ptr("stop"))
-	if o.usage == "final" {
-		b, _ := json.Marshal(u)
-		last.Usage = b
+	if o.usage == "final" || o.usage == "deepseek" {
+		last.Usage = u
 	}
 	if st.event("", last) != nil {
 		return
 	}
 	if usageChunk {
-		b, _ := json.Marshal(u)
-		c := chunk{ID: id, Object: object, Created: Created, Model: req.Model, Choices: []chunkChoice{}, Usage: b}
+		c := chunk{ID: id, Object: object, Created: Created, Model: req.Model, Choices: []chunkChoice{}, Usage: u}
 		if st.event("", c) != nil {
 			return
 		}
@@ -222,8 +250,16 @@ func (s *Server) models(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
 }
 
+// midStreamError is the message of an X-Mock-Error-After error event.
+const midStreamError = "mock upstream error mid-stream (X-Mock-Error-After)"
+
 // writeOpenAIError writes {"error":{"message","type","param","code"}}.
 func writeOpenAIError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, openAIErrorBody(status, msg))
+}
+
+// openAIErrorBody is {"error":{"message","type","param","code"}}.
+func openAIErrorBody(status int, msg string) map[string]any {
 	typ, code := "server_error", "server_error"
 	switch {
 	case status == http.StatusUnauthorized:
@@ -235,7 +271,7 @@ func writeOpenAIError(w http.ResponseWriter, status int, msg string) {
 	case status >= 400 && status < 500:
 		typ, code = "invalid_request_error", "invalid_request_error"
 	}
-	writeJSON(w, status, map[string]any{"error": map[string]any{
+	return map[string]any{"error": map[string]any{
 		"message": msg, "type": typ, "param": nil, "code": code,
-	}})
+	}}
 }

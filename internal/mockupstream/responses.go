@@ -53,7 +53,8 @@ func (s *Server) responses(w http.ResponseWriter, r *http.Request) {
 	var u ResponsesUsage
 	u.InputTokens = o.prompt + o.cached
 	u.InputTokensDetails.CachedTokens = o.cached
-	u.OutputTokens = o.deltas
+	u.OutputTokens = o.deltas + o.reasoning
+	u.OutputTokensDetails.ReasoningTokens = o.reasoning
 	u.TotalTokens = u.InputTokens + u.OutputTokens
 
 	done := responseObject{
@@ -84,8 +85,11 @@ func (s *Server) responses(w http.ResponseWriter, r *http.Request) {
 	if ev("response.created", map[string]any{"response": started}) != nil {
 		return
 	}
+	streamErr := func() error {
+		return ev("error", map[string]any{"code": "server_error", "message": midStreamError, "param": nil})
+	}
 	for i := range o.deltas {
-		if s.pace(st, o, i) != nil {
+		if !s.step(st, o, i, streamErr) {
 			return
 		}
 		if ev("response.output_text.delta", map[string]any{
@@ -94,7 +98,7 @@ func (s *Server) responses(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if s.pace(st, o, o.deltas) != nil {
+	if !s.step(st, o, o.deltas, streamErr) {
 		return
 	}
 	_ = ev("response.completed", map[string]any{"response": done})

@@ -9,6 +9,16 @@
 //	}
 //
 // For a server shared by a whole test binary, call StartMain from TestMain.
+//
+// StartWith passes extra redis-server options; StartReplica and
+// StartSentinel build a master, replicas and a Sentinel for failover tests
+// (the sentinel is the same redis-server binary run with --sentinel):
+//
+//	master := testredis.Start(t)
+//	replica := testredis.StartReplica(t, master)
+//	sentinel := testredis.StartSentinel(t, "m", master, testredis.SentinelConfig{})
+//	testredis.WaitSentinelReplicas(t, sentinel, "m", 1)
+//	master.Kill() // the sentinel promotes replica
 package testredis
 
 import (
@@ -49,6 +59,14 @@ type Server struct {
 	// Dir is the server's working directory (holds redis.log).
 	Dir string
 
+	// conf, when set, is a config file given before the options (a
+	// sentinel's, which it rewrites as it learns).
+	conf string
+	// args are extra redis-server options, after the default ones.
+	args []string
+	// init are commands sent after each start, once the server answers.
+	init [][]string
+
 	fail func(format string, args ...any)
 
 	mu   sync.Mutex
@@ -65,7 +83,20 @@ type process struct {
 // tb.Cleanup. It fails the test if the server cannot be started.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
-	s, err := StartDir(tb.TempDir())
+	return StartWith(tb)
+}
+
+// StartWith is Start with extra redis-server options appended to the default
+// ones (which they override), e.g. StartWith(tb, "--maxmemory", "10mb").
+// Restart keeps them.
+func StartWith(tb testing.TB, args ...string) *Server {
+	tb.Helper()
+	return startTB(tb, tb.TempDir(), "", args)
+}
+
+func startTB(tb testing.TB, dir, conf string, args []string, init ...[]string) *Server {
+	tb.Helper()
+	s, err := startDir(dir, conf, args, init...)
 	if err != nil {
 		tb.Fatalf("testredis: %v", err)
 	}
@@ -106,11 +137,16 @@ func StartMain() (*Server, func()) {
 
 // StartDir runs a redis-server with its files in dir and returns once it
 // answers PING. The caller must Stop it.
-func StartDir(dir string) (*Server, error) {
+func StartDir(dir string) (*Server, error) { return startDir(dir, "", nil) }
+
+// StartDirWith is StartDir with extra redis-server options (see StartWith).
+func StartDirWith(dir string, args ...string) (*Server, error) { return startDir(dir, "", args) }
+
+func startDir(dir, conf string, args []string, init ...[]string) (*Server, error) {
 	if _, err := exec.LookPath(Binary); err != nil {
 		return nil, fmt.Errorf("%w (%v)", ErrNotInstalled, err)
 	}
-	s := &Server{Dir: dir}
+	s := &Server{Dir: dir, conf: conf, args: append([]string(nil), args...), init: init}
 	var err error
 	for range startTries {
 		var port int
@@ -184,15 +220,24 @@ func (s *Server) start() error {
 		return errors.New("already running")
 	}
 	logPath := filepath.Join(s.Dir, "redis.log")
-	cmd := exec.Command(Binary,
+	var argv []string
+	if s.conf != "" {
+		argv = append(argv, s.conf, "--sentinel")
+	}
+	argv = append(argv,
 		"--port", strconv.Itoa(s.Port),
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
+		// A master waits 5s by default for more replicas before a full
+		// sync; tests start replicas one at a time.
+		"--repl-diskless-sync-delay", "0",
 		"--dir", s.Dir,
 		"--logfile", logPath,
 		"--daemonize", "no",
 	)
+	argv = append(argv, s.args...)
+	cmd := exec.Command(Binary, argv...)
 	cmd.Dir = s.Dir
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
@@ -203,7 +248,16 @@ func (s *Server) start() error {
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
-	if err := waitReady(s.Addr, p); err != nil {
+	err := waitReady(s.Addr, p)
+	for _, c := range s.init {
+		if err != nil {
+			break
+		}
+		if _, err = Do(s.Addr, c...); err != nil {
+			err = fmt.Errorf("%s: %w", strings.Join(c, " "), err)
+		}
+	}
+	if err != nil {
 		_ = cmd.Process.Kill()
 		<-p.done
 		return fmt.Errorf("redis-server on %s: %w%s", s.Addr, err, logTail(logPath))

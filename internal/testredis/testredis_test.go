@@ -61,3 +61,50 @@ func TestMissingBinary(t *testing.T) {
 		t.Fatalf("err = %v, want install hint", err)
 	}
 }
+
+func TestStartWithArgs(t *testing.T) {
+	s := StartWith(t, "--maxmemory", "12mb")
+	reply, err := Do(s.Addr, "CONFIG", "GET", "maxmemory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fields(reply)["maxmemory"]; got != "12582912" {
+		t.Fatalf("maxmemory = %q, want 12582912", got)
+	}
+	s.Restart() // keeps the options
+	reply, err = Do(s.Addr, "CONFIG", "GET", "maxmemory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fields(reply)["maxmemory"]; got != "12582912" {
+		t.Fatalf("after restart maxmemory = %q, want 12582912", got)
+	}
+}
+
+func TestReplicaAndSentinel(t *testing.T) {
+	master := Start(t)
+	replica := StartReplica(t, master)
+	if _, err := Do(master.Addr, "SET", "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	WaitReplicated(t, master, replica)
+	if v, err := Do(replica.Addr, "GET", "k"); err != nil || v != "v" {
+		t.Fatalf("replica GET k = %v, %v; want v", v, err)
+	}
+	if _, err := Do(replica.Addr, "SET", "k", "w"); err == nil || !strings.Contains(err.Error(), "READONLY") {
+		t.Fatalf("replica SET: err = %v, want READONLY", err)
+	}
+
+	sentinel := StartSentinel(t, "m", master, SentinelConfig{})
+	if sentinel.Port == 6379 || sentinel.Port == 26379 {
+		t.Fatalf("sentinel on default port %d", sentinel.Port)
+	}
+	WaitSentinelReplicas(t, sentinel, "m", 1)
+	addr, err := SentinelMasterAddr(sentinel.Addr, "m")
+	if err != nil || addr != master.Addr {
+		t.Fatalf("SentinelMasterAddr = %q, %v; want %q", addr, err, master.Addr)
+	}
+	if _, err := SentinelMasterAddr(sentinel.Addr, "nope"); err == nil {
+		t.Fatal("SentinelMasterAddr of an unknown master: no error")
+	}
+}

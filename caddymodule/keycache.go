@@ -1,0 +1,115 @@
+package caddymodule
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+)
+
+// keyCache remembers recently seen key records so that, with
+// on_redis_error allow, a key Redis confirmed lately can still be served
+// while Redis is unreachable. A revocation notice on Redis pub/sub drops
+// the key at once on every node; entries also expire on their own.
+type keyCache struct {
+	mu      sync.RWMutex
+	entries map[string]cachedKey
+}
+
+type cachedKey struct {
+	rec   billing.KeyRecord
+	until time.Time
+}
+
+// Bounds of the key cache.
+const (
+	keyCacheTTL  = 10 * time.Minute
+	keyCacheSize = 100_000
+)
+
+func newKeyCache() *keyCache { return &keyCache{entries: make(map[string]cachedKey)} }
+
+func (c *keyCache) get(hash string, now time.Time) (billing.KeyRecord, bool) {
+	c.mu.RLock()
+	e, ok := c.entries[hash]
+	c.mu.RUnlock()
+	if !ok || now.After(e.until) {
+		return billing.KeyRecord{}, false
+	}
+	return e.rec, true
+}
+
+func (c *keyCache) put(hash string, rec billing.KeyRecord, now time.Time) {
+	c.mu.Lock()
+	if len(c.entries) >= keyCacheSize {
+		for h, e := range c.entries { // evict what has expired, else anything
+			if now.After(e.until) || len(c.entries) >= keyCacheSize {
+				delete(c.entries, h)
+			}
+			if len(c.entries) < keyCacheSize*9/10 {
+				break
+			}
+		}
+	}
+	c.entries[hash] = cachedKey{rec: rec, until: now.Add(keyCacheTTL)}
+	c.mu.Unlock()
+}
+
+func (c *keyCache) drop(hash string) {
+	c.mu.Lock()
+	delete(c.entries, hash)
+	c.mu.Unlock()
+}
+
+func (c *keyCache) clear() {
+	c.mu.Lock()
+	clear(c.entries)
+	c.mu.Unlock()
+}
+
+// listenRevocations drops revoked keys from the cache until ctx ends. When
+// the subscription breaks (notices may have been missed) the whole cache is
+// dropped.
+func (c *keyCache) listenRevocations(ctx context.Context, rdb redis.UniversalClient, log *zap.Logger) {
+	for ctx.Err() == nil {
+		ps := rdb.Subscribe(ctx, billing.RevocationChannel)
+		if _, err := ps.Receive(ctx); err != nil {
+			_ = ps.Close()
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		c.clear() // notices sent while unsubscribed are lost
+		// go-redis resubscribes by itself after a broken connection and
+		// then delivers a *redis.Subscription: clear on each.
+		ch := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(5 * time.Second))
+	loop:
+		for {
+			select {
+			case <-ctx.Done():
+				break loop
+			case m, ok := <-ch:
+				if !ok {
+					break loop
+				}
+				switch m := m.(type) {
+				case *redis.Message:
+					c.drop(m.Payload)
+				case *redis.Subscription:
+					c.clear()
+				}
+			}
+		}
+		_ = ps.Close()
+		if ctx.Err() == nil {
+			log.Warn("revocation subscription lost; key cache cleared")
+			c.clear()
+		}
+	}
+}
