@@ -34,11 +34,14 @@ func TestSentinelFailover(t *testing.T) {
 	t.Logf("master, replica and sentinel ready in %s", time.Since(start).Round(time.Millisecond))
 
 	rdb := redis.NewUniversalClient(&redis.UniversalOptions{
-		MasterName:   masterName,
-		Addrs:        []string{sentinel.Addr},
+		MasterName: masterName,
+		Addrs:      []string{sentinel.Addr},
+		// A dead master refuses connections and resets reads at once; the
+		// timeouts only bound a hung one. Not too short: go-redis retries a
+		// command whose reply timed out, and a retried Settle debits twice.
 		DialTimeout:  500 * time.Millisecond,
-		ReadTimeout:  time.Second,
-		WriteTimeout: time.Second,
+		ReadTimeout:  3 * time.Second,
+		WriteTimeout: 3 * time.Second,
 	})
 	t.Cleanup(func() { _ = rdb.Close() })
 	if _, ok := rdb.(*redis.Client); !ok {
@@ -76,7 +79,7 @@ func TestSentinelFailover(t *testing.T) {
 	const failoverDeadline = 20 * time.Second
 	var lastErr error
 	for attempts := 1; ; attempts++ {
-		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		g, err := a.Authorize(actx, AuthRequest{KeyHash: hash, Model: "gpt-x", CheckOnly: true})
 		cancel()
 		if err == nil {
@@ -156,7 +159,9 @@ func checkBalance(t *testing.T, a *Accounts, want Nanos) {
 }
 
 func sentinelLog(s *testredis.Server) string {
-	reply, err := testredis.Do(s.Addr, "SENTINEL", "MASTERS")
-	out := fmt.Sprintf("\nSENTINEL MASTERS: %v %v", reply, err)
+	masters, err := testredis.Do(s.Addr, "SENTINEL", "MASTERS")
+	out := fmt.Sprintf("\nSENTINEL MASTERS: %v %v", masters, err)
+	replicas, err := testredis.Do(s.Addr, "SENTINEL", "REPLICAS", "m")
+	out += fmt.Sprintf("\nSENTINEL REPLICAS m: %v %v", replicas, err)
 	return out + "\nsentinel log:\n" + s.LogTail(3000)
 }

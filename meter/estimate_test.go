@@ -137,8 +137,8 @@ func TestEstimateInput(t *testing.T) {
 				t.Fatal(err)
 			}
 			p, ok := gatherPrompt(tc.format, body)
-			if !ok {
-				t.Fatal("not gathered")
+			if ref, _ := refGatherPrompt(tc.format, body); !ok || !bytes.Equal(p.text, ref.text) || p.extra != ref.extra {
+				t.Fatalf("gathered %v %q %d, encoding/json %q %d", ok, p.text, p.extra, ref.text, ref.extra)
 			}
 			golden := filepath.Join(dir, strings.TrimSuffix(tc.file, ".json")+".txt")
 			text := fmt.Sprintf("%s\n-- %s, %d tokens counted directly\n", p.text, TokenizerFor(m.Model), p.extra)
@@ -449,6 +449,20 @@ func BenchmarkEstimate(b *testing.B) {
 				if u := Estimate(req, r); u.InputTokens == 0 || u.OutputTokens == 0 {
 					b.Fatal(u)
 				}
+			}
+		})
+	}
+}
+
+func BenchmarkCountTokens(b *testing.B) {
+	text := []byte(strings.Repeat("The quick brown fox jumps over the lazy dog; 敏捷的棕色狐狸跳过了懒狗。\n", 200)) // ≈ 17 KB
+	for _, model := range []string{"gpt-4o", "gpt-4", "deepseek-chat"} {
+		CountTokens(model, []byte("warm up"))
+		b.Run(TokenizerFor(model), func(b *testing.B) {
+			b.SetBytes(int64(len(text)))
+			b.ReportAllocs()
+			for b.Loop() {
+				CountTokens(model, text)
 			}
 		})
 	}

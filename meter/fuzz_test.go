@@ -511,6 +511,7 @@ func FuzzEstimateInput(f *testing.F) {
 	}
 	f.Add([]byte(`{"input":`+strings.Repeat(`[`, 50)+strings.Repeat(`]`, 50)+`}`), uint8(FormatEmbeddings), uint8(2))
 	f.Add([]byte("\xff\xfe not json"), uint8(FormatChat), uint8(1))
+	f.Add([]byte(`{"mess\u0061ges":[{"role":"user","content":"a\u00e9"}],"messages":[{"content":"b","content":[{"text":"c"}]}],"tools":[null,{"function":null},{"function":{"name":"f"}}]}`), uint8(FormatChat), uint8(0))
 	models := []string{"gpt-4o", "gpt-4", "deepseek-chat", "claude-sonnet-4-5"}
 	f.Fuzz(func(t *testing.T, body []byte, format, model uint8) {
 		if len(body) > 1<<16 {

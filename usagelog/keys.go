@@ -226,3 +226,9 @@ func decodeList(s string) ([]string, error) {
 	}
 	return l, nil
 }
+
+// AllKeys returns every key, revoked and expired ones included, for
+// comparing the ledger with Redis.
+func (s *Store) AllKeys(ctx context.Context) ([]Key, error) {
+	return queryKeys(ctx, s.rd, `SELECT `+keyColumns+` FROM keys ORDER BY created_at, id`)
+}

@@ -99,6 +99,13 @@ func TestReplicaAndSentinel(t *testing.T) {
 	if sentinel.Port == 6379 || sentinel.Port == 26379 {
 		t.Fatalf("sentinel on default port %d", sentinel.Port)
 	}
+	reply, err := Do(sentinel.Addr, "SENTINEL", "DEBUG")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fields(reply); got["INFO-PERIOD"] != "1000" || got["TILT-PERIOD"] != "1000" {
+		t.Fatalf("SENTINEL DEBUG = %v, want info-period and tilt-period 1000", got)
+	}
 	WaitSentinelReplicas(t, sentinel, "m", 1)
 	addr, err := SentinelMasterAddr(sentinel.Addr, "m")
 	if err != nil || addr != master.Addr {
