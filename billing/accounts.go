@@ -141,6 +141,9 @@ type Grant struct {
 	Key KeyRecord
 	// Limits is the state of the key's rate windows after this request.
 	Limits RateState
+	// NoHold is set on a request admitted while Redis was unreachable
+	// (on_redis_error allow): nothing was reserved for it.
+	NoHold bool
 }
 
 // Authorize admits a request in one round trip: the key must exist, be
@@ -204,17 +207,25 @@ type SettleMode string
 
 // Settlement modes.
 const (
-	// SettleLive is the normal settlement at the end of a request: it
-	// always debits, whether or not the hold is still there.
+	// SettleLive always debits, whether or not the hold is still there.
+	// Only for tests and tools: a retried live settlement debits twice.
 	SettleLive SettleMode = "live"
-	// SettleReplay replays a spooled settlement whose first attempt may or
-	// may not have reached Redis: it applies only if the hold (or its
-	// expired trace) is still there, so it never debits twice.
+	// SettleReplay applies only if the request's hold (or the trace of its
+	// expiry) is still there, so a settlement retried or replayed after
+	// an attempt that did reach Redis never debits twice.
 	SettleReplay SettleMode = "replay"
-	// SettleReplayNoHold replays a settlement of a request admitted
-	// without a hold (Redis was down): applied once per request id.
+	// SettleReplayNoHold settles a request admitted without a hold (Redis
+	// was down): applied once per request id, remembered for a week.
 	SettleReplayNoHold SettleMode = "replay-nohold"
 )
+
+// Mode is the idempotent settlement mode for g.
+func (g Grant) Mode() SettleMode {
+	if g.NoHold {
+		return SettleReplayNoHold
+	}
+	return SettleReplay
+}
 
 // Settle releases g's hold, debits cost, counts tokens in the key's tpm
 // window and records usage (the JSON of a usage record), all in one round

@@ -255,7 +255,7 @@ func (h *Handler) authorize(ctx context.Context, req billing.AuthRequest) (billi
 	}
 	h.log.Warn("redis unavailable; admitting a cached key without a hold",
 		zap.String("key_id", rec.ID), zap.String("request_id", req.RequestID), zap.Error(err))
-	return billing.Grant{KeyID: rec.ID, User: rec.User, RequestID: req.RequestID, Key: rec}, nil
+	return billing.Grant{KeyID: rec.ID, User: rec.User, RequestID: req.RequestID, Key: rec, NoHold: true}, nil
 }
 
 // isRefusal tells Authorize's answers from Redis failures.

@@ -51,18 +51,15 @@ type spooled struct {
 // no usage record is lost.
 func (c *redisConn) settle(ctx context.Context, s spooled, log *zap.Logger) {
 	accounts := billing.NewAccounts(c.client)
-	_, err := accounts.Settle(ctx, s.Grant, s.Cost, s.Tokens, s.Record, billing.SettleLive)
+	// Idempotent either way: go-redis may retry a script whose reply timed
+	// out, and a spooled replay may follow an attempt that did apply.
+	s.Mode = s.Grant.Mode()
+	_, err := accounts.Settle(ctx, s.Grant, s.Cost, s.Tokens, s.Record, s.Mode)
 	if err == nil {
 		return
 	}
 	log.Warn("settling in redis failed; spooling it for replay",
 		zap.String("request_id", s.Grant.RequestID), zap.Error(err))
-	// The first attempt may have reached Redis: the replay applies only
-	// what did not.
-	s.Mode = billing.SettleReplay
-	if s.Grant.Hold == 0 {
-		s.Mode = billing.SettleReplayNoHold
-	}
 	payload, err := json.Marshal(s)
 	if err == nil {
 		err = c.spool.Append(spool.Entry{ID: s.Grant.RequestID, Payload: payload})

@@ -202,7 +202,8 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 }
 
 // estimateUsage estimates a response without a usage report: input from
-// the request, output from the text that passed.
+// the request, output from the text that passed (meter.Estimate: a
+// tokenizer for OpenAI-family models, a characters rule elsewhere).
 func estimateUsage(req *meter.Request, res meter.Result) meter.Usage {
-	return meter.Usage{InputTokens: (int64(len(req.Body)) + 3) / 4, OutputTokens: (res.OutputChars + 3) / 4}
+	return meter.Estimate(req, res)
 }
