@@ -63,6 +63,10 @@ type App struct {
 	// Prices. Placeholders are resolved.
 	PricingFile string `json:"pricing_file,omitempty"`
 
+	// Stripe configures card top-ups through Stripe Checkout and the
+	// webhook that credits them (see stripe.go).
+	Stripe *StripeConfig `json:"stripe,omitempty"`
+
 	// FlushInterval is the longest a usage record waits in Redis before the
 	// flusher writes it to the ledger. Default: 1s.
 	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`

@@ -76,6 +76,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneArg(d, &a.Currency); err != nil {
 				return err
 			}
+		case "stripe":
+			cfg, err := parseStripeBlock(d)
+			if err != nil {
+				return err
+			}
+			a.Stripe = cfg
 		case "spool_dir":
 			if err := oneArg(d, &a.SpoolDir); err != nil {
 				return err
