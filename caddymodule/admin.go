@@ -48,6 +48,7 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 		"GET /aitoken/keys":                listKeys,
 		"DELETE /aitoken/keys/{id}":        deleteKey,
 		"GET /aitoken/usage":               listUsage,
+		"GET /aitoken/payments":            listPayments,
 		"POST /aitoken/reconcile":          postReconcile,
 	} {
 		a.mux.Handle(pattern, h)

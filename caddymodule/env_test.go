@@ -41,9 +41,11 @@ func TestMain(m *testing.M) {
 	srv, stop := testredis.StartMain()
 	env.redis = srv
 	env.mock = mockupstream.New()
-	env.upstream = httptest.NewServer(env.mock)
+	env.upstream = httptest.NewServer(countHits(env.mock))
 	env.dir, _ = os.MkdirTemp("", "aitoken-test-")
+	stopStripe := startStripeEnv()
 	code := m.Run()
+	stopStripe()
 	env.upstream.Close()
 	stop()
 	os.RemoveAll(env.dir)
@@ -52,7 +54,7 @@ func TestMain(m *testing.M) {
 
 // config is the gateway's Caddyfile; flush varies it for reload tests.
 func config(flush string) string {
-	return fmt.Sprintf(`{
+	return withStripe(fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:2999
 	http_port 9080
@@ -67,6 +69,7 @@ func config(flush string) string {
 		price pre-*       input 3.00 output 3.00
 		price claude-test input 3.00 cached_input 0.30 cache_write 3.75 output 15.00
 		flush_interval %s
+		spool_dir %s
 	}
 }
 http://localhost:9080 {
@@ -93,8 +96,49 @@ http://localhost:9080 {
 		}
 		reverse_proxy %s
 	}
+	route /allow/v1/* {
+		uri strip_prefix /allow
+		aitoken {
+			reserve_output_tokens 100
+			on_redis_error allow
+		}
+		reverse_proxy %s
+	}
 }
-`, env.redis.URL(), filepath.Join(env.dir, "ledger.db"), flush, env.upstream.URL, env.upstream.URL, env.upstream.URL)
+`, env.redis.URL(), filepath.Join(env.dir, "ledger.db"), flush, spoolDir(),
+		env.upstream.URL, env.upstream.URL, env.upstream.URL, env.upstream.URL))
+}
+
+// spoolDir is where the gateway spools settlements Redis could not take
+// (inside the test's directory, not the user's Caddy data directory).
+func spoolDir() string { return filepath.Join(env.dir, "spool") }
+
+// upstreamHits counts the requests that reached the mock upstream, by their
+// X-Test-Tag header (the mock itself remembers only the last 64).
+var upstreamHits struct {
+	sync.Mutex
+	n map[string]int
+}
+
+func countHits(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if tag := r.Header.Get("X-Test-Tag"); tag != "" {
+			upstreamHits.Lock()
+			if upstreamHits.n == nil {
+				upstreamHits.n = map[string]int{}
+			}
+			upstreamHits.n[tag]++
+			upstreamHits.Unlock()
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// hits is how many requests tagged X-Test-Tag: tag reached the upstream.
+func hits(tag string) int {
+	upstreamHits.Lock()
+	defer upstreamHits.Unlock()
+	return upstreamHits.n[tag]
 }
 
 var startOnce sync.Mutex

@@ -235,6 +235,10 @@ func seedRedis(store *usagelog.Store, accounts *billing.Accounts, log *zap.Logge
 	if seeded {
 		return nil
 	}
+	// The seed includes every ledger entry: none may be applied again.
+	if _, err := store.MarkAllApplied(ctx); err != nil {
+		return err
+	}
 	balances, err := store.Balances(ctx)
 	if err != nil {
 		return err

@@ -56,6 +56,11 @@ func reconcile(ctx context.Context, app *App, apply bool) (reconcileReport, erro
 		return rep, err
 	}
 	rep.Flushed = n
+	// Credits committed but not yet in Redis go first, so the comparison
+	// (and an apply) never counts them twice.
+	if _, err := repairCredits(ctx, store, accounts); err != nil {
+		return rep, err
+	}
 
 	balances, err := store.Balances(ctx)
 	if err != nil {

@@ -86,4 +86,67 @@ CREATE TABLE usage_rejects (
 	PRIMARY KEY (stream, entry_id)
 );
 `,
+	// 2: Stripe payments. Ledger entries made by a payment are written with
+	// redis_applied = 0 and marked once their amount is in the Redis
+	// balance, so a crash in between is repaired at the next start; every
+	// entry made before (and by the admin API) counts as applied.
+	`
+ALTER TABLE ledger ADD COLUMN redis_applied INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX ledger_unapplied ON ledger (id) WHERE redis_applied = 0;
+
+CREATE TABLE stripe_events (
+	id          TEXT PRIMARY KEY,
+	type        TEXT NOT NULL,
+	api_version TEXT NOT NULL DEFAULT '',
+	created     INTEGER NOT NULL DEFAULT 0,
+	received_at INTEGER NOT NULL,
+	outcome     TEXT NOT NULL DEFAULT ''
+);
+
+CREATE TABLE payments (
+	id             INTEGER PRIMARY KEY,
+	ref            TEXT NOT NULL UNIQUE,
+	kind           TEXT NOT NULL CHECK (kind IN ('topup', 'refund', 'dispute')),
+	user_id        TEXT NOT NULL DEFAULT '',
+	topup_id       TEXT NOT NULL DEFAULT '',
+	session_id     TEXT NOT NULL DEFAULT '',
+	payment_intent TEXT NOT NULL DEFAULT '',
+	charge_id      TEXT NOT NULL DEFAULT '',
+	dispute_id     TEXT NOT NULL DEFAULT '',
+	amount         INTEGER NOT NULL DEFAULT 0,
+	currency       TEXT NOT NULL DEFAULT '',
+	credited       INTEGER NOT NULL DEFAULT 0,
+	status         TEXT NOT NULL,
+	event_id       TEXT NOT NULL DEFAULT '',
+	created_at     INTEGER NOT NULL,
+	updated_at     INTEGER NOT NULL
+);
+CREATE INDEX payments_user ON payments (user_id, created_at);
+CREATE INDEX payments_created ON payments (created_at);
+CREATE UNIQUE INDEX payments_session ON payments (session_id) WHERE kind = 'topup' AND session_id != '';
+CREATE INDEX payments_intent ON payments (payment_intent) WHERE kind = 'topup' AND payment_intent != '';
+
+CREATE TABLE stripe_charges (
+	id             TEXT PRIMARY KEY,
+	payment_intent TEXT NOT NULL DEFAULT '',
+	amount         INTEGER NOT NULL DEFAULT 0,
+	currency       TEXT NOT NULL DEFAULT '',
+	refunded       INTEGER NOT NULL DEFAULT 0,
+	debited        INTEGER NOT NULL DEFAULT 0,
+	updated_at     INTEGER NOT NULL
+);
+CREATE INDEX stripe_charges_intent ON stripe_charges (payment_intent);
+
+CREATE TABLE stripe_disputes (
+	id             TEXT PRIMARY KEY,
+	charge_id      TEXT NOT NULL DEFAULT '',
+	payment_intent TEXT NOT NULL DEFAULT '',
+	amount         INTEGER NOT NULL DEFAULT 0,
+	currency       TEXT NOT NULL DEFAULT '',
+	status         TEXT NOT NULL DEFAULT '',
+	held           INTEGER NOT NULL DEFAULT 0,
+	updated_at     INTEGER NOT NULL
+);
+CREATE INDEX stripe_disputes_intent ON stripe_disputes (payment_intent);
+`,
 }

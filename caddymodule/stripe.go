@@ -1,0 +1,345 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/webhook"
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+	stripebill "github.com/cnaitoken/caddy-aitoken/billing/stripe"
+	"github.com/cnaitoken/caddy-aitoken/usagelog"
+)
+
+func init() {
+	caddy.RegisterModule(StripeWebhook{})
+	httpcaddyfile.RegisterHandlerDirective("aitoken_stripe", parseStripeWebhook)
+	// With the handlers that answer requests, ahead of respond and
+	// reverse_proxy, so a catch-all of theirs does not shadow the webhook.
+	httpcaddyfile.RegisterDirectiveOrder("aitoken_stripe", httpcaddyfile.Before, "respond")
+}
+
+// StripeWebhook is the Stripe webhook endpoint: it verifies each event's
+// signature, applies it exactly once to the SQLite ledger (top-ups credit,
+// refunds and disputes debit) and then to the balances in Redis. It needs
+// the aitoken app with a database and a stripe block with webhook_secret.
+type StripeWebhook struct {
+	app    *App
+	log    *zap.Logger
+	cfg    *StripeConfig
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Limits of the webhook.
+const (
+	// maxStripeBody bounds an event: Stripe's are under 64 KiB, but some
+	// have been seen above 52 KiB, and a rejected one is retried for days.
+	maxStripeBody = 1 << 20
+	// stripeTolerance is how old a signature may be (replay protection).
+	stripeTolerance = 5 * time.Minute
+	// stripeTimeout bounds applying one event.
+	stripeTimeout = 15 * time.Second
+	// repairInterval is how often ledger entries that did not reach Redis
+	// are applied again.
+	repairInterval = 30 * time.Second
+)
+
+// CaddyModule returns the Caddy module information.
+func (StripeWebhook) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.aitoken_stripe",
+		New: func() caddy.Module { return new(StripeWebhook) },
+	}
+}
+
+// Provision finds the app and its Stripe settings, applies to Redis any
+// payment the ledger recorded but Redis missed (after a crash), and keeps
+// doing so in the background.
+func (h *StripeWebhook) Provision(ctx caddy.Context) error {
+	h.log = ctx.Logger()
+	appIface, err := ctx.AppIfConfigured("aitoken")
+	if err != nil {
+		return fmt.Errorf("aitoken_stripe needs the aitoken global option: %v", err)
+	}
+	h.app = appIface.(*App)
+	if h.app.ledger == nil {
+		return fmt.Errorf("aitoken_stripe needs the aitoken database (the ledger node)")
+	}
+	h.cfg = h.app.Stripe
+	if h.cfg == nil {
+		return fmt.Errorf("aitoken_stripe needs a stripe block in the aitoken global option")
+	}
+	if err := h.cfg.provision(h.app.log); err != nil {
+		return err
+	}
+	if h.cfg.webhookSecret == "" {
+		return fmt.Errorf("aitoken_stripe: stripe webhook_secret is required")
+	}
+	repairCtx, cancel := context.WithCancel(context.Background())
+	h.cancel, h.done = cancel, make(chan struct{})
+	first, cancelFirst := context.WithTimeout(repairCtx, stripeTimeout)
+	defer cancelFirst()
+	h.repair(first)
+	go h.repairLoop(repairCtx)
+	return nil
+}
+
+// Cleanup stops the background repair.
+func (h *StripeWebhook) Cleanup() error {
+	if h.cancel != nil {
+		h.cancel()
+		<-h.done
+	}
+	return nil
+}
+
+func (h *StripeWebhook) repairLoop(ctx context.Context) {
+	defer close(h.done)
+	t := time.NewTicker(repairInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			h.repair(ctx)
+		}
+	}
+}
+
+func (h *StripeWebhook) repair(ctx context.Context) {
+	n, err := repairCredits(ctx, h.app.ledger.store, h.app.accounts)
+	if n > 0 {
+		h.log.Info("applied ledger entries that had not reached redis", zap.Int("entries", n))
+	}
+	if err != nil && ctx.Err() == nil {
+		h.log.Warn("applying payment ledger entries to redis; will retry", zap.Error(err))
+	}
+}
+
+// ServeHTTP receives one Stripe event.
+func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	h.app.inflight.begin()
+	defer h.app.inflight.end()
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "the Stripe webhook accepts POST only"})
+		return nil
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxStripeBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			// Stripe retries this for days: make it visible.
+			h.log.Error("stripe event larger than the webhook accepts; rejected",
+				zap.Int64("limit", mbe.Limit), zap.Int64("content_length", r.ContentLength))
+			writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": "event too large"})
+			return nil
+		}
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "could not read the request body"})
+		return nil
+	}
+	// Verify the raw bytes before anything reads them. Events are rendered
+	// at the endpoint's or account's API version, which need not be
+	// stripe-go's: only stable fields are decoded (billing/stripe).
+	ev, err := webhook.ConstructEventWithOptions(body, r.Header.Get("Stripe-Signature"), h.cfg.webhookSecret,
+		webhook.ConstructEventOptions{Tolerance: stripeTolerance, IgnoreAPIVersionMismatch: true})
+	if err != nil {
+		h.log.Warn("stripe event refused", zap.String("reason", signatureProblem(err)))
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid Stripe signature or payload"})
+		return nil
+	}
+	if ev.APIVersion != stripe.APIVersion {
+		h.log.Debug("stripe event at another API version; reading stable fields only",
+			zap.String("event", ev.ID), zap.String("api_version", ev.APIVersion), zap.String("stripe_go_version", stripe.APIVersion))
+	}
+	if ev.Data == nil {
+		h.log.Warn("stripe event without data; ignored", zap.String("event", ev.ID), zap.String("type", string(ev.Type)))
+		writeJSON(w, http.StatusOK, map[string]any{"received": true})
+		return nil
+	}
+
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), stripeTimeout)
+	defer cancel()
+	bev := stripebill.Event{ID: ev.ID, Type: string(ev.Type), APIVersion: ev.APIVersion, Created: ev.Created, Object: ev.Data.Raw}
+	var outcome string
+	entries, dup, err := h.app.ledger.store.StripeEvent(ctx,
+		usagelog.StripeEventInfo{ID: ev.ID, Type: bev.Type, APIVersion: ev.APIVersion, Created: ev.Created},
+		func(tx *usagelog.PaymentTx) (string, error) {
+			var err error
+			outcome, err = stripebill.Apply(tx, bev, stripebill.Config{Currency: h.app.Currency})
+			return outcome, err
+		})
+	if err != nil {
+		// Nothing was recorded: Stripe retries, and the retry applies it.
+		h.log.Error("applying stripe event failed; answering 500 so Stripe retries",
+			zap.String("event", ev.ID), zap.String("type", bev.Type), zap.Error(err))
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "temporary failure; retry"})
+		return nil
+	}
+	if dup {
+		h.log.Debug("stripe event already applied", zap.String("event", ev.ID), zap.String("type", bev.Type))
+		writeJSON(w, http.StatusOK, map[string]any{"received": true, "duplicate": true})
+		return nil
+	}
+	log := h.log.Info
+	switch outcome {
+	case stripebill.OutcomeMalformed, stripebill.OutcomeUnknownUser, stripebill.OutcomeUnmatched,
+		stripebill.OutcomeCurrencyMismatch:
+		log = h.log.Warn
+	case stripebill.OutcomeIgnored:
+		log = h.log.Debug
+	}
+	log("stripe event applied", zap.String("event", ev.ID), zap.String("type", bev.Type),
+		zap.String("outcome", outcome), zap.Int("ledger_entries", len(entries)))
+	// The ledger has it: from here on a failure is repaired, not retried.
+	if err := applyCredits(ctx, h.app.ledger.store, h.app.accounts, entries); err != nil {
+		h.log.Warn("payment recorded in the ledger but not yet in redis; it will be applied by the repair pass",
+			zap.String("event", ev.ID), zap.Error(err))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"received": true, "outcome": outcome})
+	return nil
+}
+
+// signatureProblem names why an event was refused, without echoing it.
+func signatureProblem(err error) string {
+	switch {
+	case errors.Is(err, webhook.ErrNotSigned):
+		return "no Stripe-Signature header"
+	case errors.Is(err, webhook.ErrInvalidHeader):
+		return "malformed Stripe-Signature header"
+	case errors.Is(err, webhook.ErrTooOld):
+		return "signature older than the tolerance (replay?)"
+	case errors.Is(err, webhook.ErrNoValidSignature):
+		return "no valid signature (wrong webhook_secret, or the body was changed)"
+	}
+	return "payload is not a Stripe event"
+}
+
+// stripeCrashHook, set by tests, runs between the steps of applying a
+// payment's ledger entries to Redis ("redis" before the balance changes,
+// "mark" before the entry is marked applied); an error stops there, as a
+// crash would.
+var stripeCrashHook atomic.Pointer[func(step string) error]
+
+func crashPoint(step string) error {
+	if f := stripeCrashHook.Load(); f != nil {
+		return (*f)(step)
+	}
+	return nil
+}
+
+// applyCredits applies committed ledger entries to the Redis balances and
+// marks them applied. Each step is idempotent, so running it again for the
+// same entries (repair after a crash, a concurrent repair pass) changes
+// each balance once.
+func applyCredits(ctx context.Context, store *usagelog.Store, accounts *billing.Accounts, entries []usagelog.LedgerEntry) error {
+	for _, e := range entries {
+		if err := crashPoint("redis"); err != nil {
+			return err
+		}
+		if err := accounts.ApplyCredit(ctx, e.User, e.ID, e.Amount); err != nil {
+			return fmt.Errorf("ledger entry %d: %w", e.ID, err)
+		}
+		if err := crashPoint("mark"); err != nil {
+			return err
+		}
+		if err := store.MarkApplied(ctx, e.ID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// repairCredits applies every ledger entry not yet marked applied to Redis
+// (what a crash between the SQLite commit and Redis left behind) and
+// returns how many it handled.
+func repairCredits(ctx context.Context, store *usagelog.Store, accounts *billing.Accounts) (int, error) {
+	const batch = 500
+	n := 0
+	for {
+		pending, err := store.PendingCredits(ctx, batch)
+		if err != nil {
+			return n, err
+		}
+		if err := applyCredits(ctx, store, accounts, pending); err != nil {
+			return n, err
+		}
+		n += len(pending)
+		if len(pending) < batch {
+			return n, nil
+		}
+	}
+}
+
+// paymentView is a payment as the admin API shows it.
+type paymentView struct {
+	usagelog.Payment
+	// Amount is AmountMinor as a decimal in currency units ("20.00").
+	Amount string `json:"amount"`
+}
+
+func listPayments(app *App, w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	limit := 100
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1000 {
+			return badField("limit", "want an integer from 1 to 1000")
+		}
+		limit = n
+	}
+	ps, err := app.ledger.store.ListPayments(r.Context(), q.Get("user"), limit)
+	if err != nil {
+		return err
+	}
+	out := make([]paymentView, len(ps))
+	for i, p := range ps {
+		out[i] = paymentView{Payment: p, Amount: stripebill.FormatMinor(p.AmountMinor, p.Currency)}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"payments": out})
+	return nil
+}
+
+func parseStripeWebhook(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(StripeWebhook)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile reads the aitoken_stripe directive, which takes no
+// options (they are in the stripe block of the aitoken global option):
+//
+//	aitoken_stripe
+func (h *StripeWebhook) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(0) {
+		return d.Errf("aitoken_stripe takes no options; configure the stripe block of the aitoken global option")
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*StripeWebhook)(nil)
+	_ caddy.CleanerUpper          = (*StripeWebhook)(nil)
+	_ caddyhttp.MiddlewareHandler = (*StripeWebhook)(nil)
+	_ caddyfile.Unmarshaler       = (*StripeWebhook)(nil)
+)
