@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ var (
 	ErrInvalidKey        = errors.New("invalid, revoked or expired API key")
 	ErrModelNotAllowed   = errors.New("model not allowed for this key")
 	ErrInsufficientQuota = errors.New("balance cannot cover this request")
+	ErrIPNotAllowed      = errors.New("client IP not allowed for this key")
 )
 
 // DefaultHoldTTL is how long a hold lives when its node never settles it
@@ -51,6 +53,9 @@ type KeyRecord struct {
 	ExpiresAt time.Time
 	// RPM and TPM limit requests and tokens per minute; 0 is unlimited.
 	RPM, TPM int64
+	// AllowedIPs are the CIDR ranges (as NormalizeAllowedIPs writes them)
+	// the key may be used from; empty means any address.
+	AllowedIPs []string
 }
 
 // PutKey stores (or replaces) the record of the key with the given hash.
@@ -71,9 +76,14 @@ func (a *Accounts) putKey(ctx context.Context, c redis.Cmdable, hash string, k K
 	if !k.ExpiresAt.IsZero() {
 		exp = k.ExpiresAt.UnixMilli()
 	}
+	ips, bits := "", ""
+	if len(k.AllowedIPs) > 0 {
+		ips = "," + strings.Join(k.AllowedIPs, ",") + ","
+		bits = "," + strings.Join(prefixBitsList(k.AllowedIPs), ",") + ","
+	}
 	return c.HSet(ctx, keyRecordKey(hash),
 		"id", k.ID, "user", k.User, "status", status, "models", models, "expires", exp,
-		"rpm", max(k.RPM, 0), "tpm", max(k.TPM, 0)).Err()
+		"rpm", max(k.RPM, 0), "tpm", max(k.TPM, 0), "ips", ips, "ipbits", bits).Err()
 }
 
 // RevokeKey marks the key revoked and tells every node at once.
@@ -129,6 +139,9 @@ type AuthRequest struct {
 	RequestID string
 	// CheckOnly validates the key (and model) without reserving anything.
 	CheckOnly bool
+	// ClientIP is checked against the key's allowed_ips. The zero Addr
+	// (unknown) is refused by a key that has allowed_ips.
+	ClientIP netip.Addr
 }
 
 // Grant is an admitted request: who pays, and the hold to settle.
@@ -147,7 +160,7 @@ type Grant struct {
 }
 
 // Authorize admits a request in one round trip: the key must exist, be
-// active and unexpired, allow the model, be inside its rpm/tpm windows, and
+// active and unexpired, allow the client IP, allow the model, be inside its rpm/tpm windows, and
 // (unless CheckOnly) the account's available balance must cover the hold,
 // which is then reserved and the request counted.
 func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error) {
@@ -164,7 +177,7 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 	}
 	deadline := now.Add(a.HoldTTL).UnixMilli()
 	res, err := authorizeScript.Run(ctx, a.rdb, []string{keyRecordKey(req.KeyHash)},
-		req.Model, now.UnixMilli(), hold, req.RequestID, deadline).StringSlice()
+		req.Model, now.UnixMilli(), hold, req.RequestID, deadline, addrBits(req.ClientIP)).StringSlice()
 	if err != nil {
 		return Grant{}, err
 	}
@@ -185,7 +198,12 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 			}
 			g.Limits = rateState(g.Key.RPM, g.Key.TPM, atoi(res[7]), atoi(res[8]), atoi(res[9]))
 		}
+		if len(res) >= 11 {
+			g.Key.AllowedIPs = splitModels(res[10])
+		}
 		return g, nil
+	case "ip":
+		return g, ErrIPNotAllowed
 	case "model":
 		return g, ErrModelNotAllowed
 	case "quota":
@@ -207,8 +225,8 @@ type SettleMode string
 
 // Settlement modes.
 const (
-	// SettleLive always debits, whether or not the hold is still there.
-	// Only for tests and tools: a retried live settlement debits twice.
+	// SettleLive always debits, whether or not the hold is still there
+	// (Redis may have lost it): for a first attempt sent at most once.
 	SettleLive SettleMode = "live"
 	// SettleReplay applies only if the request's hold (or the trace of its
 	// expiry) is still there, so a settlement retried or replayed after
@@ -302,4 +320,120 @@ func (a *Accounts) Seed(ctx context.Context, balances map[string]Nanos, keys map
 	pipe.Set(ctx, seededKey, time.Now().UTC().Format(time.RFC3339), 0)
 	_, err := pipe.Exec(ctx)
 	return err
+}
+
+// MaxAllowedIPs bounds a key's allowed_ips list (it is read on every
+// request).
+const MaxAllowedIPs = 100
+
+// NormalizeAllowedIPs checks a key's allowed_ips (single addresses or CIDR
+// ranges, IPv4 or IPv6) and returns them as canonical CIDR strings: host
+// bits cleared ("10.1.2.3/8" → "10.0.0.0/8"), a single address as a /32 or
+// /128, IPv4-mapped IPv6 as IPv4, duplicates dropped, order kept. An empty
+// list means any address.
+func NormalizeAllowedIPs(list []string) ([]string, error) {
+	if len(list) > MaxAllowedIPs {
+		return nil, fmt.Errorf("at most %d entries", MaxAllowedIPs)
+	}
+	var out []string
+	seen := make(map[string]bool, len(list))
+	for _, s := range list {
+		p, err := parseAllowedIP(strings.TrimSpace(s))
+		if err != nil {
+			return nil, err
+		}
+		if c := p.String(); !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+func parseAllowedIP(s string) (netip.Prefix, error) {
+	bad := fmt.Errorf("%q is not an IP address or CIDR range (like 203.0.113.7, 10.0.0.0/8 or 2001:db8::/32)", s)
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, bad
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, bad
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
+}
+
+// IPAllowed reports whether ip may use a key with the given allowed_ips
+// (as NormalizeAllowedIPs writes them). It is the Go twin of the check the
+// authorize script makes, for keys served from the local cache while Redis
+// is unreachable.
+func IPAllowed(allowed []string, ip netip.Addr) bool {
+	if len(allowed) == 0 {
+		return true
+	}
+	if !ip.IsValid() {
+		return false
+	}
+	ip16 := netip.AddrFrom16(ip.As16())
+	for _, s := range allowed {
+		if p, err := parseAllowedIP(s); err == nil && prefix16(p).Contains(ip16) {
+			return true
+		}
+	}
+	return false
+}
+
+// prefix16 writes p in the 128-bit space where IPv4 is IPv4-mapped, the
+// space both checks match in (so ::/0 takes IPv4 addresses too).
+func prefix16(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is4() {
+		return netip.PrefixFrom(netip.AddrFrom16(p.Addr().As16()), p.Bits()+96)
+	}
+	return p
+}
+
+// addrBits writes an address for the authorize script's allowed_ips check:
+// "b" and the 128 bits of its IPv6 form (IPv4 as IPv4-mapped), so that an
+// allowed range is a plain string prefix of every address inside it. The
+// zero Addr gives "" (unknown), which no range matches.
+func addrBits(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	b16 := a.Unmap().As16()
+	buf := make([]byte, 1, 129)
+	buf[0] = 'b'
+	for _, x := range b16 {
+		for i := 7; i >= 0; i-- {
+			buf = append(buf, '0'+(x>>i)&1)
+		}
+	}
+	return string(buf)
+}
+
+// prefixBitsList writes each range (a CIDR or a single address) as the
+// string prefix that every addrBits of an address inside it starts with.
+// An entry that does not parse (it cannot come from NormalizeAllowedIPs)
+// becomes "x", which no address matches: a damaged list fails closed,
+// never open.
+func prefixBitsList(allowed []string) []string {
+	out := make([]string, len(allowed))
+	for i, s := range allowed {
+		p, err := parseAllowedIP(s)
+		if err != nil {
+			out[i] = "x"
+			continue
+		}
+		p = prefix16(p)
+		out[i] = addrBits(p.Addr())[:1+p.Bits()]
+	}
+	return out
 }

@@ -2,25 +2,45 @@ package billing
 
 import "github.com/redis/go-redis/v9"
 
-// authorizeScript checks the key, its expiry and model allowlist and its
-// rpm/tpm windows, releases the account's expired holds (remembering them
-// for late settlements), and reserves the new hold if the available
-// balance (balance − held) covers it.
+// authorizeScript checks the key, its expiry, its allowed_ips, its model
+// allowlist and its rpm/tpm windows, releases the account's expired holds
+// (remembering them for late settlements), and reserves the new hold if the
+// available balance (balance − held) covers it.
+//
+// allowed_ips is checked first after the key itself, before anything is
+// counted or reserved: a request from a refused address leaves no trace
+// (no hold, no rpm count) and learns nothing of the account's balance or
+// limits. CIDR matching is a string-prefix test: Go writes the client
+// address as "b" + its 128 bits (IPv4 as IPv4-mapped) and each allowed
+// range, at key creation, as the first 1+prefix-length characters of that
+// form (field ipbits, ",b0101…,b1100…,"); the human form is in field ips.
 //
 // Lua numbers are doubles: balances are compared exactly up to 2^53 nanos
 // (about 9 million currency units); every stored value is changed with
 // HINCRBY on integer strings.
 //
-// ARGV: model, now (ms), hold (nanos, or "check"), request id, deadline (ms).
+// ARGV: model, now (ms), hold (nanos, or "check"), request id, deadline (ms),
+// client address bits ("" when unknown).
 // Returns {status, key id, user, ...}: "ok" adds models, expires, rpm, tpm,
-// requests used, tokens used, window reset (ms); "rate" adds kind, limit,
-// used, reset (ms).
+// requests used, tokens used, window reset (ms), allowed ips; "rate" adds
+// kind, limit, used, reset (ms). Refusals: "invalid", "ip", "model",
+// "quota", "rate".
 var authorizeScript = redis.NewScript(`
-local rec = redis.call('HMGET', KEYS[1], 'id', 'user', 'status', 'models', 'expires', 'rpm', 'tpm')
+local rec = redis.call('HMGET', KEYS[1], 'id', 'user', 'status', 'models', 'expires', 'rpm', 'tpm', 'ipbits', 'ips')
 if not rec[1] or rec[3] ~= 'active' then return {'invalid'} end
 local now = tonumber(ARGV[2])
 local exp = tonumber(rec[5] or '0') or 0
 if exp > 0 and exp <= now then return {'invalid'} end
+local ipbits = rec[8] or ''
+if ipbits ~= '' then
+  local ip, allowed = ARGV[6], false
+  if ip ~= '' then
+    for p in string.gmatch(ipbits, '[^,]+') do
+      if string.sub(ip, 1, #p) == p then allowed = true break end
+    end
+  end
+  if not allowed then return {'ip', rec[1], rec[2]} end
+end
 local models = rec[4] or ''
 if ARGV[1] ~= '' and models ~= '' then
   if string.find(ARGV[1], ',', 1, true) or not string.find(models, ',' .. ARGV[1] .. ',', 1, true) then
@@ -44,7 +64,7 @@ if ARGV[3] ~= 'check' then
     if tused >= tpm then return {'rate', rec[1], user, 'tokens', tostring(tpm), tostring(tused), tostring(reset)} end
   end
 end
-local ok = {'ok', rec[1], user, models, tostring(exp), tostring(rpm), tostring(tpm), tostring(rused), tostring(tused), tostring(reset)}
+local ok = {'ok', rec[1], user, models, tostring(exp), tostring(rpm), tostring(tpm), tostring(rused), tostring(tused), tostring(reset), rec[9] or ''}
 if ARGV[3] == 'check' then return ok end
 local acct = 'ait:{' .. user .. '}:acct'
 local holds = 'ait:{' .. user .. '}:holds'

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,10 +34,20 @@ func init() {
 }
 
 // AccountAPI is the account API for API clients, authenticated by their
-// API key (Authorization: Bearer or x-api-key): GET /v1/account (balance,
-// held, currency) and POST /v1/account/topup (a Stripe Checkout Session).
-// Other paths under /v1/account get 404; paths outside it pass on to the
-// next handler.
+// API key (Authorization: Bearer or x-api-key), which must be used from
+// one of the key's allowed_ips:
+//
+//	GET  /v1/account                  balance, held, currency
+//	POST /v1/account/topup            a Stripe Checkout Session
+//	GET  /v1/account/usage            the caller's usage records, newest first
+//	GET  /v1/account/export           everything held about the caller, as one JSON document
+//	GET  /v1/dashboard/billing/subscription   OpenAI's legacy billing pair, which
+//	GET  /v1/dashboard/billing/usage          chat clients read for a balance
+//	GET  /v1/dashboard/billing/credit_grants  (also without the /v1 prefix)
+//
+// Other paths under /v1/account, /v1/dashboard/billing and
+// /dashboard/billing get 404; paths outside them pass on to the next
+// handler.
 type AccountAPI struct {
 	app *App
 	log *zap.Logger
@@ -86,55 +97,70 @@ func (h *AccountAPI) Provision(ctx caddy.Context) error {
 // ServeHTTP answers the account endpoints.
 func (h *AccountAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	p := path.Clean("/" + r.URL.Path)
-	if p != "/v1/account" && !strings.HasPrefix(p, "/v1/account/") {
+	legacy, isLegacy := strings.CutPrefix(strings.TrimPrefix(p, "/v1"), "/dashboard/billing/")
+	if p != "/v1/account" && !strings.HasPrefix(p, "/v1/account/") && !isLegacy {
 		return next.ServeHTTP(w, r)
 	}
 	h.app.inflight.begin()
 	defer h.app.inflight.end()
 	w.Header().Set("Cache-Control", "no-store")
 
-	user, apiErr := h.authenticate(r)
+	g, apiErr := h.authenticate(r)
 	if apiErr != nil {
 		apiErr.write(w)
 		return nil
 	}
-	switch p {
-	case "/v1/account":
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			errMethodNotAllowed(w, "GET").write(w)
-			return nil
-		}
-		h.account(w, r, user)
-	case "/v1/account/topup":
-		if r.Method != http.MethodPost {
-			errMethodNotAllowed(w, "POST").write(w)
-			return nil
-		}
-		h.topup(w, r, user)
-	default:
+	if isLegacy {
+		p = "legacy:" + legacy
+	}
+	route, ok := accountRoutes[p]
+	switch {
+	case !ok:
 		errNotFoundURL.write(w)
+	case r.Method != route.method && (route.method != http.MethodGet || r.Method != http.MethodHead):
+		errMethodNotAllowed(w, route.method).write(w)
+	default:
+		route.serve(h, w, r, g)
 	}
 	return nil
 }
 
-// authenticate returns the user of the request's API key.
-func (h *AccountAPI) authenticate(r *http.Request) (string, *apiError) {
+// accountRoutes are the account API's endpoints; legacy ones are keyed
+// "legacy:" + the name after /dashboard/billing/.
+var accountRoutes = map[string]struct {
+	method string
+	serve  func(h *AccountAPI, w http.ResponseWriter, r *http.Request, g billing.Grant)
+}{
+	"/v1/account":          {http.MethodGet, func(h *AccountAPI, w http.ResponseWriter, r *http.Request, g billing.Grant) { h.account(w, r, g.User) }},
+	"/v1/account/topup":    {http.MethodPost, func(h *AccountAPI, w http.ResponseWriter, r *http.Request, g billing.Grant) { h.topup(w, r, g.User) }},
+	"/v1/account/usage":    {http.MethodGet, (*AccountAPI).usage},
+	"/v1/account/export":   {http.MethodGet, (*AccountAPI).export},
+	"legacy:subscription":  {http.MethodGet, (*AccountAPI).legacySubscription},
+	"legacy:usage":         {http.MethodGet, (*AccountAPI).legacyUsage},
+	"legacy:credit_grants": {http.MethodGet, (*AccountAPI).legacyCreditGrants},
+}
+
+// authenticate returns the grant of the request's API key.
+func (h *AccountAPI) authenticate(r *http.Request) (billing.Grant, *apiError) {
 	secret := keyFromRequest(r)
 	if secret == "" {
-		return "", errMissingKey
+		return billing.Grant{}, errMissingKey
 	}
-	g, err := h.app.accounts.Authorize(r.Context(), billing.AuthRequest{KeyHash: billing.HashKey(secret), CheckOnly: true})
+	g, err := h.app.accounts.Authorize(r.Context(),
+		billing.AuthRequest{KeyHash: billing.HashKey(secret), CheckOnly: true, ClientIP: clientAddr(r)})
 	switch {
 	case errors.Is(err, billing.ErrInvalidKey):
-		return "", errInvalidKey
+		return billing.Grant{}, errInvalidKey
+	case errors.Is(err, billing.ErrIPNotAllowed):
+		return billing.Grant{}, errIPNotAllowed
 	case err != nil:
 		h.log.Error("redis unavailable; account request refused", zap.Error(err))
-		return "", errUnavailable
+		return billing.Grant{}, errUnavailable
 	}
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.auth.user.id", g.KeyID)
 	}
-	return g.User, nil
+	return g, nil
 }
 
 func (h *AccountAPI) account(w http.ResponseWriter, r *http.Request, user string) {
@@ -269,6 +295,259 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, user string) 
 	h.log.Info("top-up started", zap.String("user", user), zap.String("topup_id", t.TopupID),
 		zap.String("session", s.ID), zap.String("amount", label))
 	writeJSON(w, http.StatusOK, topupResponse{CheckoutURL: s.URL, ID: s.ID, TopupID: t.TopupID, Amount: amount, Currency: cur})
+}
+
+// errNoLedgerHere answers what needs the ledger on a node without one.
+var errNoLedgerHere = &apiError{http.StatusServiceUnavailable, "server_error", "service_unavailable",
+	"Usage history is kept on the ledger node; this gateway node has none. Please retry shortly.", ""}
+
+// ledgerStore returns the ledger, or answers 503 on a gateway-only node.
+func (h *AccountAPI) ledgerStore(w http.ResponseWriter) (*usagelog.Store, bool) {
+	if h.app.ledger == nil {
+		errNoLedgerHere.write(w)
+		return nil, false
+	}
+	return h.app.ledger.store, true
+}
+
+// accountTimeParam reads a time bound: RFC 3339, a date (UTC), or Unix
+// seconds.
+func accountTimeParam(s string) (time.Time, error) {
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil && n >= 0 {
+		return time.Unix(n, 0).UTC(), nil
+	}
+	t, err := parseTimeParam(s)
+	if err != nil {
+		return t, errors.New(err.Error() + ", or Unix seconds")
+	}
+	return t, nil
+}
+
+// usage answers GET /v1/account/usage?from=&to=&model=&key=&limit=&before=:
+// the caller's usage records, newest first, a page at a time (before is
+// the last request_id of the previous page).
+func (h *AccountAPI) usage(w http.ResponseWriter, r *http.Request, g billing.Grant) {
+	store, ok := h.ledgerStore(w)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	uq := usagelog.UsageQuery{User: g.User, Key: q.Get("key"), Model: q.Get("model"), Before: q.Get("before"),
+		Limit: usagelog.DefaultUsageLimit}
+	for _, b := range []struct {
+		name string
+		t    *time.Time
+	}{{"from", &uq.From}, {"to", &uq.To}} {
+		if s := q.Get(b.name); s != "" {
+			t, err := accountTimeParam(s)
+			if err != nil {
+				errInvalidRequest(b.name+": "+err.Error(), b.name).write(w)
+				return
+			}
+			*b.t = t
+		}
+	}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > usagelog.MaxUsageLimit {
+			errInvalidRequest("limit: want an integer from 1 to "+strconv.Itoa(usagelog.MaxUsageLimit), "limit").write(w)
+			return
+		}
+		uq.Limit = n
+	}
+	recs, err := store.ListUsage(r.Context(), uq)
+	if errors.Is(err, usagelog.ErrNotFound) {
+		errInvalidRequest("before: no usage record has this request_id", "before").write(w)
+		return
+	}
+	hasMore := false
+	if err == nil && len(recs) == uq.Limit {
+		next := uq
+		next.Limit, next.Before = 1, recs[len(recs)-1].RequestID
+		var more []usagelog.Record
+		more, err = store.ListUsage(r.Context(), next)
+		hasMore = len(more) > 0
+	}
+	if err != nil {
+		h.log.Error("reading usage for the account API", zap.String("user", g.User), zap.Error(err))
+		errUnavailable.write(w)
+		return
+	}
+	if recs == nil {
+		recs = []usagelog.Record{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "records": recs, "has_more": hasMore})
+}
+
+// export answers GET /v1/account/export: everything the ledger holds about
+// the caller (profile, keys without secrets, ledger entries, payments,
+// audit trail, every usage row) as one JSON document, streamed, plus the
+// live balance. The export is recorded in the audit trail.
+func (h *AccountAPI) export(w http.ResponseWriter, r *http.Request, g billing.Grant) {
+	store, ok := h.ledgerStore(w)
+	if !ok {
+		return
+	}
+	ctx := r.Context()
+	now := time.Now()
+	if _, err := store.GetUser(ctx, g.User); err != nil {
+		h.log.Error("export: reading the user", zap.String("user", g.User), zap.Error(err))
+		errUnavailable.write(w)
+		return
+	}
+	if _, err := store.AddAudit(ctx, now, usagelog.AuditUserExport, g.User,
+		map[string]string{"via": "account_api", "key_id": g.KeyID}); err != nil {
+		h.log.Error("export: recording it in the audit trail", zap.String("user", g.User), zap.Error(err))
+		errUnavailable.write(w)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Disposition", `attachment; filename="account-export-`+g.User+`.json"`)
+	err := store.ExportUser(ctx, g.User, now, &lazyHeaderWriter{w: w})
+	switch {
+	case err == nil:
+	case errors.Is(err, usagelog.ErrExportIncomplete):
+		// The status is sent: cut the connection so the client sees a
+		// broken body, never a short document that looks whole.
+		h.log.Error("export cut short", zap.String("user", g.User), zap.Error(err))
+		panic(http.ErrAbortHandler)
+	default:
+		h.log.Error("export failed", zap.String("user", g.User), zap.Error(err))
+		w.Header().Del("Content-Disposition")
+		errUnavailable.write(w)
+	}
+}
+
+// lazyHeaderWriter sends the 200 status with the first byte written, so an
+// error before it can still be answered with an error status.
+type lazyHeaderWriter struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (l *lazyHeaderWriter) Write(p []byte) (int, error) {
+	if !l.started {
+		l.started = true
+		l.w.WriteHeader(http.StatusOK)
+	}
+	return l.w.Write(p)
+}
+
+// The legacy billing pair (GET /v1/dashboard/billing/subscription and
+// /usage, with or without /v1) is what chat clients such as NextChat
+// (ChatGPT-Next-Web) and chatgpt-web read to show a balance, and what
+// balance checkers compute "remaining = hard_limit_usd − total_usage/100"
+// from. The numbers follow one-api and new-api, the relays those clients
+// are used with, so that this sum is the balance whatever dates the client
+// asks for:
+//
+//	hard_limit_usd (= soft_limit_usd = system_hard_limit_usd)
+//	    what the account was credited in its life, net (top-ups, admin
+//	    credits and debits, refunds), in currency units
+//	total_usage
+//	    what the account has spent in its life, in cents (hundredths of
+//	    the currency unit): credited − balance
+//
+// start_date and end_date are checked (YYYY-MM-DD) but do not narrow the
+// total, as in one-api and new-api; GET /v1/account/usage?from=&to= gives
+// the exact records of a period. These are floats, at this legacy edge
+// only: every other answer gives money as exact decimal strings. The
+// amounts are in the configured currency, whatever the "_usd" names say.
+// On a gateway node without the ledger the credited total is unknown:
+// there hard_limit_usd is the balance and total_usage is 0 (the sum still
+// gives the balance).
+
+// legacyTotals returns the caller's balance and lifetime spend.
+func (h *AccountAPI) legacyTotals(w http.ResponseWriter, r *http.Request, user string) (balance, used billing.Nanos, ok bool) {
+	bal, _, err := h.app.accounts.Balance(r.Context(), user)
+	if err != nil {
+		h.log.Error("redis unavailable; account request refused", zap.Error(err))
+		errUnavailable.write(w)
+		return 0, 0, false
+	}
+	if h.app.ledger == nil {
+		return bal, 0, true
+	}
+	credited, err := h.app.ledger.store.CreditedTotal(r.Context(), user)
+	if err != nil {
+		h.log.Error("reading the ledger for the account API", zap.String("user", user), zap.Error(err))
+		errUnavailable.write(w)
+		return 0, 0, false
+	}
+	// A credit that reached Redis but is not yet marked applied in the
+	// ledger would make this negative for a moment.
+	return bal, max(credited-bal, 0), true
+}
+
+// units converts nanos to a float number of currency units.
+func units(n billing.Nanos) float64 { return float64(n) / 1e9 }
+
+// legacySubscription answers GET /v1/dashboard/billing/subscription in the
+// shape OpenAI used.
+func (h *AccountAPI) legacySubscription(w http.ResponseWriter, r *http.Request, g billing.Grant) {
+	bal, used, ok := h.legacyTotals(w, r, g.User)
+	if !ok {
+		return
+	}
+	limit := units(bal + used)
+	var until int64
+	if !g.Key.ExpiresAt.IsZero() {
+		until = g.Key.ExpiresAt.Unix()
+	}
+	sc := h.app.Stripe
+	writeJSON(w, http.StatusOK, map[string]any{
+		"object":                "billing_subscription",
+		"has_payment_method":    sc != nil && sc.api != nil, // top-ups are possible
+		"canceled":              false,
+		"canceled_at":           nil,
+		"delinquent":            nil,
+		"access_until":          until, // the key's expiry (Unix seconds); 0: never
+		"soft_limit_usd":        limit,
+		"hard_limit_usd":        limit,
+		"system_hard_limit_usd": limit,
+		"plan":                  map[string]string{"title": "Prepaid", "id": "prepaid"},
+		// Exact, for clients that know this gateway.
+		"balance":  bal,
+		"currency": h.app.Currency,
+	})
+}
+
+// legacyUsage answers GET /v1/dashboard/billing/usage?start_date=&end_date=.
+func (h *AccountAPI) legacyUsage(w http.ResponseWriter, r *http.Request, g billing.Grant) {
+	q := r.URL.Query()
+	for _, name := range []string{"start_date", "end_date"} {
+		if s := q.Get(name); s != "" {
+			if _, err := time.Parse(time.DateOnly, s); err != nil {
+				errInvalidRequest(name+": want a date like 2026-11-01", name).write(w)
+				return
+			}
+		}
+	}
+	_, used, ok := h.legacyTotals(w, r, g.User)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"object":      "list",
+		"total_usage": float64(used) / 1e7, // cents
+		"currency":    h.app.Currency,
+	})
+}
+
+// legacyCreditGrants answers GET /v1/dashboard/billing/credit_grants, the
+// older endpoint some balance checkers read total_available from.
+func (h *AccountAPI) legacyCreditGrants(w http.ResponseWriter, r *http.Request, g billing.Grant) {
+	bal, used, ok := h.legacyTotals(w, r, g.User)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"object":          "credit_summary",
+		"total_granted":   units(bal + used),
+		"total_used":      units(used),
+		"total_available": units(bal),
+		"currency":        h.app.Currency,
+	})
 }
 
 // trimAmount writes n without trailing zeros past two places ("5.00").

@@ -23,7 +23,8 @@ func init() {
 }
 
 // AdminAPI serves the aitoken admin endpoints under /aitoken/ on Caddy's
-// admin listener: users, credits, keys and usage. It reaches the ledger
+// admin listener: users (export, erasure), credits, keys, usage, payments,
+// the audit trail and reconciliation. It reaches the ledger
 // through the running aitoken app; it holds no state of its own.
 type AdminAPI struct {
 	mux *http.ServeMux
@@ -43,12 +44,16 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 	for pattern, h := range map[string]adminFunc{
 		"POST /aitoken/users":              postUser,
 		"GET /aitoken/users/{id}":          getUser,
+		"DELETE /aitoken/users/{id}":       deleteUser,
+		"GET /aitoken/users/{id}/export":   getUserExport,
 		"POST /aitoken/users/{id}/credits": postCredit,
 		"POST /aitoken/keys":               postKey,
 		"GET /aitoken/keys":                listKeys,
 		"DELETE /aitoken/keys/{id}":        deleteKey,
 		"GET /aitoken/usage":               listUsage,
-		"GET /aitoken/payments":            listPayments,
+		"GET /aitoken/usage/summary":       getUsageSummary,
+		"GET /aitoken/payments":            listPaymentPages,
+		"GET /aitoken/audit":               listAudit,
 		"POST /aitoken/reconcile":          postReconcile,
 	} {
 		a.mux.Handle(pattern, h)
@@ -260,12 +265,13 @@ type keyView struct {
 
 func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	var in struct {
-		User      string     `json:"user"`
-		Name      string     `json:"name"`
-		Models    []string   `json:"models"`
-		RPM       int64      `json:"rpm"`
-		TPM       int64      `json:"tpm"`
-		ExpiresAt *time.Time `json:"expires_at"`
+		User       string     `json:"user"`
+		Name       string     `json:"name"`
+		Models     []string   `json:"models"`
+		RPM        int64      `json:"rpm"`
+		TPM        int64      `json:"tpm"`
+		AllowedIPs []string   `json:"allowed_ips"`
+		ExpiresAt  *time.Time `json:"expires_at"`
 	}
 	if err := decodeBody(r, &in); err != nil {
 		return err
@@ -290,6 +296,10 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	if in.ExpiresAt != nil && !in.ExpiresAt.After(time.Now()) {
 		return badField("expires_at", "must be in the future")
 	}
+	allowedIPs, err := billing.NormalizeAllowedIPs(in.AllowedIPs)
+	if err != nil {
+		return badField("allowed_ips", "%v", err)
+	}
 	u, err := app.ledger.store.GetUser(r.Context(), in.User)
 	if errors.Is(err, usagelog.ErrNotFound) {
 		return &adminError{http.StatusBadRequest, "user", "user: " + strconv.Quote(in.User) + " not found"}
@@ -302,22 +312,24 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	}
 	secret := billing.NewKeySecret()
 	k := usagelog.Key{
-		ID:        billing.NewID("key_"),
-		UserID:    u.ID,
-		Name:      in.Name,
-		Hash:      billing.HashKey(secret),
-		Prefix:    secret[:11],
-		Models:    in.Models,
-		RPM:       in.RPM,
-		TPM:       in.TPM,
-		ExpiresAt: in.ExpiresAt,
-		Status:    "active",
-		CreatedAt: time.Now().UTC(),
+		ID:         billing.NewID("key_"),
+		UserID:     u.ID,
+		Name:       in.Name,
+		Hash:       billing.HashKey(secret),
+		Prefix:     secret[:11],
+		Models:     in.Models,
+		RPM:        in.RPM,
+		TPM:        in.TPM,
+		AllowedIPs: allowedIPs,
+		ExpiresAt:  in.ExpiresAt,
+		Status:     "active",
+		CreatedAt:  time.Now().UTC(),
 	}
 	if err := app.ledger.store.CreateKey(r.Context(), k); err != nil {
 		return err
 	}
-	rec := billing.KeyRecord{ID: k.ID, User: k.UserID, Active: true, Models: k.Models, RPM: k.RPM, TPM: k.TPM}
+	rec := billing.KeyRecord{ID: k.ID, User: k.UserID, Active: true, Models: k.Models, RPM: k.RPM, TPM: k.TPM,
+		AllowedIPs: k.AllowedIPs}
 	if k.ExpiresAt != nil {
 		rec.ExpiresAt = *k.ExpiresAt
 	}
@@ -335,6 +347,9 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 }
 
 func listKeys(app *App, w http.ResponseWriter, r *http.Request) error {
+	if err := onlyParams(r, "user"); err != nil {
+		return err
+	}
 	user := r.URL.Query().Get("user")
 	if user == "" {
 		return badField("user", "required query parameter")
@@ -366,9 +381,15 @@ func deleteKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// listUsage answers GET /aitoken/usage: records newest first, a page of
+// limit (default 100) at a time; next, when set, is the before of the next
+// page (a request_id).
 func listUsage(app *App, w http.ResponseWriter, r *http.Request) error {
+	if err := onlyParams(r, "user", "key", "model", "from", "to", "limit", "before"); err != nil {
+		return err
+	}
 	q := r.URL.Query()
-	uq := usagelog.UsageQuery{User: q.Get("user"), Key: q.Get("key"), Model: q.Get("model")}
+	uq := usagelog.UsageQuery{User: q.Get("user"), Key: q.Get("key"), Model: q.Get("model"), Before: q.Get("before")}
 	var err error
 	if uq.From, err = parseTimeParam(q.Get("from")); err != nil {
 		return badField("from", "%v", err)
@@ -376,21 +397,27 @@ func listUsage(app *App, w http.ResponseWriter, r *http.Request) error {
 	if uq.To, err = parseTimeParam(q.Get("to")); err != nil {
 		return badField("to", "%v", err)
 	}
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 1000 {
-			return badField("limit", "want an integer from 1 to 1000")
-		}
-		uq.Limit = n
+	if !uq.From.IsZero() && !uq.To.IsZero() && !uq.To.After(uq.From) {
+		return badField("to", "must be after from")
+	}
+	if uq.Limit, err = parseLimit(q.Get("limit"), usagelog.DefaultUsageLimit); err != nil {
+		return err
 	}
 	recs, err := app.ledger.store.ListUsage(r.Context(), uq)
+	if errors.Is(err, usagelog.ErrNotFound) {
+		return badField("before", "no usage record %q", uq.Before)
+	}
 	if err != nil {
 		return err
 	}
 	if recs == nil {
 		recs = []usagelog.Record{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"records": recs})
+	resp := map[string]any{"records": recs}
+	if len(recs) == uq.Limit {
+		resp["next"] = recs[len(recs)-1].RequestID
+	}
+	writeJSON(w, http.StatusOK, resp)
 	return nil
 }
 

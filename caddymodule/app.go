@@ -71,11 +71,28 @@ type App struct {
 	// flusher writes it to the ledger. Default: 1s.
 	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`
 
+	// UsageRetention is how long usage rows (and unreadable usage stream
+	// entries) are kept before the ledger node's retention job deletes
+	// them, their cost folded into the ledger so no balance moves.
+	// Default: 365 days. In JSON, a Go duration or "365d".
+	UsageRetention caddy.Duration `json:"usage_retention,omitempty"`
+
+	// PaymentRetention is how long payment records (Stripe top-ups,
+	// refunds, disputes) are kept after their last change. Ledger entries,
+	// the money itself, are never deleted. Default: 2555 days (7 years).
+	PaymentRetention caddy.Duration `json:"payment_retention,omitempty"`
+
+	// LogClientIP, when false, keeps the client IP out of usage records.
+	// Default: true.
+	LogClientIP *bool `json:"log_client_ip,omitempty"`
+
 	prices   *billing.PriceTable
 	accounts *billing.Accounts
 	redis    *redisConn
 	ledger   *ledgerConn // nil on gateway-only nodes
 	log      *zap.Logger
+
+	retention *retentionRunner // the ledger node's retention job, while started
 
 	inflight *tracker // handlers running on this config
 	settling *tracker // usage settlements not yet written to Redis
@@ -105,6 +122,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.Currency = strings.ToUpper(a.Currency)
 	if a.FlushInterval <= 0 {
 		a.FlushInterval = caddy.Duration(time.Second)
+	}
+	if a.UsageRetention == 0 {
+		a.UsageRetention = caddy.Duration(defaultUsageRetention)
+	}
+	if a.PaymentRetention == 0 {
+		a.PaymentRetention = caddy.Duration(defaultPaymentRetention)
 	}
 
 	prices, err := a.loadPrices(repl)
@@ -193,18 +216,38 @@ func (a *App) Validate() error {
 	if len(a.Currency) != 3 {
 		return fmt.Errorf("currency %q: want a 3-letter ISO code", a.Currency)
 	}
+	// Zero is the default (set at provision).
+	if a.UsageRetention != 0 && a.UsageRetention < caddy.Duration(minRetention) {
+		return fmt.Errorf("usage_retention %s: want at least %s", time.Duration(a.UsageRetention), minRetention)
+	}
+	if a.PaymentRetention != 0 && a.PaymentRetention < caddy.Duration(minRetention) {
+		return fmt.Errorf("payment_retention %s: want at least %s", time.Duration(a.PaymentRetention), minRetention)
+	}
 	return nil
 }
 
-// Start makes this config's app the one the admin API serves.
+// keepClientIP reports whether usage records may hold the client's IP
+// (log_client_ip, default on).
+func (a *App) keepClientIP() bool { return a.LogClientIP == nil || *a.LogClientIP }
+
+// Start makes this config's app the one the admin API serves and, on the
+// ledger node, starts the retention job.
 func (a *App) Start() error {
 	activeApp.Store(a)
+	if a.ledger != nil {
+		a.retention = startRetention(a.retentionJob())
+	}
 	return nil
 }
 
-// Stop stops serving the admin API from this app if it is still the active one.
+// Stop stops serving the admin API from this app if it is still the active
+// one, and stops its retention job.
 func (a *App) Stop() error {
 	activeApp.CompareAndSwap(a, nil)
+	if a.retention != nil {
+		a.retention.stop()
+		a.retention = nil
+	}
 	return nil
 }
 

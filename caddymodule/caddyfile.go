@@ -31,6 +31,9 @@ func init() {
 //		pricing_file   <path>
 //		spool_dir      <path>
 //		flush_interval <duration>
+//		usage_retention   <duration>   # default 365d; "d" = days
+//		payment_retention <duration>   # default 2555d
+//		log_client_ip     on|off       # default on
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	app := new(App)
@@ -100,6 +103,35 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("flush_interval %q: want a positive duration like 1s", s)
 			}
 			a.FlushInterval = caddy.Duration(dur)
+		case "usage_retention", "payment_retention":
+			name := d.Val()
+			var s string
+			if err := oneArg(d, &s); err != nil {
+				return err
+			}
+			dur, err := caddy.ParseDuration(s)
+			if err != nil || dur < minRetention {
+				return d.Errf("%s %q: want a duration of at least a day, like 365d or 8760h", name, s)
+			}
+			if name == "usage_retention" {
+				a.UsageRetention = caddy.Duration(dur)
+			} else {
+				a.PaymentRetention = caddy.Duration(dur)
+			}
+		case "log_client_ip":
+			var s string
+			if err := oneArg(d, &s); err != nil {
+				return err
+			}
+			var on bool
+			switch s {
+			case "on":
+				on = true
+			case "off":
+			default:
+				return d.Errf("log_client_ip %q: want on or off", s)
+			}
+			a.LogClientIP = &on
 		case "price":
 			model, p, err := parsePrice(d)
 			if err != nil {

@@ -17,8 +17,8 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "aitoken",
-		Usage: "<users|credit|keys|usage|reconcile> [args] [--address <admin>] [--json]",
-		Short: "Manages aitoken users, credits, keys, usage and reconciliation",
+		Usage: "<users|credit|keys|usage|payments|audit|reconcile> [args] [--address <admin>] [--json]",
+		Short: "Manages aitoken users, credits, keys, usage, payments and reconciliation",
 		Long: `
 Manages the aitoken gateway through the admin API of a running Caddy
 (the ledger node). --address is the admin listener; by default it is found
@@ -27,13 +27,22 @@ as for "caddy reload" (the --config file's admin address, else localhost:2019).
 Commands:
   users create [--id ID] [--email E] [--name N]   create a user
   users show USER                                 balance, held, currency, status
+  users export USER                               everything held about the user, one JSON
+                                                  document (redirect it to a file)
+  users delete USER                               erase the user's personal data and revoke
+                                                  every key; payment records are kept
   credit USER AMOUNT [--reason R]                 credit (negative debits), e.g. 10.00
   keys create USER [--name N] [--models a,b] [--rpm N] [--tpm N] [--expires RFC3339]
                                                   mint a key; the secret is printed once
   keys list USER                                  keys without secrets
   keys revoke KEY_ID                              revoke on every node
-  usage [--user U] [--key K] [--model M] [--from T] [--to T] [--limit N]
+  usage [--user U] [--key K] [--model M] [--from T] [--to T] [--limit N] [--before REQUEST_ID]
                                                   usage records, newest first (a table)
+  usage summary [--user U] [--from T] [--to T] [--group-by model|day]
+                                                  totals of requests, tokens and cost
+  payments [--user U] [--limit N] [--before ID]   Stripe top-ups, refunds and disputes
+  audit [--user U] [--action A] [--limit N] [--before ID]
+                                                  erasures, exports and retention runs
   reconcile [--apply]                             compare the ledger with Redis;
                                                   --apply rebuilds Redis from the ledger
 
@@ -59,7 +68,7 @@ func buildCLI(cmd *cobra.Command) {
 	cmd.SilenceUsage = true
 	cmd.PersistentPreRun = func(c *cobra.Command, _ []string) { o.out = c.OutOrStdout() }
 
-	users := &cobra.Command{Use: "users", Short: "Create and show users"}
+	users := &cobra.Command{Use: "users", Short: "Create, show, export and delete users"}
 	var id, email, name string
 	create := &cobra.Command{Use: "create", Short: "Create a user", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -72,7 +81,15 @@ func buildCLI(cmd *cobra.Command) {
 		RunE: func(c *cobra.Command, a []string) error {
 			return o.call("GET", "/aitoken/users/"+url.PathEscape(a[0]), nil, printObject)
 		}}
-	users.AddCommand(create, show)
+	export := &cobra.Command{Use: "export USER", Short: "Export everything held about a user (one JSON document)", Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, a []string) error {
+			return o.call("GET", "/aitoken/users/"+url.PathEscape(a[0])+"/export", nil, printRaw)
+		}}
+	del := &cobra.Command{Use: "delete USER", Short: "Erase a user's personal data and revoke every key", Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, a []string) error {
+			return o.call("DELETE", "/aitoken/users/"+url.PathEscape(a[0]), nil, printErasure)
+		}}
+	users.AddCommand(create, show, export, del)
 
 	var reason string
 	credit := &cobra.Command{Use: "credit USER AMOUNT", Short: "Credit a user (negative debits)", Args: cobra.ExactArgs(2),
@@ -111,20 +128,48 @@ func buildCLI(cmd *cobra.Command) {
 		}}
 	keys.AddCommand(kcreate, klist, krevoke)
 
-	var q struct{ user, key, model, from, to, limit string }
-	usage := &cobra.Command{Use: "usage", Short: "List usage records", Args: cobra.NoArgs,
+	var q struct{ user, key, model, from, to, limit, before string }
+	usage := &cobra.Command{Use: "usage", Short: "List usage records; usage summary adds them up", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			v := url.Values{}
-			for k, s := range map[string]string{"user": q.user, "key": q.key, "model": q.model, "from": q.from, "to": q.to, "limit": q.limit} {
-				if s != "" {
-					v.Set(k, s)
-				}
-			}
-			return o.call("GET", "/aitoken/usage?"+v.Encode(), nil, printUsage)
+			return o.call("GET", "/aitoken/usage?"+query(map[string]string{"user": q.user, "key": q.key, "model": q.model,
+				"from": q.from, "to": q.to, "limit": q.limit, "before": q.before}), nil, printUsage)
 		}}
 	for name, p := range map[string]*string{"user": &q.user, "key": &q.key, "model": &q.model, "from": &q.from, "to": &q.to, "limit": &q.limit} {
 		usage.Flags().StringVar(p, name, "", "Filter: "+name)
 	}
+	usage.Flags().StringVar(&q.before, "before", "", "Page cursor: the request_id printed as next by the previous page")
+	var sq struct{ user, from, to, groupBy string }
+	summary := &cobra.Command{Use: "summary", Short: "Totals of requests, tokens and cost", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return o.call("GET", "/aitoken/usage/summary?"+query(map[string]string{"user": sq.user, "from": sq.from,
+				"to": sq.to, "group_by": sq.groupBy}), nil, printSummary)
+		}}
+	summary.Flags().StringVar(&sq.user, "user", "", "Only this user")
+	summary.Flags().StringVar(&sq.from, "from", "", "From this time (RFC 3339 or a date), inclusive")
+	summary.Flags().StringVar(&sq.to, "to", "", "To this time (RFC 3339 or a date), exclusive")
+	summary.Flags().StringVar(&sq.groupBy, "group-by", "", "Group by model or day (UTC); default: one total")
+	usage.AddCommand(summary)
+
+	var pq struct{ user, limit, before string }
+	payments := &cobra.Command{Use: "payments", Short: "List Stripe payments and refunds, newest first", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return o.call("GET", "/aitoken/payments?"+query(map[string]string{"user": pq.user, "limit": pq.limit,
+				"before": pq.before}), nil, printPayments)
+		}}
+	payments.Flags().StringVar(&pq.user, "user", "", "Only this user's payments")
+	payments.Flags().StringVar(&pq.limit, "limit", "", "Page size (default 100, at most 1000)")
+	payments.Flags().StringVar(&pq.before, "before", "", "Page cursor: the id printed as next by the previous page")
+
+	var aq struct{ user, action, limit, before string }
+	audit := &cobra.Command{Use: "audit", Short: "List the audit trail: erasures, exports, retention runs", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return o.call("GET", "/aitoken/audit?"+query(map[string]string{"user": aq.user, "action": aq.action,
+				"limit": aq.limit, "before": aq.before}), nil, printAudit)
+		}}
+	audit.Flags().StringVar(&aq.user, "user", "", "Only entries about this user")
+	audit.Flags().StringVar(&aq.action, "action", "", "Only this action (user.delete, user.export, retention.purge)")
+	audit.Flags().StringVar(&aq.limit, "limit", "", "Page size (default 100, at most 1000)")
+	audit.Flags().StringVar(&aq.before, "before", "", "Page cursor: the id printed as next by the previous page")
 
 	var apply bool
 	rec := &cobra.Command{Use: "reconcile", Short: "Compare the ledger with Redis; --apply rebuilds Redis", Args: cobra.NoArgs,
@@ -133,7 +178,18 @@ func buildCLI(cmd *cobra.Command) {
 		}}
 	rec.Flags().BoolVar(&apply, "apply", false, "Rebuild Redis balances and keys from the ledger")
 
-	cmd.AddCommand(users, credit, keys, usage, rec)
+	cmd.AddCommand(users, credit, keys, usage, payments, audit, rec)
+}
+
+// query encodes the non-empty parameters.
+func query(params map[string]string) string {
+	v := url.Values{}
+	for k, s := range params {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	return v.Encode()
 }
 
 // call sends one admin request and prints the answer.
@@ -194,6 +250,7 @@ func printObject(w io.Writer, b []byte) error {
 func printUsage(w io.Writer, b []byte) error {
 	var out struct {
 		Records []map[string]any `json:"records"`
+		Next    string           `json:"next"`
 	}
 	if err := json.Unmarshal(b, &out); err != nil {
 		return err
@@ -208,7 +265,146 @@ func printUsage(w io.Writer, b []byte) error {
 		fmt.Fprintf(tw, "%v\t%v\t%v\t%v\t%v\t%v\t%v\t%v%s\t%v\n", r["time"], r["user"], r["key_id"], r["model"],
 			r["input_tokens"], r["cached_input_tokens"], r["output_tokens"], r["cost"], est, r["outcome"])
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printNext(w, out.Next)
+}
+
+// printNext tells how to get the next page.
+func printNext(w io.Writer, next string) error {
+	if next == "" {
+		return nil
+	}
+	_, err := fmt.Fprintf(w, "more: --before %s\n", next)
+	return err
+}
+
+// printRaw prints the answer as it came (an export is already one JSON
+// document).
+func printRaw(w io.Writer, b []byte) error {
+	_, err := w.Write(b)
+	return err
+}
+
+func printErasure(w io.Writer, b []byte) error {
+	var e struct {
+		User            string `json:"user"`
+		AlreadyDeleted  bool   `json:"already_deleted"`
+		KeysRevoked     int64  `json:"keys_revoked"`
+		KeysInRedis     int    `json:"keys_revoked_in_redis"`
+		UsageAnonymised int64  `json:"usage_rows_anonymised"`
+		PaymentsKept    int64  `json:"payments_kept"`
+		AuditID         int64  `json:"audit_id"`
+	}
+	if err := json.Unmarshal(b, &e); err != nil {
+		return err
+	}
+	again := ""
+	if e.AlreadyDeleted {
+		again = " (was already erased)"
+	}
+	_, err := fmt.Fprintf(w, "user %s erased%s: %d keys revoked (%d revoked in redis), %d usage rows anonymised, %d payment records kept; audit entry %d\n",
+		e.User, again, e.KeysRevoked, e.KeysInRedis, e.UsageAnonymised, e.PaymentsKept, e.AuditID)
+	return err
+}
+
+func printSummary(w io.Writer, b []byte) error {
+	var out struct {
+		GroupBy  string `json:"group_by"`
+		Currency string `json:"currency"`
+		Groups   []struct {
+			Model     string `json:"model"`
+			Day       string `json:"day"`
+			Requests  int64  `json:"requests"`
+			Input     int64  `json:"input_tokens"`
+			Cached    int64  `json:"cached_input_tokens"`
+			Output    int64  `json:"output_tokens"`
+			Reasoning int64  `json:"reasoning_tokens"`
+			Cost      string `json:"cost"`
+		} `json:"groups"`
+		Total struct {
+			Requests  int64  `json:"requests"`
+			Input     int64  `json:"input_tokens"`
+			Cached    int64  `json:"cached_input_tokens"`
+			Output    int64  `json:"output_tokens"`
+			Reasoning int64  `json:"reasoning_tokens"`
+			Cost      string `json:"cost"`
+		} `json:"total"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "%s\tREQUESTS\tIN\tCACHED\tOUT\tREASONING\tCOST (%s)\n", strings.ToUpper(cmpOr(out.GroupBy, "all")), out.Currency)
+	for _, g := range out.Groups {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\n", g.Model+g.Day, g.Requests, g.Input, g.Cached, g.Output, g.Reasoning, g.Cost)
+	}
+	t := out.Total
+	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%d\t%d\t%d\t%s\n", t.Requests, t.Input, t.Cached, t.Output, t.Reasoning, t.Cost)
 	return tw.Flush()
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func printPayments(w io.Writer, b []byte) error {
+	var out struct {
+		Payments []struct {
+			ID        int64  `json:"id"`
+			CreatedAt string `json:"created_at"`
+			User      string `json:"user"`
+			Kind      string `json:"kind"`
+			Amount    string `json:"amount"`
+			Currency  string `json:"currency"`
+			Credited  string `json:"credited"`
+			Status    string `json:"status"`
+			Ref       string `json:"ref"`
+		} `json:"payments"`
+		Next string `json:"next"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tCREATED\tUSER\tKIND\tAMOUNT\tCREDITED\tSTATUS\tREF")
+	for _, p := range out.Payments {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s %s\t%s\t%s\t%s\n", p.ID, p.CreatedAt, p.User, p.Kind, p.Amount, p.Currency,
+			p.Credited, p.Status, p.Ref)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printNext(w, out.Next)
+}
+
+func printAudit(w io.Writer, b []byte) error {
+	var out struct {
+		Entries []struct {
+			ID     int64           `json:"id"`
+			Time   string          `json:"time"`
+			Action string          `json:"action"`
+			User   string          `json:"user"`
+			Detail json.RawMessage `json:"detail"`
+		} `json:"entries"`
+		Next string `json:"next"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTIME\tACTION\tUSER\tDETAIL")
+	for _, e := range out.Entries {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", e.ID, e.Time, e.Action, e.User, e.Detail)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printNext(w, out.Next)
 }
 
 func printReconcile(w io.Writer, b []byte) error {

@@ -106,7 +106,7 @@ http://localhost:9080 {
 	}
 }
 `, env.redis.URL(), filepath.Join(env.dir, "ledger.db"), flush, spoolDir(),
-		env.upstream.URL, env.upstream.URL, env.upstream.URL, env.upstream.URL))
+		env.upstream.URL, env.upstream.URL, env.upstream.URL, env.upstream.URL)) + httpsSite()
 }
 
 // spoolDir is where the gateway spools settlements Redis could not take

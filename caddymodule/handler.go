@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"path"
 	"slices"
 	"strconv"
@@ -135,7 +136,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// meter to an upstream that normalises it.
 	format := meter.FormatForPath(path.Clean("/" + r.URL.Path))
 	if r.Method != http.MethodPost || format == meter.FormatUnknown {
-		g, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true})
+		g, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)})
 		if err != nil {
 			h.refuse(w, err, "")
 			return nil
@@ -148,7 +149,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	req, price, reqErr := h.readRequest(r, format)
 	if reqErr != nil {
 		// Authenticate first, so a bad key is a 401 whatever the body.
-		if _, err := h.app.accounts.Authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true}); err != nil &&
+		if _, err := h.app.accounts.Authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)}); err != nil &&
 			!errors.Is(err, billing.ErrModelNotAllowed) {
 			h.refuse(w, err, "")
 			return nil
@@ -170,7 +171,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	g, err := h.authorize(r.Context(), billing.AuthRequest{
-		KeyHash: keyHash, Model: req.Model, Hold: hold, RequestID: requestID,
+		KeyHash: keyHash, Model: req.Model, Hold: hold, RequestID: requestID, ClientIP: clientAddr(r),
 	})
 	if err != nil {
 		h.refuse(w, err, req.Model)
@@ -250,6 +251,9 @@ func (h *Handler) authorize(ctx context.Context, req billing.AuthRequest) (billi
 	if !ok || !rec.Active || (!rec.ExpiresAt.IsZero() && !now.Before(rec.ExpiresAt)) {
 		return g, err
 	}
+	if !billing.IPAllowed(rec.AllowedIPs, req.ClientIP) {
+		return billing.Grant{KeyID: rec.ID, User: rec.User}, billing.ErrIPNotAllowed
+	}
 	if req.Model != "" && len(rec.Models) > 0 && !slices.Contains(rec.Models, req.Model) {
 		return billing.Grant{KeyID: rec.ID, User: rec.User}, billing.ErrModelNotAllowed
 	}
@@ -260,7 +264,7 @@ func (h *Handler) authorize(ctx context.Context, req billing.AuthRequest) (billi
 
 // isRefusal tells Authorize's answers from Redis failures.
 func isRefusal(err error) bool {
-	return errors.Is(err, billing.ErrInvalidKey) || errors.Is(err, billing.ErrModelNotAllowed) ||
+	return errors.Is(err, billing.ErrInvalidKey) || errors.Is(err, billing.ErrIPNotAllowed) || errors.Is(err, billing.ErrModelNotAllowed) ||
 		errors.Is(err, billing.ErrInsufficientQuota) || errors.Is(err, billing.ErrRateLimited)
 }
 
@@ -313,6 +317,8 @@ func (h *Handler) authError(err error, model string) *apiError {
 	switch {
 	case errors.Is(err, billing.ErrInvalidKey):
 		return errInvalidKey
+	case errors.Is(err, billing.ErrIPNotAllowed):
+		return errIPNotAllowed
 	case errors.Is(err, billing.ErrModelNotAllowed):
 		return errModelNotAllowed(model)
 	case errors.Is(err, billing.ErrInsufficientQuota):
@@ -332,6 +338,22 @@ func (h *Handler) setIdentity(r *http.Request, g billing.Grant, model string) {
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.auth.user.id", g.KeyID)
 	}
+}
+
+// errIPNotAllowed refuses a key used from outside its allowed_ips.
+var errIPNotAllowed = &apiError{http.StatusForbidden, "permission_error", "ip_not_allowed",
+	"This API key may not be used from your IP address.", ""}
+
+// clientAddr is the client's address as Caddy determined it (the remote
+// address, or the forwarded one when the request came through one of the
+// server's trusted_proxies); the zero Addr when unknown.
+func clientAddr(r *http.Request) netip.Addr {
+	s, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.WithZone("")
 }
 
 // keyFromRequest returns the API key from Authorization: Bearer or x-api-key.

@@ -51,15 +51,21 @@ type spooled struct {
 // no usage record is lost.
 func (c *redisConn) settle(ctx context.Context, s spooled, log *zap.Logger) {
 	accounts := billing.NewAccounts(c.client)
-	// Idempotent either way: go-redis may retry a script whose reply timed
-	// out, and a spooled replay may follow an attempt that did apply.
-	s.Mode = s.Grant.Mode()
-	_, err := accounts.Settle(ctx, s.Grant, s.Cost, s.Tokens, s.Record, s.Mode)
+	// The first attempt debits even when Redis lost the hold (a restart
+	// without persistence): the client lets no command retry, so it runs
+	// at most once. The spooled replay is idempotent instead: it may
+	// follow a first attempt that applied but whose reply was lost.
+	first := billing.SettleLive
+	if s.Grant.NoHold {
+		first = billing.SettleReplayNoHold
+	}
+	_, err := accounts.Settle(ctx, s.Grant, s.Cost, s.Tokens, s.Record, first)
 	if err == nil {
 		return
 	}
 	log.Warn("settling in redis failed; spooling it for replay",
 		zap.String("request_id", s.Grant.RequestID), zap.Error(err))
+	s.Mode = s.Grant.Mode()
 	payload, err := json.Marshal(s)
 	if err == nil {
 		err = c.spool.Append(spool.Entry{ID: s.Grant.RequestID, Payload: payload})
@@ -116,16 +122,23 @@ func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redis
 			return nil, fmt.Errorf("redis: invalid URL: check scheme (redis:// or rediss://), host and database number")
 		}
 		uo := &redis.UniversalOptions{
-			Addrs:        []string{opt.Addr},
-			DB:           opt.DB,
-			Username:     opt.Username,
-			Password:     opt.Password,
-			TLSConfig:    opt.TLSConfig,
-			DialTimeout:  redisDialTimeout,
-			MaxRetries:   1,
+			Addrs:       []string{opt.Addr},
+			DB:          opt.DB,
+			Username:    opt.Username,
+			Password:    opt.Password,
+			TLSConfig:   opt.TLSConfig,
+			DialTimeout: redisDialTimeout,
+			// No automatic retries: a retried settlement whose first
+			// reply was lost would debit twice. Failures answer 503 or
+			// go to the spool instead.
+			MaxRetries:   -1,
 			ReadTimeout:  redisIOTimeout,
 			WriteTimeout: redisIOTimeout,
 		}
+		// One dial per attempt: go-redis otherwise dials 5 times, each
+		// with the whole DialTimeout, so an unreachable host would hold a
+		// request for 2 attempts × 5 dials × 2s before its 503.
+		uo.DialerRetries = 1
 		if sentinel != nil {
 			uo.MasterName = sentinel.Master
 			uo.Addrs = sentinel.Addrs
@@ -249,7 +262,7 @@ func seedRedis(store *usagelog.Store, accounts *billing.Accounts, log *zap.Logge
 	}
 	keys := make(map[string]billing.KeyRecord, len(active))
 	for _, k := range active {
-		rec := billing.KeyRecord{ID: k.ID, User: k.UserID, Active: true, Models: k.Models, RPM: k.RPM, TPM: k.TPM}
+		rec := billing.KeyRecord{ID: k.ID, User: k.UserID, Active: true, Models: k.Models, RPM: k.RPM, TPM: k.TPM, AllowedIPs: k.AllowedIPs}
 		if k.ExpiresAt != nil {
 			rec.ExpiresAt = *k.ExpiresAt
 		}

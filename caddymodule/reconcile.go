@@ -122,7 +122,7 @@ func reconcile(ctx context.Context, app *App, apply bool) (reconcileReport, erro
 		}
 		rep.Keys = append(rep.Keys, keyDiff{ID: k.ID, User: k.UserID, Problem: problem})
 		if apply {
-			rec := billing.KeyRecord{ID: k.ID, User: k.UserID, Active: wantActive, Models: k.Models, RPM: k.RPM, TPM: k.TPM}
+			rec := billing.KeyRecord{ID: k.ID, User: k.UserID, Active: wantActive, Models: k.Models, RPM: k.RPM, TPM: k.TPM, AllowedIPs: k.AllowedIPs}
 			if k.ExpiresAt != nil {
 				rec.ExpiresAt = *k.ExpiresAt
 			}

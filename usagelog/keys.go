@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
 )
 
 // Key statuses.
@@ -231,4 +233,22 @@ func decodeList(s string) ([]string, error) {
 // comparing the ledger with Redis.
 func (s *Store) AllKeys(ctx context.Context) ([]Key, error) {
 	return queryKeys(ctx, s.rd, `SELECT `+keyColumns+` FROM keys ORDER BY created_at, id`)
+}
+
+// CreditedTotal returns the sum of the user's ledger entries (top-ups,
+// admin credits and debits, refunds, disputes) whose amount is already in
+// the Redis balance: what the account was given, net. Usage roll-ups made
+// by the retention job (kind "usage_rollup") are not credits and are left
+// out, so the total does not move when old usage rows are purged. What the
+// account has spent in its life is CreditedTotal minus its live balance;
+// the account API's legacy billing endpoints report it so (see
+// caddymodule/account.go). A user without entries (or no such user) gives 0.
+func (s *Store) CreditedTotal(ctx context.Context, userID string) (billing.Nanos, error) {
+	var n int64
+	err := s.rd.QueryRowContext(ctx, `SELECT COALESCE(SUM(amount), 0) FROM ledger
+		WHERE user_id = ? AND redis_applied = 1 AND kind != 'usage_rollup'`, userID).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("credited total: %w", err)
+	}
+	return billing.Nanos(n), nil
 }
