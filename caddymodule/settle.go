@@ -92,8 +92,8 @@ func (m *meteredWriter) ReadFrom(r io.Reader) (int64, error) {
 
 type writerOnly struct{ io.Writer }
 
-// finish closes the meter, prices the response and settles it: the log
-// fields are set now, the Redis write happens off the response's path.
+// finish closes the meter, prices the response, sets the log fields and
+// settles it in Redis (or the spool).
 func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, req *meter.Request,
 	price billing.Price, start time.Time, aborted bool) {
 	var out io.Writer = mw.ResponseWriter
@@ -172,7 +172,7 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 	if !mw.firstByte.IsZero() {
 		rec.TTFTMS = mw.firstByte.Sub(start).Milliseconds()
 	}
-	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && h.app.keepClientIP() {
 		rec.ClientIP = ip
 	}
 
@@ -192,13 +192,16 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 		h.log.Error("encoding usage record", zap.String("request_id", g.RequestID), zap.Error(err))
 		return
 	}
+	// Settle before the handler returns: a streamed response's final
+	// chunk (the end a client reads to) is written only after that, so a
+	// client that saw the whole stream was billed even if the process is
+	// killed right after. It costs one Redis round trip before that final
+	// chunk, never before a content byte.
 	ctx, cancel := detached(r)
+	defer cancel()
 	h.app.settling.begin()
-	go func() {
-		defer h.app.settling.end()
-		defer cancel()
-		h.app.redis.settle(ctx, spooled{Grant: g, Cost: cost, Tokens: tokens.Input + tokens.Output, Record: body}, h.log)
-	}()
+	defer h.app.settling.end()
+	h.app.redis.settle(ctx, spooled{Grant: g, Cost: cost, Tokens: tokens.Input + tokens.Output, Record: body}, h.log)
 }
 
 // estimateUsage estimates a response without a usage report: input from
