@@ -119,17 +119,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.PaymentRetention = caddy.Duration(dur)
 			}
 		case "log_client_ip":
-			var s string
-			if err := oneArg(d, &s); err != nil {
+			on, err := onOff(d)
+			if err != nil {
 				return err
-			}
-			var on bool
-			switch s {
-			case "on":
-				on = true
-			case "off":
-			default:
-				return d.Errf("log_client_ip %q: want on or off", s)
 			}
 			a.LogClientIP = &on
 		case "price":
@@ -186,6 +178,22 @@ func parsePrice(d *caddyfile.Dispenser) (string, billing.Price, error) {
 		return "", p, d.Errf("price %s: input and output are required", model)
 	}
 	return model, p, nil
+}
+
+// onOff reads one "on" or "off" argument.
+func onOff(d *caddyfile.Dispenser) (bool, error) {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return false, err
+	}
+	switch s {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	}
+	return false, d.Errf("%s %q: want on or off", name, s)
 }
 
 func oneArg(d *caddyfile.Dispenser, dst *string) error {
@@ -255,17 +263,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("on_redis_error %q: want deny or allow", h.OnRedisError)
 			}
 		case "inject_stream_usage":
-			var s string
-			if err := oneArg(d, &s); err != nil {
+			on, err := onOff(d)
+			if err != nil {
 				return err
-			}
-			var on bool
-			switch s {
-			case "on":
-				on = true
-			case "off":
-			default:
-				return d.Errf("inject_stream_usage %q: want on or off", s)
 			}
 			h.InjectStreamUsage = &on
 		default:

@@ -170,20 +170,7 @@ func (s *Store) ListPayments(ctx context.Context, user string, limit int) ([]Pay
 	}
 	q += ` ORDER BY created_at DESC, id DESC LIMIT ?`
 	args = append(args, limit)
-	rows, err := s.rd.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list payments: %w", err)
-	}
-	defer rows.Close()
-	var out []Payment
-	for rows.Next() {
-		p, err := scanPayment(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list payments: %w", err)
-		}
-		out = append(out, p)
-	}
-	return out, rows.Err()
+	return queryPayments(ctx, s.rd, q, args...)
 }
 
 // StripeEventInfo identifies a Stripe event.
