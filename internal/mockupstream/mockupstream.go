@@ -138,6 +138,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
+	// Take the release channel now, before any delta is sent: a Release
+	// that follows the client's read of the first delta must free this
+	// request, not a later one.
+	r = r.WithContext(context.WithValue(r.Context(), releaseKey{}, s.releaseChan()))
 	s.record(Recorded{
 		Method: r.Method,
 		Path:   r.URL.RequestURI(),
@@ -197,6 +201,10 @@ func (s *Server) nextID(prefix string) string {
 	s.seq++
 	return prefix + strconv.Itoa(s.seq)
 }
+
+// releaseKey holds, in a request's context, the release channel current
+// when the request arrived.
+type releaseKey struct{}
 
 func (s *Server) releaseChan() <-chan struct{} {
 	s.mu.Lock()
@@ -371,7 +379,7 @@ func (s *Server) pace(st *stream, o options, i int) error {
 		select {
 		case <-st.ctx.Done():
 			return st.ctx.Err()
-		case <-s.releaseChan():
+		case <-st.ctx.Value(releaseKey{}).(<-chan struct{}):
 		}
 	}
 	if i > 0 && i < o.deltas && o.delay > 0 {
