@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -291,28 +290,6 @@ type paymentView struct {
 	usagelog.Payment
 	// Amount is AmountMinor as a decimal in currency units ("20.00").
 	Amount string `json:"amount"`
-}
-
-func listPayments(app *App, w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	limit := 100
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 1000 {
-			return badField("limit", "want an integer from 1 to 1000")
-		}
-		limit = n
-	}
-	ps, err := app.ledger.store.ListPayments(r.Context(), q.Get("user"), limit)
-	if err != nil {
-		return err
-	}
-	out := make([]paymentView, len(ps))
-	for i, p := range ps {
-		out[i] = paymentView{Payment: p, Amount: stripebill.FormatMinor(p.AmountMinor, p.Currency)}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"payments": out})
-	return nil
 }
 
 func parseStripeWebhook(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
