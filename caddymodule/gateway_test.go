@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -220,7 +221,17 @@ func TestFirstDeltaIsNotBuffered(t *testing.T) {
 	defer resp.Body.Close()
 	// The mock sends one delta and then holds the stream open until
 	// released: reading it proves the gateway forwarded it at once.
-	br := bufio.NewReader(resp.Body)
+	readHeldStream(t, resp.Body)
+	waitUsage(t, u.ID, 1)
+}
+
+// readHeldStream reads a stream the mock holds after its first delta
+// (X-Mock-Hold): the first delta must arrive while the upstream is still
+// holding, then the stream is released and read to [DONE]. It returns what
+// followed the first delta.
+func readHeldStream(t *testing.T, body io.Reader) string {
+	t.Helper()
+	br := bufio.NewReader(body)
 	for {
 		line, err := br.ReadString('\n')
 		if err != nil {
@@ -235,7 +246,7 @@ func TestFirstDeltaIsNotBuffered(t *testing.T) {
 	if err != nil || !strings.Contains(rest, "data: [DONE]") {
 		t.Fatalf("rest of stream %q, %v", rest, err)
 	}
-	waitUsage(t, u.ID, 1)
+	return rest
 }
 
 func readAll(br *bufio.Reader) (string, error) {

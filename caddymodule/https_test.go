@@ -1,7 +1,6 @@
 package caddymodule_test
 
 import (
-	"bufio"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -117,21 +116,7 @@ func TestHTTPSStreamOverHTTP2(t *testing.T) {
 
 	// The mock holds the stream after its first delta: reading that delta
 	// now proves nothing on the way (TLS, HTTP/2, the meter) buffered it.
-	br := bufio.NewReader(resp.Body)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatalf("stream ended before the first delta: %v", err)
-		}
-		if strings.HasPrefix(line, "data: ") && strings.Contains(line, "Hello") {
-			break
-		}
-	}
-	env.mock.Release()
-	rest, err := readAll(br)
-	if err != nil || !strings.Contains(rest, "data: [DONE]") {
-		t.Fatalf("rest of stream %q, %v", rest, err)
-	}
+	rest := readHeldStream(t, resp.Body)
 	if strings.Contains(rest, `"choices":[]`) {
 		t.Fatalf("the injected usage chunk reached the client: %s", rest)
 	}
