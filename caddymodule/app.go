@@ -112,6 +112,9 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.log = ctx.Logger()
 	a.inflight, a.settling = new(tracker), new(tracker)
+	if err := registerMetrics(ctx); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
 	repl := caddy.NewReplacer()
 	if a.Redis == "" {
 		a.Redis = "redis://127.0.0.1:6379/0"

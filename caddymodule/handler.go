@@ -127,7 +127,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	secret := keyFromRequest(r)
 	if secret == "" {
-		errMissingKey.write(w)
+		h.deny(w, errMissingKey, "")
 		return nil
 	}
 	keyHash := billing.HashKey(secret)
@@ -149,12 +149,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	req, price, reqErr := h.readRequest(r, format)
 	if reqErr != nil {
 		// Authenticate first, so a bad key is a 401 whatever the body.
-		if _, err := h.app.accounts.Authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)}); err != nil &&
+		if _, err := h.app.accounts.Authorize(withRedisOp(r.Context(), opAuthorize), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)}); err != nil &&
 			!errors.Is(err, billing.ErrModelNotAllowed) {
 			h.refuse(w, err, "")
 			return nil
 		}
-		reqErr.write(w)
+		h.deny(w, reqErr, "")
 		return nil
 	}
 
@@ -167,7 +167,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	hold, err := price.Hold(req.InputEstimate, maxOut)
 	if err != nil {
-		errQuota.write(w)
+		h.deny(w, errQuota, req.Model)
 		return nil
 	}
 	g, err := h.authorize(r.Context(), billing.AuthRequest{
@@ -234,7 +234,7 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 // Redis confirmed and, when Redis cannot be reached, admits a remembered
 // key without a hold.
 func (h *Handler) authorize(ctx context.Context, req billing.AuthRequest) (billing.Grant, error) {
-	g, err := h.app.accounts.Authorize(ctx, req)
+	g, err := h.app.accounts.Authorize(withRedisOp(ctx, opAuthorize), req)
 	if h.OnRedisError != "allow" {
 		return g, err
 	}
@@ -274,20 +274,31 @@ func (h *Handler) refuse(w http.ResponseWriter, err error, model string) {
 	if errors.As(err, &rl) {
 		secs := int64((rl.Reset + time.Second - 1) / time.Second)
 		w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
-		h := w.Header()
+		hd := w.Header()
 		if rl.Kind == "tokens" {
-			h.Set("X-Ratelimit-Limit-Tokens", strconv.FormatInt(rl.Limit, 10))
-			h.Set("X-Ratelimit-Remaining-Tokens", "0")
-			h.Set("X-Ratelimit-Reset-Tokens", formatReset(rl.Reset))
+			hd.Set("X-Ratelimit-Limit-Tokens", strconv.FormatInt(rl.Limit, 10))
+			hd.Set("X-Ratelimit-Remaining-Tokens", "0")
+			hd.Set("X-Ratelimit-Reset-Tokens", formatReset(rl.Reset))
 		} else {
-			h.Set("X-Ratelimit-Limit-Requests", strconv.FormatInt(rl.Limit, 10))
-			h.Set("X-Ratelimit-Remaining-Requests", "0")
-			h.Set("X-Ratelimit-Reset-Requests", formatReset(rl.Reset))
+			hd.Set("X-Ratelimit-Limit-Requests", strconv.FormatInt(rl.Limit, 10))
+			hd.Set("X-Ratelimit-Remaining-Requests", "0")
+			hd.Set("X-Ratelimit-Reset-Requests", formatReset(rl.Reset))
 		}
-		errRateLimited(rl).write(w)
+		metrics.rateLimited.WithLabelValues(rl.Kind).Inc()
+		h.deny(w, errRateLimited(rl), model)
 		return
 	}
-	h.authError(err, model).write(w)
+	h.deny(w, h.authError(err, model), model)
+}
+
+// deny answers a request refused before it was forwarded, and counts it.
+// model is the request's model when it is priced, or "".
+func (h *Handler) deny(w http.ResponseWriter, e *apiError, model string) {
+	if _, ok := h.app.prices.Lookup(model); !ok {
+		model = ""
+	}
+	countRefusal(model, e)
+	e.write(w)
 }
 
 // setRateHeaders adds OpenAI's x-ratelimit-* headers for a limited key.
@@ -390,11 +401,6 @@ func newRequestID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
 	return "req_" + hex.EncodeToString(b[:])
-}
-
-// detached is the context settlement runs in: it outlives the client.
-func detached(r *http.Request) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(r.Context()), settleTimeout)
 }
 
 // Interface guards

@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/journal"
 	"github.com/cnaitoken/caddy-aitoken/spool"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
@@ -36,6 +37,9 @@ type redisConn struct {
 	// spool keeps settlements Redis could not take; replayer retries them.
 	spool    *spool.Spool
 	replayer *spool.Replayer
+	// journal holds settlements from the end of their response until
+	// Redis (or the spool) has them.
+	journal *journal.Journal
 }
 
 // spooled is a settlement waiting in the spool.
@@ -48,8 +52,9 @@ type spooled struct {
 }
 
 // settle applies a settlement, or spools it when Redis cannot take it, so
-// no usage record is lost.
-func (c *redisConn) settle(ctx context.Context, s spooled, log *zap.Logger) {
+// no usage record is lost. It reports false only when the settlement is
+// nowhere safe (the spool failed too).
+func (c *redisConn) settle(ctx context.Context, s spooled, log *zap.Logger) bool {
 	accounts := billing.NewAccounts(c.client)
 	// The first attempt debits even when Redis lost the hold (a restart
 	// without persistence): the client lets no command retry, so it runs
@@ -59,9 +64,9 @@ func (c *redisConn) settle(ctx context.Context, s spooled, log *zap.Logger) {
 	if s.Grant.NoHold {
 		first = billing.SettleReplayNoHold
 	}
-	_, err := accounts.Settle(ctx, s.Grant, s.Cost, s.Tokens, s.Record, first)
+	_, err := accounts.Settle(withRedisOp(ctx, opSettle), s.Grant, s.Cost, s.Tokens, s.Record, first)
 	if err == nil {
-		return
+		return true
 	}
 	log.Warn("settling in redis failed; spooling it for replay",
 		zap.String("request_id", s.Grant.RequestID), zap.Error(err))
@@ -71,12 +76,67 @@ func (c *redisConn) settle(ctx context.Context, s spooled, log *zap.Logger) {
 		err = c.spool.Append(spool.Entry{ID: s.Grant.RequestID, Payload: payload})
 	}
 	if err != nil {
+		metrics.lost.Inc()
 		log.Error("usage record lost: cannot spool settlement",
 			zap.String("request_id", s.Grant.RequestID), zap.String("user", s.Grant.User),
 			zap.String("cost", s.Cost.String()), zap.Error(err))
+		return false
+	}
+	metrics.spooled.Inc()
+	c.replayer.Kick()
+	return true
+}
+
+// settleLater writes s ahead to the journal and settles it in the
+// background, so the response ends without waiting for Redis; a process
+// killed before the settlement lands replays it from the journal at its
+// next start. Without a journal it settles at once.
+func (c *redisConn) settleLater(s spooled, t *tracker, log *zap.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	s.Mode = s.Grant.Mode() // what a replay from the journal must use
+	payload, err := json.Marshal(s)
+	var ticket journal.Ticket
+	if err == nil {
+		ticket, err = c.journal.Append(payload)
+	}
+	if err != nil {
+		log.Warn("journal unavailable; settling before the response ends",
+			zap.String("request_id", s.Grant.RequestID), zap.Error(err))
+		defer cancel()
+		c.settle(ctx, s, log)
 		return
 	}
-	c.replayer.Kick()
+	t.begin()
+	go func() {
+		defer t.end()
+		defer cancel()
+		if c.settle(ctx, s, log) {
+			c.journal.Done(ticket)
+		}
+	}()
+}
+
+// recoverJournal moves the settlements a stopped process left in the
+// journal to the spool, whose replayer applies them idempotently.
+func (c *redisConn) recoverJournal(log *zap.Logger) error {
+	recs, err := c.journal.Leftovers()
+	if err != nil {
+		return err
+	}
+	for _, rec := range recs {
+		var s spooled
+		if err := json.Unmarshal(rec, &s); err != nil || s.Grant.RequestID == "" {
+			log.Error("unreadable settlement in the journal; skipped", zap.Int("bytes", len(rec)))
+			continue
+		}
+		if err := c.spool.Append(spool.Entry{ID: s.Grant.RequestID, Payload: rec}); err != nil {
+			return err
+		}
+	}
+	if len(recs) > 0 {
+		log.Info("settlements left in the journal by a stopped process spooled for replay", zap.Int("settlements", len(recs)))
+	}
+	return c.journal.DropLeftovers()
 }
 
 // replay applies one spooled settlement.
@@ -96,6 +156,11 @@ func spoolPath(dir, key string) string {
 	}
 	sum := sha256.Sum256([]byte(key))
 	return filepath.Join(dir, "spool-"+hex.EncodeToString(sum[:8])+".jsonl")
+}
+
+// journalPrefix names the settlement journal files next to the spool.
+func journalPrefix(spoolPath string) string {
+	return "journal-" + strings.TrimSuffix(strings.TrimPrefix(filepath.Base(spoolPath), "spool-"), ".jsonl")
 }
 
 // Redis timeouts: nothing on the request path may hang on a stalled Redis.
@@ -148,9 +213,22 @@ func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redis
 		if err != nil {
 			return nil, fmt.Errorf("spool: %v", err)
 		}
+		jr, err := journal.Open(filepath.Dir(spoolPath(spoolDir, key)), journalPrefix(spoolPath(spoolDir, key)))
+		if err != nil {
+			_ = sp.Close()
+			return nil, fmt.Errorf("settlement journal: %v", err)
+		}
 		log := caddy.Log().Named("aitoken")
-		rc := &redisConn{key: key, url: url, sentinel: sentinel, client: redis.NewUniversalClient(uo),
-			keys: newKeyCache(), spool: sp}
+		client := redis.NewUniversalClient(uo)
+		client.AddHook(redisHook{})
+		rc := &redisConn{key: key, url: url, sentinel: sentinel, client: client,
+			keys: newKeyCache(), spool: sp, journal: jr}
+		if err := rc.recoverJournal(log.Named("journal")); err != nil {
+			_ = jr.Close()
+			_ = sp.Close()
+			_ = client.Close()
+			return nil, fmt.Errorf("settlement journal: %v", err)
+		}
 		rc.replayer = spool.NewReplayer(sp, rc.replay, time.Second, log.Named("spool"))
 		rc.replayer.Start()
 		ctx, cancel := context.WithCancel(context.Background())
@@ -170,11 +248,15 @@ func (c *redisConn) Destruct() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = c.replayer.Stop(ctx)
+	_ = c.journal.Close()
 	_ = c.spool.Close()
 	return c.client.Close()
 }
 
 func (c *redisConn) release() { _, _ = pool.Delete(c.key) }
+
+// ledgerGroup is the usage stream's consumer group that feeds the ledger.
+const ledgerGroup = "ledger"
 
 // ledgerConn is a pooled SQLite ledger and the flusher feeding it.
 type ledgerConn struct {
@@ -206,7 +288,7 @@ func acquireLedger(path string, rc *redisConn, interval time.Duration, log *zap.
 		}
 		f := usagelog.NewFlusher(own.client, store, usagelog.FlusherConfig{
 			Stream:   billing.UsageStream,
-			Group:    "ledger",
+			Group:    ledgerGroup,
 			Consumer: "ledger-" + path,
 			Interval: interval,
 		}, log.Named("flusher"))

@@ -187,21 +187,17 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 		extra.Add(zap.String("aitoken_outcome", string(outcome)))
 	}
 
+	countRequest(req.Model, outcome, tokens, usage.ReasoningTokens, cost)
+
 	body, err := json.Marshal(rec)
 	if err != nil {
 		h.log.Error("encoding usage record", zap.String("request_id", g.RequestID), zap.Error(err))
 		return
 	}
-	// Settle before the handler returns: a streamed response's final
-	// chunk (the end a client reads to) is written only after that, so a
-	// client that saw the whole stream was billed even if the process is
-	// killed right after. It costs one Redis round trip before that final
-	// chunk, never before a content byte.
-	ctx, cancel := detached(r)
-	defer cancel()
-	h.app.settling.begin()
-	defer h.app.settling.end()
-	h.app.redis.settle(ctx, spooled{Grant: g, Cost: cost, Tokens: tokens.Input + tokens.Output, Record: body}, h.log)
+	// The settlement is written ahead to the journal now, before the
+	// response's end leaves the handler, and applied in Redis after it.
+	h.app.redis.settleLater(spooled{Grant: g, Cost: cost, Tokens: tokens.Input + tokens.Output, Record: body},
+		h.app.settling, h.log)
 }
 
 // estimateUsage estimates a response without a usage report: input from

@@ -146,6 +146,7 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 			// Stripe retries this for days: make it visible.
 			h.log.Error("stripe event larger than the webhook accepts; rejected",
 				zap.Int64("limit", mbe.Limit), zap.Int64("content_length", r.ContentLength))
+			metrics.stripeEvents.WithLabelValues("other", "too_large").Inc()
 			writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": "event too large"})
 			return nil
 		}
@@ -159,6 +160,7 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 		webhook.ConstructEventOptions{Tolerance: stripeTolerance, IgnoreAPIVersionMismatch: true})
 	if err != nil {
 		h.log.Warn("stripe event refused", zap.String("reason", signatureProblem(err)))
+		metrics.stripeEvents.WithLabelValues("other", "bad_signature").Inc()
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid Stripe signature or payload"})
 		return nil
 	}
@@ -168,6 +170,7 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 	}
 	if ev.Data == nil {
 		h.log.Warn("stripe event without data; ignored", zap.String("event", ev.ID), zap.String("type", string(ev.Type)))
+		metrics.stripeEvents.WithLabelValues(stripeEventType(string(ev.Type)), stripebill.OutcomeMalformed).Inc()
 		writeJSON(w, http.StatusOK, map[string]any{"received": true})
 		return nil
 	}
@@ -187,11 +190,13 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 		// Nothing was recorded: Stripe retries, and the retry applies it.
 		h.log.Error("applying stripe event failed; answering 500 so Stripe retries",
 			zap.String("event", ev.ID), zap.String("type", bev.Type), zap.Error(err))
+		metrics.stripeEvents.WithLabelValues(stripeEventType(bev.Type), "error").Inc()
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "temporary failure; retry"})
 		return nil
 	}
 	if dup {
 		h.log.Debug("stripe event already applied", zap.String("event", ev.ID), zap.String("type", bev.Type))
+		metrics.stripeEvents.WithLabelValues(stripeEventType(bev.Type), "duplicate").Inc()
 		writeJSON(w, http.StatusOK, map[string]any{"received": true, "duplicate": true})
 		return nil
 	}
@@ -203,6 +208,7 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 	case stripebill.OutcomeIgnored:
 		log = h.log.Debug
 	}
+	metrics.stripeEvents.WithLabelValues(stripeEventType(bev.Type), outcome).Inc()
 	log("stripe event applied", zap.String("event", ev.ID), zap.String("type", bev.Type),
 		zap.String("outcome", outcome), zap.Int("ledger_entries", len(entries)))
 	// The ledger has it: from here on a failure is repaired, not retried.

@@ -1,0 +1,88 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
+	"github.com/cnaitoken/caddy-aitoken/journal"
+)
+
+// TestJournalLeftoverIsSettledAtStart plays a process killed after it wrote
+// a settlement ahead and before Redis took it: the next start settles it,
+// once.
+func TestJournalLeftoverIsSettledAtStart(t *testing.T) {
+	srv := testredis.Start(t)
+	dir := t.TempDir()
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	acc := billing.NewAccounts(rdb)
+	const credit = 1_000_000_000
+	if err := acc.EnsureAccount(ctx, "u1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acc.Credit(ctx, "u1", credit); err != nil {
+		t.Fatal(err)
+	}
+	hash := billing.HashKey("sk-journal-test")
+	if err := acc.PutKey(ctx, hash, billing.KeyRecord{ID: "k1", User: "u1", Active: true}); err != nil {
+		t.Fatal(err)
+	}
+	g, err := acc.Authorize(ctx, billing.AuthRequest{KeyHash: hash, Model: "m", Hold: 500_000, RequestID: "req_journal1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The killed process: the settlement is in the journal, never Done.
+	spath := spoolPath(dir, "redis|"+srv.URL())
+	jr, err := journal.Open(filepath.Dir(spath), journalPrefix(spath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, err := json.Marshal(spooled{Grant: g, Cost: 1234, Tokens: 17,
+		Record: json.RawMessage(`{"request_id":"req_journal1"}`), Mode: g.Mode()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := jr.Append(payload); err != nil {
+		t.Fatal(err)
+	}
+
+	settled := func() bool {
+		bal, held, err := acc.Balance(ctx, "u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bal < credit-1234 {
+			t.Fatalf("balance %d: debited more than once", bal)
+		}
+		return bal == credit-1234 && held == 0
+	}
+	for range 2 { // a second start must not debit again
+		rc, err := acquireRedis(srv.URL(), nil, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for !settled() {
+			if time.Now().After(deadline) {
+				t.Fatal("the journal's settlement was not applied within 10s")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n, err := rdb.XLen(ctx, billing.UsageStream).Result(); err != nil || n != 1 {
+			t.Fatalf("usage stream holds %d records (%v), want 1", n, err)
+		}
+		rc.release()
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "journal-*.log")); len(left) != 0 {
+		t.Fatalf("journal files left after a clean stop: %v", left)
+	}
+}

@@ -1,0 +1,230 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/meter"
+)
+
+// The collectors are created once and registered in every config's
+// registry (ctx.GetMetricsRegistry is per config), so their values survive
+// reloads. Labels are bounded: priced models, fixed outcomes and kinds,
+// never a user or a key.
+var metrics = struct {
+	requests     *prometheus.CounterVec
+	tokens       *prometheus.CounterVec
+	cost         *prometheus.CounterVec
+	holdsRefused *prometheus.CounterVec
+	rateLimited  *prometheus.CounterVec
+	redisTime    *prometheus.HistogramVec
+	redisErrors  *prometheus.CounterVec
+	spooled      prometheus.Counter
+	lost         prometheus.Counter
+	stripeEvents *prometheus.CounterVec
+	state        *stateCollector
+}{
+	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "aitoken", Name: "requests_total",
+		Help: "Requests through the aitoken handler by model and outcome (how a forwarded response ended, or the error code of a refusal).",
+	}, []string{"model", "outcome"}),
+	tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "aitoken", Name: "tokens_total",
+		Help: "Tokens billed by model and kind (input, cached_input, cache_write, output, reasoning).",
+	}, []string{"model", "kind"}),
+	cost: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "aitoken", Name: "cost_nanos_total",
+		Help: "Amount billed, in nanos (10^-9) of the configured currency, by model. The ledger is the record; this is for dashboards.",
+	}, []string{"model"}),
+	holdsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "aitoken", Name: "holds_refused_total",
+		Help: "Requests refused because the balance could not cover their hold (402 insufficient_quota), by model.",
+	}, []string{"model"}),
+	rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "aitoken", Name: "rate_limited_total",
+		Help: "Requests refused by a key's rpm or tpm limit (429), by limit (requests or tokens).",
+	}, []string{"limit"}),
+	redisTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "aitoken", Name: "redis_duration_seconds",
+		Help:    "Duration of each Redis round trip (a pipeline is one) by operation: authorize and settle on the request path; otherwise the background job or command.",
+		Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, .5, 1, 5},
+	}, []string{"op"}),
+	redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "aitoken", Name: "redis_errors_total",
+		Help: "Redis round trips that failed (not counting nil replies), by operation.",
+	}, []string{"op"}),
+	spooled: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "aitoken", Name: "settlements_spooled_total",
+		Help: "Settlements Redis could not take, kept in the local spool for replay.",
+	}),
+	lost: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "aitoken", Name: "usage_records_lost_total",
+		Help: "Usage records that could be neither settled nor spooled (the spool disk failed). Alert on any.",
+	}),
+	stripeEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "aitoken", Name: "stripe_events_total",
+		Help: "Stripe webhook events by type (handled types; others are \"other\") and result.",
+	}, []string{"type", "result"}),
+	state: &stateCollector{
+		lag: prometheus.NewDesc("aitoken_usage_stream_lag",
+			"Usage records in the Redis stream not yet read by the ledger flusher.", nil, nil),
+		pending: prometheus.NewDesc("aitoken_usage_pending",
+			"Usage records read by the ledger flusher but not yet committed to SQLite.", nil, nil),
+		spool: prometheus.NewDesc("aitoken_spool_entries",
+			"Settlements waiting in the local spool for Redis.", nil, nil),
+		journal: prometheus.NewDesc("aitoken_settlements_in_flight",
+			"Settlements written ahead to the local journal and not yet confirmed by Redis.", nil, nil),
+	},
+}
+
+// registerMetrics adds the collectors to the config's registry.
+func registerMetrics(ctx caddy.Context) error {
+	reg := ctx.GetMetricsRegistry()
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{
+		metrics.requests, metrics.tokens, metrics.cost, metrics.holdsRefused, metrics.rateLimited,
+		metrics.redisTime, metrics.redisErrors, metrics.spooled, metrics.lost, metrics.stripeEvents, metrics.state,
+	} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// countRequest records a forwarded request's outcome and what it billed.
+func countRequest(model string, outcome meter.Outcome, t billing.Tokens, reasoning int64, cost billing.Nanos) {
+	metrics.requests.WithLabelValues(model, string(outcome)).Inc()
+	addTokens(model, "input", t.Input)
+	addTokens(model, "cached_input", t.CachedInput)
+	addTokens(model, "cache_write", t.CacheWrite)
+	addTokens(model, "output", t.Output)
+	addTokens(model, "reasoning", reasoning)
+	if cost > 0 {
+		metrics.cost.WithLabelValues(model).Add(float64(cost))
+	}
+}
+
+func addTokens(model, kind string, n int64) {
+	if n > 0 {
+		metrics.tokens.WithLabelValues(model, kind).Add(float64(n))
+	}
+}
+
+// countRefusal records a request answered with e before it was forwarded.
+// model must be a priced model or "".
+func countRefusal(model string, e *apiError) {
+	metrics.requests.WithLabelValues(model, e.Code).Inc()
+	if e == errQuota {
+		metrics.holdsRefused.WithLabelValues(model).Inc()
+	}
+}
+
+// redisOpKey is the context key naming the operation a Redis call is for.
+type redisOpKey struct{}
+
+// Request-path Redis operations.
+const (
+	opAuthorize = "authorize"
+	opSettle    = "settle"
+)
+
+// withRedisOp labels the Redis round trips made with ctx.
+func withRedisOp(ctx context.Context, op string) context.Context {
+	return context.WithValue(ctx, redisOpKey{}, op)
+}
+
+// redisHook times every Redis round trip into redis_duration_seconds.
+type redisHook struct{}
+
+func (redisHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (redisHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		start := time.Now()
+		err := next(ctx, cmd)
+		observeRedis(ctx, cmd.Name(), start, err)
+		return err
+	}
+}
+
+func (redisHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		start := time.Now()
+		err := next(ctx, cmds)
+		observeRedis(ctx, "pipeline", start, err)
+		return err
+	}
+}
+
+func observeRedis(ctx context.Context, cmd string, start time.Time, err error) {
+	op, _ := ctx.Value(redisOpKey{}).(string)
+	if op == "" {
+		op = strings.ToLower(cmd)
+	}
+	metrics.redisTime.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	if err != nil && !errors.Is(err, redis.Nil) {
+		metrics.redisErrors.WithLabelValues(op).Inc()
+	}
+}
+
+// stripeEventType is the type label for a Stripe event: the types the
+// webhook acts on (Stripe's published, fixed names), and "other".
+func stripeEventType(t string) string {
+	if len(t) <= 64 && (strings.HasPrefix(t, "checkout.session.") || strings.HasPrefix(t, "charge.dispute.") ||
+		t == "charge.refunded") {
+		return t
+	}
+	return "other"
+}
+
+// stateCollector reads the state gauges at scrape time from the running
+// config: the usage stream's lag and pending rows, the spool and the
+// settlement journal.
+type stateCollector struct {
+	lag, pending, spool, journal *prometheus.Desc
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.lag
+	ch <- c.pending
+	ch <- c.spool
+	ch <- c.journal
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	a := activeApp.Load()
+	if a == nil || a.redis == nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.spool, prometheus.GaugeValue, float64(a.redis.spool.Len()))
+	ch <- prometheus.MustNewConstMetric(c.journal, prometheus.GaugeValue, float64(a.redis.journal.Pending()))
+	ctx, cancel := context.WithTimeout(withRedisOp(context.Background(), "metrics"), 500*time.Millisecond)
+	defer cancel()
+	groups, err := a.redis.client.XInfoGroups(ctx, billing.UsageStream).Result()
+	if err != nil {
+		return // no stream yet, or Redis unreachable: no sample rather than a wrong one
+	}
+	for _, g := range groups {
+		if g.Name != ledgerGroup {
+			continue
+		}
+		if g.Lag >= 0 {
+			ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(g.Lag))
+		}
+		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(g.Pending))
+	}
+}

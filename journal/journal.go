@@ -1,0 +1,251 @@
+// Package journal writes settlements ahead to a local file before the
+// response they bill ends, so that the settlement itself can run after the
+// response, off the client's critical path, and still survive the process
+// being killed in between: what a process has written, the kernel keeps.
+//
+// Records are not fsynced (an fsync per request would cost more than the
+// Redis round trip it takes off the path): a power loss or kernel crash may
+// lose the newest records, as Redis's own appendfsync everysec would.
+//
+// Files, in dir, named prefix-<n>.log: one record per line, appended in a
+// single write each. A file is removed once it is full and every record in
+// it is Done; the open one is truncated whenever none of its records is
+// outstanding. Records still in files when a journal is opened are the
+// Leftovers of a process that stopped before settling them.
+//
+// One process should own a prefix in a dir.
+package journal
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// ErrClosed is returned by Append on a closed journal.
+var ErrClosed = errors.New("journal: closed")
+
+// Default sizes: a file is sealed at segmentSize, and the open file is
+// truncated when idle and over truncateSize.
+const (
+	segmentSize  = 4 << 20
+	truncateSize = 64 << 10
+)
+
+// Journal is a write-ahead log of records in flight. Its methods are safe
+// for concurrent use.
+type Journal struct {
+	dir, prefix string
+
+	mu        sync.Mutex
+	cur       *segment
+	next      int
+	pending   int64
+	closed    bool
+	buf       []byte
+	leftovers []string
+}
+
+// segment is one journal file.
+type segment struct {
+	path   string
+	f      *os.File
+	size   int64
+	open   int
+	sealed bool
+}
+
+// Ticket names a record until it is Done.
+type Ticket struct{ s *segment }
+
+// Open opens the journal prefix in dir, creating dir if needed. Files found
+// there are left for Leftovers and DropLeftovers; new records go to a new
+// file.
+func Open(dir, prefix string) (*Journal, error) {
+	if strings.ContainsAny(prefix, `/\`) || prefix == "" {
+		return nil, fmt.Errorf("journal: bad prefix %q", prefix)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	j := &Journal{dir: dir, prefix: prefix}
+	paths, err := filepath.Glob(filepath.Join(dir, prefix+"-*.log"))
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	for _, p := range paths {
+		n, ok := j.number(p)
+		if !ok {
+			continue
+		}
+		j.leftovers = append(j.leftovers, p)
+		j.next = max(j.next, n+1)
+	}
+	sort.Slice(j.leftovers, func(a, b int) bool {
+		na, _ := j.number(j.leftovers[a])
+		nb, _ := j.number(j.leftovers[b])
+		return na < nb
+	})
+	return j, nil
+}
+
+func (j *Journal) number(path string) (int, bool) {
+	s := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(path), j.prefix+"-"), ".log")
+	n, err := strconv.Atoi(s)
+	return n, err == nil && n >= 0
+}
+
+// Leftovers returns the records in the files found at Open, oldest first.
+// A torn last line (the process died mid-write) is skipped.
+func (j *Journal) Leftovers() ([][]byte, error) {
+	var recs [][]byte
+	for _, p := range j.leftovers {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("journal: %w", err)
+		}
+		for len(data) > 0 {
+			line, rest, ok := bytes.Cut(data, []byte{'\n'})
+			if !ok {
+				break // torn
+			}
+			if len(bytes.TrimSpace(line)) > 0 {
+				recs = append(recs, line)
+			}
+			data = rest
+		}
+	}
+	return recs, nil
+}
+
+// DropLeftovers removes the files found at Open, once their records are
+// safe elsewhere.
+func (j *Journal) DropLeftovers() error {
+	for _, p := range j.leftovers {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("journal: %w", err)
+		}
+	}
+	j.leftovers = nil
+	return nil
+}
+
+// Append writes rec, which must not contain a newline, as one record.
+// Once it returns, the record survives the process being killed.
+func (j *Journal) Append(rec []byte) (Ticket, error) {
+	if bytes.IndexByte(rec, '\n') >= 0 {
+		return Ticket{}, errors.New("journal: record contains a newline")
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.closed {
+		return Ticket{}, ErrClosed
+	}
+	if j.cur == nil || j.cur.size >= segmentSize {
+		if err := j.rotate(); err != nil {
+			return Ticket{}, err
+		}
+	}
+	j.buf = append(append(j.buf[:0], rec...), '\n')
+	n, err := j.cur.f.Write(j.buf)
+	j.cur.size += int64(n)
+	if err != nil {
+		// A partial line is torn: readers skip it only at the end, so
+		// start a new file for the next record.
+		j.cur.sealed = true
+		j.retire(j.cur)
+		j.cur = nil
+		return Ticket{}, fmt.Errorf("journal: %w", err)
+	}
+	if cap(j.buf) > 64<<10 {
+		j.buf = nil
+	}
+	j.cur.open++
+	j.pending++
+	return Ticket{j.cur}, nil
+}
+
+// rotate seals the open file and starts the next one.
+func (j *Journal) rotate() error {
+	if j.cur != nil {
+		j.cur.sealed = true
+		j.retire(j.cur)
+	}
+	path := filepath.Join(j.dir, j.prefix+"-"+strconv.Itoa(j.next)+".log")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	if err != nil {
+		j.cur = nil
+		return fmt.Errorf("journal: %w", err)
+	}
+	j.next++
+	j.cur = &segment{path: path, f: f}
+	return nil
+}
+
+// retire removes a sealed segment none of whose records is outstanding.
+func (j *Journal) retire(s *segment) {
+	if !s.sealed || s.open > 0 || s.f == nil {
+		return
+	}
+	_ = s.f.Close()
+	s.f = nil
+	_ = os.Remove(s.path)
+}
+
+// Done forgets t's record: it is settled, or safe elsewhere.
+func (j *Journal) Done(t Ticket) {
+	if t.s == nil {
+		return
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	s := t.s
+	s.open--
+	j.pending--
+	switch {
+	case s.sealed:
+		j.retire(s)
+	case s.open == 0 && s.size >= truncateSize && s.f != nil:
+		if s.f.Truncate(0) == nil {
+			s.size = 0
+		}
+	}
+}
+
+// Pending is the number of records not yet Done.
+func (j *Journal) Pending() int64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.pending
+}
+
+// Close stops the journal. The open file is removed when none of its
+// records is outstanding; otherwise it stays, for the next Open's
+// Leftovers. Records Done after Close are forgotten, their file kept.
+func (j *Journal) Close() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.closed {
+		return nil
+	}
+	j.closed = true
+	s := j.cur
+	j.cur = nil
+	if s == nil || s.f == nil {
+		return nil
+	}
+	err := s.f.Close()
+	s.f = nil
+	if s.open == 0 {
+		if rerr := os.Remove(s.path); rerr != nil && err == nil {
+			err = rerr
+		}
+	}
+	return err
+}

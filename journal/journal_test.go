@@ -1,0 +1,215 @@
+package journal
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func openT(t testing.TB, dir string) *Journal {
+	t.Helper()
+	j, err := Open(dir, "journal-x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func files(t testing.TB, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "journal-x-*.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func leftovers(t testing.TB, j *Journal) []string {
+	t.Helper()
+	recs, err := j.Leftovers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s []string
+	for _, r := range recs {
+		s = append(s, string(r))
+	}
+	return s
+}
+
+func TestOutstandingRecordsSurviveAndDoneOnesDoNot(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	var tickets []Ticket
+	for i := range 5 {
+		tk, err := j.Append([]byte(fmt.Sprintf(`{"n":%d}`, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tickets = append(tickets, tk)
+	}
+	if got := j.Pending(); got != 5 {
+		t.Fatalf("Pending = %d, want 5", got)
+	}
+	j.Done(tickets[0])
+	j.Done(tickets[2])
+	j.Done(tickets[4])
+	// A killed process: nothing closed. The next Open finds every record
+	// of the file (done or not: replays are idempotent), none is lost.
+	j2 := openT(t, dir)
+	got := leftovers(t, j2)
+	if len(got) != 5 || got[1] != `{"n":1}` || got[3] != `{"n":3}` {
+		t.Fatalf("leftovers = %q", got)
+	}
+	if err := j2.DropLeftovers(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j2.Append([]byte(`{"n":9}`)); err != nil {
+		t.Fatal(err)
+	}
+	// The old file is gone; the new one does not reuse its name.
+	if fs := files(t, dir); len(fs) != 1 || filepath.Base(fs[0]) != "journal-x-1.log" {
+		t.Fatalf("files = %v, want only journal-x-1.log", fs)
+	}
+}
+
+func TestCloseRemovesAnIdleFileAndKeepsABusyOne(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	tk, err := j.Append([]byte(`a`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Done(tk)
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if fs := files(t, dir); len(fs) != 0 {
+		t.Fatalf("files after an idle close = %v", fs)
+	}
+	if _, err := j.Append([]byte(`b`)); err != ErrClosed {
+		t.Fatalf("Append after Close = %v, want ErrClosed", err)
+	}
+
+	j = openT(t, dir)
+	if _, err := j.Append([]byte(`busy`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := leftovers(t, openT(t, dir)); len(got) != 1 || got[0] != "busy" {
+		t.Fatalf("leftovers after a busy close = %q", got)
+	}
+}
+
+func TestTornLastLineIsSkipped(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "journal-x-3.log")
+	if err := os.WriteFile(path, []byte("one\n\ntwo\nthr"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j := openT(t, dir)
+	if got := leftovers(t, j); strings.Join(got, ",") != "one,two" {
+		t.Fatalf("leftovers = %q", got)
+	}
+	if err := j.DropLeftovers(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("leftover file still there: %v", err)
+	}
+}
+
+func TestRejectsNewlines(t *testing.T) {
+	j := openT(t, t.TempDir())
+	if _, err := j.Append([]byte("a\nb")); err == nil {
+		t.Fatal("a record with a newline was accepted")
+	}
+}
+
+func TestFullFilesAreRemovedOnceDone(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	rec := []byte(strings.Repeat("x", 64<<10))
+	var tickets []Ticket
+	for range segmentSize/len(rec) + 2 {
+		tk, err := j.Append(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tickets = append(tickets, tk)
+	}
+	if fs := files(t, dir); len(fs) != 2 {
+		t.Fatalf("files = %d, want 2 (one sealed)", len(fs))
+	}
+	for _, tk := range tickets {
+		j.Done(tk)
+	}
+	fs := files(t, dir)
+	if len(fs) != 1 {
+		t.Fatalf("files after all done = %v, want only the open one", fs)
+	}
+	// The open file, idle and over the threshold, was truncated.
+	if st, err := os.Stat(fs[0]); err != nil || st.Size() != 0 {
+		t.Fatalf("open file size = %v, %v; want 0", st.Size(), err)
+	}
+	if j.Pending() != 0 {
+		t.Fatalf("Pending = %d", j.Pending())
+	}
+}
+
+func TestConcurrentAppendDone(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 500 {
+				tk, err := j.Append([]byte(fmt.Sprintf("g%d-%d", g, i)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if i%2 == 0 {
+					j.Done(tk)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := j.Pending(); got != 8*250 {
+		t.Fatalf("Pending = %d, want %d", got, 8*250)
+	}
+	recs := leftovers(t, openT(t, dir))
+	seen := map[string]bool{}
+	for _, r := range recs {
+		seen[r] = true
+	}
+	for g := range 8 {
+		for i := 1; i < 500; i += 2 {
+			if !seen[fmt.Sprintf("g%d-%d", g, i)] {
+				t.Fatalf("outstanding record g%d-%d missing", g, i)
+			}
+		}
+	}
+}
+
+func BenchmarkAppendDone(b *testing.B) {
+	j := openT(b, b.TempDir())
+	rec := []byte(strings.Repeat("r", 600))
+	b.ReportAllocs()
+	b.SetBytes(int64(len(rec)))
+	for b.Loop() {
+		tk, err := j.Append(rec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		j.Done(tk)
+	}
+}
