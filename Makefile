@@ -19,8 +19,13 @@ run:
 test:
 	scripts/test.sh
 
+# The Go micro-benchmarks, then the gateway benchmark (cmd/aitbench: bare
+# reverse_proxy vs aitoken, interleaved; prints a table and writes
+# docs/benchmarks.md). AITBENCH_FLAGS passes flags, e.g. AITBENCH_FLAGS=-quick.
 bench:
+	scripts/ensure-deps.sh redis
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) run ./cmd/aitbench $(AITBENCH_FLAGS)
 
 vet:
 	$(GO) vet ./...

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// mode is the route a request goes through.
+type mode int
+
+const (
+	bare    mode = iota // reverse_proxy alone
+	metered             // aitoken, then the same reverse_proxy
+)
+
+func (m mode) String() string { return [...]string{"bare", "aitoken"}[m] }
+
+// modes is both routes, in a fixed order.
+var modes = [2]mode{bare, metered}
+
+// Request bodies: a short chat, as JSON and as an SSE stream.
+var (
+	jsonBody = []byte(`{"model":"` + benchModel + `","messages":[{"role":"system","content":"You are a helpful assistant."},` +
+		`{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":64}`)
+	sseBody = []byte(`{"model":"` + benchModel + `","messages":[{"role":"system","content":"You are a helpful assistant."},` +
+		`{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":64,"stream":true}`)
+)
+
+// loader sends benchmark requests to either site over keep-alive
+// connections, one connection pool per site.
+type loader struct {
+	e       *env
+	clients [2]*http.Client
+	urls    [2]string
+}
+
+func newLoader(e *env, conns int) *loader {
+	return &loader{
+		e:       e,
+		clients: [2]*http.Client{newClient(conns, time.Minute), newClient(conns, time.Minute)},
+		urls:    [2]string{e.bareURL, e.aitokenURL},
+	}
+}
+
+// newClient is a keep-alive client that holds up to conns idle connections
+// per host and never asks for compression. timeout 0 means none.
+func newClient(conns int, timeout time.Duration) *http.Client {
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        0, // no global bound
+		MaxIdleConnsPerHost: conns,
+		IdleConnTimeout:     10 * time.Minute,
+		DisableCompression:  true,
+	}
+	return &http.Client{Transport: tr, Timeout: timeout}
+}
+
+// newRequest builds a chat completion request for site m; stream requests
+// ask the mock for deltas with a pause between them.
+func (l *loader) newRequest(ctx context.Context, m mode, body []byte, hdr map[string]string) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, "POST", l.urls[m]+"/v1/chat/completions", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+l.e.key)
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	return req, nil
+}
+
+// do sends one JSON chat completion through site m, reads the whole answer
+// and returns how long that took.
+func (l *loader) do(ctx context.Context, m mode) (time.Duration, error) {
+	req, err := l.newRequest(ctx, m, jsonBody, nil)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	resp, err := l.clients[m].Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", m, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 500))
+		return 0, fmt.Errorf("%s: status %d: %s", m, resp.StatusCode, b)
+	}
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return 0, fmt.Errorf("%s: reading body: %w", m, err)
+	}
+	return time.Since(start), nil
+}
+
+// windowResult is what one throughput window did.
+type windowResult struct {
+	requests int64
+	elapsed  time.Duration
+	cpu      cpuTimes
+}
+
+// window runs conc closed-loop workers against site m for d: each starts
+// requests until d has passed; requests under way then are finished and
+// counted. The elapsed time runs to the last completion. It measures the
+// CPU time of every process over the same span.
+func (l *loader) window(ctx context.Context, m mode, conc int, d time.Duration) (windowResult, error) {
+	var res windowResult
+	cpu0, err := l.e.cpuTimes()
+	if err != nil {
+		return res, err
+	}
+	var (
+		n        atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	start := time.Now()
+	end := start.Add(d)
+	for range conc {
+		wg.Go(func() {
+			for time.Now().Before(end) && ctx.Err() == nil {
+				if _, err := l.do(ctx, m); err != nil {
+					errOnce.Do(func() { firstErr = err })
+					return
+				}
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	if firstErr != nil {
+		return res, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	cpu1, err := l.e.cpuTimes()
+	if err != nil {
+		return res, err
+	}
+	res.requests, res.cpu = n.Load(), cpu1.sub(cpu0)
+	return res, nil
+}
+
+// throughput alternates windows of d between the sites, rounds times each,
+// starting with a different site every round, and sums each site's windows.
+func (l *loader) throughput(ctx context.Context, conc, rounds int, d time.Duration) ([2]windowResult, error) {
+	var sum [2]windowResult
+	for r := range rounds {
+		order := modes
+		if r%2 == 1 {
+			order = [2]mode{metered, bare}
+		}
+		for _, m := range order {
+			w, err := l.window(ctx, m, conc, d)
+			if err != nil {
+				return sum, err
+			}
+			sum[m].requests += w.requests
+			sum[m].elapsed += w.elapsed
+			sum[m].cpu = sum[m].cpu.add(w.cpu)
+		}
+	}
+	return sum, nil
+}
+
+// latency sends perMode requests to each site one at a time, alternating
+// site by site (bare then aitoken, then aitoken then bare, …), and returns
+// every request's latency per site.
+func (l *loader) latency(ctx context.Context, perMode int) ([2][]time.Duration, error) {
+	var lat [2][]time.Duration
+	for i := range perMode {
+		order := modes
+		if i%2 == 1 {
+			order = [2]mode{metered, bare}
+		}
+		for _, m := range order {
+			d, err := l.do(ctx, m)
+			if err != nil {
+				return lat, err
+			}
+			lat[m] = append(lat[m], d)
+		}
+	}
+	return lat, nil
+}

@@ -1,0 +1,286 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat:
+// 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// procCPU returns the user+system CPU time a process has used so far.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces:
+	// count fields after the last ')'. utime and stime are fields 14 and
+	// 15, so 12th and 13th after it.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime", pid)
+	}
+	return time.Duration(utime+stime) * time.Second / clockTicks, nil
+}
+
+// cpuTimes is the CPU time used so far by each process of a run.
+type cpuTimes struct {
+	caddy, redis, mock, harness time.Duration
+}
+
+func (c cpuTimes) sub(o cpuTimes) cpuTimes {
+	return cpuTimes{c.caddy - o.caddy, c.redis - o.redis, c.mock - o.mock, c.harness - o.harness}
+}
+
+func (c cpuTimes) add(o cpuTimes) cpuTimes {
+	return cpuTimes{c.caddy + o.caddy, c.redis + o.redis, c.mock + o.mock, c.harness + o.harness}
+}
+
+func (c cpuTimes) total() time.Duration { return c.caddy + c.redis + c.mock + c.harness }
+
+// cpuTimes reads the CPU time of caddy, redis-server, the mock upstream and
+// this process (the load generator).
+func (e *env) cpuTimes() (cpuTimes, error) {
+	var c cpuTimes
+	var err [4]error
+	c.caddy, err[0] = procCPU(e.caddy.Process.Pid)
+	c.redis, err[1] = redisCPU(e.redis.Addr)
+	c.mock, err[2] = procCPU(e.mock.Process.Pid)
+	c.harness, err[3] = procCPU(os.Getpid())
+	return c, errors.Join(err[:]...)
+}
+
+// redisCPU returns the CPU time (user+system) the redis-server has used,
+// from INFO cpu (getrusage, microsecond resolution).
+func redisCPU(addr string) (time.Duration, error) {
+	m, err := testredis.Info(addr, "cpu")
+	if err != nil {
+		return 0, err
+	}
+	var total float64
+	for _, k := range []string{"used_cpu_user", "used_cpu_sys"} {
+		v, err := strconv.ParseFloat(m[k], 64)
+		if err != nil {
+			return 0, fmt.Errorf("INFO cpu: bad %s %q", k, m[k])
+		}
+		total += v
+	}
+	return time.Duration(total * float64(time.Second)), nil
+}
+
+// redisScriptCalls returns how many scripts the server has run so far
+// (EVALSHA and EVAL calls in INFO commandstats).
+func redisScriptCalls(addr string) (int64, error) {
+	m, err := testredis.Info(addr, "commandstats")
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, k := range []string{"cmdstat_evalsha", "cmdstat_eval"} {
+		for _, kv := range strings.Split(m[k], ",") {
+			if v, ok := strings.CutPrefix(kv, "calls="); ok {
+				c, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("INFO commandstats: bad %s", k)
+				}
+				n += c
+			}
+		}
+	}
+	return n, nil
+}
+
+// sample is one Prometheus sample: a metric name, its labels and value.
+type sample struct {
+	name   string
+	labels map[string]string
+	value  float64
+}
+
+// scrape reads caddy's admin /metrics in the Prometheus text format.
+func (e *env) scrape(ctx context.Context) ([]sample, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", e.adminURL+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %d", resp.StatusCode)
+	}
+	return parseMetrics(resp.Body)
+}
+
+// parseMetrics parses the Prometheus text format: comment lines are
+// skipped; a sample line is name{label="value",…} value [timestamp].
+func parseMetrics(r io.Reader) ([]sample, error) {
+	var out []sample
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		s := sample{labels: map[string]string{}}
+		rest := line
+		if i := strings.IndexByte(line, '{'); i >= 0 {
+			j := strings.LastIndexByte(line, '}')
+			if j < i {
+				return nil, fmt.Errorf("metrics: bad line %q", line)
+			}
+			s.name, rest = line[:i], line[j+1:]
+			parseLabels(line[i+1:j], s.labels)
+		} else {
+			var ok bool
+			if s.name, rest, ok = strings.Cut(line, " "); !ok {
+				return nil, fmt.Errorf("metrics: bad line %q", line)
+			}
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			return nil, fmt.Errorf("metrics: no value in %q", line)
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			return nil, fmt.Errorf("metrics: bad value in %q", line)
+		}
+		s.value = v
+		out = append(out, s)
+	}
+	return out, sc.Err()
+}
+
+// parseLabels reads label="value" pairs (values may hold escaped quotes and
+// commas) into m.
+func parseLabels(s string, m map[string]string) {
+	for s != "" {
+		name, rest, ok := strings.Cut(s, "=")
+		if !ok || !strings.HasPrefix(rest, `"`) {
+			return
+		}
+		rest = rest[1:]
+		var val strings.Builder
+		i := 0
+		for ; i < len(rest) && rest[i] != '"'; i++ {
+			if rest[i] == '\\' && i+1 < len(rest) {
+				i++
+				switch rest[i] {
+				case 'n':
+					val.WriteByte('\n')
+				default:
+					val.WriteByte(rest[i])
+				}
+				continue
+			}
+			val.WriteByte(rest[i])
+		}
+		m[strings.TrimSpace(name)] = val.String()
+		if i+1 >= len(rest) {
+			return
+		}
+		s = strings.TrimPrefix(rest[i+1:], ",")
+	}
+}
+
+// value returns the sum of the samples named name whose labels include
+// every label in want, and whether there was any.
+func value(ss []sample, name string, want map[string]string) (float64, bool) {
+	var sum float64
+	found := false
+outer:
+	for _, s := range ss {
+		if s.name != name {
+			continue
+		}
+		for k, v := range want {
+			if s.labels[k] != v {
+				continue outer
+			}
+		}
+		sum += s.value
+		found = true
+	}
+	return sum, found
+}
+
+// redisOpsMetric is the gateway's histogram of Redis round trips by op.
+const redisOpsMetric = "aitoken_redis_duration_seconds_count"
+
+// redisOpsTime is the total time of those round trips by op, in seconds.
+const redisOpsTime = "aitoken_redis_duration_seconds_sum"
+
+// redisOps returns the gateway's Redis round-trip counts by op; nil when
+// the gateway does not export the metric.
+func redisOps(ss []sample) map[string]float64 { return byOp(ss, redisOpsMetric) }
+
+// byOp sums the samples named name by their op label; nil when there are
+// none.
+func byOp(ss []sample, name string) map[string]float64 {
+	var m map[string]float64
+	for _, s := range ss {
+		if s.name == name {
+			if m == nil {
+				m = map[string]float64{}
+			}
+			m[s.labels["op"]] += s.value
+		}
+	}
+	return m
+}
+
+// goMemory forces two garbage collections in caddy (the heap profile
+// endpoint with gc=1 runs one) and returns the Go heap and stack memory in
+// use after them, and the number of goroutines.
+func (e *env) goMemory(ctx context.Context) (inuse, goroutines float64, err error) {
+	for range 2 {
+		req, err := http.NewRequestWithContext(ctx, "GET", e.adminURL+"/debug/pprof/heap?gc=1", nil)
+		if err != nil {
+			return 0, 0, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, 0, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return 0, 0, fmt.Errorf("GET /debug/pprof/heap: %d", resp.StatusCode)
+		}
+	}
+	ss, err := e.scrape(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	heap, ok1 := value(ss, "go_memstats_heap_inuse_bytes", nil)
+	stack, ok2 := value(ss, "go_memstats_stack_inuse_bytes", nil)
+	g, ok3 := value(ss, "go_goroutines", nil)
+	if !ok1 || !ok2 || !ok3 {
+		return 0, 0, fmt.Errorf("/metrics lacks go_memstats_heap_inuse_bytes, go_memstats_stack_inuse_bytes or go_goroutines")
+	}
+	return heap + stack, g, nil
+}
