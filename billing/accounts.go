@@ -253,6 +253,25 @@ func (a *Accounts) Settle(ctx context.Context, g Grant, cost Nanos, tokens int64
 	if cost < 0 {
 		return false, fmt.Errorf("negative cost %d", cost)
 	}
+	keys, args := settleParams(g, cost, tokens, record, mode)
+	res, err := settleScript.Run(ctx, a.rdb, keys, args...).Int64()
+	return res == 1, err
+}
+
+// SettleCmd queues Settle's script on pipe (by its SHA: a Redis that has
+// not loaded it answers NOSCRIPT, and Settle should then run instead). The
+// command's Int64 is 1 when it applied.
+func (a *Accounts) SettleCmd(ctx context.Context, pipe redis.Pipeliner, g Grant, cost Nanos, tokens int64, record []byte, mode SettleMode) *redis.Cmd {
+	if cost < 0 {
+		cmd := redis.NewCmd(ctx)
+		cmd.SetErr(fmt.Errorf("negative cost %d", cost))
+		return cmd
+	}
+	keys, args := settleParams(g, cost, tokens, record, mode)
+	return settleScript.EvalSha(ctx, pipe, keys, args...)
+}
+
+func settleParams(g Grant, cost Nanos, tokens int64, record []byte, mode SettleMode) ([]string, []any) {
 	if mode == "" {
 		mode = SettleLive
 	}
@@ -260,11 +279,9 @@ func (a *Accounts) Settle(ctx context.Context, g Grant, cost Nanos, tokens int64
 	if g.Key.TPM > 0 && tokens > 0 {
 		window = rateKey(g.User, g.KeyID, time.Now(), "t")
 	}
-	res, err := settleScript.Run(ctx, a.rdb,
-		[]string{acctKey(g.User), holdsKey(g.User), holdAmtKey(g.User), UsageStream, expiredKey(g.User), window,
+	return []string{acctKey(g.User), holdsKey(g.User), holdAmtKey(g.User), UsageStream, expiredKey(g.User), window,
 			replayKey(g.User, g.RequestID)},
-		g.RequestID, strconv.FormatInt(-int64(cost), 10), record, string(mode), tokens).Int64()
-	return res == 1, err
+		[]any{g.RequestID, strconv.FormatInt(-int64(cost), 10), record, string(mode), tokens}
 }
 
 func atoi(s string) int64 {

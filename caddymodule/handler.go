@@ -3,8 +3,6 @@ package caddymodule
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -122,7 +120,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.app.inflight.begin()
 	defer h.app.inflight.end()
 
-	requestID := newRequestID()
+	requestID := billing.NewRequestID()
 	w.Header().Set("X-Request-Id", requestID)
 
 	secret := keyFromRequest(r)
@@ -397,11 +395,6 @@ func setBody(r *http.Request, body []byte) {
 	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 }
 
-func newRequestID() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	return "req_" + hex.EncodeToString(b[:])
-}
 
 // Interface guards
 var (

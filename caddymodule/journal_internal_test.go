@@ -86,3 +86,64 @@ func TestJournalLeftoverIsSettledAtStart(t *testing.T) {
 		t.Fatalf("journal files left after a clean stop: %v", left)
 	}
 }
+
+// TestSettlerBatchesAndSurvivesAFlushedScriptCache settles many requests
+// at once through the settler (pipelined batches) on a Redis whose script
+// cache was flushed: each is applied exactly once, and the journal empties.
+func TestSettlerBatchesAndSurvivesAFlushedScriptCache(t *testing.T) {
+	srv := testredis.Start(t)
+	dir := t.TempDir()
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	acc := billing.NewAccounts(rdb)
+	const credit, n, cost = 1_000_000_000, 300, 1000
+	if err := acc.EnsureAccount(ctx, "u2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acc.Credit(ctx, "u2", credit); err != nil {
+		t.Fatal(err)
+	}
+	hash := billing.HashKey("sk-settler-test")
+	if err := acc.PutKey(ctx, hash, billing.KeyRecord{ID: "k2", User: "u2", Active: true}); err != nil {
+		t.Fatal(err)
+	}
+	grants := make([]billing.Grant, n)
+	for i := range grants {
+		g, err := acc.Authorize(ctx, billing.AuthRequest{KeyHash: hash, Model: "m", Hold: 5000, RequestID: billing.NewRequestID()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		grants[i] = g
+	}
+	rc, err := acquireRedis(srv.URL(), nil, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.release()
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	tr := new(tracker)
+	for _, g := range grants {
+		rc.settleLater(spooled{Grant: g, Cost: cost, Tokens: 1, Record: json.RawMessage(`{"request_id":"` + g.RequestID + `"}`)}, tr, rc.settler.log)
+	}
+	select {
+	case <-tr.idle():
+	case <-time.After(15 * time.Second):
+		t.Fatal("settlements still pending after 15s")
+	}
+	bal, held, err := acc.Balance(ctx, "u2")
+	if err != nil || bal != credit-n*cost || held != 0 {
+		t.Fatalf("balance %d held %d (%v), want %d and 0", bal, held, err, credit-n*cost)
+	}
+	if got := rdb.XLen(ctx, billing.UsageStream).Val(); got != n {
+		t.Fatalf("usage stream holds %d records, want %d", got, n)
+	}
+	if p := rc.journal.Pending(); p != 0 {
+		t.Fatalf("journal still holds %d settlements", p)
+	}
+	if rc.spool.Len() != 0 {
+		t.Fatalf("%d settlements went to the spool", rc.spool.Len())
+	}
+}

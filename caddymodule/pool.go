@@ -38,8 +38,9 @@ type redisConn struct {
 	spool    *spool.Spool
 	replayer *spool.Replayer
 	// journal holds settlements from the end of their response until
-	// Redis (or the spool) has them.
+	// Redis (or the spool) has them; settler applies them.
 	journal *journal.Journal
+	settler *settler
 }
 
 // spooled is a settlement waiting in the spool.
@@ -55,19 +56,25 @@ type spooled struct {
 // no usage record is lost. It reports false only when the settlement is
 // nowhere safe (the spool failed too).
 func (c *redisConn) settle(ctx context.Context, s spooled, log *zap.Logger) bool {
-	accounts := billing.NewAccounts(c.client)
-	// The first attempt debits even when Redis lost the hold (a restart
-	// without persistence): the client lets no command retry, so it runs
-	// at most once. The spooled replay is idempotent instead: it may
-	// follow a first attempt that applied but whose reply was lost.
-	first := billing.SettleLive
-	if s.Grant.NoHold {
-		first = billing.SettleReplayNoHold
+	_, err := billing.NewAccounts(c.client).Settle(withRedisOp(ctx, opSettle), s.Grant, s.Cost, s.Tokens, s.Record, firstMode(s.Grant))
+	return err == nil || c.spoolFailed(s, err, log)
+}
+
+// firstMode is the mode of a settlement's first attempt. It debits even
+// when Redis lost the hold (a restart without persistence): the client
+// lets no command retry, so it runs at most once. Spooled replays use the
+// idempotent Grant.Mode instead: they may follow a first attempt that
+// applied but whose reply was lost.
+func firstMode(g billing.Grant) billing.SettleMode {
+	if g.NoHold {
+		return billing.SettleReplayNoHold
 	}
-	_, err := accounts.Settle(withRedisOp(ctx, opSettle), s.Grant, s.Cost, s.Tokens, s.Record, first)
-	if err == nil {
-		return true
-	}
+	return billing.SettleLive
+}
+
+// spoolFailed keeps a settlement whose attempt failed with err in the
+// spool for replay. It reports false when the spool failed too.
+func (c *redisConn) spoolFailed(s spooled, err error, log *zap.Logger) bool {
 	log.Warn("settling in redis failed; spooling it for replay",
 		zap.String("request_id", s.Grant.RequestID), zap.Error(err))
 	s.Mode = s.Grant.Mode()
@@ -87,12 +94,11 @@ func (c *redisConn) settle(ctx context.Context, s spooled, log *zap.Logger) bool
 	return true
 }
 
-// settleLater writes s ahead to the journal and settles it in the
-// background, so the response ends without waiting for Redis; a process
-// killed before the settlement lands replays it from the journal at its
-// next start. Without a journal it settles at once.
+// settleLater writes s ahead to the journal and leaves it to the settler,
+// so the response ends without waiting for Redis; a process killed before
+// the settlement lands replays it from the journal at its next start.
+// Without a journal it settles at once.
 func (c *redisConn) settleLater(s spooled, t *tracker, log *zap.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	s.Mode = s.Grant.Mode() // what a replay from the journal must use
 	payload, err := json.Marshal(s)
 	var ticket journal.Ticket
@@ -102,18 +108,22 @@ func (c *redisConn) settleLater(s spooled, t *tracker, log *zap.Logger) {
 	if err != nil {
 		log.Warn("journal unavailable; settling before the response ends",
 			zap.String("request_id", s.Grant.RequestID), zap.Error(err))
+		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 		defer cancel()
 		c.settle(ctx, s, log)
 		return
 	}
 	t.begin()
-	go func() {
-		defer t.end()
-		defer cancel()
-		if c.settle(ctx, s, log) {
-			c.journal.Done(ticket)
-		}
-	}()
+	if c.settler.enqueue(settleJob{s: s, ticket: ticket, done: t.end}) {
+		return
+	}
+	// A request that outlived its config's drain timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	if c.settle(ctx, s, log) {
+		c.journal.Done(ticket)
+	}
+	t.end()
 }
 
 // recoverJournal moves the settlements a stopped process left in the
@@ -231,6 +241,7 @@ func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redis
 		}
 		rc.replayer = spool.NewReplayer(sp, rc.replay, time.Second, log.Named("spool"))
 		rc.replayer.Start()
+		rc.settler = newSettler(rc, log)
 		ctx, cancel := context.WithCancel(context.Background())
 		rc.cancel = cancel
 		go rc.keys.listenRevocations(ctx, rc.client, log)
@@ -247,6 +258,7 @@ func (c *redisConn) Destruct() error {
 	c.cancel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	c.settler.stop()
 	_ = c.replayer.Stop(ctx)
 	_ = c.journal.Close()
 	_ = c.spool.Close()

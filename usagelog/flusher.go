@@ -27,6 +27,9 @@ const (
 	DefaultInterval = time.Second
 	// DefaultBatch is the batch size when FlusherConfig.Batch is 0.
 	DefaultBatch = 1000
+	// DefaultLinger is the wait after a short batch when
+	// FlusherConfig.Linger is 0.
+	DefaultLinger = 25 * time.Millisecond
 
 	// defaultClaimIdle is how long another consumer's entry must sit
 	// unacknowledged before this flusher takes it over (its owner is
@@ -55,6 +58,12 @@ type FlusherConfig struct {
 	// Batch is the largest number of entries read at once and stored in
 	// one transaction. Default: 1000.
 	Batch int
+	// Linger is how long the flusher lets records gather after a read that
+	// did not fill a batch, so that under steady load each transaction
+	// carries many rows rather than a handful (a commit costs far more
+	// than a row). Records reach SQLite up to Linger later. Default: 25ms,
+	// at most Interval.
+	Linger time.Duration
 }
 
 // Flusher reads records (field "r" holds the JSON of a Record) from a Redis
@@ -104,6 +113,10 @@ func NewFlusher(rdb redis.UniversalClient, s *Store, cfg FlusherConfig, log *zap
 	if cfg.Batch <= 0 {
 		cfg.Batch = DefaultBatch
 	}
+	if cfg.Linger <= 0 {
+		cfg.Linger = DefaultLinger
+	}
+	cfg.Linger = min(cfg.Linger, cfg.Interval)
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -229,16 +242,35 @@ func (f *Flusher) step(ctx context.Context, needPending *bool, lastClaim *time.T
 	// Store new entries as they come; return when a read times out empty,
 	// when Stop is called, or when it is time to look for orphans again.
 	until := time.Now().Add(f.claimIdle)
+	short := false
 	_, err := f.pump(ctx, func(ctx context.Context) ([]redis.XMessage, bool, error) {
+		if short && !f.wait(ctx, f.cfg.Linger) {
+			return nil, false, nil
+		}
 		select {
 		case <-f.stop:
 			return nil, false, nil
 		default:
 		}
 		msgs, err := f.read(ctx, ">", f.cfg.Interval)
+		short = len(msgs) > 0 && len(msgs) < f.cfg.Batch
 		return msgs, time.Now().Before(until), err
 	})
 	return err
+}
+
+// wait pauses for d; it reports false if Stop or ctx ended it early.
+func (f *Flusher) wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-f.stop:
+		return false
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // ensureGroup creates the consumer group (and the stream) if missing. The

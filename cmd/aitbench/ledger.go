@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -24,11 +22,9 @@ const ledgerDB = 1
 // benchRecord is a usage record as the gateway's settlement writes it
 // (caddymodule/settle.go): a completed chat completion of one of 100 users.
 func benchRecord(i int, now time.Time) usagelog.Record {
-	var id [12]byte
-	_, _ = rand.Read(id[:])
 	user := "user-" + strconv.Itoa(i%100)
 	return usagelog.Record{
-		RequestID:         "req_" + hex.EncodeToString(id[:]),
+		RequestID:         billing.NewRequestID(),
 		Time:              now.Add(time.Duration(i) * time.Millisecond).UTC(),
 		User:              user,
 		KeyID:             "key_" + user,
