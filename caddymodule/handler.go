@@ -395,7 +395,6 @@ func setBody(r *http.Request, body []byte) {
 	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 }
 
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
