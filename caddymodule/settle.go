@@ -196,8 +196,16 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 	}
 	// The settlement is written ahead to the journal now, before the
 	// response's end leaves the handler, and applied in Redis after it.
-	h.app.redis.settleLater(spooled{Grant: g, Cost: cost, Tokens: tokens.Input + tokens.Output, Record: body},
+	h.app.redis.settleLater(spooled{Grant: settlementGrant(g), Cost: cost, Tokens: tokens.Input + tokens.Output, Record: body},
 		h.app.settling, h.log)
+}
+
+// settlementGrant is the part of g a settlement needs (the journal and
+// spool write it for every request): who pays, the hold, and the key's
+// tpm limit; not the key's models, IPs or rate state.
+func settlementGrant(g billing.Grant) billing.Grant {
+	return billing.Grant{KeyID: g.KeyID, User: g.User, RequestID: g.RequestID, Hold: g.Hold, NoHold: g.NoHold,
+		Key: billing.KeyRecord{ID: g.Key.ID, User: g.Key.User, TPM: g.Key.TPM}}
 }
 
 // estimateUsage estimates a response without a usage report: input from

@@ -102,16 +102,26 @@ func (l *loader) do(ctx context.Context, m mode) (time.Duration, error) {
 
 // windowResult is what one throughput window did.
 type windowResult struct {
-	requests int64
+	requests int64 // jobs completed: requests or streams
 	elapsed  time.Duration
 	cpu      cpuTimes
 }
 
-// window runs conc closed-loop workers against site m for d: each starts
-// requests until d has passed; requests under way then are finished and
-// counted. The elapsed time runs to the last completion. It measures the
-// CPU time of every process over the same span.
-func (l *loader) window(ctx context.Context, m mode, conc int, d time.Duration) (windowResult, error) {
+// job is one unit of closed-loop work against site m: a JSON request
+// (loader.doJSON) or a whole SSE stream (streamJob).
+type job func(ctx context.Context, m mode) error
+
+// doJSON is the JSON throughput job: one chat completion, read to its end.
+func (l *loader) doJSON(ctx context.Context, m mode) error {
+	_, err := l.do(ctx, m)
+	return err
+}
+
+// window runs conc closed-loop workers against site m for d, each doing
+// one job after the other: each starts jobs until d has passed; jobs under
+// way then are finished and counted. The elapsed time runs to the last
+// completion. It measures the CPU time of every process over the same span.
+func (l *loader) window(ctx context.Context, m mode, conc int, d time.Duration, do job) (windowResult, error) {
 	var res windowResult
 	cpu0, err := l.e.cpuTimes()
 	if err != nil {
@@ -128,7 +138,7 @@ func (l *loader) window(ctx context.Context, m mode, conc int, d time.Duration) 
 	for range conc {
 		wg.Go(func() {
 			for time.Now().Before(end) && ctx.Err() == nil {
-				if _, err := l.do(ctx, m); err != nil {
+				if err := do(ctx, m); err != nil {
 					errOnce.Do(func() { firstErr = err })
 					return
 				}
@@ -154,7 +164,7 @@ func (l *loader) window(ctx context.Context, m mode, conc int, d time.Duration) 
 
 // throughput alternates windows of d between the sites, rounds times each,
 // starting with a different site every round, and sums each site's windows.
-func (l *loader) throughput(ctx context.Context, conc, rounds int, d time.Duration) ([2]windowResult, error) {
+func (l *loader) throughput(ctx context.Context, conc, rounds int, d time.Duration, do job) ([2]windowResult, error) {
 	var sum [2]windowResult
 	for r := range rounds {
 		order := modes
@@ -162,7 +172,7 @@ func (l *loader) throughput(ctx context.Context, conc, rounds int, d time.Durati
 			order = [2]mode{metered, bare}
 		}
 		for _, m := range order {
-			w, err := l.window(ctx, m, conc, d)
+			w, err := l.window(ctx, m, conc, d, do)
 			if err != nil {
 				return sum, err
 			}

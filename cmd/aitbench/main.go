@@ -6,7 +6,7 @@
 // table against the targets of SPEC section 9 and writes it, with the
 // machine and the method, to docs/benchmarks.md.
 //
-//	go run ./cmd/aitbench            # full run, about 2 minutes on 2 cores
+//	go run ./cmd/aitbench            # full run, about 1.5 minutes on 2 cores
 //	go run ./cmd/aitbench -quick     # smoke run
 //
 // It builds ./internal/testcaddy and ./cmd/mockupstream, and starts its own
@@ -35,6 +35,9 @@ type config struct {
 	Rounds int
 	// Concurrency is the number of closed-loop clients in a window.
 	Concurrency int
+	// StreamConcurrency is the number of SSE streams in flight in a
+	// streamed throughput window.
+	StreamConcurrency int
 	// Warmup is how long each site is loaded before measuring.
 	Warmup time.Duration
 	// LatencyRequests is the number of sequential requests per site.
@@ -100,6 +103,7 @@ func parseFlags(args []string) (config, bool) {
 	fs.DurationVar(&c.Duration, "duration", 2*time.Second, "length of one throughput window")
 	fs.IntVar(&c.Rounds, "rounds", 6, "throughput windows per site (alternating bare/aitoken)")
 	fs.IntVar(&c.Concurrency, "concurrency", 16, "closed-loop clients in a throughput window")
+	fs.IntVar(&c.StreamConcurrency, "stream-concurrency", 64, "SSE streams in flight in a streamed throughput window")
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "load per site before measuring")
 	fs.IntVar(&c.LatencyRequests, "latency-requests", 4000, "sequential requests per site for latency")
 	fs.IntVar(&c.SSEStreams, "sse-streams", 300, "SSE streams per site")
@@ -122,7 +126,7 @@ func parseFlags(args []string) (config, bool) {
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		for name, v := range map[string]string{
 			"duration": "400ms", "rounds": "2", "warmup": "300ms", "latency-requests": "300",
-			"sse-streams": "40", "streams": "100", "mem-rounds": "1", "ledger-records": "10000",
+			"sse-streams": "40", "stream-concurrency": "16", "streams": "100", "mem-rounds": "1", "ledger-records": "10000",
 		} {
 			if !set[name] {
 				_ = fs.Set(name, v)

@@ -11,14 +11,15 @@ import (
 )
 
 // measure runs the measurements against the running caddy, in order:
-// warm-up, throughput (with CPU and Redis round trips), latency, SSE
-// timing, memory per open stream and, when asked, a CPU profile.
+// warm-up, JSON throughput (with CPU and Redis round trips), streamed
+// throughput, latency, SSE timing, memory per open stream and, when asked,
+// a CPU profile.
 func measure(ctx context.Context, cfg config, e *env, res *results, logf func(string, ...any)) error {
 	l := newLoader(e, cfg.Concurrency)
 
 	logf("warming up (%s per site)", cfg.Warmup)
 	for _, m := range modes {
-		if _, err := l.window(ctx, m, cfg.Concurrency, cfg.Warmup); err != nil {
+		if _, err := l.window(ctx, m, cfg.Concurrency, cfg.Warmup, l.doJSON); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
 	}
@@ -35,7 +36,7 @@ func measure(ctx context.Context, cfg config, e *env, res *results, logf func(st
 		return err
 	}
 	logf("throughput: %d rounds of %s per site, %d clients", cfg.Rounds, cfg.Duration, cfg.Concurrency)
-	tp, err := l.throughput(ctx, cfg.Concurrency, cfg.Rounds, cfg.Duration)
+	tp, err := l.throughput(ctx, cfg.Concurrency, cfg.Rounds, cfg.Duration, l.doJSON)
 	if err != nil {
 		return fmt.Errorf("throughput: %w", err)
 	}
@@ -71,6 +72,10 @@ func measure(ctx context.Context, cfg config, e *env, res *results, logf func(st
 			all += d
 		}
 		res.rtRequest, res.rtAll = res.rtOps["authorize"]+res.rtOps["settle"], all
+	}
+
+	if res.streamed, err = streamedThroughput(ctx, cfg, e, logf); err != nil {
+		return fmt.Errorf("streamed throughput: %w", err)
 	}
 
 	logf("latency: %d requests per site, one at a time, alternating", cfg.LatencyRequests)
@@ -203,7 +208,7 @@ func profile(ctx context.Context, l *loader, cfg config) error {
 		}
 		ch <- answer{b, err}
 	}()
-	if _, err := l.window(ctx, metered, cfg.Concurrency, cfg.ProfileTime); err != nil {
+	if _, err := l.window(ctx, metered, cfg.Concurrency, cfg.ProfileTime, l.doJSON); err != nil {
 		return err
 	}
 	a := <-ch

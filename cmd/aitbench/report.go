@@ -59,6 +59,7 @@ type results struct {
 	rtt        map[string]float64 // mean round-trip ms in the latency phase, by op
 	scriptsPer float64            // EVALSHA+EVAL calls per aitoken request
 	flushRate  float64            // ledger rows per second
+	streamed   streamedResult     // streamed throughput phase
 	elapsed    time.Duration
 	out        string // the report written, if any
 }
@@ -101,13 +102,20 @@ func (r *results) rows() []row {
 				fmt.Sprintf("≤ +%.1f ms", targetAddedP99), verdict(d99 <= targetAddedP99)},
 		}
 	}
-	rows := []row{{"throughput, req/s", num(r.throughput[bare], 0), num(r.throughput[metered], 0),
-		fmt.Sprintf("%.1f %%", 100*ratio), fmt.Sprintf("≥ %.0f %%", 100*targetRatio), verdict(ratio >= targetRatio)}}
+	st := r.streamed
+	sRatio := st.rate[metered] / st.rate[bare]
+	rows := []row{
+		{"throughput, JSON req/s (CPU-bound)", num(r.throughput[bare], 0), num(r.throughput[metered], 0),
+			fmt.Sprintf("%.1f %%", 100*ratio), fmt.Sprintf("≥ %.0f %%", 100*targetRatio), verdict(ratio >= targetRatio)},
+		{"throughput, SSE streams/s", num(st.rate[bare], 0), num(st.rate[metered], 0),
+			fmt.Sprintf("%.1f %%", 100*sRatio), fmt.Sprintf("≥ %.0f %%", 100*targetRatio), verdict(sRatio >= targetRatio)},
+	}
 	rows = append(rows, added("latency", r.latency, "ms")...)
 	rows = append(rows, added("SSE first byte", r.ttfb, "ms")...)
 	rows = append(rows, added("SSE chunk gap", r.gap, "ms")...)
 	cpuAdded := r.cpuPer1k[metered] - r.cpuPer1k[bare]
 	totalAdded := r.totalPer1k[metered] - r.totalPer1k[bare]
+	streamCPUAdded := st.cpuPer1k[metered] - st.cpuPer1k[bare]
 	memAdded := r.mem[metered].bytesPerStream - r.mem[bare].bytesPerStream
 	rtVerdict := "n/a"
 	if !math.IsNaN(r.rtRequest) {
@@ -119,6 +127,8 @@ func (r *results) rows() []row {
 		row{"Redis CPU per 1k req, ms", "—", num(r.redisPer1k, 1), "—", "—", "info"},
 		row{"all processes' CPU per 1k req, ms", num(r.totalPer1k[bare], 1), num(r.totalPer1k[metered], 1),
 			fmt.Sprintf("%s (×%.2f)", signed(totalAdded, 1), r.totalPer1k[metered]/r.totalPer1k[bare]), "—", "info"},
+		row{"caddy CPU per 1k streams, ms", num(st.cpuPer1k[bare], 1), num(st.cpuPer1k[metered], 1),
+			fmt.Sprintf("%s (×%.2f)", signed(streamCPUAdded, 1), st.cpuPer1k[metered]/st.cpuPer1k[bare]), "—", "info"},
 		row{"memory per open stream, KiB", num(r.mem[bare].bytesPerStream/1024, 1), num(r.mem[metered].bytesPerStream/1024, 1),
 			signed(memAdded/1024, 1), fmt.Sprintf("≤ +%.0f KiB", targetStreamMem/1024), verdict(memAdded <= targetStreamMem)},
 		row{"Redis round trips per req, request path", "—", num(r.rtRequest, 2), "—",
