@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"time"
 )
@@ -83,6 +84,9 @@ func main() {
 		fmt.Printf("mean request-path round trip (latency phase): authorize %.3f ms, settle %.3f ms\n",
 			res.rtt["authorize"], res.rtt["settle"])
 	}
+	st := res.streamed
+	fmt.Printf("streamed throughput: mean time per stream bare %.1f ms, aitoken %.1f ms; all processes used %.2f and %.2f of %d cores\n",
+		st.streamMs[bare], st.streamMs[metered], st.cores[bare], st.cores[metered], runtime.NumCPU())
 	if res.out != "" {
 		fmt.Printf("\nwrote %s\n", res.out)
 	}

@@ -35,7 +35,8 @@ func TestQuickRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	report := string(b)
-	for _, s := range []string{"## Machine", "## Results", "## Method", "CPU: ", "Go: go"} {
+	for _, s := range []string{"## Machine", "## Results", "## Method", "CPU: ", "Go: go",
+		"**streamed throughput**", "The two throughput rows"} {
 		if !strings.Contains(report, s) {
 			t.Errorf("report lacks %q", s)
 		}
@@ -46,7 +47,8 @@ func TestQuickRun(t *testing.T) {
 		metric  string
 		hasBare bool
 	}{
-		{"throughput, req/s", true},
+		{"throughput, JSON req/s (CPU-bound)", true},
+		{"throughput, SSE streams/s", true},
 		{"latency p50, ms", true},
 		{"latency p99, ms", true},
 		{"SSE first byte p50, ms", true},
@@ -56,6 +58,7 @@ func TestQuickRun(t *testing.T) {
 		{"caddy CPU per 1k req, ms", true},
 		{"Redis CPU per 1k req, ms", false},
 		{"all processes' CPU per 1k req, ms", true},
+		{"caddy CPU per 1k streams, ms", true},
 		{"memory per open stream, KiB", true},
 		{"Redis round trips per req, request path", false},
 		{"Redis round trips per req, all", false},
