@@ -60,6 +60,8 @@ type config struct {
 	// aitoken load, ProfileTime long.
 	CPUProfile  string
 	ProfileTime time.Duration
+	// ProfileStreams profiles SSE streams instead of JSON requests.
+	ProfileStreams bool
 	// Quick marks a smoke run (in the report).
 	Quick bool
 	// Keep leaves the temporary directory (Caddyfile, caddy.log) in place.
@@ -107,7 +109,7 @@ func parseFlags(args []string) (config, bool) {
 	fs.DurationVar(&c.Duration, "duration", 2*time.Second, "length of one throughput window")
 	fs.IntVar(&c.Rounds, "rounds", 6, "throughput windows per site (alternating bare/aitoken)")
 	fs.IntVar(&c.Concurrency, "concurrency", 16, "closed-loop clients in a throughput window")
-	fs.IntVar(&c.StreamConcurrency, "stream-concurrency", 64, "SSE streams in flight in a streamed throughput window")
+	fs.IntVar(&c.StreamConcurrency, "stream-concurrency", 16, "SSE streams in flight in a streamed throughput window (the default leaves a 2-core machine unsaturated)")
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "load per site before measuring")
 	fs.IntVar(&c.LatencyRequests, "latency-requests", 4000, "sequential requests per site for latency")
 	fs.IntVar(&c.SSEStreams, "sse-streams", 300, "SSE streams per site")
@@ -121,6 +123,7 @@ func parseFlags(args []string) (config, bool) {
 	fs.StringVar(&c.Caddy, "caddy", "", "prebuilt caddy binary with the aitoken modules (default: build ./internal/testcaddy)")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of caddy under aitoken load to this file")
 	fs.DurationVar(&c.ProfileTime, "profile-time", 10*time.Second, "length of the -cpuprofile load")
+	fs.BoolVar(&c.ProfileStreams, "profile-streams", false, "profile SSE streams (-stream-concurrency in flight) instead of JSON requests")
 	fs.BoolVar(&c.Quick, "quick", false, "smoke run: short windows, few requests (numbers are rough)")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the temporary directory (Caddyfile, caddy.log) and print its path")
 	strict := fs.Bool("strict", false, "exit with status 1 when a target is missed")

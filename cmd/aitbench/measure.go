@@ -208,7 +208,11 @@ func profile(ctx context.Context, l *loader, cfg config) error {
 		}
 		ch <- answer{b, err}
 	}()
-	if _, err := l.window(ctx, metered, cfg.Concurrency, cfg.ProfileTime, l.doJSON); err != nil {
+	conc, do := cfg.Concurrency, l.doJSON
+	if cfg.ProfileStreams {
+		conc, do = cfg.StreamConcurrency, l.streamJob(cfg.SSEDeltas, cfg.SSEDelay)
+	}
+	if _, err := l.window(ctx, metered, conc, cfg.ProfileTime, do); err != nil {
 		return err
 	}
 	a := <-ch
