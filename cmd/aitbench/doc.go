@@ -91,7 +91,9 @@ func writeReport(cfg config, res *results) error {
 	w("- **latency**: %d requests per site, one at a time, alternating request by request (bare then",
 		res.latencyN)
 	w("  aitoken, then aitoken then bare); time from sending to the last body byte. Added = aitoken")
-	w("  percentile − bare percentile.")
+	w("  percentile − bare percentile. Right after, %d sequential PINGs from this process to the same", res.latencyN/2)
+	w("  Redis (go-redis) give the machine's floor for one Redis round trip, which the aitoken route")
+	w("  pays once before forwarding (authorize); the settlement's trip is off the client's path.")
 	w("- **SSE**: %d streams per site, %d in flight, alternating bare/aitoken stream by stream; the",
 		res.streams[bare], cfg.SSEConcurrency)
 	w("  mock sends a role chunk, then %d deltas with `X-Mock-Delay: %s` before each after the first.",

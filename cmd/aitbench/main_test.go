@@ -60,6 +60,8 @@ func TestQuickRun(t *testing.T) {
 		{"all processes' CPU per 1k req, ms", true},
 		{"caddy CPU per 1k streams, ms", true},
 		{"memory per open stream, KiB", true},
+		{"Redis PING round trip p50, ms (machine floor)", false},
+		{"Redis PING round trip p99, ms (machine floor)", false},
 		{"Redis round trips per req, request path", false},
 		{"Redis round trips per req, all", false},
 		{"Redis scripts per req (commandstats)", false},

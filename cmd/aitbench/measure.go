@@ -93,6 +93,9 @@ func measure(ctx context.Context, cfg config, e *env, res *results, logf func(st
 	}
 	res.rtt = meanRoundTrips(before, after)
 	res.latencyN = cfg.LatencyRequests
+	if res.ping, err = pingFloor(ctx, e.redis.Addr, cfg.LatencyRequests/2); err != nil {
+		return fmt.Errorf("redis ping: %w", err)
+	}
 	for _, m := range modes {
 		res.latency[m] = percentiles(lat[m])
 	}

@@ -57,6 +57,7 @@ type results struct {
 	rtAll      float64
 	rtOps      map[string]float64 // round trips per aitoken request, by op
 	rtt        map[string]float64 // mean round-trip ms in the latency phase, by op
+	ping       pcts               // Redis PING round trip from the load generator: the machine's floor
 	scriptsPer float64            // EVALSHA+EVAL calls per aitoken request
 	flushRate  float64            // ledger rows per second
 	streamed   streamedResult     // streamed throughput phase
@@ -131,6 +132,8 @@ func (r *results) rows() []row {
 			fmt.Sprintf("%s (×%.2f)", signed(streamCPUAdded, 1), st.cpuPer1k[metered]/st.cpuPer1k[bare]), "—", "info"},
 		row{"memory per open stream, KiB", num(r.mem[bare].bytesPerStream/1024, 1), num(r.mem[metered].bytesPerStream/1024, 1),
 			signed(memAdded/1024, 1), fmt.Sprintf("≤ +%.0f KiB", targetStreamMem/1024), verdict(memAdded <= targetStreamMem)},
+		row{"Redis PING round trip p50, ms (machine floor)", "—", num(r.ping.p50, 3), "—", "—", "info"},
+		row{"Redis PING round trip p99, ms (machine floor)", "—", num(r.ping.p99, 3), "—", "—", "info"},
 		row{"Redis round trips per req, request path", "—", num(r.rtRequest, 2), "—",
 			fmt.Sprintf("≤ %.0f", targetRoundTrip), rtVerdict},
 		row{"Redis round trips per req, all", "—", num(r.rtAll, 2), "—", "—", "info"},
