@@ -2,7 +2,6 @@ package billing
 
 import (
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 )
@@ -66,12 +65,24 @@ func digitsOnly(s string) bool {
 
 // String formats n as a decimal with nine places, e.g. "-0.250000000".
 func (n Nanos) String() string {
+	var buf [24]byte
+	return string(n.AppendDecimal(buf[:0]))
+}
+
+// AppendDecimal appends n to b as String writes it, without allocating.
+func (n Nanos) AppendDecimal(b []byte) []byte {
 	u := uint64(n)
-	sign := ""
 	if n < 0 {
-		sign, u = "-", uint64(-n)
+		b, u = append(b, '-'), uint64(-n)
 	}
-	return fmt.Sprintf("%s%d.%09d", sign, u/NanosPerUnit, u%NanosPerUnit)
+	b = strconv.AppendUint(b, u/NanosPerUnit, 10)
+	var frac [10]byte
+	frac[0] = '.'
+	for i, f := 9, u%NanosPerUnit; i > 0; i-- {
+		frac[i] = byte('0' + f%10)
+		f /= 10
+	}
+	return append(b, frac[:]...)
 }
 
 // MarshalJSON writes n as a JSON string.

@@ -2,6 +2,8 @@ package billing
 
 import (
 	"encoding/json"
+	"fmt"
+	"math"
 	"testing"
 )
 
@@ -42,5 +44,21 @@ func TestNanosJSON(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(`12.5`), &n); err != nil {
 		t.Fatalf("bare literal: %v", err)
+	}
+}
+
+func TestAppendDecimalMatchesSprintf(t *testing.T) {
+	for _, n := range []Nanos{0, 1, -1, 999_999_999, 1_000_000_000, -1_000_000_001, 123_456_789_012, math.MaxInt64, math.MinInt64} {
+		u, sign := uint64(n), ""
+		if n < 0 {
+			sign, u = "-", uint64(-n)
+		}
+		want := fmt.Sprintf("%s%d.%09d", sign, u/NanosPerUnit, u%NanosPerUnit)
+		if got := n.String(); got != want {
+			t.Errorf("Nanos(%d).String() = %q, want %q", int64(n), got, want)
+		}
+		if got := string(n.AppendDecimal([]byte("x"))); got != "x"+want {
+			t.Errorf("AppendDecimal = %q", got)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -41,15 +42,6 @@ type redisConn struct {
 	// Redis (or the spool) has them; settler applies them.
 	journal *journal.Journal
 	settler *settler
-}
-
-// spooled is a settlement waiting in the spool.
-type spooled struct {
-	Grant  billing.Grant      `json:"grant"`
-	Cost   billing.Nanos      `json:"cost"`
-	Tokens int64              `json:"tokens"`
-	Record json.RawMessage    `json:"record"`
-	Mode   billing.SettleMode `json:"mode"`
 }
 
 // settle applies a settlement, or spools it when Redis cannot take it, so
@@ -100,11 +92,10 @@ func (c *redisConn) spoolFailed(s spooled, err error, log *zap.Logger) bool {
 // Without a journal it settles at once.
 func (c *redisConn) settleLater(s spooled, t *tracker, log *zap.Logger) {
 	s.Mode = s.Grant.Mode() // what a replay from the journal must use
-	payload, err := json.Marshal(s)
-	var ticket journal.Ticket
-	if err == nil {
-		ticket, err = c.journal.Append(payload)
-	}
+	buf := journalBufs.Get().(*[]byte)
+	*buf = s.appendJSON((*buf)[:0])
+	ticket, err := c.journal.Append(*buf)
+	journalBufs.Put(buf)
 	if err != nil {
 		log.Warn("journal unavailable; settling before the response ends",
 			zap.String("request_id", s.Grant.RequestID), zap.Error(err))
@@ -125,6 +116,9 @@ func (c *redisConn) settleLater(s spooled, t *tracker, log *zap.Logger) {
 	}
 	t.end()
 }
+
+// journalBufs holds the buffers settlements are encoded into.
+var journalBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // recoverJournal moves the settlements a stopped process left in the
 // journal to the spool, whose replayer applies them idempotently.

@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -189,7 +188,7 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 
 	countRequest(req.Model, outcome, tokens, usage.ReasoningTokens, cost)
 
-	body, err := json.Marshal(rec)
+	body, err := rec.AppendJSON(make([]byte, 0, 512))
 	if err != nil {
 		h.log.Error("encoding usage record", zap.String("request_id", g.RequestID), zap.Error(err))
 		return

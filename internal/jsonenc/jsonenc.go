@@ -1,0 +1,20 @@
+// Package jsonenc appends JSON values to byte slices without reflection,
+// for the records the gateway encodes on every request.
+package jsonenc
+
+import "encoding/json"
+
+// AppendString appends s as a JSON string, byte for byte as encoding/json
+// writes it. Plain ASCII (the usual IDs, models, paths and addresses) is
+// copied; anything encoding/json would escape goes through it.
+func AppendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			j, _ := json.Marshal(s)
+			return append(b, j...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
