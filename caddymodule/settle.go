@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
@@ -176,14 +177,8 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 	}
 
 	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
-		extra.Add(zap.String("aitoken_request_id", g.RequestID))
-		extra.Add(zap.String("aitoken_user", g.User))
-		extra.Add(zap.String("aitoken_key_id", g.KeyID))
-		extra.Add(zap.String("aitoken_model", req.Model))
-		extra.Add(zap.Int64("aitoken_input_tokens", tokens.Input))
-		extra.Add(zap.Int64("aitoken_output_tokens", tokens.Output))
-		extra.Add(zap.String("aitoken_cost", cost.String()))
-		extra.Add(zap.String("aitoken_outcome", string(outcome)))
+		extra.Add(zap.Inline(&logFields{requestID: g.RequestID, user: g.User, keyID: g.KeyID, model: req.Model,
+			input: tokens.Input, output: tokens.Output, cost: cost, outcome: outcome}))
 	}
 
 	countRequest(req.Model, outcome, tokens, usage.ReasoningTokens, cost)
@@ -197,6 +192,29 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 	// response's end leaves the handler, and applied in Redis after it.
 	h.app.redis.settleLater(spooled{Grant: settlementGrant(g), Cost: cost, Tokens: tokens.Input + tokens.Output, Record: body},
 		h.app.settling, h.log)
+}
+
+// logFields are the access log's aitoken_* fields. They go in as one
+// inline field (each ExtraLogFields.Add resets a cache) and are encoded
+// only when a log writes the entry.
+type logFields struct {
+	requestID, user, keyID, model string
+	input, output                 int64
+	cost                          billing.Nanos
+	outcome                       meter.Outcome
+}
+
+// MarshalLogObject writes the fields.
+func (f *logFields) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("aitoken_request_id", f.requestID)
+	enc.AddString("aitoken_user", f.user)
+	enc.AddString("aitoken_key_id", f.keyID)
+	enc.AddString("aitoken_model", f.model)
+	enc.AddInt64("aitoken_input_tokens", f.input)
+	enc.AddInt64("aitoken_output_tokens", f.output)
+	enc.AddString("aitoken_cost", f.cost.String())
+	enc.AddString("aitoken_outcome", string(f.outcome))
+	return nil
 }
 
 // settlementGrant is the part of g a settlement needs (the journal and

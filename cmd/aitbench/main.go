@@ -121,7 +121,7 @@ func parseFlags(args []string) (config, bool) {
 	fs.IntVar(&c.LedgerRecords, "ledger-records", 100_000, "usage records for the ledger flush rate")
 	fs.StringVar(&c.Out, "out", "docs/benchmarks.md", "Markdown report, relative to the module root; empty for none")
 	fs.StringVar(&c.Caddy, "caddy", "", "prebuilt caddy binary with the aitoken modules (default: build ./internal/testcaddy)")
-	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of caddy under aitoken load to this file")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of caddy under aitoken load to this file (and its allocations to FILE.allocs)")
 	fs.DurationVar(&c.ProfileTime, "profile-time", 10*time.Second, "length of the -cpuprofile load")
 	fs.BoolVar(&c.ProfileStreams, "profile-streams", false, "profile SSE streams (-stream-concurrency in flight) instead of JSON requests")
 	fs.BoolVar(&c.Quick, "quick", false, "smoke run: short windows, few requests (numbers are rough)")

@@ -222,5 +222,18 @@ func profile(ctx context.Context, l *loader, cfg config) error {
 	if a.err != nil {
 		return a.err
 	}
-	return os.WriteFile(cfg.CPUProfile, a.b, 0o644)
+	if err := os.WriteFile(cfg.CPUProfile, a.b, 0o644); err != nil {
+		return err
+	}
+	// The allocations since caddy started (mostly this load), beside it.
+	resp, err := http.Get(l.e.adminURL + "/debug/pprof/allocs")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(cfg.CPUProfile+".allocs", b, 0o644)
 }
