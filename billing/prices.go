@@ -154,3 +154,22 @@ func (t *PriceTable) Lookup(model string) (Price, bool) {
 	}
 	return Price{}, false
 }
+
+// Pattern returns the price table entry that prices model: model itself,
+// or the "prefix*" pattern it matched; "" when none does. It names a
+// model in metrics, where labels must come from the configuration, not
+// from clients.
+func (t *PriceTable) Pattern(model string) string {
+	if t == nil {
+		return ""
+	}
+	if _, ok := t.exact[model]; ok {
+		return model
+	}
+	for _, pp := range t.prefixes {
+		if strings.HasPrefix(model, pp.prefix) {
+			return pp.prefix + "*"
+		}
+	}
+	return ""
+}

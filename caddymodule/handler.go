@@ -289,13 +289,10 @@ func (h *Handler) refuse(w http.ResponseWriter, err error, model string) {
 	h.deny(w, h.authError(err, model), model)
 }
 
-// deny answers a request refused before it was forwarded, and counts it.
-// model is the request's model when it is priced, or "".
+// deny answers a request refused before it was forwarded, and counts it
+// under the price pattern of the request's model (or "").
 func (h *Handler) deny(w http.ResponseWriter, e *apiError, model string) {
-	if _, ok := h.app.prices.Lookup(model); !ok {
-		model = ""
-	}
-	countRefusal(model, e)
+	countRefusal(h.app.prices.Pattern(model), e)
 	e.write(w)
 }
 

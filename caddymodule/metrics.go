@@ -17,7 +17,8 @@ import (
 
 // The collectors are created once and registered in every config's
 // registry (ctx.GetMetricsRegistry is per config), so their values survive
-// reloads. Labels are bounded: priced models, fixed outcomes and kinds,
+// reloads. Labels are bounded: price table entries (a wildcard price's
+// "prefix*", never the client's model name), fixed outcomes and kinds,
 // never a user or a key.
 var metrics = struct {
 	requests     *prometheus.CounterVec
@@ -106,6 +107,7 @@ func registerMetrics(ctx caddy.Context) error {
 }
 
 // countRequest records a forwarded request's outcome and what it billed.
+// model is a price table entry (PriceTable.Pattern): a configured name.
 func countRequest(model string, outcome meter.Outcome, t billing.Tokens, reasoning int64, cost billing.Nanos) {
 	metrics.requests.WithLabelValues(model, string(outcome)).Inc()
 	addTokens(model, "input", t.Input)
@@ -125,7 +127,7 @@ func addTokens(model, kind string, n int64) {
 }
 
 // countRefusal records a request answered with e before it was forwarded.
-// model must be a priced model or "".
+// model is a price table entry (PriceTable.Pattern) or "".
 func countRefusal(model string, e *apiError) {
 	metrics.requests.WithLabelValues(model, e.Code).Inc()
 	if e == errQuota {

@@ -66,6 +66,13 @@ series:
 
 func TestMetricsCountRequestsAndSurviveReload(t *testing.T) {
 	tc := gateway(t)
+	// A first request loads the Lua scripts (a Redis that has not seen them
+	// answers NOSCRIPT once), so the counts below are this test's alone.
+	uw, kw := newAccount(t, "1.00", "")
+	if resp, body := post(t, "/v1/chat/completions", kw.Key, `{"model":"test-model","messages":[]}`); resp.StatusCode != http.StatusOK {
+		t.Fatalf("warm-up chat: %d %s", resp.StatusCode, body)
+	}
+	waitUsage(t, uw.ID, 1)
 	before := scrape(t)
 
 	// One completed request: 12 input + 7 output tokens, 26000 nanos.

@@ -181,7 +181,7 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 			input: tokens.Input, output: tokens.Output, cost: cost, outcome: outcome}))
 	}
 
-	countRequest(req.Model, outcome, tokens, usage.ReasoningTokens, cost)
+	countRequest(h.app.prices.Pattern(req.Model), outcome, tokens, usage.ReasoningTokens, cost)
 
 	body, err := rec.AppendJSON(make([]byte, 0, 512))
 	if err != nil {
