@@ -236,6 +236,10 @@ func (a *App) keepClientIP() bool { return a.LogClientIP == nil || *a.LogClientI
 // Start makes this config's app the one the admin API serves and, on the
 // ledger node, starts the retention job.
 func (a *App) Start() error {
+	a.redis.start()
+	if a.ledger != nil {
+		a.ledger.start()
+	}
 	activeApp.Store(a)
 	if a.ledger != nil {
 		a.retention = startRetention(a.retentionJob())

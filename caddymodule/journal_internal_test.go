@@ -40,18 +40,20 @@ func TestJournalLeftoverIsSettledAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The killed process: the settlement is in the journal, never Done.
+	// The killed process: the settlement is in its journal, never Done
+	// (its lock went with it).
 	spath := spoolPath(dir, "redis|"+srv.URL())
 	jr, err := journal.Open(filepath.Dir(spath), journalPrefix(spath))
 	if err != nil {
 		t.Fatal(err)
 	}
-	payload, err := json.Marshal(spooled{Grant: g, Cost: 1234, Tokens: 17,
-		Record: json.RawMessage(`{"request_id":"req_journal1"}`), Mode: g.Mode()})
-	if err != nil {
+	s := spooled{Grant: settlementGrant(g), Cost: 1234, Tokens: 17,
+		Record: json.RawMessage(`{"request_id":"req_journal1"}`), Mode: g.Mode()}
+	if _, err := jr.Append(s.appendJSON(nil)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := jr.Append(payload); err != nil {
+	// Its end released the lock; a file with a record not Done stays.
+	if err := jr.Close(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -70,6 +72,7 @@ func TestJournalLeftoverIsSettledAtStart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		rc.start()
 		deadline := time.Now().Add(10 * time.Second)
 		for !settled() {
 			if time.Now().After(deadline) {
@@ -121,6 +124,7 @@ func TestSettlerBatchesAndSurvivesAFlushedScriptCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rc.release()
+	rc.start()
 	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}

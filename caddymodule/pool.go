@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -40,13 +41,17 @@ type redisConn struct {
 	replayer *spool.Replayer
 	// journal holds settlements from the end of their response until
 	// Redis (or the spool) has them; settler applies them.
-	journal *journal.Journal
-	settler *settler
+	journal       *journal.Journal
+	journalDir    string
+	journalPrefix string
+	settler       *settler
+	// started runs start once, when a config using the connection starts.
+	started sync.Once
+	log     *zap.Logger
 }
 
-// settle applies a settlement, or spools it when Redis cannot take it, so
-// no usage record is lost. It reports false only when the settlement is
-// nowhere safe (the spool failed too).
+// settle applies a settlement, or spools it when Redis cannot take it. It
+// reports false when the settlement is in neither (the spool failed too).
 func (c *redisConn) settle(ctx context.Context, s spooled, log *zap.Logger) bool {
 	_, err := billing.NewAccounts(c.client).Settle(withRedisOp(ctx, opSettle), s.Grant, s.Cost, s.Tokens, s.Record, firstMode(s.Grant))
 	return err == nil || c.spoolFailed(s, err, log)
@@ -75,10 +80,7 @@ func (c *redisConn) spoolFailed(s spooled, err error, log *zap.Logger) bool {
 		err = c.spool.Append(spool.Entry{ID: s.Grant.RequestID, Payload: payload})
 	}
 	if err != nil {
-		metrics.lost.Inc()
-		log.Error("usage record lost: cannot spool settlement",
-			zap.String("request_id", s.Grant.RequestID), zap.String("user", s.Grant.User),
-			zap.String("cost", s.Cost.String()), zap.Error(err))
+		log.Error("cannot spool settlement", zap.String("request_id", s.Grant.RequestID), zap.Error(err))
 		return false
 	}
 	metrics.spooled.Inc()
@@ -93,32 +95,60 @@ func (c *redisConn) spoolFailed(s spooled, err error, log *zap.Logger) bool {
 func (c *redisConn) settleLater(s spooled, t *tracker, log *zap.Logger) {
 	s.Mode = s.Grant.Mode() // what a replay from the journal must use
 	buf := journalBufs.Get().(*[]byte)
+	defer journalBufs.Put(buf)
 	*buf = s.appendJSON((*buf)[:0])
 	ticket, err := c.journal.Append(*buf)
-	journalBufs.Put(buf)
-	if err != nil {
+	if err == nil {
+		t.begin()
+		if c.settler.enqueue(settleJob{s: s, ticket: ticket, done: t.end}) {
+			return
+		}
+		defer t.end()
+	} else {
 		log.Warn("journal unavailable; settling before the response ends",
 			zap.String("request_id", s.Grant.RequestID), zap.Error(err))
-		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-		defer cancel()
-		c.settle(ctx, s, log)
-		return
 	}
-	t.begin()
-	if c.settler.enqueue(settleJob{s: s, ticket: ticket, done: t.end}) {
-		return
-	}
-	// A request that outlived its config's drain timeout.
+	// A request that outlived its config's drain timeout: the connection
+	// may be closed. Settle now, or leave the settlement for the next start.
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
-	if c.settle(ctx, s, log) {
-		c.journal.Done(ticket)
+	switch {
+	case c.settle(ctx, s, log):
+		if err == nil {
+			c.journal.Done(ticket)
+		}
+	case err == nil:
+		// It is in the journal, not Done: the next start settles it.
+	default:
+		if lerr := journal.WriteLeftover(c.journalDir, c.journalPrefix, *buf); lerr != nil {
+			metrics.lost.Inc()
+			log.Error("usage record lost: cannot settle, spool or journal it",
+				zap.String("request_id", s.Grant.RequestID), zap.String("user", s.Grant.User),
+				zap.String("cost", s.Cost.String()), zap.Error(lerr))
+		}
 	}
-	t.end()
 }
 
 // journalBufs holds the buffers settlements are encoded into.
 var journalBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// start takes up what stopped processes left (journal leftovers into the
+// spool) and starts replaying the spool. It runs when a config starts, not
+// when one is provisioned: `caddy validate` provisions the server's config
+// in another process and must not touch a running node's files.
+func (c *redisConn) start() {
+	c.started.Do(func() {
+		if err := c.recoverJournal(c.log.Named("journal")); err != nil {
+			// They stay in the journal for the next start.
+			c.log.Error("recovering settlements from the journal", zap.Error(err))
+		}
+		if !c.journal.Owner() {
+			c.log.Error("another process uses this spool directory: it keeps its own journal and spool; " +
+				"give each process its own spool_dir")
+		}
+		c.replayer.Start()
+	})
+}
 
 // recoverJournal moves the settlements a stopped process left in the
 // journal to the spool, whose replayer applies them idempotently.
@@ -217,7 +247,8 @@ func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redis
 		if err != nil {
 			return nil, fmt.Errorf("spool: %v", err)
 		}
-		jr, err := journal.Open(filepath.Dir(spoolPath(spoolDir, key)), journalPrefix(spoolPath(spoolDir, key)))
+		jdir, jprefix := filepath.Dir(spoolPath(spoolDir, key)), journalPrefix(spoolPath(spoolDir, key))
+		jr, err := journal.Open(jdir, jprefix)
 		if err != nil {
 			_ = sp.Close()
 			return nil, fmt.Errorf("settlement journal: %v", err)
@@ -226,15 +257,8 @@ func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redis
 		client := redis.NewUniversalClient(uo)
 		client.AddHook(redisHook{})
 		rc := &redisConn{key: key, url: url, sentinel: sentinel, client: client,
-			keys: newKeyCache(), spool: sp, journal: jr}
-		if err := rc.recoverJournal(log.Named("journal")); err != nil {
-			_ = jr.Close()
-			_ = sp.Close()
-			_ = client.Close()
-			return nil, fmt.Errorf("settlement journal: %v", err)
-		}
+			keys: newKeyCache(), spool: sp, journal: jr, journalDir: jdir, journalPrefix: jprefix, log: log}
 		rc.replayer = spool.NewReplayer(sp, rc.replay, time.Second, log.Named("spool"))
-		rc.replayer.Start()
 		rc.settler = newSettler(rc, log)
 		ctx, cancel := context.WithCancel(context.Background())
 		rc.cancel = cancel
@@ -250,9 +274,9 @@ func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redis
 // Destruct closes the client once no config uses it.
 func (c *redisConn) Destruct() error {
 	c.cancel()
+	c.settler.stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c.settler.stop()
 	_ = c.replayer.Stop(ctx)
 	_ = c.journal.Close()
 	_ = c.spool.Close()
@@ -271,6 +295,8 @@ type ledgerConn struct {
 	flusher *usagelog.Flusher
 	redis   *redisConn
 	log     *zap.Logger
+	started sync.Once
+	running atomic.Bool
 }
 
 func acquireLedger(path string, rc *redisConn, interval time.Duration, log *zap.Logger) (*ledgerConn, error) {
@@ -298,7 +324,6 @@ func acquireLedger(path string, rc *redisConn, interval time.Duration, log *zap.
 			Consumer: "ledger-" + path,
 			Interval: interval,
 		}, log.Named("flusher"))
-		f.Start()
 		return &ledgerConn{key: key, store: store, flusher: f, redis: own, log: log}, nil
 	})
 	if err != nil {
@@ -307,13 +332,24 @@ func acquireLedger(path string, rc *redisConn, interval time.Duration, log *zap.
 	return v.(*ledgerConn), nil
 }
 
+// start starts the flusher once, when a config using the ledger starts
+// (not in a `caddy validate` that only provisions it).
+func (l *ledgerConn) start() {
+	l.started.Do(func() {
+		l.flusher.Start()
+		l.running.Store(true)
+	})
+}
+
 // Destruct drains the usage stream into the ledger and closes it.
 func (l *ledgerConn) Destruct() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := l.flusher.Stop(ctx)
-	if err != nil {
-		l.log.Error("draining usage stream on shutdown", zap.Error(err))
+	var err error
+	if l.running.Load() {
+		if err = l.flusher.Stop(ctx); err != nil {
+			l.log.Error("draining usage stream on shutdown", zap.Error(err))
+		}
 	}
 	if cerr := l.store.Close(); err == nil {
 		err = cerr

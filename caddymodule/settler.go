@@ -117,6 +117,9 @@ func (st *settler) apply(batch []settleJob) {
 		}
 		if err == nil || st.conn.spoolFailed(j.s, err, st.log) {
 			st.conn.journal.Done(j.ticket)
+		} else {
+			st.log.Error("settlement kept in the journal until the next start",
+				zap.String("request_id", j.s.Grant.RequestID))
 		}
 		j.done()
 	}

@@ -13,7 +13,11 @@
 // outstanding. Records still in files when a journal is opened are the
 // Leftovers of a process that stopped before settling them.
 //
-// One process should own a prefix in a dir.
+// A journal owns its prefix while it is open: an exclusive lock on
+// prefix.lock. Another journal opened on the same prefix meanwhile (a
+// second process on the same directory, such as `caddy validate` run with
+// the server's config) finds no leftovers, deletes nothing, and writes its
+// own files.
 package journal
 
 import (
@@ -26,6 +30,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 )
 
 // ErrClosed is returned by Append on a closed journal.
@@ -50,6 +56,7 @@ type Journal struct {
 	closed    bool
 	buf       []byte
 	leftovers []string
+	lock      *os.File // held (flock) while this journal owns its prefix
 }
 
 // segment is one journal file.
@@ -75,8 +82,18 @@ func Open(dir, prefix string) (*Journal, error) {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
 	j := &Journal{dir: dir, prefix: prefix}
+	lock, err := os.OpenFile(filepath.Join(dir, prefix+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+		j.lock = lock
+	} else {
+		lock.Close() // another journal owns the prefix: leave its files alone
+	}
 	paths, err := filepath.Glob(filepath.Join(dir, prefix+"-*.log"))
 	if err != nil {
+		j.unlock()
 		return nil, fmt.Errorf("journal: %w", err)
 	}
 	for _, p := range paths {
@@ -84,7 +101,9 @@ func Open(dir, prefix string) (*Journal, error) {
 		if !ok {
 			continue
 		}
-		j.leftovers = append(j.leftovers, p)
+		if j.lock != nil {
+			j.leftovers = append(j.leftovers, p)
+		}
 		j.next = max(j.next, n+1)
 	}
 	sort.Slice(j.leftovers, func(a, b int) bool {
@@ -99,6 +118,17 @@ func (j *Journal) number(path string) (int, bool) {
 	s := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(path), j.prefix+"-"), ".log")
 	n, err := strconv.Atoi(s)
 	return n, err == nil && n >= 0
+}
+
+// Owner reports whether this journal owns its prefix (and so has the
+// leftovers of earlier processes).
+func (j *Journal) Owner() bool { return j.lock != nil }
+
+func (j *Journal) unlock() {
+	if j.lock != nil {
+		_ = j.lock.Close() // releases the flock
+		j.lock = nil
+	}
 }
 
 // Leftovers returns the records in the files found at Open, oldest first.
@@ -177,13 +207,24 @@ func (j *Journal) rotate() error {
 		j.cur.sealed = true
 		j.retire(j.cur)
 	}
-	path := filepath.Join(j.dir, j.prefix+"-"+strconv.Itoa(j.next)+".log")
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	var (
+		path string
+		f    *os.File
+		err  error
+	)
+	// Another journal on the prefix may have taken a number: skip it.
+	for range 1000 {
+		path = filepath.Join(j.dir, j.prefix+"-"+strconv.Itoa(j.next)+".log")
+		j.next++
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+		if !errors.Is(err, os.ErrExist) {
+			break
+		}
+	}
 	if err != nil {
 		j.cur = nil
 		return fmt.Errorf("journal: %w", err)
 	}
-	j.next++
 	j.cur = &segment{path: path, f: f}
 	return nil
 }
@@ -235,6 +276,7 @@ func (j *Journal) Close() error {
 		return nil
 	}
 	j.closed = true
+	defer j.unlock()
 	s := j.cur
 	j.cur = nil
 	if s == nil || s.f == nil {
@@ -248,4 +290,31 @@ func (j *Journal) Close() error {
 		}
 	}
 	return err
+}
+
+// WriteLeftover writes rec, fsynced, as a file of its own in dir that the
+// next journal to own prefix finds among its Leftovers: for a record that
+// outlived its journal (Append failed with ErrClosed) and could be put
+// nowhere else.
+func WriteLeftover(dir, prefix string, rec []byte) error {
+	if bytes.IndexByte(rec, '\n') >= 0 {
+		return errors.New("journal: record contains a newline")
+	}
+	path := filepath.Join(dir, prefix+"-"+strconv.FormatInt(time.Now().UnixNano(), 10)+".log")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	_, err = f.Write(append(append([]byte(nil), rec...), '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(path)
+		return fmt.Errorf("journal: %w", err)
+	}
+	return nil
 }

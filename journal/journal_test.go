@@ -59,6 +59,7 @@ func TestOutstandingRecordsSurviveAndDoneOnesDoNot(t *testing.T) {
 	j.Done(tickets[4])
 	// A killed process: nothing closed. The next Open finds every record
 	// of the file (done or not: replays are idempotent), none is lost.
+	j.crash()
 	j2 := openT(t, dir)
 	got := leftovers(t, j2)
 	if len(got) != 5 || got[1] != `{"n":1}` || got[3] != `{"n":3}` {
@@ -186,6 +187,7 @@ func TestConcurrentAppendDone(t *testing.T) {
 	if got := j.Pending(); got != 8*250 {
 		t.Fatalf("Pending = %d, want %d", got, 8*250)
 	}
+	j.crash()
 	recs := leftovers(t, openT(t, dir))
 	seen := map[string]bool{}
 	for _, r := range recs {
@@ -212,4 +214,17 @@ func BenchmarkAppendDone(b *testing.B) {
 		}
 		j.Done(tk)
 	}
+}
+
+// crash plays the process being killed: the lock and the files are let
+// go, nothing is removed.
+func (j *Journal) crash() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.closed = true
+	if j.cur != nil && j.cur.f != nil {
+		_ = j.cur.f.Close()
+		j.cur.f = nil
+	}
+	j.unlock()
 }
