@@ -13,8 +13,8 @@ func TestRequestIDsSortByTimeAndAreUnique(t *testing.T) {
 	for i := range 2000 {
 		now := base.Add(time.Duration(i/100) * time.Millisecond)
 		id := requestID(now)
-		if len(id) != 28 || !strings.HasPrefix(id, "req_") {
-			t.Fatalf("id %q: want req_ and 24 hex digits", id)
+		if len(id) != 32 || !strings.HasPrefix(id, "req_") {
+			t.Fatalf("id %q: want req_ and 28 hex digits", id)
 		}
 		if seen[id] {
 			t.Fatalf("duplicate id %q", id)

@@ -60,7 +60,7 @@ var metrics = struct {
 	}, []string{"op"}),
 	redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "aitoken", Name: "redis_errors_total",
-		Help: "Redis round trips that failed (not counting nil replies), by operation.",
+		Help: "Redis commands that failed (not counting nil replies; each command of a pipeline counts), by operation.",
 	}, []string{"op"}),
 	spooled: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "aitoken", Name: "settlements_spooled_total",
@@ -167,16 +167,28 @@ func (redisHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proce
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		start := time.Now()
 		err := next(ctx, cmds)
-		observeRedis(ctx, "pipeline", start, err)
+		observeRedis(ctx, "pipeline", start, nil)
+		op := redisOp(ctx, "pipeline")
+		for _, c := range cmds {
+			if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) {
+				metrics.redisErrors.WithLabelValues(op).Inc()
+			}
+		}
 		return err
 	}
 }
 
-func observeRedis(ctx context.Context, cmd string, start time.Time, err error) {
-	op, _ := ctx.Value(redisOpKey{}).(string)
-	if op == "" {
-		op = strings.ToLower(cmd)
+// redisOp is the operation label of a round trip: the context's, or the
+// command's name.
+func redisOp(ctx context.Context, cmd string) string {
+	if op, _ := ctx.Value(redisOpKey{}).(string); op != "" {
+		return op
 	}
+	return strings.ToLower(cmd)
+}
+
+func observeRedis(ctx context.Context, cmd string, start time.Time, err error) {
+	op := redisOp(ctx, cmd)
 	metrics.redisTime.WithLabelValues(op).Observe(time.Since(start).Seconds())
 	if err != nil && !errors.Is(err, redis.Nil) {
 		metrics.redisErrors.WithLabelValues(op).Inc()

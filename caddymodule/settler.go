@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -24,6 +25,7 @@ type settler struct {
 
 	mu     sync.RWMutex // held for reading while enqueueing
 	closed bool
+	quit   chan struct{} // closed by stop: ends sweep
 }
 
 // settleJob is one settlement on its way to Redis.
@@ -44,11 +46,30 @@ const (
 )
 
 func newSettler(c *redisConn, log *zap.Logger) *settler {
-	st := &settler{conn: c, log: log, jobs: make(chan settleJob, settleQueue)}
+	st := &settler{conn: c, log: log, jobs: make(chan settleJob, settleQueue), quit: make(chan struct{})}
 	for range settleWorkers {
 		st.wg.Go(st.work)
 	}
+	st.wg.Go(st.sweep)
 	return st
+}
+
+// journalSweep is how often settled records are cleared from an idle
+// journal file.
+const journalSweep = 5 * time.Second
+
+// sweep empties the journal's open file whenever it is idle, until stop.
+func (st *settler) sweep() {
+	t := time.NewTicker(journalSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-st.quit:
+			return
+		case <-t.C:
+			st.conn.journal.TruncateIdle()
+		}
+	}
 }
 
 // enqueue hands j to a worker; it waits only when the queue is full. It
@@ -69,6 +90,7 @@ func (st *settler) stop() {
 	if !st.closed {
 		st.closed = true
 		close(st.jobs)
+		close(st.quit)
 	}
 	st.mu.Unlock()
 	st.wg.Wait()

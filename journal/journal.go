@@ -259,6 +259,19 @@ func (j *Journal) Done(t Ticket) {
 	}
 }
 
+// TruncateIdle empties the open file when none of its records is
+// outstanding, so settled records (with their usage details) do not
+// linger on a quiet node.
+func (j *Journal) TruncateIdle() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if s := j.cur; s != nil && s.f != nil && s.open == 0 && s.size > 0 {
+		if s.f.Truncate(0) == nil {
+			s.size = 0
+		}
+	}
+}
+
 // Pending is the number of records not yet Done.
 func (j *Journal) Pending() int64 {
 	j.mu.Lock()

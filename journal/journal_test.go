@@ -228,3 +228,21 @@ func (j *Journal) crash() {
 	}
 	j.unlock()
 }
+
+func TestTruncateIdleClearsSettledRecords(t *testing.T) {
+	dir := t.TempDir()
+	j := openT(t, dir)
+	a, _ := j.Append([]byte("settled"))
+	b, _ := j.Append([]byte("in flight"))
+	j.Done(a)
+	j.TruncateIdle() // one record still outstanding: nothing goes
+	fs := files(t, dir)
+	if st, err := os.Stat(fs[0]); err != nil || st.Size() == 0 {
+		t.Fatalf("a busy file was truncated: %v %v", st.Size(), err)
+	}
+	j.Done(b)
+	j.TruncateIdle()
+	if st, err := os.Stat(fs[0]); err != nil || st.Size() != 0 {
+		t.Fatalf("idle file size = %d, %v; want 0", st.Size(), err)
+	}
+}
