@@ -14,27 +14,37 @@ import (
 	"github.com/cnaitoken/caddy-aitoken/journal"
 )
 
+// fundedKey starts a redis-server holding an account for user with credit
+// nanos and an active key, and returns the server, a client, the accounts
+// and the key's hash.
+func fundedKey(t *testing.T, user string, credit billing.Nanos) (*testredis.Server, *redis.Client, *billing.Accounts, string) {
+	t.Helper()
+	srv := testredis.Start(t)
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	acc := billing.NewAccounts(rdb)
+	if err := acc.EnsureAccount(ctx, user); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acc.Credit(ctx, user, credit); err != nil {
+		t.Fatal(err)
+	}
+	hash := billing.HashKey("sk-test-" + user)
+	if err := acc.PutKey(ctx, hash, billing.KeyRecord{ID: "k-" + user, User: user, Active: true}); err != nil {
+		t.Fatal(err)
+	}
+	return srv, rdb, acc, hash
+}
+
 // TestJournalLeftoverIsSettledAtStart plays a process killed after it wrote
 // a settlement ahead and before Redis took it: the next start settles it,
 // once.
 func TestJournalLeftoverIsSettledAtStart(t *testing.T) {
-	srv := testredis.Start(t)
+	const credit = 1_000_000_000
+	srv, rdb, acc, hash := fundedKey(t, "u1", credit)
 	dir := t.TempDir()
 	ctx := context.Background()
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
-	acc := billing.NewAccounts(rdb)
-	const credit = 1_000_000_000
-	if err := acc.EnsureAccount(ctx, "u1"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := acc.Credit(ctx, "u1", credit); err != nil {
-		t.Fatal(err)
-	}
-	hash := billing.HashKey("sk-journal-test")
-	if err := acc.PutKey(ctx, hash, billing.KeyRecord{ID: "k1", User: "u1", Active: true}); err != nil {
-		t.Fatal(err)
-	}
 	g, err := acc.Authorize(ctx, billing.AuthRequest{KeyHash: hash, Model: "m", Hold: 500_000, RequestID: "req_journal1"})
 	if err != nil {
 		t.Fatal(err)
@@ -94,23 +104,10 @@ func TestJournalLeftoverIsSettledAtStart(t *testing.T) {
 // at once through the settler (pipelined batches) on a Redis whose script
 // cache was flushed: each is applied exactly once, and the journal empties.
 func TestSettlerBatchesAndSurvivesAFlushedScriptCache(t *testing.T) {
-	srv := testredis.Start(t)
+	const credit, n, cost = 1_000_000_000, 300, 1000
+	srv, rdb, acc, hash := fundedKey(t, "u2", credit)
 	dir := t.TempDir()
 	ctx := context.Background()
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
-	acc := billing.NewAccounts(rdb)
-	const credit, n, cost = 1_000_000_000, 300, 1000
-	if err := acc.EnsureAccount(ctx, "u2"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := acc.Credit(ctx, "u2", credit); err != nil {
-		t.Fatal(err)
-	}
-	hash := billing.HashKey("sk-settler-test")
-	if err := acc.PutKey(ctx, hash, billing.KeyRecord{ID: "k2", User: "u2", Active: true}); err != nil {
-		t.Fatal(err)
-	}
 	grants := make([]billing.Grant, n)
 	for i := range grants {
 		g, err := acc.Authorize(ctx, billing.AuthRequest{KeyHash: hash, Model: "m", Hold: 5000, RequestID: billing.NewRequestID()})

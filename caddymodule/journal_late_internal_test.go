@@ -6,11 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
-	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 )
 
 // TestSettlementAfterTheLastReleaseIsKept plays a request that outlived its
@@ -20,23 +18,10 @@ import (
 // next start, and not be dropped because the journal, client and spool are
 // closed.
 func TestSettlementAfterTheLastReleaseIsKept(t *testing.T) {
-	srv := testredis.Start(t)
+	const credit, cost = 1_000_000_000, 1234
+	srv, _, acc, hash := fundedKey(t, "u-late", credit)
 	dir := t.TempDir()
 	ctx := context.Background()
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
-	acc := billing.NewAccounts(rdb)
-	const credit, cost = 1_000_000_000, 1234
-	if err := acc.EnsureAccount(ctx, "u-late"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := acc.Credit(ctx, "u-late", credit); err != nil {
-		t.Fatal(err)
-	}
-	hash := billing.HashKey("sk-late-test")
-	if err := acc.PutKey(ctx, hash, billing.KeyRecord{ID: "k-late", User: "u-late", Active: true}); err != nil {
-		t.Fatal(err)
-	}
 	g, err := acc.Authorize(ctx, billing.AuthRequest{KeyHash: hash, Model: "m", Hold: 500_000, RequestID: "req_late1"})
 	if err != nil {
 		t.Fatal(err)
