@@ -202,7 +202,15 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 	if r.ContentLength > h.MaxRequestBody {
 		return nil, billing.Price{}, errTooLarge
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, h.MaxRequestBody+1))
+	var body []byte
+	var err error
+	if r.ContentLength > 0 {
+		// The length is known (and within the limit): one exact read.
+		body = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(r.Body, body)
+	} else {
+		body, err = io.ReadAll(io.LimitReader(r.Body, h.MaxRequestBody+1))
+	}
 	if err != nil {
 		return nil, billing.Price{}, errInvalidRequest("could not read the request body", "")
 	}

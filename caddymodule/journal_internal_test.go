@@ -127,7 +127,7 @@ func TestSettlerBatchesAndSurvivesAFlushedScriptCache(t *testing.T) {
 	}
 	tr := new(tracker)
 	for _, g := range grants {
-		rc.settleLater(spooled{Grant: g, Cost: cost, Tokens: 1, Record: json.RawMessage(`{"request_id":"` + g.RequestID + `"}`)}, tr, rc.settler.log)
+		rc.settleLater(spooled{Grant: g, Cost: cost, Tokens: 1, Record: json.RawMessage(`{"request_id":"` + g.RequestID + `"}`)}, tr, rc.settler.log, nil)
 	}
 	select {
 	case <-tr.idle():

@@ -35,7 +35,7 @@ func TestSettlementAfterTheLastReleaseIsKept(t *testing.T) {
 
 	// The long request ends now.
 	rc.settleLater(spooled{Grant: g, Cost: cost, Tokens: 17, Record: json.RawMessage(`{"request_id":"req_late1"}`)},
-		new(tracker), zap.NewNop())
+		new(tracker), zap.NewNop(), nil)
 
 	// A later start of the same Redis target must find it if it did not land.
 	rc2, err := acquireRedis(srv.URL(), nil, dir)

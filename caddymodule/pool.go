@@ -92,12 +92,19 @@ func (c *redisConn) spoolFailed(s spooled, err error, log *zap.Logger) bool {
 // so the response ends without waiting for Redis; a process killed before
 // the settlement lands replays it from the journal at its next start.
 // Without a journal it settles at once.
-func (c *redisConn) settleLater(s spooled, t *tracker, log *zap.Logger) {
+//
+// ahead, if not nil, runs once the settlement is safe in the journal and
+// before it is handed over: the handler flushes the response there, so the
+// client has it before anything else happens.
+func (c *redisConn) settleLater(s spooled, t *tracker, log *zap.Logger, ahead func()) {
 	s.Mode = s.Grant.Mode() // what a replay from the journal must use
 	buf := journalBufs.Get().(*[]byte)
 	defer journalBufs.Put(buf)
 	*buf = s.appendJSON((*buf)[:0])
 	ticket, err := c.journal.Append(*buf)
+	if err == nil && ahead != nil {
+		ahead()
+	}
 	if err == nil {
 		t.begin()
 		if c.settler.enqueue(settleJob{s: s, ticket: ticket, done: t.end}) {

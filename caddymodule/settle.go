@@ -191,7 +191,13 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 	// The settlement is written ahead to the journal now, before the
 	// response's end leaves the handler, and applied in Redis after it.
 	h.app.redis.settleLater(spooled{Grant: settlementGrant(g), Cost: cost, Tokens: tokens.Input + tokens.Output, Record: body},
-		h.app.settling, h.log)
+		h.app.settling, h.log, func() {
+			// The client has the whole response now, not after the
+			// settlement is handed to a worker.
+			if !aborted {
+				_ = http.NewResponseController(mw).Flush()
+			}
+		})
 }
 
 // logFields are the access log's aitoken_* fields. They go in as one
