@@ -75,11 +75,7 @@ func (c *redisConn) spoolFailed(s spooled, err error, log *zap.Logger) bool {
 	log.Warn("settling in redis failed; spooling it for replay",
 		zap.String("request_id", s.Grant.RequestID), zap.Error(err))
 	s.Mode = s.Grant.Mode()
-	payload, err := json.Marshal(s)
-	if err == nil {
-		err = c.spool.Append(spool.Entry{ID: s.Grant.RequestID, Payload: payload})
-	}
-	if err != nil {
+	if err := c.spool.Append(spool.Entry{ID: s.Grant.RequestID, Payload: s.appendJSON(nil)}); err != nil {
 		log.Error("cannot spool settlement", zap.String("request_id", s.Grant.RequestID), zap.Error(err))
 		return false
 	}
