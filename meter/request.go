@@ -22,6 +22,12 @@ type Request struct {
 	// InjectedUsage is true when Body was rewritten to ask the upstream for
 	// stream usage.
 	InjectedUsage bool
+	// Choices is how many completions the request can produce (n × best_of
+	// for chat and completions), at least 1.
+	Choices int64
+	// MediaParts counts the image, audio and file input parts, which cost
+	// tokens the body's length does not show.
+	MediaParts int64
 	// InputEstimate is a conservative estimate of the input tokens, used for
 	// the hold: ceil(len(body)/2), at least 1.
 	InputEstimate int64
@@ -61,7 +67,7 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 	if !ok || !json.Valid(body) {
 		return nil, ErrInvalidJSON
 	}
-	r := &Request{Format: f, Body: body, InputEstimate: max(1, (int64(len(body))+1)/2)}
+	r := &Request{Format: f, Body: body, Choices: 1, InputEstimate: max(1, (int64(len(body))+1)/2)}
 	var model, streamOpts []byte
 	optsStart := -1
 	for {
