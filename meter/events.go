@@ -47,7 +47,8 @@ func (o *Observer) chatEvent(data []byte) {
 		case "choices":
 			o.choiceText(v)
 		case "usage":
-			if u, ok := decodeUsage(v); ok { // last non-null usage wins
+			// The last usage report wins; an object without the counts is none.
+			if u, ok := decodeUsage(v); ok && u.complete(o.format) {
 				o.wire, o.hasUsage = u, true
 			}
 		case "error":
@@ -158,11 +159,13 @@ func (o *Observer) messagesEvent(ev, data []byte) {
 }
 
 // overlayUsage lays the fields of a cumulative usage report over the ones
-// seen so far.
+// seen so far. There is a report once the input and the output count have
+// both been seen (message_start's output count is a placeholder that
+// message_delta replaces).
 func (o *Observer) overlayUsage(v []byte) {
 	if u, ok := decodeUsage(v); ok {
 		o.wire.overlay(&u)
-		o.hasUsage = true
+		o.hasUsage = o.wire.complete(o.format)
 	}
 }
 
@@ -203,9 +206,9 @@ func (o *Observer) responsesEvent(ev, data []byte) {
 	}
 }
 
-// responseUsage records response.usage when it is not null.
+// responseUsage records response.usage when it is a usage report.
 func (o *Observer) responseUsage(response []byte) {
-	if u, ok := decodeUsage(member(response, "usage")); ok {
+	if u, ok := decodeUsage(member(response, "usage")); ok && u.complete(o.format) {
 		o.wire, o.hasUsage = u, true
 	}
 }

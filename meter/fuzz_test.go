@@ -73,8 +73,12 @@ type sseRun struct {
 	events []string
 }
 
-func runSSE(t *testing.T, req *Request, pieces [][]byte) sseRun {
+// runSSE observes pieces with lines and event data of at most limit bytes
+// decoded (maxLine in production), checking the memory bounds after each
+// Feed.
+func runSSE(t *testing.T, req *Request, limit int, pieces [][]byte) sseRun {
 	o := NewObserver(req)
+	o.limit = limit
 	o.Start(200, "text/event-stream")
 	var run sseRun
 	o.onEvent = func(ev, data []byte) { run.events = append(run.events, string(ev)+"|"+string(data)) }
@@ -83,7 +87,8 @@ func runSSE(t *testing.T, req *Request, pieces [][]byte) sseRun {
 		if err := o.Feed(&out, p); err != nil {
 			t.Fatal(err)
 		}
-		if len(o.line) > maxLine || len(o.data) > maxLine || len(o.event) > maxEventName {
+		// What is held back while hiding is o.line, a partial line.
+		if len(o.line) > limit || len(o.data) > limit || len(o.event) > maxEventName {
 			t.Fatalf("buffers over their bound: line %d data %d event %d", len(o.line), len(o.data), len(o.event))
 		}
 	}
@@ -94,8 +99,17 @@ func runSSE(t *testing.T, req *Request, pieces [][]byte) sseRun {
 	return run
 }
 
-// refEvents frames b the plain way, all in memory, per the SSE spec.
-func refEvents(b []byte) []string {
+// refFrame frames b the plain way, all in memory, per the SSE spec, with
+// lines and event data over limit bytes skipped: it returns the events
+// decoded and the bytes of data skipped (see spoilData), which count as
+// characters. A trailing partial line counts only when it is a long data
+// line, whose bytes passed.
+type refFrame struct {
+	events  [][2][]byte
+	spoiled int64
+}
+
+func refEvents(b []byte, limit int) refFrame {
 	var lines [][]byte
 	start := 0
 	for i := 0; i < len(b); i++ {
@@ -108,15 +122,32 @@ func refEvents(b []byte) []string {
 		}
 		start = i + 1
 	}
-	var events []string
+	var r refFrame
 	var ev, data []byte
-	has := false
+	has, over := false, false
+	dataLine := func(val []byte, long bool) {
+		switch {
+		case over:
+			r.spoiled += 1 + int64(len(val))
+		case long || has && len(data)+1+len(val) > limit:
+			r.spoiled += int64(len(val))
+			if has {
+				r.spoiled += 1 + int64(len(data))
+			}
+			data, has, over = nil, true, true
+		default:
+			if has {
+				data = append(data, '\n')
+			}
+			data, has = append(data, val...), true
+		}
+	}
 	for _, l := range lines {
 		if len(l) == 0 {
-			if has {
-				events = append(events, string(ev)+"|"+string(data))
+			if has && !over {
+				r.events = append(r.events, [2][]byte{ev, data})
 			}
-			ev, data, has = nil, nil, false
+			ev, data, has, over = nil, nil, false, false
 			continue
 		}
 		if l[0] == ':' {
@@ -126,22 +157,46 @@ func refEvents(b []byte) []string {
 		val = bytes.TrimPrefix(val, []byte(" "))
 		switch string(name) {
 		case "data":
-			if has {
-				data = append(data, '\n')
-			}
-			data, has = append(data, val...), true
+			dataLine(val, len(l) > limit)
 		case "event":
 			ev = append([]byte(nil), val[:min(len(val), maxEventName)]...)
 		}
 	}
-	return events
+	if rest := b[start:]; len(rest) > limit {
+		if name, val, _ := bytes.Cut(rest, []byte(":")); string(name) == "data" {
+			dataLine(bytes.TrimPrefix(val, []byte(" ")), true)
+		}
+	}
+	return r
+}
+
+// strings returns the events as runSSE records them.
+func (r refFrame) strings() []string {
+	var out []string
+	for _, e := range r.events {
+		out = append(out, string(e[0])+"|"+string(e[1]))
+	}
+	return out
+}
+
+// result is what an Observer for req learns from the events and the
+// skipped bytes of r: the reference for a framing of any split.
+func (r refFrame) result(req *Request) Result {
+	o := NewObserver(req)
+	o.Start(200, "text/event-stream")
+	for _, e := range r.events {
+		o.handleEvent(e[0], e[1])
+	}
+	o.chars += r.spoiled
+	return o.Result()
 }
 
 // refHidden is what a client gets from b when the usage-only chunk is
 // hidden, worked out on the whole input at once: a data line that is the
 // first field of its event and a usage-only chunk goes, with the blank line
-// right after it. A trailing partial line is kept.
-func refHidden(b []byte) []byte {
+// right after it. A line over limit bytes is never hidden. A trailing
+// partial line is kept.
+func refHidden(b []byte, limit int) []byte {
 	var out []byte
 	hasData, inEvent, dropBlank := false, false, false
 	for len(b) > 0 {
@@ -163,7 +218,7 @@ func refHidden(b []byte) []byte {
 			dropBlank = false
 		case string(name) == "data":
 			val = bytes.TrimPrefix(val, []byte(" "))
-			drop = !hasData && !inEvent && usageOnlyChunk(val)
+			drop = !hasData && !inEvent && len(line) <= limit && usageOnlyChunk(val)
 			dropBlank, hasData = drop, true
 		default:
 			dropBlank, inEvent = false, true
@@ -188,42 +243,55 @@ func FuzzSSEFramer(f *testing.F) {
 	}
 	f.Add([]byte("data: x\r"), uint64(0), true, uint8(FormatMessages))
 	f.Add([]byte("data:{\"choices\":[],\"usage\":{}}\r\r\rdata: [DONE]\n\n"), uint64(3), true, uint8(FormatCompletions))
+	// Lines and data over the limit, skipped (the fuzzer runs a small limit).
+	f.Add([]byte("data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: "+strings.Repeat("x", 300)+"\r\n\r\n"+
+		"event: "+strings.Repeat("e", 300)+"\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n"+
+		"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n"+
+		": "+strings.Repeat("c", 300)+"\ndata: [DONE]\n\ndata: "+strings.Repeat("y", 300)), uint64(6), true, uint8(FormatChat))
+	f.Add([]byte("data: "+strings.Repeat("d", 60)+"\ndata: "+strings.Repeat("d", 60)+"\n\n"), uint64(7), true, uint8(FormatChat))
 	f.Fuzz(func(t *testing.T, in []byte, seed uint64, hide bool, format uint8) {
 		if len(in) > 1<<16 {
 			return
 		}
 		req := &Request{Format: Format(format % 6), Stream: true, InjectedUsage: hide}
-		whole := runSSE(t, req, [][]byte{in})
-		split := runSSE(t, req, randomPieces(in, seed))
-		if !reflect.DeepEqual(whole, split) {
-			t.Fatalf("split changed the outcome:\nwhole %+v\nsplit %+v", whole, split)
-		}
-		sample := whole.result.OutputSample
-		if len(sample) > sampleCap {
-			t.Fatalf("sample of %d bytes", len(sample))
-		}
-		// Without \u escapes (bad ones, lone surrogates) and invalid UTF-8, the
-		// sample has as many runes as were counted, until it is full.
-		if utf8.Valid(in) && !bytes.Contains(in, []byte(`\u`)) && len(sample) < sampleCap-utf8.UTFMax {
-			if (sample == nil) != (whole.result.OutputChars == 0) {
-				t.Fatalf("sample %v for %d chars", sample, whole.result.OutputChars)
+		for _, limit := range []int{maxLine, 80 + int(seed%128)} {
+			whole := runSSE(t, req, limit, [][]byte{in})
+			split := runSSE(t, req, limit, randomPieces(in, seed))
+			if !reflect.DeepEqual(whole, split) {
+				t.Fatalf("limit %d: split changed the outcome:\nwhole %+v\nsplit %+v", limit, whole, split)
 			}
-			if n := utf8.RuneCount(sample); int64(n) != whole.result.OutputChars {
-				t.Fatalf("sample %q has %d runes, OutputChars %d", sample, n, whole.result.OutputChars)
+			ref := refEvents(in, limit)
+			if got, want := whole.events, ref.strings(); !reflect.DeepEqual(got, want) && !(len(got) == 0 && len(want) == 0) {
+				t.Fatalf("limit %d: events\n got %q\nwant %q", limit, got, want)
 			}
-		}
-		if ref := refEvents(in); !reflect.DeepEqual(whole.events, ref) && !(len(ref) == 0 && len(whole.events) == 0) {
-			t.Fatalf("events\n got %q\nwant %q", whole.events, ref)
-		}
-		hiding := hide && (req.Format == FormatChat || req.Format == FormatCompletions)
-		if !hiding || !bytes.Contains(in, usageKey) {
-			if !bytes.Equal(whole.out, in) {
-				t.Fatalf("forwarded bytes differ:\n got %q\nwant %q", whole.out, in)
+			if got, want := whole.result, ref.result(req); !reflect.DeepEqual(got, want) {
+				t.Fatalf("limit %d: result\n got %+v\nwant %+v", limit, got, want)
 			}
-		}
-		if hiding {
-			if want := refHidden(in); !bytes.Equal(whole.out, want) {
-				t.Fatalf("client got\n%q\nwant\n%q", whole.out, want)
+			sample := whole.result.OutputSample
+			if len(sample) > sampleCap {
+				t.Fatalf("sample of %d bytes", len(sample))
+			}
+			// Without \u escapes (bad ones, lone surrogates), invalid UTF-8 and
+			// skipped data, the sample has as many runes as were counted, until
+			// it is full.
+			if utf8.Valid(in) && !bytes.Contains(in, []byte(`\u`)) && ref.spoiled == 0 && len(sample) < sampleCap-utf8.UTFMax {
+				if (sample == nil) != (whole.result.OutputChars == 0) {
+					t.Fatalf("sample %v for %d chars", sample, whole.result.OutputChars)
+				}
+				if n := utf8.RuneCount(sample); int64(n) != whole.result.OutputChars {
+					t.Fatalf("sample %q has %d runes, OutputChars %d", sample, n, whole.result.OutputChars)
+				}
+			}
+			hiding := hide && (req.Format == FormatChat || req.Format == FormatCompletions)
+			if !hiding || !bytes.Contains(in, usageKey) {
+				if !bytes.Equal(whole.out, in) {
+					t.Fatalf("limit %d: forwarded bytes differ:\n got %q\nwant %q", limit, whole.out, in)
+				}
+			}
+			if hiding {
+				if want := refHidden(in, limit); !bytes.Equal(whole.out, want) {
+					t.Fatalf("limit %d: client got\n%q\nwant\n%q", limit, whole.out, want)
+				}
 			}
 		}
 	})
@@ -325,8 +393,8 @@ func runJSON(t *testing.T, fm Format, pieces [][]byte) jsonRun {
 }
 
 // refUsage decodes the top-level usage of a valid JSON object with
-// encoding/json: the last usage that is an object wins.
-func refUsage(body []byte) (w wireUsage, has bool) {
+// encoding/json: the last usage that is a report for fm wins.
+func refUsage(body []byte, fm Format) (w wireUsage, has bool) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		return w, false
@@ -346,7 +414,7 @@ func refUsage(body []byte) (w wireUsage, has bool) {
 			if !ok {
 				return optInt{}
 			}
-			return parseCount(raw)
+			return parseUsageCount(raw)
 		}
 		detail := func(k, sub string) optInt {
 			var d map[string]json.RawMessage
@@ -355,7 +423,7 @@ func refUsage(body []byte) (w wireUsage, has bool) {
 			}
 			return count(d, sub)
 		}
-		w = wireUsage{
+		n := wireUsage{
 			prompt: count(u, "prompt_tokens"), completion: count(u, "completion_tokens"),
 			hit: count(u, "prompt_cache_hit_tokens"), miss: count(u, "prompt_cache_miss_tokens"),
 			promptCached: detail("prompt_tokens_details", "cached_tokens"), reasoning: detail("completion_tokens_details", "reasoning_tokens"),
@@ -363,7 +431,9 @@ func refUsage(body []byte) (w wireUsage, has bool) {
 			inputCached: detail("input_tokens_details", "cached_tokens"), outputReasoning: detail("output_tokens_details", "reasoning_tokens"),
 			cacheCreation: count(u, "cache_creation_input_tokens"), cacheRead: count(u, "cache_read_input_tokens"),
 		}
-		has = true
+		if n.complete(fm) {
+			w, has = n, true
+		}
 	}
 	return w, has
 }
@@ -374,8 +444,9 @@ func FuzzUsageJSON(f *testing.F) {
 		f.Add([]byte(`{"choices":[{"text":"a\u00e9","message":{"content":"\ud83d\ude00\ud83d"}}],"content":[{"text":"b\n","thinking":"c"}],`+
 			`"output":[{"content":[{"text":"d"}]}],"usage":{"prompt_tokens":2,"input_tokens":3,"output_tokens":1}}`), uint64(4), uint8(fm))
 	}
-	f.Add([]byte(`{"usage":{"prompt_tokens":1},"usage":null,"usage":[1]}`), uint64(2), uint8(FormatChat))
-	f.Add([]byte(`{"a":"\"}","usage":{"input_tokens":3,"cache_read_input_tokens":1e2}}`), uint64(3), uint8(FormatMessages))
+	f.Add([]byte(`{"usage":{"prompt_tokens":1,"completion_tokens":2},"usage":null,"usage":[1],"usage":{}}`), uint64(2), uint8(FormatChat))
+	f.Add([]byte(`{"usage":{"prompt\u005ftokens":1,"completion_tokens":2.0,"completion_tokens":-1}}`), uint64(5), uint8(FormatChat))
+	f.Add([]byte(`{"a":"\"}","usage":{"input_tokens":3,"cache_read_input_tokens":1e2,"output_tokens":4}}`), uint64(3), uint8(FormatMessages))
 	f.Fuzz(func(t *testing.T, body []byte, seed uint64, format uint8) {
 		if len(body) > maxUsageJSON {
 			return
@@ -424,7 +495,7 @@ func FuzzUsageJSON(f *testing.F) {
 		if whole.result.Outcome != want {
 			t.Fatalf("outcome %s, want %s", whole.result.Outcome, want)
 		}
-		ref, has := refUsage(body)
+		ref, has := refUsage(body, fm)
 		if has != whole.result.HasUsage || (has && ref != whole.wire) {
 			t.Fatalf("usage\n got %v %+v\nwant %v %+v", whole.result.HasUsage, whole.wire, has, ref)
 		}
@@ -722,4 +793,44 @@ func refStr(raw json.RawMessage) string {
 		return ""
 	}
 	return s
+}
+
+// FuzzBill checks that a bill stays within what the request could produce,
+// whatever the report, and that a report within it is billed as is.
+func FuzzBill(f *testing.F) {
+	f.Add([]byte(`{"model":"m","previous_response_id":"r","tools":[{"type":"web_search"}]}`), uint8(FormatResponses),
+		int64(1), int64(0), int64(10), int64(1<<40), int64(5), int64(3), int64(1), int64(7), true, uint8(0))
+	f.Add([]byte(`{"model":"m"}`), uint8(FormatEmbeddings), int64(-3), int64(2), int64(0), int64(-1), int64(0), int64(0), int64(-9), int64(9), false, uint8(3))
+	f.Fuzz(func(t *testing.T, body []byte, format uint8, choices, media, limit, in, cached, write, out, reasoning int64, has bool, end uint8) {
+		fm := Format(format % 6)
+		req := &Request{Format: fm, Model: "m", Choices: choices, MediaParts: media, Body: body}
+		res := Result{HasUsage: has, Outcome: OutcomeCompleted, OutputChars: out,
+			Usage: Usage{InputTokens: in, CachedInputTokens: cached, CacheWriteTokens: write, OutputTokens: out, ReasoningTokens: reasoning}}
+		terms := BillTerms{Outcome: []Outcome{OutcomeCompleted, OutcomeCutOff, OutcomeClientGone, OutcomeUpstreamError}[end%4],
+			Status: []int{200, 500}[end/4%2], Answered: end/8%2 == 0, OutputLimit: limit, MinInput: reasoning}
+		b := Bill(req, res, terms)
+		u := b.Usage
+		outMax := outputBound(req, limit)
+		inMax := max(inputBound(req), min(terms.MinInput, maxCount))
+		if u.OutputTokens < 0 || u.OutputTokens > outMax || u.InputTokens < 0 || u.InputTokens > inMax ||
+			u.CachedInputTokens < 0 || u.CachedInputTokens > u.InputTokens || u.CacheWriteTokens < 0 ||
+			u.CachedInputTokens+u.CacheWriteTokens > u.InputTokens || u.ReasoningTokens < 0 || u.ReasoningTokens > u.OutputTokens {
+			t.Fatalf("bill %+v out of bounds (output <= %d, input <= %d)", b, outMax, inMax)
+		}
+		if fm != FormatEmbeddings && limit > 0 && choices <= 1 && outMax != min(limit, maxCount) {
+			t.Fatalf("output bound %d for limit %d", outMax, limit)
+		}
+		sane := res.Usage.InputTokens >= 0 && res.Usage.InputTokens <= inputBound(req) && res.Usage.OutputTokens >= 0 &&
+			res.Usage.OutputTokens <= outMax && res.Usage.CachedInputTokens >= 0 && res.Usage.CacheWriteTokens >= 0 &&
+			res.Usage.CachedInputTokens+res.Usage.CacheWriteTokens <= res.Usage.InputTokens &&
+			res.Usage.ReasoningTokens >= 0 && res.Usage.ReasoningTokens <= res.Usage.OutputTokens
+		if has && terms.Outcome == OutcomeCompleted && terms.MinInput <= res.Usage.InputTokens {
+			if sane != !b.Clamped || sane && u != res.Usage || b.Estimated {
+				t.Fatalf("report %+v (within bounds: %v) billed %+v", res.Usage, sane, b)
+			}
+		}
+		if !has && b.Clamped {
+			t.Fatalf("an estimate marked clamped: %+v", b)
+		}
+	})
 }

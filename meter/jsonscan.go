@@ -4,11 +4,13 @@ import "bytes"
 
 // jsonScanner follows a JSON response body as it passes, without keeping
 // it: it tracks strings, escapes and nesting, recognises the top-level keys,
-// copies only the value of the top-level "usage" (up to maxUsageJSON), notes
+// copies only the value of the top-level "usage" (up to maxUsageJSON) and
+// keeps the last one that is a usage report for its format, notes
 // whether a top-level "error" is null, and counts the characters of the
 // generated-text strings, keeping the first sampleCap bytes of their text.
 // Memory stays bounded whatever the input.
 type jsonScanner struct {
+	format    Format // what a complete usage report has
 	state     uint8
 	depth     int    // 1 inside the top-level object
 	objBits   uint64 // bit d-1 set when the container at depth d (<= 64) is an object
@@ -247,7 +249,7 @@ func (s *jsonScanner) endMember() {
 func (s *jsonScanner) endCapture(raw []byte) {
 	s.capturing = false
 	if !s.capOver {
-		if u, ok := decodeUsage(trimWS(raw)); ok {
+		if u, ok := decodeUsage(trimWS(raw)); ok && u.complete(s.format) {
 			s.usage, s.hasUsage = u, true
 		}
 	}

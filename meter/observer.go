@@ -17,8 +17,7 @@ const (
 	// top-level "error" is not null.
 	OutcomeUpstreamError Outcome = "upstream_error"
 	// OutcomeStreamError is an error event, data JSON with a top-level
-	// "error" mid-stream, response.failed, a body that is not JSON, or an
-	// SSE line over 1 MiB before any usage was seen.
+	// "error" mid-stream, response.failed, or a body that is not JSON.
 	OutcomeStreamError Outcome = "stream_error"
 	// OutcomeCutOff is a stream or body that ended without its terminator.
 	OutcomeCutOff Outcome = "upstream_cut"
@@ -29,18 +28,28 @@ const (
 
 // Result is what an Observer learned.
 type Result struct {
-	// Usage is the last usage report seen (zero when HasUsage is false).
+	// Usage is the last usage report seen (zero when HasUsage is false),
+	// as the upstream sent it: [Bill] bounds it by what the request could
+	// have cost.
 	Usage Usage
-	// HasUsage is true when an upstream usage report was seen. The last one
-	// wins; Anthropic message_delta overlays its cumulative fields on
-	// message_start's, so after a cut Anthropic stream Usage holds the real
-	// input and the placeholder output of message_start.
+	// HasUsage is true when an upstream usage report was seen: a usage
+	// object with both the input and the output count of the format
+	// (prompt_tokens and completion_tokens for chat and completions,
+	// prompt_tokens alone for embeddings, input_tokens and output_tokens for
+	// Responses and Anthropic Messages), each a non-negative integer. An
+	// object without them, such as {} or {"total_tokens":9}, is not a report
+	// and is ignored. The last report wins; Anthropic message_delta overlays
+	// its cumulative fields on message_start's, so after a cut Anthropic
+	// stream Usage holds the real input and the placeholder output of
+	// message_start.
 	HasUsage bool
 	// Outcome is how the response ended.
 	Outcome Outcome
 	// OutputChars counts the characters (runes) of generated text that
 	// passed: content, reasoning, text and tool-argument deltas in a stream;
-	// the same fields of a JSON body.
+	// the same fields of a JSON body. The data of an SSE event too long to
+	// decode (over 1 MiB) counts one per byte instead, as an upper bound of
+	// the text it may hold.
 	OutputChars int64
 	// OutputSample is the start of that text, decoded (escapes resolved):
 	// at most 16 KiB, cut at a rune boundary; nil when no text passed. It is
@@ -52,7 +61,7 @@ type Result struct {
 }
 
 const (
-	maxLine      = 1 << 20  // longest SSE line or event data metered
+	maxLine      = 1 << 20  // longest SSE line or event data decoded; longer ones are skipped
 	maxUsageJSON = 64 << 10 // largest top-level "usage" value read from a JSON body
 	maxEventName = 64       // longer event names are cut (none we know is)
 	keepBuf      = 64 << 10 // larger buffers are dropped once used, to keep streams small
@@ -75,13 +84,16 @@ type Observer struct {
 	hasUsage  bool
 	done      bool // the terminator was seen
 	streamErr bool
-	broken    bool // SSE protocol error: metering stopped, bytes pass untouched
 	chars     int64
 	sample    sampler // the first of the generated text, decoded
 
 	// SSE framing.
+	limit     int    // longest line or event data decoded (maxLine; tests lower it)
 	hiding    bool   // the usage-only chunk may be hidden
-	line      []byte // the partial line; held back from w while hiding
+	line      []byte // the partial line, at most limit bytes; held back from w while hiding
+	skip      bool   // inside a line longer than limit: its bytes pass unread
+	skipData  bool   // that line is data: its bytes count toward chars
+	dataOver  bool   // the current event's data is over limit: it is skipped
 	pendingCR bool   // the last byte was a CR: an LF next is part of that line end
 	droppedCR bool   // the line ended by that CR was hidden
 	dropBlank bool   // a hidden data line: hide the blank line that follows
@@ -99,11 +111,12 @@ type Observer struct {
 // Format, Stream, InjectedUsage and ClientWantsUsage are used; Body is not
 // kept. A nil req observes a FormatUnknown response.
 func NewObserver(req *Request) *Observer {
-	o := &Observer{}
+	o := &Observer{limit: maxLine}
 	if req == nil {
 		return o
 	}
 	o.format = req.Format
+	o.json.format = req.Format
 	o.stream = req.Stream
 	o.hideReq = req.InjectedUsage && !req.ClientWantsUsage &&
 		(req.Format == FormatChat || req.Format == FormatCompletions)
@@ -147,9 +160,7 @@ func (o *Observer) Feed(w io.Writer, p []byte) error {
 		o.frame(w, p)
 	default:
 		o.write(w, p)
-		if !o.broken {
-			o.frame(nil, p)
-		}
+		o.frame(nil, p)
 	}
 	return o.werr
 }
@@ -199,7 +210,7 @@ func (o *Observer) outcome() Outcome {
 		return OutcomeCutOff
 	}
 	switch {
-	case o.streamErr, o.broken && !o.hasUsage:
+	case o.streamErr:
 		return OutcomeStreamError
 	case o.done:
 		return OutcomeCompleted

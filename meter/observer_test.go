@@ -203,8 +203,8 @@ func TestJSONBodies(t *testing.T) {
 		body   string
 		want   Result
 	}{
-		{"cut", FormatChat, 200, `{"choices":[],"usage":{"prompt_tokens":3}`,
-			Result{Usage: Usage{InputTokens: 3}, HasUsage: true, Outcome: OutcomeCutOff}},
+		{"cut", FormatChat, 200, `{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}`,
+			Result{Usage: Usage{InputTokens: 3, OutputTokens: 1}, HasUsage: true, Outcome: OutcomeCutOff}},
 		{"empty", FormatChat, 200, ``, Result{Outcome: OutcomeCutOff}},
 		{"not json", FormatChat, 200, `<html>bad gateway</html>`, Result{Outcome: OutcomeStreamError}},
 		{"array", FormatChat, 200, `[{"usage":{"prompt_tokens":3}}]`, Result{Outcome: OutcomeStreamError}},
@@ -215,20 +215,35 @@ func TestJSONBodies(t *testing.T) {
 			Result{Usage: Usage{InputTokens: 2, OutputTokens: 1}, HasUsage: true, Outcome: OutcomeCompleted}},
 		{"nested usage ignored", FormatChat, 200, `{"choices":[{"usage":{"prompt_tokens":9}}],"x":{"usage":{"prompt_tokens":9}}}`,
 			Result{Outcome: OutcomeCompleted}},
-		{"last usage wins", FormatChat, 200, `{"usage":{"prompt_tokens":9},"usage":{"prompt_tokens":4}}`,
+		{"last usage wins", FormatChat, 200, `{"usage":{"prompt_tokens":9,"completion_tokens":1},"usage":{"prompt_tokens":4,"completion_tokens":2}}`,
+			Result{Usage: Usage{InputTokens: 4, OutputTokens: 2}, HasUsage: true, Outcome: OutcomeCompleted}},
+		// An object without the counts is no report: it neither bills 0 as
+		// exact nor replaces a report before it.
+		{"empty usage", FormatChat, 200, `{"usage":{}}`, Result{Outcome: OutcomeCompleted}},
+		{"total only", FormatChat, 200, `{"usage":{"total_tokens":5000}}`, Result{Outcome: OutcomeCompleted}},
+		{"input only", FormatChat, 200, `{"usage":{"prompt_tokens":5000}}`, Result{Outcome: OutcomeCompleted}},
+		{"string counts", FormatChat, 200, `{"usage":{"prompt_tokens":"12","completion_tokens":"3"}}`, Result{Outcome: OutcomeCompleted}},
+		{"fractional count", FormatChat, 200, `{"usage":{"prompt_tokens":12.5,"completion_tokens":3}}`, Result{Outcome: OutcomeCompleted}},
+		{"negative count", FormatChat, 200, `{"usage":{"prompt_tokens":12,"completion_tokens":-3}}`, Result{Outcome: OutcomeCompleted}},
+		{"later non-report ignored", FormatChat, 200, `{"usage":{"prompt_tokens":4,"completion_tokens":2},"usage":{}}`,
+			Result{Usage: Usage{InputTokens: 4, OutputTokens: 2}, HasUsage: true, Outcome: OutcomeCompleted}},
+		{"responses needs output_tokens", FormatResponses, 200, `{"usage":{"input_tokens":4,"total_tokens":9}}`, Result{Outcome: OutcomeCompleted}},
+		{"messages needs input_tokens", FormatMessages, 200, `{"usage":{"output_tokens":4,"cache_read_input_tokens":9}}`, Result{Outcome: OutcomeCompleted}},
+		{"embeddings input alone", FormatEmbeddings, 200, `{"usage":{"prompt_tokens":4,"total_tokens":4}}`,
 			Result{Usage: Usage{InputTokens: 4}, HasUsage: true, Outcome: OutcomeCompleted}},
+		{"embeddings without input", FormatEmbeddings, 200, `{"usage":{"total_tokens":4}}`, Result{Outcome: OutcomeCompleted}},
 		{"null usage", FormatChat, 200, `{"usage":null}`, Result{Outcome: OutcomeCompleted}},
-		{"usage tricky strings", FormatChat, 200, `{"a":"}\",{","usage":{"prompt_tokens":7,"x":"}]\\"},"b":1}`,
+		{"usage tricky strings", FormatChat, 200, `{"a":"}\",{","usage":{"prompt_tokens":7,"x":"}]\\","completion_tokens":0},"b":1}`,
 			Result{Usage: Usage{InputTokens: 7}, HasUsage: true, Outcome: OutcomeCompleted}},
 		{"usage too big", FormatChat, 200, `{"usage":{"prompt_tokens":7,"pad":"` + string(bytes.Repeat([]byte("a"), maxUsageJSON)) + `"}}`,
 			Result{Outcome: OutcomeCompleted}},
-		{"trailing bytes", FormatChat, 200, "{\"usage\":{\"prompt_tokens\":7}}\n\ngarbage",
+		{"trailing bytes", FormatChat, 200, "{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":0}}\n\ngarbage",
 			Result{Usage: Usage{InputTokens: 7}, HasUsage: true, Outcome: OutcomeCompleted}},
 		{"escaped content", FormatChat, 200, `{"choices":[{"message":{"content":"a\"\\\n\u00e9\ud83d\ude00é"}}]}`,
 			Result{Outcome: OutcomeCompleted, OutputChars: 7}},
 		{"deep nesting", FormatChat, 200, string(bytes.Repeat([]byte(`{"a":[`), 100)) + string(bytes.Repeat([]byte(`]}`), 100)),
 			Result{Outcome: OutcomeCompleted}},
-		{"deep cut", FormatChat, 200, `{"usage":{"prompt_tokens":1},"x":` + string(bytes.Repeat([]byte(`{"a":[`), 100)),
+		{"deep cut", FormatChat, 200, `{"usage":{"prompt_tokens":1,"completion_tokens":0},"x":` + string(bytes.Repeat([]byte(`{"a":[`), 100)),
 			Result{Usage: Usage{InputTokens: 1}, HasUsage: true, Outcome: OutcomeCutOff}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -302,7 +317,7 @@ func TestWriteError(t *testing.T) {
 func TestFeedWithoutStart(t *testing.T) {
 	o := NewObserver(nil)
 	var out bytes.Buffer
-	if err := o.Feed(&out, []byte(`{"usage":{"prompt_tokens":2}}`)); err != nil {
+	if err := o.Feed(&out, []byte(`{"usage":{"prompt_tokens":2,"completion_tokens":0}}`)); err != nil {
 		t.Fatal(err)
 	}
 	_ = o.Close(&out)

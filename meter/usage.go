@@ -1,6 +1,8 @@
 package meter
 
 import (
+	"bytes"
+	"math"
 	"strconv"
 )
 
@@ -56,7 +58,8 @@ type wireUsage struct {
 
 // decodeUsage reads a usage object; ok is false when v is null or not an
 // object. Unknown fields are ignored, and a field that is null or not a
-// number is absent.
+// count ([parseUsageCount]) is absent. Keys are matched unescaped and the
+// last of duplicates wins, as in the upstreams' clients.
 func decodeUsage(v []byte) (u wireUsage, ok bool) {
 	it, ok := members(v)
 	if !ok {
@@ -67,31 +70,34 @@ func decodeUsage(v []byte) (u wireUsage, ok bool) {
 		if !more {
 			return u, true
 		}
+		if bytes.IndexByte(k, '\\') >= 0 {
+			k = []byte(unquote(k))
+		}
 		switch string(k) {
 		case "prompt_tokens":
-			u.prompt = parseCount(val)
+			u.prompt = parseUsageCount(val)
 		case "completion_tokens":
-			u.completion = parseCount(val)
+			u.completion = parseUsageCount(val)
 		case "prompt_cache_hit_tokens":
-			u.hit = parseCount(val)
+			u.hit = parseUsageCount(val)
 		case "prompt_cache_miss_tokens":
-			u.miss = parseCount(val)
+			u.miss = parseUsageCount(val)
 		case "prompt_tokens_details":
 			u.promptCached = detail(val, "cached_tokens")
 		case "completion_tokens_details":
 			u.reasoning = detail(val, "reasoning_tokens")
 		case "input_tokens":
-			u.input = parseCount(val)
+			u.input = parseUsageCount(val)
 		case "output_tokens":
-			u.output = parseCount(val)
+			u.output = parseUsageCount(val)
 		case "input_tokens_details":
 			u.inputCached = detail(val, "cached_tokens")
 		case "output_tokens_details":
 			u.outputReasoning = detail(val, "reasoning_tokens")
 		case "cache_creation_input_tokens":
-			u.cacheCreation = parseCount(val)
+			u.cacheCreation = parseUsageCount(val)
 		case "cache_read_input_tokens":
-			u.cacheRead = parseCount(val)
+			u.cacheRead = parseUsageCount(val)
 		}
 	}
 }
@@ -109,14 +115,15 @@ func detail(v []byte, name string) optInt {
 		if !more {
 			return c
 		}
-		if string(k) == name {
-			c = parseCount(val)
+		if keyIs(k, name) {
+			c = parseUsageCount(val)
 		}
 	}
 }
 
 // parseCount reads a JSON number as a token count, clamped to
 // [0, maxCount]. Fractions are truncated. Null and non-numbers are absent.
+// It reads request fields; usage reports use the stricter parseUsageCount.
 func parseCount(v []byte) optInt {
 	if len(v) == 0 {
 		return optInt{}
@@ -157,6 +164,44 @@ func parseFloatCount(v []byte) optInt {
 	return optInt{int64(f), true}
 }
 
+// parseUsageCount reads a reported token count: a JSON number whose value
+// is a non-negative integer (12, also 12.0 or 1.2e1), clamped to maxCount.
+// Anything else (negative, fractional, a string, null, an object) is
+// absent: an upstream's count is trusted no further than its form.
+func parseUsageCount(v []byte) optInt {
+	if len(v) == 0 || v[0] < '0' || v[0] > '9' {
+		return optInt{}
+	}
+	var n int64
+	for i, c := range v {
+		if c < '0' || c > '9' {
+			return parseFloatUsage(v[i:], v)
+		}
+		if n < maxCount {
+			n = n*10 + int64(c-'0')
+		}
+	}
+	return optInt{min(n, maxCount), true}
+}
+
+// parseFloatUsage is parseUsageCount's slow path for a number v whose
+// integer digits are followed by rest, such as 12.0 or 1e3.
+func parseFloatUsage(rest, v []byte) optInt {
+	for _, c := range rest { // JSON's fraction and exponent only: no hex, no '_'
+		if !(c >= '0' && c <= '9' || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
+			return optInt{}
+		}
+	}
+	f, err := strconv.ParseFloat(string(v), 64)
+	switch {
+	case math.IsInf(f, 1) || err == nil && f >= maxCount:
+		return optInt{maxCount, true}
+	case err != nil || f != math.Trunc(f):
+		return optInt{}
+	}
+	return optInt{int64(f), true}
+}
+
 // overlay copies the fields present in n over u (Anthropic's cumulative
 // message_delta usage: overwrite, never add).
 func (u *wireUsage) overlay(n *wireUsage) {
@@ -177,6 +222,22 @@ func (u *wireUsage) overlay(n *wireUsage) {
 	set(&u.outputReasoning, n.outputReasoning)
 	set(&u.cacheCreation, n.cacheCreation)
 	set(&u.cacheRead, n.cacheRead)
+}
+
+// complete reports whether u is a usage report for format f: it has the
+// input count and, except for embeddings, the output count that usage(f)
+// reads. Without them an object such as {} or {"total_tokens":9} would
+// bill nothing as if it were exact.
+func (u *wireUsage) complete(f Format) bool {
+	switch f {
+	case FormatMessages:
+		return u.input.ok && (u.output.ok || u.completion.ok)
+	case FormatResponses:
+		return (u.input.ok || u.prompt.ok) && (u.output.ok || u.completion.ok)
+	case FormatEmbeddings:
+		return u.prompt.ok || u.hit.ok && u.miss.ok || u.input.ok
+	}
+	return (u.prompt.ok || u.hit.ok && u.miss.ok || u.input.ok) && (u.completion.ok || u.output.ok)
 }
 
 // usage normalises the wire fields for format f.
