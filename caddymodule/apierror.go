@@ -21,7 +21,7 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.Message }
 
-// The errors of SPEC 3.3.
+// The errors answered to API clients (README, "Refusals").
 var (
 	errMissingKey = &apiError{http.StatusUnauthorized, "invalid_request_error", "missing_api_key",
 		"You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' or 'x-api-key: YOUR_KEY'.", ""}
@@ -74,4 +74,38 @@ func (e *apiError) write(w http.ResponseWriter) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(e.Status)
 	_, _ = w.Write(b)
+}
+
+// errClientClosed marks a request whose client went away before it could
+// be admitted (it stopped sending its body, or hung up during the key
+// check). The answer reaches nobody; the status is nginx's and Caddy's 499.
+var errClientClosed = &apiError{499, "invalid_request_error", "client_closed_request",
+	"The client closed the connection before the request was complete.", ""}
+
+// errUnsupportedEndpoint refuses a path the gateway neither meters nor
+// lets through.
+func errUnsupportedEndpoint(method, path string) *apiError {
+	return &apiError{http.StatusNotFound, "invalid_request_error", "unsupported_endpoint",
+		"This gateway does not serve " + method + " " + path + ".", ""}
+}
+
+// Errors for an upstream that gave no response, by status.
+var (
+	errBadGateway = &apiError{http.StatusBadGateway, "server_error", "upstream_unreachable",
+		"The model provider could not be reached. Please retry shortly.", ""}
+	errNoUpstream = &apiError{http.StatusServiceUnavailable, "server_error", "upstream_unavailable",
+		"No model provider is available right now. Please retry shortly.", ""}
+	errUpstreamTimeout = &apiError{http.StatusGatewayTimeout, "server_error", "upstream_timeout",
+		"The model provider did not answer in time. Please retry shortly.", ""}
+)
+
+// errUpstream is the answer for an upstream that gave no response.
+func errUpstream(status int) *apiError {
+	switch status {
+	case http.StatusServiceUnavailable:
+		return errNoUpstream
+	case http.StatusGatewayTimeout:
+		return errUpstreamTimeout
+	}
+	return errBadGateway
 }

@@ -221,6 +221,8 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		reserve_output_tokens <n>
 //		on_redis_error deny|allow
 //		inject_stream_usage on|off
+//		passthrough <path-pattern...>
+//		on_client_gone finish|cancel [<timeout>]
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -268,6 +270,31 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.InjectStreamUsage = &on
+		case "passthrough":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.Passthrough = append(h.Passthrough, args...)
+		case "on_client_gone":
+			args := d.RemainingArgs()
+			if len(args) == 0 || len(args) > 2 {
+				return d.ArgErr()
+			}
+			h.OnClientGone = args[0]
+			if h.OnClientGone != onClientGoneFinish && h.OnClientGone != onClientGoneCancel {
+				return d.Errf("on_client_gone %q: want finish or cancel", h.OnClientGone)
+			}
+			if len(args) == 2 {
+				if h.OnClientGone != onClientGoneFinish {
+					return d.Errf("on_client_gone cancel takes no timeout")
+				}
+				dur, err := caddy.ParseDuration(args[1])
+				if err != nil || dur <= 0 {
+					return d.Errf("on_client_gone finish %q: want a duration such as 2m", args[1])
+				}
+				h.ClientGoneTimeout = caddy.Duration(dur)
+			}
 		default:
 			return d.Errf("unrecognized aitoken option %q", d.Val())
 		}

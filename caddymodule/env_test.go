@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -35,6 +36,9 @@ var env struct {
 	mock     *mockupstream.Server
 	upstream *httptest.Server
 	dir      string
+	// closedAddr is a loopback address nothing listens on: an upstream
+	// that cannot be reached.
+	closedAddr string
 }
 
 func TestMain(m *testing.M) {
@@ -42,6 +46,10 @@ func TestMain(m *testing.M) {
 	env.redis = srv
 	env.mock = mockupstream.New()
 	env.upstream = httptest.NewServer(countHits(env.mock))
+	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		env.closedAddr = ln.Addr().String()
+		ln.Close()
+	}
 	env.dir, _ = os.MkdirTemp("", "aitoken-test-")
 	stopStripe := startStripeEnv()
 	code := m.Run()
@@ -104,9 +112,32 @@ http://localhost:9080 {
 		}
 		reverse_proxy %s
 	}
+	route /pass/v1/* {
+		uri strip_prefix /pass
+		aitoken {
+			passthrough /v1/files /v1/files/*
+		}
+		reverse_proxy %s
+	}
+	route /cancel/v1/* {
+		uri strip_prefix /cancel
+		aitoken {
+			on_client_gone cancel
+		}
+		reverse_proxy %s
+	}
+	route /down/v1/* {
+		uri strip_prefix /down
+		aitoken
+		reverse_proxy %s {
+			fail_duration 1m
+			max_fails 1
+		}
+	}
 }
 `, env.redis.URL(), filepath.Join(env.dir, "ledger.db"), flush, spoolDir(),
-		env.upstream.URL, env.upstream.URL, env.upstream.URL, env.upstream.URL)) + httpsSite()
+		env.upstream.URL, env.upstream.URL, env.upstream.URL, env.upstream.URL,
+		env.upstream.URL, env.upstream.URL, env.closedAddr)) + httpsSite()
 }
 
 // spoolDir is where the gateway spools settlements Redis could not take
@@ -120,8 +151,13 @@ var upstreamHits struct {
 	n map[string]int
 }
 
+//
+// It also matches paths without regard to letter case, as many
+// self-hosted providers do, so a request the gateway forwards in another
+// spelling is served (and must be metered).
 func countHits(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.URL.Path = strings.ToLower(r.URL.Path)
 		if tag := r.Header.Get("X-Test-Tag"); tag != "" {
 			upstreamHits.Lock()
 			if upstreamHits.n == nil {

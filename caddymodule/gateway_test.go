@@ -273,30 +273,3 @@ func TestUpstreamErrorPassesThroughUnbilled(t *testing.T) {
 		t.Fatalf("account after upstream error: %+v", got)
 	}
 }
-
-func TestUnmeteredPathIsAuthenticatedAndPassed(t *testing.T) {
-	gateway(t)
-	_, k := newAccount(t, "", "")
-	req, _ := http.NewRequest("GET", gatewayURL+"/v1/models", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 401 {
-		t.Fatalf("models without key: %d", resp.StatusCode)
-	}
-	req.Header.Set("x-api-key", k.Key)
-	resp, err = http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("models with key: %d", resp.StatusCode)
-	}
-	last, _ := env.mock.LastRequest()
-	if last.Header.Get("X-Api-Key") != "" {
-		t.Fatal("x-api-key reached the upstream")
-	}
-}

@@ -8,10 +8,10 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"path"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -54,17 +54,45 @@ type Handler struct {
 	// field. Default: true.
 	InjectStreamUsage *bool `json:"inject_stream_usage,omitempty"`
 
-	app    *App
-	log    *zap.Logger
-	models map[string]struct{}
-	inject bool
+	// Passthrough lists further paths, as Caddy path matcher patterns
+	// (e.g. "/v1/files*"), that a valid key may reach UNMETERED: nothing is
+	// held or billed for them, and they are shared by every customer, since
+	// they all use the operator's upstream account. Every path that is
+	// neither metered, the model list, nor listed here is refused with 404
+	// unsupported_endpoint before anything goes upstream. Default: none.
+	Passthrough []string `json:"passthrough,omitempty"`
+
+	// OnClientGone says what happens to the upstream request when the
+	// client goes away mid-response: "finish" reads the upstream response
+	// to its end (for at most ClientGoneTimeout) and bills the upstream's
+	// own usage report, since the provider bills the operator for it;
+	// "cancel" stops the upstream at once and bills at least the whole
+	// input, as estimated for the hold, plus the output seen. The usage
+	// row's outcome is client_gone either way. Default: "finish".
+	OnClientGone string `json:"on_client_gone,omitempty"`
+
+	// ClientGoneTimeout bounds how long the upstream is still read after
+	// the client went away (on_client_gone finish). Default: 2m.
+	ClientGoneTimeout caddy.Duration `json:"client_gone_timeout,omitempty"`
+
+	app         *App
+	log         *zap.Logger
+	models      map[string]struct{}
+	inject      bool
+	passthrough caddyhttp.MatchPath
 }
 
 // Defaults of the handler options.
 const (
 	defaultMaxRequestBody      = 8 << 20
 	defaultReserveOutputTokens = 4096
+	defaultClientGoneTimeout   = 2 * time.Minute
 	settleTimeout              = 5 * time.Second
+
+	// smallBody is the largest body read before the key is known to
+	// exist: a larger one (or one of unknown length) is read only after a
+	// key check, so a stranger cannot make the gateway read megabytes.
+	smallBody = 64 << 10
 )
 
 // CaddyModule returns the Caddy module information.
@@ -93,6 +121,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.OnRedisError = "deny"
 	}
 	h.inject = h.InjectStreamUsage == nil || *h.InjectStreamUsage
+	if h.OnClientGone == "" {
+		h.OnClientGone = onClientGoneFinish
+	}
+	if h.ClientGoneTimeout <= 0 {
+		h.ClientGoneTimeout = caddy.Duration(defaultClientGoneTimeout)
+	}
+	if len(h.Passthrough) > 0 {
+		h.passthrough = slices.Clone(caddyhttp.MatchPath(h.Passthrough))
+		if err := h.passthrough.Provision(ctx); err != nil {
+			return fmt.Errorf("passthrough: %v", err)
+		}
+	}
 	if len(h.Models) > 0 {
 		h.models = make(map[string]struct{}, len(h.Models))
 		for _, m := range h.Models {
@@ -107,6 +147,14 @@ func (h *Handler) Validate() error {
 	if h.OnRedisError != "deny" && h.OnRedisError != "allow" {
 		return fmt.Errorf("on_redis_error %q: want deny or allow", h.OnRedisError)
 	}
+	if h.OnClientGone != onClientGoneFinish && h.OnClientGone != onClientGoneCancel {
+		return fmt.Errorf("on_client_gone %q: want finish or cancel", h.OnClientGone)
+	}
+	for _, p := range h.Passthrough {
+		if p == "" || p[0] != '/' && p[0] != '*' {
+			return fmt.Errorf("passthrough %q: want a path pattern such as /v1/files*", p)
+		}
+	}
 	for _, m := range h.Models {
 		if _, ok := h.app.prices.Lookup(m); !ok {
 			return fmt.Errorf("models: %q has no price in the aitoken global option", m)
@@ -114,6 +162,12 @@ func (h *Handler) Validate() error {
 	}
 	return nil
 }
+
+// Values of on_client_gone.
+const (
+	onClientGoneFinish = "finish"
+	onClientGoneCancel = "cancel"
+)
 
 // ServeHTTP admits, forwards and meters one request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -130,40 +184,50 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	keyHash := billing.HashKey(secret)
 
-	// Clean the path so "//v1//chat/completions/" cannot slip past the
-	// meter to an upstream that normalises it.
-	format := meter.FormatForPath(path.Clean("/" + r.URL.Path))
+	// Paths are matched as Caddy's path matcher matches them: without
+	// regard to letter case, with dot segments and doubled slashes
+	// cleaned, so no spelling of a metered path slips past the meter.
+	clean := caddyhttp.CleanPath(r.URL.Path, true)
+	lower := strings.ToLower(clean)
+	format := meter.FormatForPath(lower)
 	if r.Method != http.MethodPost || format == meter.FormatUnknown {
-		g, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)})
-		if err != nil {
-			h.refuse(w, err, "")
-			return nil
-		}
-		h.setIdentity(r, g, "")
-		prepareUpstream(r)
-		return next.ServeHTTP(w, r)
+		return h.serveUnmetered(w, r, next, keyHash, clean, lower)
+	}
+	// The upstream gets the very path the meter read (the meter ignores a
+	// trailing slash).
+	if p := strings.TrimSuffix(clean, "/"); r.URL.Path != p || r.URL.RawPath != "" {
+		r.URL.Path, r.URL.RawPath = p, ""
 	}
 
+	if r.ContentLength > h.MaxRequestBody || r.ContentLength < 0 || r.ContentLength > smallBody {
+		// A large body is read only for a key that exists.
+		if _, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)}); err != nil {
+			h.refuse(w, r, err, "")
+			return nil
+		}
+		if r.ContentLength > h.MaxRequestBody {
+			h.deny(w, errTooLarge, "")
+			return nil
+		}
+	}
 	req, price, reqErr := h.readRequest(r, format)
 	if reqErr != nil {
+		if reqErr == errClientClosed {
+			h.deny(w, reqErr, "")
+			return nil
+		}
 		// Authenticate first, so a bad key is a 401 whatever the body.
 		if _, err := h.app.accounts.Authorize(withRedisOp(r.Context(), opAuthorize), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)}); err != nil &&
 			!errors.Is(err, billing.ErrModelNotAllowed) {
-			h.refuse(w, err, "")
+			h.refuse(w, r, err, "")
 			return nil
 		}
 		h.deny(w, reqErr, "")
 		return nil
 	}
 
-	maxOut := req.MaxOutputTokens
-	if maxOut <= 0 {
-		maxOut = h.ReserveOutputTokens
-	}
-	if format == meter.FormatEmbeddings {
-		maxOut = 0
-	}
-	hold, err := price.Hold(req.InputEstimate, maxOut)
+	outLimit := h.outputLimit(req)
+	hold, err := price.Hold(req.InputEstimate, outLimit*max(req.Choices, 1))
 	if err != nil {
 		h.deny(w, errQuota, req.Model)
 		return nil
@@ -172,7 +236,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		KeyHash: keyHash, Model: req.Model, Hold: hold, RequestID: requestID, ClientIP: clientAddr(r),
 	})
 	if err != nil {
-		h.refuse(w, err, req.Model)
+		h.refuse(w, r, err, req.Model)
 		return nil
 	}
 	setRateHeaders(w.Header(), g.Limits)
@@ -181,7 +245,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	setBody(r, req.Body)
 	prepareUpstream(r)
 
-	mw := newMeteredWriter(w, req)
+	mw := newMeteredWriter(w, r, req, h.OnClientGone == onClientGoneCancel)
+	up := r
+	if h.OnClientGone == onClientGoneFinish {
+		var release func()
+		up, release = detachUpstream(r, time.Duration(h.ClientGoneTimeout))
+		defer release()
+	}
 	start := time.Now()
 	finished := false
 	defer func() {
@@ -189,12 +259,105 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// http.ErrAbortHandler: settle anyway, and let the panic go on.
 		h.finish(r, mw, g, req, price, start, !finished)
 	}()
-	err = next.ServeHTTP(mw, r)
+	err = next.ServeHTTP(mw, up)
 	finished = true
-	if err != nil && !mw.wroteHeader {
+	if !mw.wroteHeader {
+		// Nothing came back: the upstream could not be reached, had no
+		// healthy host, or timed out. The client gets the 5xx an SDK
+		// retries on, in the shape it reads, and the row says why.
 		mw.upstreamErr = err
+		if err == nil {
+			err = errors.New("the upstream handler wrote no response")
+		}
+		h.log.Error("upstream gave no response", zap.String("request_id", requestID), zap.Error(err))
+		e := errUpstream(upstreamStatus(err))
+		mw.status = e.Status
+		e.write(mw.ResponseWriter)
+		return nil
 	}
 	return err
+}
+
+// outputLimit is how many output tokens one choice of req may produce:
+// its own limit, else reserve_output_tokens; none for embeddings.
+func (h *Handler) outputLimit(req *meter.Request) int64 {
+	if req.Format == meter.FormatEmbeddings {
+		return 0
+	}
+	if req.MaxOutputTokens > 0 {
+		return req.MaxOutputTokens
+	}
+	return h.ReserveOutputTokens
+}
+
+// serveUnmetered answers a request that is not a metered POST: the model
+// list, a passthrough path, or else 404 unsupported_endpoint. The key is
+// checked first in every case.
+func (h *Handler) serveUnmetered(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, keyHash, clean, lower string) error {
+	id, one, isModels := modelsPath(lower, clean)
+	isModels = isModels && (r.Method == http.MethodGet || r.Method == http.MethodHead)
+	pass := false
+	if !isModels && h.passthrough != nil {
+		var err error
+		if pass, err = h.passthrough.MatchWithError(r); err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+	}
+	g, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)})
+	if err != nil {
+		h.refuse(w, r, err, "")
+		return nil
+	}
+	h.setIdentity(r, g, "")
+	switch {
+	case isModels:
+		h.serveModels(w, g.Key, id, one)
+		return nil
+	case pass:
+		prepareUpstream(r)
+		return next.ServeHTTP(w, r)
+	}
+	h.deny(w, errUnsupportedEndpoint(r.Method, r.URL.Path), "")
+	return nil
+}
+
+// detachUpstream returns r with a context that outlives the client's: when
+// the client goes away, the upstream request goes on for at most timeout
+// more, so its usage report can still be read and billed. release ends it.
+func detachUpstream(r *http.Request, timeout time.Duration) (up *http.Request, release func()) {
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(r.Context()))
+	var (
+		mu    sync.Mutex
+		timer *time.Timer
+	)
+	stop := context.AfterFunc(r.Context(), func() {
+		mu.Lock()
+		timer = time.AfterFunc(timeout, func() { cancel(errClientGoneTimeout) })
+		mu.Unlock()
+	})
+	return r.WithContext(ctx), func() {
+		stop()
+		mu.Lock()
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Unlock()
+		cancel(nil)
+	}
+}
+
+// errClientGoneTimeout ends an upstream request still read after its
+// client left, once client_gone_timeout has passed.
+var errClientGoneTimeout = errors.New("client_gone_timeout passed after the client went away")
+
+// upstreamStatus is the status for an upstream that gave no response:
+// the one reverse_proxy chose (502, 503 or 504), else 502.
+func upstreamStatus(err error) int {
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode >= 500 {
+		return he.StatusCode
+	}
+	return http.StatusBadGateway
 }
 
 // readRequest reads and parses the body, and finds the model's price.
@@ -212,7 +375,9 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 		body, err = io.ReadAll(io.LimitReader(r.Body, h.MaxRequestBody+1))
 	}
 	if err != nil {
-		return nil, billing.Price{}, errInvalidRequest("could not read the request body", "")
+		// The client stopped sending (or went away): nobody to answer,
+		// and nothing to blame on Redis or the key.
+		return nil, billing.Price{}, errClientClosed
 	}
 	if int64(len(body)) > h.MaxRequestBody {
 		return nil, billing.Price{}, errTooLarge
@@ -275,7 +440,13 @@ func isRefusal(err error) bool {
 }
 
 // refuse answers a request Authorize refused.
-func (h *Handler) refuse(w http.ResponseWriter, err error, model string) {
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error, model string) {
+	if r.Context().Err() != nil {
+		// The client left while its key was being checked: not a Redis
+		// failure.
+		h.deny(w, errClientClosed, model)
+		return
+	}
 	var rl *billing.RateLimitError
 	if errors.As(err, &rl) {
 		secs := int64((rl.Reset + time.Second - 1) / time.Second)

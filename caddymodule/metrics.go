@@ -25,6 +25,7 @@ var metrics = struct {
 	tokens       *prometheus.CounterVec
 	cost         *prometheus.CounterVec
 	holdsRefused *prometheus.CounterVec
+	clamped      *prometheus.CounterVec
 	rateLimited  *prometheus.CounterVec
 	redisTime    *prometheus.HistogramVec
 	redisErrors  *prometheus.CounterVec
@@ -48,6 +49,10 @@ var metrics = struct {
 	holdsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "aitoken", Name: "holds_refused_total",
 		Help: "Requests refused because the balance could not cover their hold (402 insufficient_quota), by model.",
+	}, []string{"model"}),
+	clamped: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "aitoken", Name: "usage_clamped_total",
+		Help: "Responses whose upstream usage report claimed more tokens than the request could produce and was cut to the bound, by model: a broken or dishonest upstream.",
 	}, []string{"model"}),
 	rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "aitoken", Name: "rate_limited_total",
@@ -93,7 +98,7 @@ func registerMetrics(ctx caddy.Context) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{
-		metrics.requests, metrics.tokens, metrics.cost, metrics.holdsRefused, metrics.rateLimited,
+		metrics.requests, metrics.tokens, metrics.cost, metrics.holdsRefused, metrics.clamped, metrics.rateLimited,
 		metrics.redisTime, metrics.redisErrors, metrics.spooled, metrics.lost, metrics.stripeEvents, metrics.state,
 	} {
 		if err := reg.Register(c); err != nil {
@@ -128,6 +133,9 @@ func addTokens(model, kind string, n int64) {
 
 // countRefusal records a request answered with e before it was forwarded.
 // model is a price table entry (PriceTable.Pattern) or "".
+// countClamped counts a usage report cut to what its request could produce.
+func countClamped(model string) { metrics.clamped.WithLabelValues(model).Inc() }
+
 func countRefusal(model string, e *apiError) {
 	metrics.requests.WithLabelValues(model, e.Code).Inc()
 	if e == errQuota {

@@ -1,7 +1,7 @@
 package caddymodule
 
 import (
-	"errors"
+	"context"
 	"io"
 	"net/http"
 	"strings"
@@ -21,7 +21,16 @@ import (
 // meter observes the same bytes.
 type meteredWriter struct {
 	*caddyhttp.ResponseWriterWrapper
-	obs         *meter.Observer
+	obs       *meter.Observer
+	client    clientSink
+	clientCtx context.Context
+	// cancelOnGone returns the client's write errors, so reverse_proxy
+	// stops (on_client_gone cancel); otherwise, once the client is gone,
+	// writes are dropped and the upstream is still read to its end.
+	cancelOnGone bool
+	// gone is set when the client went away while the response was still
+	// being sent.
+	gone        bool
 	hiding      bool
 	wroteHeader bool
 	status      int
@@ -33,12 +42,39 @@ type meteredWriter struct {
 	unreadable bool
 }
 
-func newMeteredWriter(w http.ResponseWriter, req *meter.Request) *meteredWriter {
-	return &meteredWriter{
+func newMeteredWriter(w http.ResponseWriter, r *http.Request, req *meter.Request, cancelOnGone bool) *meteredWriter {
+	m := &meteredWriter{
 		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		obs:                   meter.NewObserver(req),
 		hiding:                req.InjectedUsage && !req.ClientWantsUsage,
+		clientCtx:             r.Context(),
+		cancelOnGone:          cancelOnGone,
 	}
+	m.client = clientSink{m}
+	return m
+}
+
+// clientSink is where the meter sends the bytes for the client.
+type clientSink struct{ m *meteredWriter }
+
+// Write sends p to the client. Once the client is gone (its context ended
+// or a write failed) and the upstream is to be read to its end, it drops p
+// and reports success, so reverse_proxy keeps reading the upstream.
+func (c clientSink) Write(p []byte) (int, error) {
+	m := c.m
+	if m.cancelOnGone {
+		return m.ResponseWriter.Write(p)
+	}
+	if m.gone || m.clientCtx.Err() != nil {
+		m.gone = true
+		return len(p), nil
+	}
+	n, err := m.ResponseWriter.Write(p)
+	if err != nil {
+		m.gone = true
+		return len(p), nil
+	}
+	return n, nil
 }
 
 // WriteHeader starts the meter on the final status.
@@ -73,13 +109,13 @@ func (m *meteredWriter) Write(p []byte) (int, error) {
 		m.firstByte = time.Now()
 	}
 	if m.compressed != nil || m.unreadable {
-		n, err := m.ResponseWriter.Write(p)
+		n, err := m.client.Write(p)
 		if m.compressed != nil && n > 0 {
 			m.compressed.write(p[:n])
 		}
 		return n, err
 	}
-	if err := m.obs.Feed(m.ResponseWriter, p); err != nil {
+	if err := m.obs.Feed(m.client, p); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -96,7 +132,7 @@ type writerOnly struct{ io.Writer }
 // settles it in Redis (or the spool).
 func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, req *meter.Request,
 	price billing.Price, start time.Time, aborted bool) {
-	var out io.Writer = mw.ResponseWriter
+	var out io.Writer = mw.client
 	if aborted || mw.compressed != nil || mw.unreadable {
 		out = io.Discard
 	}
@@ -111,31 +147,32 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 	outcome := res.Outcome
 	switch {
 	case !mw.wroteHeader:
-		status = http.StatusBadGateway
-		var he caddyhttp.HandlerError
-		if errors.As(mw.upstreamErr, &he) && he.StatusCode != 0 {
-			status = he.StatusCode
+		status = mw.status
+		if status == 0 {
+			status = upstreamStatus(mw.upstreamErr)
 		}
-		outcome = meter.OutcomeUpstreamError
-	case r.Context().Err() != nil && outcome != meter.OutcomeCompleted:
+		outcome = outcomeUpstreamUnreachable
+	case mw.gone || r.Context().Err() != nil && outcome != meter.OutcomeCompleted:
 		outcome = meter.OutcomeClientGone
 	}
 
-	// Bill the upstream's own report; fill what it lacks from an estimate
-	// of what passed, and say so on the row.
-	usage, estimated := res.Usage, false
-	switch {
-	case res.HasUsage && outcome == meter.OutcomeCompleted:
-	case res.HasUsage:
-		// A report cut short (e.g. Anthropic's message_start, then a
-		// cut): its input is real, its output a placeholder.
-		if est := estimateUsage(req, res); est.OutputTokens > usage.OutputTokens {
-			usage.OutputTokens, estimated = est.OutputTokens, true
-		}
-	case status < 400 && mw.wroteHeader:
-		usage, estimated = estimateUsage(req, res), true
-	default:
-		usage = meter.Usage{} // an upstream error without usage costs nothing
+	// Bill the upstream's own report, bounded by what the request could
+	// produce; fill what it lacks from an estimate of what passed.
+	terms := meter.BillTerms{Outcome: res.Outcome, Status: status, Answered: mw.wroteHeader,
+		OutputLimit: h.billedOutputLimit(req)}
+	if !mw.wroteHeader {
+		terms.Outcome = outcome
+	}
+	if outcome == meter.OutcomeClientGone && res.Outcome != meter.OutcomeCompleted {
+		// The upstream read the whole input before the request was cut.
+		terms.MinInput = req.InputEstimate
+	}
+	bill := meter.Bill(req, res, terms)
+	usage, estimated := bill.Usage, bill.Estimated
+	if bill.Clamped {
+		countClamped(h.app.prices.Pattern(req.Model))
+		h.log.Warn("the upstream reported more tokens than the request could produce; billed the bound",
+			zap.String("request_id", g.RequestID), zap.String("model", req.Model))
 	}
 	tokens := billing.Tokens{
 		Input:       usage.InputTokens,
@@ -167,6 +204,7 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 		Cost:              cost,
 		Currency:          h.app.Currency,
 		Estimated:         estimated,
+		Clamped:           bill.Clamped,
 		DurationMS:        end.Sub(start).Milliseconds(),
 	}
 	if !mw.firstByte.IsZero() {
@@ -194,11 +232,16 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 		h.app.settling, h.log, func() {
 			// The client has the whole response now, not after the
 			// settlement is handed to a worker.
-			if !aborted {
+			if !aborted && !mw.gone {
 				_ = http.NewResponseController(mw).Flush()
 			}
 		})
 }
+
+// outcomeUpstreamUnreachable is the outcome of a request whose upstream
+// gave no response at all (refused connection, no healthy upstream,
+// timeout); the row's status says which (502, 503, 504).
+const outcomeUpstreamUnreachable meter.Outcome = "upstream_unreachable"
 
 // logFields are the access log's aitoken_* fields. They go in as one
 // inline field (each ExtraLogFields.Add resets a cache) and are encoded
@@ -231,9 +274,18 @@ func settlementGrant(g billing.Grant) billing.Grant {
 		Key: billing.KeyRecord{ID: g.Key.ID, User: g.Key.User, TPM: g.Key.TPM}}
 }
 
-// estimateUsage estimates a response without a usage report: input from
-// the request, output from the text that passed (meter.Estimate: a
-// tokenizer for OpenAI-family models, a characters rule elsewhere).
-func estimateUsage(req *meter.Request, res meter.Result) meter.Usage {
-	return meter.Estimate(req, res)
+// unlimitedOutputBound bounds the billed output of one choice of a request
+// that set no output limit: above the longest output of the models served
+// today (128k), so a true answer is never cut, yet finite, so a hostile
+// report cannot drain an account.
+const unlimitedOutputBound = 256 << 10
+
+// billedOutputLimit is the most output one choice of req is billed for:
+// its own limit, or unlimitedOutputBound when it set none (the hold
+// covered reserve_output_tokens).
+func (h *Handler) billedOutputLimit(req *meter.Request) int64 {
+	if req.MaxOutputTokens > 0 {
+		return req.MaxOutputTokens
+	}
+	return max(unlimitedOutputBound, h.ReserveOutputTokens)
 }

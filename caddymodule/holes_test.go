@@ -1,0 +1,349 @@
+package caddymodule_test
+
+// Holes an attack on the gateway found: paths that reached the upstream
+// unmetered, upstream outages answered as empty successes, early hang-ups
+// that were nearly free, and bodies read before the key was checked.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+)
+
+// Every path under the handler that is not metered is refused before
+// anything goes upstream; a metered path spelled in another case is
+// metered.
+func TestUnmeteredPathsAreRefused(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "1.00", "")
+	for _, c := range []struct{ method, path string }{
+		{"POST", "/v1/images/generations"},
+		{"POST", "/v1/audio/speech"},
+		{"POST", "/v1/audio/transcriptions"},
+		{"POST", "/v1/batches"},
+		{"GET", "/v1/batches"},
+		{"GET", "/v1/files"},
+		{"POST", "/v1/files"},
+		{"DELETE", "/v1/files/file-abc"},
+		{"GET", "/v1/responses/resp_123"},
+		{"DELETE", "/v1/responses/resp_123"},
+		{"GET", "/v1/chat/completions"},
+		{"GET", "/v1/chat/completions/chatcmpl-1"},
+		{"POST", "/v1/chat/completions/chatcmpl-1"},
+		{"POST", "/v1/moderations"},
+		{"POST", "/v1/chat/completions/.."},
+		{"POST", "/pass/v1/images/generations"},
+	} {
+		tag := "refused-" + c.method + c.path
+		req, _ := http.NewRequest(c.method, gatewayURL+c.path, strings.NewReader(`{"model":"test-model","prompt":"a cat"}`))
+		req.Header.Set("Authorization", "Bearer "+k.Key)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Test-Tag", tag)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		apiErr(t, resp, body, http.StatusNotFound, "unsupported_endpoint")
+		if n := hits(tag); n != 0 {
+			t.Fatalf("%s %s reached the upstream %d times", c.method, c.path, n)
+		}
+	}
+	// No key: 401 first, as everywhere.
+	resp, body := post(t, "/v1/images/generations", "", `{}`)
+	apiErr(t, resp, body, http.StatusUnauthorized, "missing_api_key")
+
+	// Metered paths in any spelling Caddy's path matcher accepts are
+	// metered (and billed).
+	spellings := []string{"/v1/CHAT/completions", "/V1/Chat/Completions", "/v1//chat/completions", "/v1/./chat/completions/"}
+	for _, p := range spellings {
+		resp, body := post(t, p, k.Key, `{"model":"test-model","messages":[{"role":"user","content":"hi"}]}`)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d %s", p, resp.StatusCode, body)
+		}
+	}
+	for _, r := range waitUsage(t, u.ID, len(spellings)) {
+		if mustNanos(t, r.Cost) <= 0 || r.Estimated || r.OutputTokens != 5 {
+			t.Fatalf("a metered path in another spelling was not billed exactly: %+v", r)
+		}
+	}
+}
+
+// GET /v1/models is answered by the gateway: the priced models this key
+// may use on this route, in OpenAI's list shape; the upstream is not asked.
+func TestModelsAnsweredByGateway(t *testing.T) {
+	gateway(t)
+	_, k := newAccount(t, "", "")
+	_, limited := newAccount(t, "", `{"user":"$USER","models":["test-model","pre-x"]}`)
+	ctx := context.Background()
+	list := func(c openai.Client) []string {
+		t.Helper()
+		page, err := c.Models.List(ctx, option.WithHeader("X-Test-Tag", "models-list"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, m := range page.Data {
+			if m.Object != "model" {
+				t.Fatalf("model object %+v", m)
+			}
+			ids = append(ids, m.ID)
+		}
+		return ids
+	}
+	if got, want := list(client(k.Key)), []string{"claude-test", "other-model", "test-model"}; !slices.Equal(got, want) {
+		t.Fatalf("models for an unlimited key: %v, want %v (wildcard prices are not listed)", got, want)
+	}
+	if got, want := list(client(limited.Key)), []string{"pre-x", "test-model"}; !slices.Equal(got, want) {
+		t.Fatalf("models for a limited key: %v, want %v", got, want)
+	}
+	routeLimited := client(k.Key, option.WithBaseURL(gatewayURL+"/limited/v1/"))
+	if got, want := list(routeLimited), []string{"test-model"}; !slices.Equal(got, want) {
+		t.Fatalf("models on a route limited to test-model: %v, want %v", got, want)
+	}
+	lc := client(limited.Key)
+	m, err := lc.Models.Get(ctx, "pre-x")
+	if err != nil || m.ID != "pre-x" {
+		t.Fatalf("get pre-x: %+v, %v", m, err)
+	}
+	_, err = lc.Models.Get(ctx, "other-model")
+	var apiE *openai.Error
+	if !errors.As(err, &apiE) || apiE.StatusCode != http.StatusNotFound || apiE.Code != "model_not_found" {
+		t.Fatalf("get a model the key may not use: %v", err)
+	}
+	if n := hits("models-list"); n != 0 {
+		t.Fatalf("the model list reached the upstream %d times", n)
+	}
+	req, _ := http.NewRequest("GET", gatewayURL+"/v1/models", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("models without a key: %d", resp.StatusCode)
+	}
+}
+
+// A passthrough path reaches the upstream for a valid key, without the
+// client's key, and is not billed.
+func TestPassthroughIsAuthenticatedAndUnmetered(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "1.00", "")
+	req, _ := http.NewRequest("GET", gatewayURL+"/pass/v1/files", nil)
+	req.Header.Set("X-Test-Tag", "passthrough-files")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || hits("passthrough-files") != 0 {
+		t.Fatalf("passthrough without a key: %d, %d upstream hits", resp.StatusCode, hits("passthrough-files"))
+	}
+	for _, p := range []string{"/pass/v1/files", "/pass/V1/FILES/file-abc"} {
+		req, _ = http.NewRequest("GET", gatewayURL+p, nil)
+		req.Header.Set("X-Test-Tag", "passthrough-files")
+		req.Header.Set("x-api-key", k.Key)
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		last, _ := env.mock.LastRequest()
+		if last.Header.Get("X-Api-Key") != "" || last.Header.Get("Authorization") != "" {
+			t.Fatal("the client's key reached the upstream")
+		}
+	}
+	if n := hits("passthrough-files"); n != 2 {
+		t.Fatalf("passthrough reached the upstream %d times, want 2", n)
+	}
+	if got := getUser(t, u.ID); got.Balance != "1.000000000" || got.Held != "0.000000000" || len(usageOf(t, u.ID)) != 0 {
+		t.Fatalf("a passthrough request was billed: %+v", got)
+	}
+}
+
+// An upstream that cannot be reached is a 5xx with an OpenAI error body,
+// which the SDKs raise (and retry), never an empty 200; it costs nothing
+// and its row says why.
+func TestUnreachableUpstreamIsA5xx(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "1.00", "")
+	c := client(k.Key, option.WithBaseURL(gatewayURL+"/down/v1/"))
+	ctx := context.Background()
+
+	// First: the connection is refused (502). The upstream is then marked
+	// down (max_fails 1), so next: no upstream available (503).
+	_, err := c.Chat.Completions.New(ctx, chatParams("test-model"))
+	var apiE *openai.Error
+	if !errors.As(err, &apiE) || apiE.StatusCode != http.StatusBadGateway || apiE.Code != "upstream_unreachable" {
+		t.Fatalf("refused upstream: %v, want 502 upstream_unreachable", err)
+	}
+	stream := c.Chat.Completions.NewStreaming(ctx, chatParams("test-model"))
+	for stream.Next() {
+		t.Fatal("a chunk from an unreachable upstream")
+	}
+	if !errors.As(stream.Err(), &apiE) || apiE.StatusCode != http.StatusServiceUnavailable || apiE.Code != "upstream_unavailable" {
+		t.Fatalf("stream with no upstream available: %v, want 503 upstream_unavailable", stream.Err())
+	}
+	rows := waitUsage(t, u.ID, 2)
+	statuses := []int{rows[0].Status, rows[1].Status}
+	slices.Sort(statuses)
+	if !slices.Equal(statuses, []int{502, 503}) {
+		t.Fatalf("row statuses %v, want 502 and 503", statuses)
+	}
+	for _, r := range rows {
+		if r.Outcome != "upstream_unreachable" || r.Cost != "0.000000000" {
+			t.Fatalf("row %+v, want outcome upstream_unreachable and no cost", r)
+		}
+	}
+	if got := getUser(t, u.ID); got.Balance != "1.000000000" || got.Held != "0.000000000" {
+		t.Fatalf("account after an outage: %+v", got)
+	}
+}
+
+// readDeltas reads a chat stream until n content deltas have passed.
+func readDeltas(t *testing.T, br *bufio.Reader, n int) {
+	t.Helper()
+	for seen := 0; seen < n; {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended after %d deltas: %v", seen, err)
+		}
+		if strings.HasPrefix(line, "data: ") && strings.Contains(line, `"content":"`) && !strings.Contains(line, `"role"`) {
+			seen++
+		}
+	}
+}
+
+// hangUp starts a stream with the mock's headers hdr, reads n deltas and
+// closes the connection; it returns the response and the body it sent.
+func hangUp(t *testing.T, path, key string, n int, hdr ...string) (*http.Response, string) {
+	t.Helper()
+	body := `{"model":"test-model","stream":true,"max_tokens":20000,"messages":[{"role":"user","content":"` +
+		strings.Repeat("tell me more ", 200) + `"}]}`
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", gatewayURL+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readDeltas(t, bufio.NewReader(resp.Body), n)
+	cancel()
+	resp.Body.Close()
+	return resp, body
+}
+
+// A client that hangs up early pays what the provider bills the operator:
+// by default the upstream is read to its end and its own report billed,
+// hidden reasoning included.
+func TestClientGoneFinishBillsTheUpstreamReport(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "1.00", "")
+	resp, _ := hangUp(t, "/v1/chat/completions", k.Key, 1,
+		"X-Mock-Deltas", "50", "X-Mock-Delay", "20ms", "X-Mock-Reasoning", "10000")
+	rows := settled(t, u, credit1, 1)
+	r := row(t, rows, resp)
+	if r.Outcome != "client_gone" || r.Estimated || r.OutputTokens != 10050 || r.ReasoningTokens != 10000 || r.InputTokens != 12 {
+		t.Fatalf("row %+v,\nwant client_gone, exact: input 12, output 10050 (10000 reasoning)", r)
+	}
+	if cost := mustNanos(t, r.Cost); cost != testModelPrice.rowCost(r) {
+		t.Fatalf("cost %d, want %d", cost, testModelPrice.rowCost(r))
+	}
+}
+
+// With on_client_gone cancel the upstream is stopped at once and the bill
+// is at least the whole input as estimated for the hold, plus the output
+// seen.
+func TestClientGoneCancelBillsTheWholeInput(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "1.00", "")
+	resp, body := hangUp(t, "/cancel/v1/chat/completions", k.Key, 5,
+		"X-Mock-Deltas", "400", "X-Mock-Delay", "5ms", "X-Mock-Reasoning", "10000")
+	rows := settled(t, u, credit1, 1)
+	r := row(t, rows, resp)
+	if minIn := int64(len(body)+1) / 2; r.Outcome != "client_gone" || !r.Estimated || r.InputTokens < minIn || r.OutputTokens < 5 || r.OutputTokens >= 400 {
+		t.Fatalf("row %+v,\nwant client_gone, estimated, input >= %d, 5 <= output < 400", r, minIn)
+	}
+}
+
+// The key is checked before a large body is read: a stranger cannot make
+// the gateway read megabytes.
+func TestKeyCheckedBeforeALargeBody(t *testing.T) {
+	gateway(t)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// A route with the default max_request_body (8MiB).
+	req, _ := http.NewRequestWithContext(ctx, "POST", gatewayURL+"/pass/v1/chat/completions", pr)
+	req.Header.Set("Authorization", "Bearer sk-not-a-key")
+	go func() {
+		// The start of a body that never ends: the answer must not wait
+		// for the rest. (Go's server discards up to 256 KiB of an unread
+		// body before it answers; a gateway that reads the body first
+		// would wait for megabytes.)
+		_, _ = pw.Write([]byte(`{"model":"test-model","messages":[{"role":"user","content":"` + strings.Repeat("x", 300<<10)))
+	}()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("no answer while the body was still being sent: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	apiErr(t, resp, b, http.StatusUnauthorized, "invalid_api_key")
+}
+
+// A client that disconnects in the middle of its body is counted as such,
+// not as a Redis outage.
+func TestClientLeavingMidBodyIsNotARedisError(t *testing.T) {
+	gateway(t)
+	_, k := newAccount(t, "1.00", "")
+	before := scrape(t)
+	for _, c := range []struct {
+		path   string
+		length int
+	}{{"/v1/chat/completions", 1000}, {"/pass/v1/chat/completions", 200_000}} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(gatewayURL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: localhost:9080\r\nAuthorization: Bearer %s\r\n"+
+			"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n{\"model\":\"test-model\"", c.path, k.Key, c.length)
+		conn.Close()
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		after := scrape(t)
+		closed := metric(after, "aitoken_requests_total", "outcome=client_closed_request") -
+			metric(before, "aitoken_requests_total", "outcome=client_closed_request")
+		if unavailable := metric(after, "aitoken_requests_total", "outcome=service_unavailable") -
+			metric(before, "aitoken_requests_total", "outcome=service_unavailable"); unavailable != 0 {
+			t.Fatalf("a client leaving mid-body was counted as service_unavailable %v times", unavailable)
+		}
+		if closed == 2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("client_closed_request counted %v times, want 2", closed)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
