@@ -151,8 +151,8 @@ var upstreamHits struct {
 	n map[string]int
 }
 
-//
-// It also matches paths without regard to letter case, as many
+// countHits counts the requests to h by tag (upstreamHits). It also
+// matches paths without regard to letter case, as many
 // self-hosted providers do, so a request the gateway forwards in another
 // spelling is served (and must be metered).
 func countHits(h http.Handler) http.Handler {
