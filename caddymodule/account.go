@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stripe/stripe-go/v76"
 	"go.uber.org/zap"
 
@@ -132,7 +133,7 @@ var accountRoutes = map[string]struct {
 	serve  func(h *AccountAPI, w http.ResponseWriter, r *http.Request, g billing.Grant)
 }{
 	"/v1/account":          {http.MethodGet, func(h *AccountAPI, w http.ResponseWriter, r *http.Request, g billing.Grant) { h.account(w, r, g.User) }},
-	"/v1/account/topup":    {http.MethodPost, func(h *AccountAPI, w http.ResponseWriter, r *http.Request, g billing.Grant) { h.topup(w, r, g.User) }},
+	"/v1/account/topup":    {http.MethodPost, (*AccountAPI).topup},
 	"/v1/account/usage":    {http.MethodGet, (*AccountAPI).usage},
 	"/v1/account/export":   {http.MethodGet, (*AccountAPI).export},
 	"legacy:subscription":  {http.MethodGet, (*AccountAPI).legacySubscription},
@@ -186,7 +187,71 @@ type topupResponse struct {
 	Currency string        `json:"currency"`
 }
 
-func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, user string) {
+// topupRateScript counts a key's top-ups in a fixed window (KEYS[1], ARGV[1]
+// the window in ms) and returns the count with this one and the ms left in
+// the window.
+var topupRateScript = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+	redis.call('PEXPIRE', KEYS[1], ARGV[1])
+	ttl = tonumber(ARGV[1])
+end
+return {n, ttl}
+`)
+
+// topupRateKey names the counter of a key's top-ups, under its user's hash
+// tag like the account's other keys.
+func topupRateKey(user, keyID string) string { return "ait:{" + user + "}:topups:" + keyID }
+
+// errTopupRate refuses a top-up over the key's limit.
+func errTopupRate(limit int, win, reset time.Duration) *apiError {
+	return &apiError{http.StatusTooManyRequests, "requests", "rate_limit_exceeded",
+		"Too many top-ups: at most " + strconv.Itoa(limit) + " per " + shortDuration(win) +
+			" for this key. Try again in " + formatReset(reset) + ".", ""}
+}
+
+// shortDuration writes d without zero minutes and seconds ("1h", "30m").
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
+
+// topupAllowed counts a top-up against the key's limit and, over it,
+// answers 429 with Retry-After (or 503 when Redis cannot count it) and
+// returns false.
+func (h *AccountAPI) topupAllowed(w http.ResponseWriter, ctx context.Context, sc *StripeConfig, g billing.Grant) bool {
+	limit, win := sc.topupLimit()
+	if limit == 0 {
+		return true
+	}
+	res, err := topupRateScript.Run(ctx, h.app.accounts.Client(), []string{topupRateKey(g.User, g.KeyID)},
+		win.Milliseconds()).Int64Slice()
+	if err != nil || len(res) != 2 {
+		h.log.Error("redis unavailable; top-up refused", zap.String("key_id", g.KeyID), zap.Error(err))
+		errUnavailable.write(w)
+		return false
+	}
+	if res[0] <= int64(limit) {
+		return true
+	}
+	reset := time.Duration(res[1]) * time.Millisecond
+	h.log.Info("top-up refused: the key's top-up rate limit is reached",
+		zap.String("key_id", g.KeyID), zap.Int("limit", limit), zap.Duration("window", win))
+	w.Header().Set("Retry-After", strconv.FormatInt(max(int64((reset+time.Second-1)/time.Second), 1), 10))
+	errTopupRate(limit, win, reset).write(w)
+	return false
+}
+
+func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Grant) {
+	user := g.User
 	sc := h.app.Stripe
 	if sc == nil || sc.api == nil {
 		errTopupUnavailable.write(w)
@@ -199,6 +264,9 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, user string) 
 	}
 	var in struct {
 		Amount *billing.Nanos `json:"amount"`
+		// Currency, when given, must be the gateway's: a client that
+		// expects another currency is told, not charged in this one.
+		Currency *string `json:"currency"`
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxAccountBody+1))
 	switch {
@@ -222,14 +290,26 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, user string) 
 		errInvalidRequest(`you must provide an amount, a decimal string like "20.00"`, "amount").write(w)
 		return
 	}
+	if in.Currency != nil && !strings.EqualFold(*in.Currency, cur) {
+		errInvalidRequest("currency must be "+cur+", the only currency of this gateway's balances", "currency").write(w)
+		return
+	}
 	amount := *in.Amount
 	if amount < sc.MinTopup {
 		errInvalidRequest("amount must be at least "+trimAmount(sc.MinTopup)+" "+cur, "amount").write(w)
 		return
 	}
+	if amount > sc.MaxTopup {
+		errInvalidRequest("amount must be at most "+trimAmount(sc.MaxTopup)+" "+cur, "amount").write(w)
+		return
+	}
 	minor, err := stripebill.NanosToMinor(amount, cur)
 	if err != nil {
 		errInvalidRequest("amount has more decimal places than "+cur+" allows", "amount").write(w)
+		return
+	}
+
+	if !h.topupAllowed(w, r.Context(), sc, g) {
 		return
 	}
 

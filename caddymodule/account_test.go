@@ -3,6 +3,7 @@ package caddymodule_test
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -133,5 +134,56 @@ func TestAccountTopup(t *testing.T) {
 	st, out = accountCall(t, "GET", "/v1/account", k.Key, "")
 	if st != http.StatusOK || out["balance"] != "20.000000000" {
 		t.Fatalf("balance after top-up: %d %v", st, out)
+	}
+}
+
+// A top-up above max_topup (500.00 in the test config), or in another
+// currency, is refused naming the field; each key may start 3 top-ups an
+// hour (topup_rate 3 1h), then gets 429 with Retry-After, while another
+// key of the same user still may.
+func TestAccountTopupLimits(t *testing.T) {
+	if stripeEnv.err != nil {
+		t.Fatalf("this test needs stripe-mock: %v", stripeEnv.err)
+	}
+	gateway(t)
+	u, k := newAccount(t, "", "")
+	for _, c := range []struct{ body, param string }{
+		{`{"amount":"500.01"}`, "amount"},
+		{`{"amount":"9223372035"}`, "amount"},
+		{`{"amount":9223372035.5}`, "amount"},
+		{`{"amount":"20.00","currency":"eur"}`, "currency"},
+	} {
+		st, out := accountCall(t, "POST", "/v1/account/topup", k.Key, c.body)
+		if code, param := openAIErr(out); st != http.StatusBadRequest || param != c.param || code != "invalid_request_error" {
+			t.Errorf("%s: %d %v", c.body, st, out)
+		}
+	}
+	for _, body := range []string{`{"amount":"500.00"}`, `{"amount":"20.00","currency":"usd"}`, `{"amount":"5"}`} {
+		if st, out := accountCall(t, "POST", "/v1/account/topup", k.Key, body); st != http.StatusOK {
+			t.Fatalf("%s: %d %v", body, st, out)
+		}
+	}
+	req, _ := http.NewRequest("POST", gatewayURL+"/v1/account/topup", strings.NewReader(`{"amount":"20.00"}`))
+	req.Header.Set("Authorization", "Bearer "+k.Key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	resp.Body.Close()
+	ra, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if code, _ := openAIErr(out); resp.StatusCode != http.StatusTooManyRequests || code != "rate_limit_exceeded" || ra < 3000 || ra > 3600 {
+		t.Fatalf("fourth top-up: %d Retry-After %q %v", resp.StatusCode, resp.Header.Get("Retry-After"), out)
+	}
+	if n := len(payments(t, u.ID)); n != 3 {
+		t.Fatalf("%d top-ups recorded, want 3", n)
+	}
+	var k2 keyResp
+	if st := admin(t, "POST", "/aitoken/keys", `{"user":"`+u.ID+`"}`, &k2); st != http.StatusCreated {
+		t.Fatalf("second key: %d", st)
+	}
+	if st, out := accountCall(t, "POST", "/v1/account/topup", k2.Key, `{"amount":"20.00"}`); st != http.StatusOK {
+		t.Fatalf("another key's top-up: %d %v", st, out)
 	}
 }

@@ -178,13 +178,13 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), stripeTimeout)
 	defer cancel()
 	bev := stripebill.Event{ID: ev.ID, Type: string(ev.Type), APIVersion: ev.APIVersion, Created: ev.Created, Object: ev.Data.Raw}
-	var outcome string
+	var res stripebill.Result
 	entries, dup, err := h.app.ledger.store.StripeEvent(ctx,
 		usagelog.StripeEventInfo{ID: ev.ID, Type: bev.Type, APIVersion: ev.APIVersion, Created: ev.Created},
 		func(tx *usagelog.PaymentTx) (string, error) {
 			var err error
-			outcome, err = stripebill.Apply(tx, bev, stripebill.Config{Currency: h.app.Currency})
-			return outcome, err
+			res, err = stripebill.Apply(tx, bev, stripebill.Config{Currency: h.app.Currency})
+			return res.Outcome, err
 		})
 	if err != nil {
 		// Nothing was recorded: Stripe retries, and the retry applies it.
@@ -200,17 +200,25 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 		writeJSON(w, http.StatusOK, map[string]any{"received": true, "duplicate": true})
 		return nil
 	}
+	outcome := res.Outcome
+	metrics.stripeEvents.WithLabelValues(stripeEventType(bev.Type), outcome).Inc()
 	log := h.log.Info
 	switch outcome {
-	case stripebill.OutcomeMalformed, stripebill.OutcomeUnknownUser, stripebill.OutcomeUnmatched,
-		stripebill.OutcomeCurrencyMismatch:
+	case stripebill.OutcomeUnapplied:
+		// Money was taken that no balance got: someone must refund it.
+		h.log.Error("stripe payment recorded as unapplied: credited to nobody; refund it in Stripe",
+			zap.String("event", ev.ID), zap.String("type", bev.Type), zap.String("payment", res.Payment),
+			zap.String("reason", res.Reason))
+		log = nil
+	case stripebill.OutcomeMalformed, stripebill.OutcomeCurrencyMismatch, stripebill.OutcomeAlreadyUnapplied:
 		log = h.log.Warn
 	case stripebill.OutcomeIgnored:
 		log = h.log.Debug
 	}
-	metrics.stripeEvents.WithLabelValues(stripeEventType(bev.Type), outcome).Inc()
-	log("stripe event applied", zap.String("event", ev.ID), zap.String("type", bev.Type),
-		zap.String("outcome", outcome), zap.Int("ledger_entries", len(entries)))
+	if log != nil {
+		log("stripe event applied", zap.String("event", ev.ID), zap.String("type", bev.Type),
+			zap.String("outcome", outcome), zap.String("payment", res.Payment), zap.Int("ledger_entries", len(entries)))
+	}
 	// The ledger has it: from here on a failure is repaired, not retried.
 	if err := applyCredits(ctx, h.app.ledger.store, h.app.accounts, entries); err != nil {
 		h.log.Warn("payment recorded in the ledger but not yet in redis; it will be applied by the repair pass",

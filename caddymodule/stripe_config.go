@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -45,6 +46,17 @@ type StripeConfig struct {
 	// Default: 1.00.
 	MinTopup billing.Nanos `json:"min_topup,omitempty"`
 
+	// MaxTopup is the largest top-up accepted, in the app's currency; a
+	// larger amount is refused (400, param "amount") before Stripe is
+	// asked. It must not be below MinTopup. Default: 10000.00 (or
+	// MinTopup, if that is larger).
+	MaxTopup billing.Nanos `json:"max_topup,omitempty"`
+
+	// TopupRate bounds how many top-ups (Checkout Sessions, each also a
+	// ledger record) one API key may start in a window; more get 429
+	// rate_limit_exceeded with Retry-After. Default: 10 per hour.
+	TopupRate *TopupRate `json:"topup_rate,omitempty"`
+
 	// APIBase replaces https://api.stripe.com, for tests against
 	// stripe-mock. Placeholders are resolved.
 	APIBase string `json:"api_base,omitempty"`
@@ -56,11 +68,64 @@ type StripeConfig struct {
 	api           *client.API // nil without a secret key
 }
 
-// Defaults of the stripe block.
+// TopupRate is a limit on the top-ups one API key starts: at most Sessions
+// per Window, counted in Redis in fixed windows that start with a key's
+// first top-up.
+type TopupRate struct {
+	// Sessions is how many top-ups a key may start per window. Default:
+	// 10; a negative number turns the limit off.
+	Sessions int `json:"sessions,omitempty"`
+	// Window is the length of a window, at least one second. Default: 1h.
+	Window caddy.Duration `json:"window,omitempty"`
+}
+
+// Defaults and bounds of the stripe block.
 const (
-	defaultMinTopup  = billing.NanosPerUnit
-	stripeAPITimeout = 30 * time.Second
+	defaultMinTopup      = billing.NanosPerUnit
+	defaultMaxTopup      = 10_000 * billing.NanosPerUnit
+	defaultTopupSessions = 10
+	defaultTopupWindow   = time.Hour
+	maxTopupSessions     = 1_000_000
+	maxTopupWindow       = 31 * 24 * time.Hour
+	stripeAPITimeout     = 30 * time.Second
 )
+
+// topupLimit returns how many top-ups a key may start per window (0: no
+// limit) and the window.
+func (c *StripeConfig) topupLimit() (int, time.Duration) {
+	n, win := defaultTopupSessions, defaultTopupWindow
+	if c.TopupRate != nil {
+		if c.TopupRate.Sessions != 0 {
+			n = c.TopupRate.Sessions
+		}
+		if c.TopupRate.Window != 0 {
+			win = time.Duration(c.TopupRate.Window)
+		}
+	}
+	return max(n, 0), win
+}
+
+// checkLimits validates the top-up bounds and fills their defaults.
+func (c *StripeConfig) checkLimits() error {
+	if c.MinTopup <= 0 {
+		c.MinTopup = defaultMinTopup
+	}
+	if c.MaxTopup <= 0 {
+		c.MaxTopup = max(defaultMaxTopup, c.MinTopup)
+	}
+	if c.MaxTopup < c.MinTopup {
+		return fmt.Errorf("stripe max_topup %s is below min_topup %s", trimAmount(c.MaxTopup), trimAmount(c.MinTopup))
+	}
+	if c.TopupRate != nil {
+		if c.TopupRate.Sessions > maxTopupSessions {
+			return fmt.Errorf("stripe topup_rate: at most %d top-ups per window", maxTopupSessions)
+		}
+		if w := time.Duration(c.TopupRate.Window); w != 0 && (w < time.Second || w > maxTopupWindow) {
+			return fmt.Errorf("stripe topup_rate window %s: want from 1s to %s", w, maxTopupWindow)
+		}
+	}
+	return nil
+}
 
 // provision resolves the secrets and builds the Stripe API client, once per
 // config; every handler that needs Stripe calls it.
@@ -93,8 +158,8 @@ func (c *StripeConfig) doProvision(log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("stripe api_base: %v", err)
 	}
-	if c.MinTopup <= 0 {
-		c.MinTopup = defaultMinTopup
+	if err := c.checkLimits(); err != nil {
+		return err
 	}
 	if c.secretKey == "" {
 		return nil
@@ -141,8 +206,13 @@ func (l stripeLogger) Errorf(format string, v ...any) { l.s.Warnf(format, v...) 
 //		success_url    <url>
 //		cancel_url     <url>
 //		min_topup      <decimal>
+//		max_topup      <decimal>
+//		topup_rate     <count> [<window>] | off
 //		api_base       <url>
 //	}
+//
+// topup_rate 10 1h allows each API key ten top-ups an hour (the window
+// defaults to 1h).
 func parseStripeBlock(d *caddyfile.Dispenser) (*StripeConfig, error) {
 	if d.NextArg() {
 		return nil, d.ArgErr()
@@ -180,9 +250,49 @@ func parseStripeBlock(d *caddyfile.Dispenser) (*StripeConfig, error) {
 				return nil, d.Errf("stripe min_topup %q: want a positive decimal like 5.00", s)
 			}
 			c.MinTopup = n
+		case "max_topup":
+			var s string
+			if err := oneArg(d, &s); err != nil {
+				return nil, err
+			}
+			n, err := billing.ParseNanos(s)
+			if err != nil || n <= 0 {
+				return nil, d.Errf("stripe max_topup %q: want a positive decimal like 10000.00", s)
+			}
+			c.MaxTopup = n
+		case "topup_rate":
+			r, err := parseTopupRate(d)
+			if err != nil {
+				return nil, err
+			}
+			c.TopupRate = r
 		default:
 			return nil, d.Errf("unrecognized stripe option %q", d.Val())
 		}
 	}
 	return c, nil
+}
+
+// parseTopupRate reads "topup_rate <count> [<window>]" or "topup_rate off".
+func parseTopupRate(d *caddyfile.Dispenser) (*TopupRate, error) {
+	args := d.RemainingArgs()
+	if len(args) == 1 && args[0] == "off" {
+		return &TopupRate{Sessions: -1}, nil
+	}
+	if len(args) < 1 || len(args) > 2 {
+		return nil, d.Errf("stripe topup_rate: want <count> [<window>], e.g. 10 1h, or off")
+	}
+	n, err := strconv.Atoi(args[0])
+	if err != nil || n < 1 || n > maxTopupSessions {
+		return nil, d.Errf("stripe topup_rate %q: want a count from 1 to %d, or off", args[0], maxTopupSessions)
+	}
+	r := &TopupRate{Sessions: n}
+	if len(args) == 2 {
+		w, err := caddy.ParseDuration(args[1])
+		if err != nil || w < time.Second || w > maxTopupWindow {
+			return nil, d.Errf("stripe topup_rate window %q: want a duration from 1s to %s", args[1], maxTopupWindow)
+		}
+		r.Window = caddy.Duration(w)
+	}
+	return r, nil
 }

@@ -3,9 +3,11 @@ package caddymodule
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
@@ -19,6 +21,8 @@ func TestStripeBlock(t *testing.T) {
 			success_url    https://example.com/done?session_id={CHECKOUT_SESSION_ID}
 			cancel_url     https://example.com/cancel
 			min_topup      5.00
+			max_topup      2500.50
+			topup_rate     20 30m
 			api_base       http://127.0.0.1:12111
 		}
 	}`)
@@ -29,8 +33,22 @@ func TestStripeBlock(t *testing.T) {
 	s := a.Stripe
 	if s == nil || s.SecretKey != "{env.AITOKEN_T_KEY}" || s.WebhookSecret != "{file.AITOKEN_T_WHSEC}" ||
 		s.SuccessURL != "https://example.com/done?session_id={CHECKOUT_SESSION_ID}" ||
-		s.MinTopup != 5*billing.NanosPerUnit || s.APIBase != "http://127.0.0.1:12111" {
+		s.MinTopup != 5*billing.NanosPerUnit || s.APIBase != "http://127.0.0.1:12111" ||
+		s.MaxTopup != 2500_500_000_000 || s.TopupRate == nil || s.TopupRate.Sessions != 20 ||
+		time.Duration(s.TopupRate.Window) != 30*time.Minute {
 		t.Fatalf("stripe block read as %+v", s)
+	}
+	if n, win := s.topupLimit(); n != 20 || win != 30*time.Minute {
+		t.Fatalf("topup limit %d per %s", n, win)
+	}
+	for src, want := range map[string]int{"topup_rate 4": 4, "topup_rate off": 0} {
+		var a App
+		if err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser("aitoken {\nstripe {\n" + src + "\n}\n}")); err != nil {
+			t.Fatalf("%s: %v", src, err)
+		}
+		if n, win := a.Stripe.topupLimit(); n != want || win != time.Hour {
+			t.Errorf("%s: %d per %s", src, n, win)
+		}
 	}
 
 	for _, bad := range []string{
@@ -39,6 +57,13 @@ func TestStripeBlock(t *testing.T) {
 		"stripe {\nsecret_key\n}",
 		"stripe {\nsecret_key a b\n}",
 		"stripe {\nunknown x\n}",
+		"stripe {\nmax_topup -1\n}",
+		"stripe {\nmax_topup 1e9\n}",
+		"stripe {\ntopup_rate\n}",
+		"stripe {\ntopup_rate 0\n}",
+		"stripe {\ntopup_rate ten\n}",
+		"stripe {\ntopup_rate 10 1ms\n}",
+		"stripe {\ntopup_rate 10 1h extra\n}",
 		"stripe extra {\n}",
 	} {
 		var a App
@@ -56,7 +81,8 @@ func TestStripeProvision(t *testing.T) {
 	if err := c.provision(zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
-	if c.secretKey != "sk_test_x" || c.webhookSecret != "whsec_x" || c.api == nil || c.MinTopup != billing.NanosPerUnit {
+	if c.secretKey != "sk_test_x" || c.webhookSecret != "whsec_x" || c.api == nil || c.MinTopup != billing.NanosPerUnit ||
+		c.MaxTopup != 10_000*billing.NanosPerUnit {
 		t.Fatalf("provisioned %+v", c)
 	}
 	if c.SecretKey != "{env.AITOKEN_T_KEY}" {
@@ -66,6 +92,10 @@ func TestStripeProvision(t *testing.T) {
 		"unset env":      {SecretKey: "{env.AITOKEN_T_UNSET}", SuccessURL: "https://example.com/"},
 		"no success url": {SecretKey: "{env.AITOKEN_T_KEY}"},
 		"relative url":   {SecretKey: "{env.AITOKEN_T_KEY}", SuccessURL: "/done"},
+		"max below min": {SecretKey: "{env.AITOKEN_T_KEY}", SuccessURL: "https://example.com/",
+			MinTopup: 50 * billing.NanosPerUnit, MaxTopup: 20 * billing.NanosPerUnit},
+		"window too short": {SecretKey: "{env.AITOKEN_T_KEY}", SuccessURL: "https://example.com/",
+			TopupRate: &TopupRate{Sessions: 1, Window: caddy.Duration(time.Millisecond)}},
 	} {
 		if err := c.provision(zap.NewNop()); err == nil || !strings.Contains(err.Error(), "stripe") {
 			t.Errorf("%s: %v", name, err)

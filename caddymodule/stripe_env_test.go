@@ -111,6 +111,8 @@ func withStripe(cfg string) string {
 			success_url    https://example.com/topup/done?session_id={CHECKOUT_SESSION_ID}
 			cancel_url     https://example.com/topup/cancel
 			min_topup      5.00
+			max_topup      500.00
+			topup_rate     3 1h
 			api_base       http://127.0.0.1:%d
 		}
 `, stripeEnv.httpPort)

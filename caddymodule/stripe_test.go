@@ -317,3 +317,37 @@ func TestStripeSecretsNotInConfig(t *testing.T) {
 		}
 	}
 }
+
+// The refunds of two charges of one payment, each partly refunded, with
+// every event delivered twice and other events repeating their totals:
+// the ledger debits exactly the refunded parts, once, each measured
+// against the whole payment.
+func TestStripeRefundsAcrossCharges(t *testing.T) {
+	gateway(t)
+	u, _ := newAccount(t, "", "")
+	cs, a, b := uniq("cs"), uniq("ch"), uniq("ch")
+	deliver(t, stripeEvent("", "checkout.session.completed", "", sessionObject(cs, u.ID, "paid", 2000, "usd")), "credited")
+	// Two charges of 10.00 paid the 20.00.
+	for _, ev := range [][]byte{
+		stripeEvent("", "charge.refunded", "", chargeObject(a, "pi_"+cs, 1000, 500)),
+		stripeEvent("", "charge.refunded", "", chargeObject(b, "pi_"+cs, 1000, 300)),
+	} {
+		deliver(t, ev, "refund_debited")
+		if st, out := sendEvent(t, ev, testWebhookSecret, time.Time{}); st != http.StatusOK || out["duplicate"] != true {
+			t.Fatalf("redelivery: %d %v", st, out)
+		}
+	}
+	deliver(t, stripeEvent("", "charge.refunded", "", chargeObject(a, "pi_"+cs, 1000, 500)), "refund_stale")
+	deliver(t, stripeEvent("", "charge.refunded", "", chargeObject(b, "pi_"+cs, 1000, 300)), "refund_stale")
+	wantBalance(t, u.ID, "12.000000000")
+	ps := payments(t, u.ID)
+	if p := ps["refund:"+a+":500"]; p.Credited != "-5.000000000" || p.ChargeID != a {
+		t.Errorf("refund of %s: %+v", a, p)
+	}
+	if p := ps["refund:"+b+":300"]; p.Credited != "-3.000000000" || p.ChargeID != b {
+		t.Errorf("refund of %s: %+v", b, p)
+	}
+	if len(ps) != 3 {
+		t.Errorf("payments %+v", ps)
+	}
+}

@@ -25,14 +25,18 @@ type PaymentTx struct {
 // EventID is the ID of the event being applied.
 func (t *PaymentTx) EventID() string { return t.eventID }
 
-// UserExists reports whether the ledger knows the user.
-func (t *PaymentTx) UserExists(id string) (bool, error) {
-	var n int
-	err := t.tx.QueryRowContext(t.ctx, `SELECT COUNT(*) FROM users WHERE id = ?`, id).Scan(&n)
-	if err != nil {
-		return false, fmt.Errorf("user exists: %w", err)
+// UserStatus returns the user's status (UserActive or UserDeleted), or ""
+// when the ledger does not know the user.
+func (t *PaymentTx) UserStatus(id string) (string, error) {
+	var status string
+	err := t.tx.QueryRowContext(t.ctx, `SELECT status FROM users WHERE id = ?`, id).Scan(&status)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("user status: %w", err)
 	}
-	return n > 0, nil
+	return status, nil
 }
 
 // AddLedger adds a ledger entry with the unique business key ref, to be

@@ -34,8 +34,8 @@ const (
 	OutcomeExpired           = "expired"
 	OutcomeNoPayment         = "no_payment_required"
 	OutcomeCurrencyMismatch  = "currency_mismatch"
-	OutcomeUnknownUser       = "unknown_user"
-	OutcomeUnmatched         = "unmatched"
+	OutcomeUnapplied         = "unapplied"
+	OutcomeAlreadyUnapplied  = "already_unapplied"
 	OutcomeRefundDebited     = "refund_debited"
 	OutcomeRefundStale       = "refund_stale"
 	OutcomeRefundWaiting     = "refund_waiting"
@@ -49,6 +49,32 @@ const (
 	OutcomeMalformed         = "malformed"
 )
 
+// StatusUnapplied is the status of a paid top-up that credits nobody: the
+// user it names was erased, never existed, or is not the user the top-up
+// was started for, or it names no user at all. Stripe holds the money; the
+// operator refunds it there.
+const StatusUnapplied = "unapplied"
+
+// Reasons a paid top-up is left unapplied (Result.Reason).
+const (
+	ReasonNoUser       = "no_user"
+	ReasonUnknownUser  = "unknown_user"
+	ReasonErasedUser   = "erased_user"
+	ReasonUserMismatch = "user_mismatch"
+)
+
+// Result is what Apply did with an event.
+type Result struct {
+	// Outcome is one of the Outcome constants.
+	Outcome string
+	// Payment is the business key (usagelog.Payment.Ref) of the top-up a
+	// Checkout Session event recorded; empty for other events.
+	Payment string
+	// Reason tells why a top-up is unapplied (the Reason constants); empty
+	// unless Outcome is OutcomeUnapplied or OutcomeAlreadyUnapplied.
+	Reason string
+}
+
 // Ledger entry kinds of Stripe money movements.
 const (
 	KindTopup   = "topup"
@@ -56,17 +82,22 @@ const (
 	KindDispute = "dispute"
 )
 
-// Apply makes the changes ev calls for through tx, and returns a short
-// outcome. The rules:
+// Apply makes the changes ev calls for through tx, and returns what it did.
+// The rules:
 //
 //   - checkout.session.completed with payment_status "paid", and
 //     checkout.session.async_payment_succeeded, credit amount_total to the
 //     user in client_reference_id, once per session (ledger ref
 //     "credit:<session>"). Unpaid sessions are recorded as pending; a
-//     currency other than cfg.Currency is recorded and not credited.
-//   - charge.refunded debits the newly refunded part of the cumulative
-//     amount_refunded (ledger ref "refund:<charge>:<cumulative>"), in
-//     proportion to what the payment credited; an older total is a no-op.
+//     currency other than cfg.Currency is recorded and not credited. A
+//     paid session whose user is erased or unknown, names no user, or
+//     names another user than the top-up the gateway started for it, is
+//     recorded as StatusUnapplied (OutcomeUnapplied) and never credited.
+//   - charge.refunded debits the newly refunded part of that charge's
+//     cumulative amount_refunded (ledger ref "refund:<charge>:<cumulative>"),
+//     in proportion to what the payment credited and to the payment's whole
+//     amount; the refunds of all the charges of one payment together never
+//     take back more than it credited. An older total is a no-op.
 //   - charge.dispute.* holds (debits) the disputed part when a dispute
 //     opens ("dispute:<id>:hold"), gives it back when it is won
 //     ("dispute:<id>:release") and keeps it when lost (or debits it then,
@@ -76,17 +107,21 @@ const (
 // and are settled when it is. Other event types are ignored. An object that
 // cannot be read is reported as OutcomeMalformed, not as an error: Stripe
 // sending it again would not help. Errors are the store's, and transient.
-func Apply(tx *usagelog.PaymentTx, ev Event, cfg Config) (string, error) {
+func Apply(tx *usagelog.PaymentTx, ev Event, cfg Config) (Result, error) {
 	r := rules{tx: tx, cur: strings.ToUpper(cfg.Currency)}
+	var outcome string
+	var err error
 	switch {
 	case strings.HasPrefix(ev.Type, "checkout.session."):
 		return r.session(ev)
 	case ev.Type == "charge.refunded":
-		return r.refund(ev)
+		outcome, err = r.refund(ev)
 	case strings.HasPrefix(ev.Type, "charge.dispute."):
-		return r.dispute(ev)
+		outcome, err = r.dispute(ev)
+	default:
+		outcome = OutcomeIgnored
 	}
-	return OutcomeIgnored, nil
+	return Result{Outcome: outcome}, err
 }
 
 type rules struct {
@@ -172,31 +207,46 @@ func waiting(status string) bool {
 	return false
 }
 
-func (r rules) session(ev Event) (string, error) {
+func (r rules) session(ev Event) (Result, error) {
 	var s session
 	if err := decode(ev, &s, &s.ID); err != nil {
-		return OutcomeMalformed, nil
+		return Result{Outcome: OutcomeMalformed}, nil
 	}
 	if s.Mode != "" && s.Mode != "payment" {
-		return OutcomeIgnored, nil
+		return Result{Outcome: OutcomeIgnored}, nil
 	}
 	p, err := r.findTopup(s)
 	if err != nil {
-		return "", err
+		return Result{}, err
 	}
 	p.SessionID = s.ID
 	if s.PaymentIntent != "" {
 		p.PaymentIntent = string(s.PaymentIntent)
 	}
 	p.AmountMinor, p.Currency = s.AmountTotal, strings.ToUpper(s.Currency)
+	// The user a top-up the gateway started was recorded for is the one it
+	// may credit: a session naming someone else credits nobody.
+	mismatch := false
 	if s.ClientReferenceID != "" {
-		p.User = s.ClientReferenceID
-	}
-	if p.Status == statusPaid {
-		if err := r.tx.PutPayment(&p); err != nil {
-			return "", err
+		if p.User != "" && p.User != s.ClientReferenceID {
+			mismatch = true
+		} else {
+			p.User = s.ClientReferenceID
 		}
-		return OutcomeAlreadyCredited, r.settleIntent(p)
+	}
+	res := Result{Payment: p.Ref}
+	switch p.Status {
+	case statusPaid:
+		if err := r.tx.PutPayment(&p); err != nil {
+			return Result{}, err
+		}
+		res.Outcome = OutcomeAlreadyCredited
+		return res, r.settleIntent(p)
+	case StatusUnapplied:
+		// Recorded and alerted once; a later event of the session adds
+		// nothing.
+		res.Outcome = OutcomeAlreadyUnapplied
+		return res, nil
 	}
 
 	var outcome string
@@ -204,34 +254,39 @@ func (r rules) session(ev Event) (string, error) {
 	case "checkout.session.completed":
 		switch s.PaymentStatus {
 		case "paid":
-			outcome, err = r.credit(&p, s)
+			outcome, res.Reason, err = r.credit(&p, s, mismatch)
 		case "no_payment_required":
 			outcome = OutcomeNoPayment
 		default:
 			outcome = OutcomePending
 		}
 	case "checkout.session.async_payment_succeeded":
-		outcome, err = r.credit(&p, s)
+		outcome, res.Reason, err = r.credit(&p, s, mismatch)
 	case "checkout.session.async_payment_failed":
 		outcome = OutcomeFailed
 	case "checkout.session.expired":
 		outcome = OutcomeExpired
 	default:
-		return OutcomeIgnored, nil
+		return Result{Outcome: OutcomeIgnored}, nil
 	}
 	if err != nil {
-		return "", err
+		return Result{}, err
 	}
-	if outcome != OutcomeCredited {
+	res.Outcome = outcome
+	switch outcome {
+	case OutcomeCredited:
+	case OutcomeUnapplied:
+		p.Status = StatusUnapplied
+	default:
 		p.Status = outcome
 	}
 	if err := r.tx.PutPayment(&p); err != nil {
-		return "", err
+		return Result{}, err
 	}
 	if waiting(p.Status) {
-		return outcome, nil
+		return res, nil
 	}
-	return outcome, r.settleIntent(p)
+	return res, r.settleIntent(p)
 }
 
 // findTopup returns the top-up a session pays: by session, else by the
@@ -253,17 +308,22 @@ func (r rules) findTopup(s session) (usagelog.Payment, error) {
 	return usagelog.Payment{Ref: "topup:" + s.ID, Kind: usagelog.PaymentTopup}, nil
 }
 
-// credit credits a paid session to its user.
-func (r rules) credit(p *usagelog.Payment, s session) (string, error) {
-	if p.User == "" {
-		return OutcomeUnmatched, nil
+// credit credits a paid session to its user, or reports it unapplied and
+// why.
+func (r rules) credit(p *usagelog.Payment, s session, mismatch bool) (outcome, reason string, err error) {
+	switch {
+	case mismatch:
+		return OutcomeUnapplied, ReasonUserMismatch, nil
+	case p.User == "":
+		return OutcomeUnapplied, ReasonNoUser, nil
 	}
-	ok, err := r.tx.UserExists(p.User)
-	if err != nil {
-		return "", err
-	}
-	if !ok {
-		return OutcomeUnknownUser, nil
+	switch status, err := r.tx.UserStatus(p.User); {
+	case err != nil:
+		return "", "", err
+	case status == "":
+		return OutcomeUnapplied, ReasonUnknownUser, nil
+	case status != usagelog.UserActive:
+		return OutcomeUnapplied, ReasonErasedUser, nil
 	}
 	amount, cur := s.AmountTotal, strings.ToUpper(s.Currency)
 	if cur != r.cur && s.CurrencyConversion != nil && strings.EqualFold(s.CurrencyConversion.SourceCurrency, r.cur) {
@@ -272,17 +332,17 @@ func (r rules) credit(p *usagelog.Payment, s session) (string, error) {
 		amount, cur = s.CurrencyConversion.AmountTotal, r.cur
 	}
 	if cur != r.cur {
-		return OutcomeCurrencyMismatch, nil
+		return OutcomeCurrencyMismatch, "", nil
 	}
 	credits, err := MinorToNanos(amount, cur)
 	if err != nil || credits <= 0 {
-		return OutcomeNoPayment, nil
+		return OutcomeNoPayment, "", nil
 	}
 	if _, err := r.tx.AddLedger(p.User, credits, KindTopup, "Stripe top-up "+s.ID, "credit:"+s.ID); err != nil {
-		return "", err
+		return "", "", err
 	}
 	p.Status, p.Credited = statusPaid, credits
-	return OutcomeCredited, nil
+	return OutcomeCredited, "", nil
 }
 
 // settleIntent settles the refunds and disputes of a top-up's payment that

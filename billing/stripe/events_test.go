@@ -2,9 +2,11 @@ package stripe
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
@@ -50,8 +52,8 @@ func (l *ledger) sendID(id, typ string, obj any) string {
 	var outcome string
 	_, dup, err := l.s.StripeEvent(l.t.Context(), usagelog.StripeEventInfo{ID: id, Type: typ},
 		func(tx *usagelog.PaymentTx) (string, error) {
-			var err error
-			outcome, err = Apply(tx, Event{ID: id, Type: typ, Object: raw}, Config{Currency: l.cur})
+			res, err := Apply(tx, Event{ID: id, Type: typ, Object: raw}, Config{Currency: l.cur})
+			outcome = res.Outcome
 			return outcome, err
 		})
 	if err != nil {
@@ -142,13 +144,7 @@ func TestSessionNotCredited(t *testing.T) {
 	if p := l.payments()["topup:cs_eur"]; p.Status != OutcomeCurrencyMismatch || p.Credited != 0 || p.AmountMinor != 2000 || p.Currency != "EUR" {
 		t.Fatalf("payment %+v", p)
 	}
-	s := l.session("cs_x", "paid", 2000, "usd")
-	s["client_reference_id"] = "nobody"
-	l.want(OutcomeUnknownUser, l.send("checkout.session.completed", s), 0)
-	s = l.session("cs_y", "paid", 2000, "usd")
-	delete(s, "client_reference_id")
-	l.want(OutcomeUnmatched, l.send("checkout.session.completed", s), 0)
-	s = l.session("cs_sub", "paid", 2000, "usd")
+	s := l.session("cs_sub", "paid", 2000, "usd")
 	s["mode"] = "subscription"
 	l.want(OutcomeIgnored, l.send("checkout.session.completed", s), 0)
 	l.want(OutcomeIgnored, l.send("customer.created", obj{"id": "cus_1"}), 0)
@@ -247,4 +243,114 @@ func TestDisputes(t *testing.T) {
 	// A dispute before its top-up is credited waits for it.
 	l.want(OutcomeDisputeWaiting, l.send("charge.dispute.created", disputeObj("dp_4", "ch_4", "pi_cs_4", "needs_response", 500)), 20*unit)
 	l.want(OutcomeCredited, l.send("checkout.session.completed", l.session("cs_4", "paid", 1000, "usd")), 25*unit)
+}
+
+// A paid session that names an erased user, a user the ledger never knew,
+// no user, or another user than the top-up the gateway started for it, is
+// recorded as unapplied and credits nobody; later events of the session
+// and a refund of it change nothing.
+func TestUnappliedTopups(t *testing.T) {
+	l := newLedger(t, "USD")
+	erased, err := l.s.CreateUser(t.Context(), usagelog.User{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.s.EraseUser(t.Context(), erased.ID, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.s.CreateTopup(t.Context(), &usagelog.Payment{TopupID: "tu_m", User: l.user, AmountMinor: 2000, Currency: "USD"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		session, user, reason string
+		edit                  func(obj)
+	}{
+		{"cs_erased", erased.ID, ReasonErasedUser, nil},
+		{"cs_unknown", "u_never", ReasonUnknownUser, nil},
+		{"cs_none", "", ReasonNoUser, func(o obj) { delete(o, "client_reference_id") }},
+		{"cs_mismatch", erased.ID, ReasonUserMismatch, func(o obj) { o["metadata"] = obj{"topup_id": "tu_m"} }},
+	} {
+		s := l.session(c.session, "paid", 2000, "usd")
+		s["client_reference_id"] = c.user
+		if c.edit != nil {
+			c.edit(s)
+		}
+		raw, _ := json.Marshal(s)
+		var res Result
+		_, _, err := l.s.StripeEvent(t.Context(), usagelog.StripeEventInfo{ID: "evt_" + c.session, Type: "checkout.session.completed"},
+			func(tx *usagelog.PaymentTx) (string, error) {
+				var err error
+				res, err = Apply(tx, Event{ID: "evt_" + c.session, Type: "checkout.session.completed", Object: raw}, Config{Currency: "USD"})
+				return res.Outcome, err
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref := "topup:" + c.session
+		if c.reason == ReasonUserMismatch {
+			ref = "topup:tu_m"
+		}
+		if res.Outcome != OutcomeUnapplied || res.Reason != c.reason || res.Payment != ref {
+			t.Errorf("%s: %+v", c.session, res)
+		}
+		p := l.payments()[ref]
+		if p.Status != StatusUnapplied || p.Credited != 0 || p.AmountMinor != 2000 {
+			t.Errorf("%s: payment %+v", c.session, p)
+		}
+		// The async event of the same session, and a refund of its charge.
+		l.want(OutcomeAlreadyUnapplied, l.send("checkout.session.async_payment_succeeded", s), 0)
+		l.want(OutcomeNothingToTakeBack, l.send("charge.refunded", chargeObj("ch_"+c.session, "pi_"+c.session, 2000, 2000)), 0)
+	}
+	for _, u := range []string{l.user, erased.ID} {
+		if b, err := l.s.LedgerBalance(t.Context(), u); err != nil || b != 0 {
+			t.Errorf("ledger balance of %q: %s, %v", u, b, err)
+		}
+	}
+	for _, u := range []string{"u_never", ""} {
+		if _, err := l.s.LedgerBalance(t.Context(), u); !errors.Is(err, usagelog.ErrNotFound) {
+			t.Errorf("ledger of %q: %v, want not found", u, err)
+		}
+	}
+}
+
+// The refunds of a payment's several charges are each measured against the
+// whole payment and added up: each refunded cent is debited once, however
+// the events are redelivered or reordered, and never more than the credit.
+func TestRefundsAcrossCharges(t *testing.T) {
+	l := newLedger(t, "USD")
+	l.want(OutcomeCredited, l.send("checkout.session.completed", l.session("cs_1", "paid", 2000, "usd")), 20*unit)
+	// Two charges of 10.00 pay the 20.00 payment.
+	a500 := chargeObj("ch_a", "pi_cs_1", 1000, 500)
+	l.want(OutcomeRefundDebited, l.sendID("evt_a500", "charge.refunded", a500), 15*unit)
+	l.want(OutcomeRefundDebited, l.sendID("evt_b300", "charge.refunded", chargeObj("ch_b", "pi_cs_1", 1000, 300)), 12*unit)
+	// Redeliveries, and other events with the same totals.
+	l.want("dup", l.sendID("evt_a500", "charge.refunded", a500), 12*unit)
+	l.want(OutcomeRefundStale, l.send("charge.refunded", a500), 12*unit)
+	l.want(OutcomeRefundStale, l.send("charge.refunded", chargeObj("ch_b", "pi_cs_1", 1000, 300)), 12*unit)
+	l.want(OutcomeRefundDebited, l.send("charge.refunded", chargeObj("ch_b", "pi_cs_1", 1000, 1000)), 5*unit)
+	l.want(OutcomeRefundDebited, l.send("charge.refunded", chargeObj("ch_a", "pi_cs_1", 1000, 1000)), 0)
+	l.want(OutcomeRefundStale, l.send("charge.refunded", chargeObj("ch_b", "pi_cs_1", 1000, 1000)), 0)
+
+	// Two charges each the payment's full amount, both fully refunded
+	// (before and after the credit): the credit is taken back once.
+	l.want(OutcomeCredited, l.send("checkout.session.completed", l.session("cs_2", "paid", 1000, "usd")), 10*unit)
+	l.want(OutcomeRefundDebited, l.send("charge.refunded", chargeObj("ch_c", "pi_cs_2", 1000, 400)), 6*unit)
+	l.want(OutcomeRefundDebited, l.send("charge.refunded", chargeObj("ch_d", "pi_cs_2", 1000, 1000)), 0)
+	l.want(OutcomeNothingToTakeBack, l.send("charge.refunded", chargeObj("ch_c", "pi_cs_2", 1000, 1000)), 0)
+
+	l.want(OutcomeRefundWaiting, l.send("charge.refunded", chargeObj("ch_e", "pi_cs_3", 1000, 1000)), 0)
+	l.want(OutcomeRefundWaiting, l.send("charge.refunded", chargeObj("ch_f", "pi_cs_3", 1000, 250)), 0)
+	l.want(OutcomeCredited, l.send("checkout.session.completed", l.session("cs_3", "paid", 2000, "usd")), 7500*unit/1000)
+	l.want(OutcomeRefundDebited, l.send("charge.refunded", chargeObj("ch_f", "pi_cs_3", 1000, 1000)), 0)
+
+	ps := l.payments()
+	var debited billing.Nanos
+	for _, p := range ps {
+		if p.Kind == usagelog.PaymentRefund {
+			debited += p.Credited
+		}
+	}
+	if debited != -50*unit {
+		t.Fatalf("refund records add up to %s, want -50.00 (the three credits)", debited)
+	}
 }

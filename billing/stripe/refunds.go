@@ -4,11 +4,16 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/cnaitoken/caddy-aitoken/billing"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
 // The rules of refunds and disputes: both take back (part of) what a
-// top-up credited, in proportion to the part of its charge they concern.
+// top-up credited, in proportion to the part of the payment they concern.
+// A payment may have several charges (each with its own refunds): every
+// charge's refunds are measured against the payment's whole amount, and
+// added up across its charges, so together they never take back more than
+// the payment credited, and each refunded minor unit is debited once.
 
 // topupFor finds the top-up a charge paid.
 func (r rules) topupFor(pi string) (usagelog.Payment, bool, error) {
@@ -69,13 +74,24 @@ func (r rules) settleCharge(ch *usagelog.StripeCharge, p usagelog.Payment, found
 		return "", err
 	}
 	row.Ref, row.Status = fmt.Sprintf("refund:%s:%d", ch.ID, ch.Refunded), "refunded"
-	whole := ch.Amount
-	if whole <= 0 {
-		whole = p.AmountMinor
-	}
 	outcome := OutcomeNothingToTakeBack
 	if p.Status == statusPaid {
-		debit := Share(p.Credited, ch.Refunded, whole) - Share(p.Credited, ch.Debited, whole)
+		// What the payment's other charges had refunded and debited, in
+		// the payment's minor units, then this charge's before and after.
+		others, err := r.tx.ChargesByPaymentIntent(ch.PaymentIntent)
+		if err != nil {
+			return "", err
+		}
+		whole := wholeOf(p, ch.Currency, ch.Amount)
+		var before int64
+		for _, o := range others {
+			if o.ID != ch.ID {
+				before = addClamped(before, inPayment(p, o.Currency, o.Amount, o.Debited))
+			}
+		}
+		after := addClamped(before, inPayment(p, ch.Currency, ch.Amount, ch.Refunded))
+		before = addClamped(before, inPayment(p, ch.Currency, ch.Amount, ch.Debited))
+		debit := Share(p.Credited, after, whole) - Share(p.Credited, before, whole)
 		if debit > 0 {
 			if _, err := r.tx.AddLedger(p.User, -debit, KindRefund, "Stripe refund of "+ch.ID, row.Ref); err != nil {
 				return "", err
@@ -85,6 +101,42 @@ func (r rules) settleCharge(ch *usagelog.StripeCharge, p usagelog.Payment, found
 	}
 	ch.Debited = ch.Refunded
 	return outcome, r.tx.PutPayment(&row)
+}
+
+// wholeOf is the amount, in minor units, that a refund or dispute of a
+// charge is measured against: the payment's amount when it is in the
+// charge's currency (always, for Stripe's charges of one payment), else the
+// charge's own amount.
+func wholeOf(p usagelog.Payment, currency string, chargeAmount int64) int64 {
+	if p.AmountMinor > 0 && (strings.EqualFold(currency, p.Currency) || chargeAmount <= 0) {
+		return p.AmountMinor
+	}
+	if chargeAmount > 0 {
+		return chargeAmount
+	}
+	return p.AmountMinor
+}
+
+// inPayment converts v minor units of a charge to the payment's minor units:
+// the same number in the payment's currency, else the same share of the
+// payment as of the charge.
+func inPayment(p usagelog.Payment, currency string, chargeAmount, v int64) int64 {
+	if v <= 0 {
+		return 0
+	}
+	if strings.EqualFold(currency, p.Currency) || chargeAmount <= 0 || p.AmountMinor <= 0 {
+		return v
+	}
+	return int64(Share(billing.Nanos(p.AmountMinor), v, chargeAmount))
+}
+
+// addClamped adds two non-negative amounts, saturating instead of
+// overflowing (Share clamps any part above the whole anyway).
+func addClamped(a, b int64) int64 {
+	if s := a + b; s >= a {
+		return s
+	}
+	return 1<<63 - 1
 }
 
 // finalDispute tells dispute statuses that no longer change.
@@ -151,12 +203,13 @@ func (r rules) settleDispute(dp *usagelog.StripeDispute, p usagelog.Payment, fou
 	if p.Status != statusPaid {
 		return OutcomeNothingToTakeBack, r.tx.PutPayment(&row)
 	}
-	whole := p.AmountMinor
+	var chargeAmount int64
 	if ch, ok, err := r.tx.Charge(dp.ChargeID); err != nil {
 		return "", err
-	} else if ok && ch.Amount > 0 {
-		whole = ch.Amount
+	} else if ok {
+		chargeAmount = ch.Amount
 	}
+	whole := wholeOf(p, dp.Currency, chargeAmount)
 	take := func(ref string) error {
 		amt := Share(p.Credited, dp.Amount, whole)
 		if amt <= 0 {
