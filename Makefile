@@ -3,7 +3,7 @@
 GO ?= go
 CADDY ?= bin/caddy
 
-.PHONY: all build run test bench vet clean
+.PHONY: all build run test fuzz bench vet clean
 
 all: build
 
@@ -18,6 +18,13 @@ run:
 # Every test, with the race detector; tests start their own redis-server.
 test:
 	scripts/test.sh
+
+# The differential fuzz test of the request reader (meter.ParseRequest
+# against encoding/json and exact-key readings), for FUZZTIME (default 5m).
+# Inputs that fail are saved under meter/testdata/fuzz/ and rerun by make test.
+FUZZTIME ?= 5m
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzRequestOneReading$$' -fuzztime $(FUZZTIME) ./meter
 
 # The Go micro-benchmarks, then the gateway benchmark (cmd/aitbench: bare
 # reverse_proxy vs aitoken, interleaved; prints a table and writes

@@ -110,7 +110,7 @@ var requestGoldens = []struct {
 	format Format
 	want   int64
 }{
-	{"chat_openai.json", FormatChat, 116},
+	{"chat_openai.json", FormatChat, 116 + MediaPartTokens}, // one image_url part
 	{"chat_deepseek.json", FormatChat, 57},
 	{"chat_legacy_functions.json", FormatChat, 76},
 	{"completions_prompt.json", FormatCompletions, 18},
@@ -118,8 +118,8 @@ var requestGoldens = []struct {
 	{"embeddings_strings.json", FormatEmbeddings, 26},
 	{"embeddings_ids.json", FormatEmbeddings, 4},
 	{"responses_string.json", FormatResponses, 14},
-	{"responses_items.json", FormatResponses, 84},
-	{"messages_claude.json", FormatMessages, 102},
+	{"responses_items.json", FormatResponses, 84 + MediaPartTokens}, // one input_image part
+	{"messages_claude.json", FormatMessages, 102 + MediaPartTokens}, // one image block
 	{"messages_string.json", FormatMessages, 37},
 }
 
@@ -251,7 +251,7 @@ func TestEstimateEndToEnd(t *testing.T) {
 		want              Usage
 	}{
 		// The cut stream's last event has no end, so "lost" never counts.
-		{"chat_openai.json", "chat_stream_cut.sse", FormatChat, OutcomeCutOff, "Hello wor", Usage{InputTokens: 116, OutputTokens: 2}},
+		{"chat_openai.json", "chat_stream_cut.sse", FormatChat, OutcomeCutOff, "Hello wor", Usage{InputTokens: 116 + MediaPartTokens, OutputTokens: 2}},
 		{"chat_deepseek.json", "chat_stream_error.sse", FormatChat, OutcomeStreamError, "Par", Usage{InputTokens: 57, OutputTokens: 1}},
 		{"responses_string.json", "responses_failed.sse", FormatResponses, OutcomeStreamError, "x", Usage{InputTokens: 14, OutputTokens: 1}},
 	} {
@@ -463,6 +463,52 @@ func BenchmarkCountTokens(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				CountTokens(model, text)
+			}
+		})
+	}
+}
+
+// TestEstimateInputMedia: each media part counts MediaPartTokens, so a
+// request with images that ends without a usage report is not billed as if
+// it had none.
+func TestEstimateInputMedia(t *testing.T) {
+	img := `{"type":"image_url","image_url":{"url":"https://x/y.png"}}`
+	twenty := strings.TrimSuffix(strings.Repeat(img+",", 20), ",")
+	for _, tc := range []struct {
+		name   string
+		format Format
+		body   string
+		media  int64
+	}{
+		{"chat: 20 images", FormatChat, `{"messages":[{"role":"user","content":[` + twenty + `]}]}`, 20},
+		{"chat: audio, file, audio reference", FormatChat, `{"messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"AA==","format":"wav"}},{"type":"file","file":{"file_id":"f"}}]},{"role":"assistant","audio":{"id":"audio_1"}}]}`, 3},
+		{"chat: type in another case", FormatChat, `{"messages":[{"role":"user","content":[{"TYPE":"image_url"},{"type":"IMAGE_URL"},{"ty\u0070e":"image\u005furl"}]}]}`, 3},
+		{"chat: text only", FormatChat, `{"messages":[{"role":"user","content":[{"type":"text","text":"image_url"}]},{"role":"user","content":"image"}]}`, 0},
+		{"messages: image, document, image in a tool result", FormatMessages, `{"messages":[{"role":"user","content":[{"type":"image","source":{}},{"type":"document","source":{}},{"type":"tool_result","content":[{"type":"image","source":{}},{"type":"text","text":"x"}]}]}]}`, 3},
+		{"responses: input_image, input_file, call output", FormatResponses, `{"input":[{"role":"user","content":[{"type":"input_image","image_url":"u"},{"type":"input_file","file_id":"f"}]},{"type":"function_call_output","output":[{"type":"input_image","image_url":"u"}]}]}`, 3},
+		{"responses: string input", FormatResponses, `{"input":"image_url"}`, 0},
+		{"bounded depth", FormatChat, `{"messages":[{"content":` + strings.Repeat(`[`, 30) + img + strings.Repeat(`]`, 30) + `}]}`, 0},
+		{"embeddings: never", FormatEmbeddings, `{"input":[` + img + `]}`, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body := []byte(tc.body)
+			p, ok := gatherPrompt(tc.format, body)
+			if !ok || p.media != tc.media {
+				t.Fatalf("media %d (ok %v), want %d", p.media, ok, tc.media)
+			}
+			got := EstimateInput(tc.format, "gpt-4o", body)
+			if want := CountTokens("gpt-4o", p.text) + p.extra + tc.media*MediaPartTokens; got != want {
+				t.Errorf("EstimateInput = %d, want %d", got, want)
+			}
+			if tc.format == FormatEmbeddings {
+				return
+			}
+			req, err := ParseRequest(tc.format, []byte(`{"model":"m",`+tc.body[1:]), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if req.MediaParts != tc.media {
+				t.Errorf("Request.MediaParts = %d, want %d", req.MediaParts, tc.media)
 			}
 		})
 	}

@@ -1,8 +1,12 @@
 package meter
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"strconv"
+	"strings"
+	"unicode/utf8"
 )
 
 // Request is what the gateway needs from a request body.
@@ -13,8 +17,12 @@ type Request struct {
 	Model string
 	// Stream is true when the body asks for an SSE stream ("stream": true).
 	Stream bool
-	// MaxOutputTokens is the largest of max_tokens, max_completion_tokens and
-	// max_output_tokens; 0 if none is set.
+	// MaxOutputTokens is the output limit the upstream of Format honours:
+	// the larger of max_completion_tokens and max_tokens for chat,
+	// max_tokens for completions and messages, max_output_tokens for
+	// responses (the largest of the three for FormatUnknown, none for
+	// embeddings); 0 if it is not set. A limit the format does not honour
+	// is checked but never counted, so it cannot shrink a hold.
 	MaxOutputTokens int64
 	// ClientWantsUsage is true when the client itself set
 	// stream_options.include_usage to true (chat/completions).
@@ -22,32 +30,189 @@ type Request struct {
 	// InjectedUsage is true when Body was rewritten to ask the upstream for
 	// stream usage.
 	InjectedUsage bool
-	// Choices is how many completions the request can produce (n × best_of
-	// for chat and completions), at least 1.
+	// Choices is how many completions the upstream can generate, each up to
+	// MaxOutputTokens, at least 1: for chat and completions the larger of n
+	// and best_of (best_of candidates are generated and billed, n of them
+	// returned; the upstream requires best_of >= n, and taking the larger
+	// also covers one that ignores best_of); 1 for the other formats. Hold
+	// Choices × the output limit.
 	Choices int64
-	// MediaParts counts the image, audio and file input parts, which cost
-	// tokens the body's length does not show.
+	// MediaParts counts the image, audio, video and file input parts (see
+	// [MediaPartTokens]), which cost tokens the body's length does not show.
 	MediaParts int64
 	// InputEstimate is a conservative estimate of the input tokens, used for
-	// the hold: ceil(len(body)/2), at least 1.
+	// the hold: ceil(len(body)/2), at least 1, plus MediaPartTokens per
+	// media part.
 	InputEstimate int64
 	// Body is the body to send upstream: the original slice when unchanged.
 	Body []byte
 }
 
-// Errors from ParseRequest.
+// Errors from ParseRequest. A refused field is a *FieldError.
 var (
 	// ErrInvalidJSON means the body is not valid JSON or not an object.
 	ErrInvalidJSON = errors.New("request body is not a JSON object")
-	// ErrMissingModel means "model" is absent, empty or not a string.
+	// ErrMissingModel means "model" is absent, null, empty or not a string.
 	ErrMissingModel = errors.New("request body has no \"model\" string")
 )
+
+// FieldError is a top-level field of a request body (or a member of
+// stream_options) that ParseRequest refuses: given twice, given under a key
+// that differs from its name only in letter case (a case-insensitive
+// decoder upstream could read either), of the wrong JSON type or out of
+// range, or asking for something the upstream prices other than by plain
+// tokens. Answer it as a 400 invalid_request_error with param Field.
+type FieldError struct {
+	// Field is the field's documented name, e.g. "max_tokens" or
+	// "stream_options.include_usage".
+	Field string
+	// Reason says what is wrong, e.g. "given twice".
+	Reason string
+}
+
+// Error returns `invalid "<field>": <reason>`.
+func (e *FieldError) Error() string {
+	return "invalid " + strconv.Quote(e.Field) + ": " + e.Reason
+}
+
+// Bounds of the integer fields.
+const (
+	// MaxOutputLimit is the largest output limit (max_tokens,
+	// max_completion_tokens, max_output_tokens) accepted: 2^31-1, so that
+	// an upstream reading it into an int32 reads the same number.
+	MaxOutputLimit = 1<<31 - 1
+	// MaxChoices is the largest n and best_of accepted.
+	MaxChoices = 128
+)
+
+// field names a top-level member that ParseRequest reads or guards.
+type field uint8
+
+// The guarded fields. Each may appear at most once, under its exact name.
+// Besides the billing fields, the ones the input estimate and the media
+// count read (messages, input, prompt, ...) are guarded too, so the hold
+// sees what the upstream sees.
+const (
+	fModel field = iota
+	fStream
+	fStreamOptions
+	fMaxTokens
+	fMaxCompletionTokens
+	fMaxOutputTokens
+	fN
+	fBestOf
+	fServiceTier
+	fModalities
+	fAudio
+	fWebSearchOptions
+	fBackground
+	fTools
+	fMCPServers
+	fMessages
+	fInput
+	fPrompt
+	fSuffix
+	fSystem
+	fInstructions
+	fFunctions
+	numFields
+)
+
+var fieldNames = [numFields]string{
+	"model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "max_output_tokens",
+	"n", "best_of", "service_tier", "modalities", "audio", "web_search_options", "background",
+	"tools", "mcp_servers", "messages", "input", "prompt", "suffix", "system", "instructions", "functions",
+}
+
+// lookupField maps an exact key to its field.
+func lookupField(k []byte) (field, bool) {
+	switch string(k) {
+	case "model":
+		return fModel, true
+	case "stream":
+		return fStream, true
+	case "stream_options":
+		return fStreamOptions, true
+	case "max_tokens":
+		return fMaxTokens, true
+	case "max_completion_tokens":
+		return fMaxCompletionTokens, true
+	case "max_output_tokens":
+		return fMaxOutputTokens, true
+	case "n":
+		return fN, true
+	case "best_of":
+		return fBestOf, true
+	case "service_tier":
+		return fServiceTier, true
+	case "modalities":
+		return fModalities, true
+	case "audio":
+		return fAudio, true
+	case "web_search_options":
+		return fWebSearchOptions, true
+	case "background":
+		return fBackground, true
+	case "tools":
+		return fTools, true
+	case "mcp_servers":
+		return fMCPServers, true
+	case "messages":
+		return fMessages, true
+	case "input":
+		return fInput, true
+	case "prompt":
+		return fPrompt, true
+	case "suffix":
+		return fSuffix, true
+	case "system":
+		return fSystem, true
+	case "instructions":
+		return fInstructions, true
+	case "functions":
+		return fFunctions, true
+	}
+	return 0, false
+}
 
 // injectedOptions is inserted right after the opening brace of a body
 // without stream_options.
 const injectedOptions = `"stream_options":{"include_usage":true},`
 
 // ParseRequest reads what the gateway needs from a request body.
+//
+// One reading: the gateway and the upstream must never read one body two
+// ways, whether the upstream's decoder takes the last of duplicate keys,
+// the first, or matches keys regardless of letter case (Go's encoding/json
+// does, "ſ" and the Kelvin sign included), or coerces "true" or "100" to a
+// bool or a number (pydantic does). So these top-level fields are refused
+// with a *FieldError when they appear twice (after unescaping the key),
+// under a key that differs from the name only in letter case, or with the
+// wrong JSON type:
+//
+//   - model: a non-empty string (absent, null, empty or not a string is
+//     ErrMissingModel);
+//   - stream: true, false or null; stream_options: an object or null, whose
+//     include_usage is true, false or null (guarded the same way);
+//   - max_tokens, max_completion_tokens, max_output_tokens: null or an
+//     integer from 0 to MaxOutputLimit, written with digits only; n and
+//     best_of: null or an integer from 1 to MaxChoices;
+//   - the fields that change the price (below), and messages, input,
+//     prompt, suffix, system, instructions, tools and functions, which the
+//     estimates read (any value).
+//
+// Nothing below the top level is restricted, except include_usage and the
+// "type" of tools.
+//
+// Plain tokens only: a request the upstream would bill other than by
+// tokens at the model's price is refused with a *FieldError: service_tier
+// other than null, "auto" or "default" ("standard_only" too for messages);
+// for chat, modalities with "audio", a non-null audio or
+// web_search_options; for responses, background true or a tool whose type
+// is not "function" or "custom"; for messages, a non-empty mcp_servers or a
+// tool whose type is not absent, null, "custom", or one of the client tool
+// families bash_*, text_editor_*, computer_* and memory_* (server tools
+// such as web_search, web_fetch and code_execution are billed per use).
 //
 // For FormatChat and FormatCompletions with "stream": true, when injectUsage
 // is set and the client does not already ask for usage, it rewrites the body
@@ -56,45 +221,64 @@ const injectedOptions = `"stream_options":{"include_usage":true},`
 // never rewritten and Body is body itself. Embeddings never stream; Messages
 // and Responses report stream usage by themselves.
 //
-// Keys are matched exactly after unescaping, and the last of duplicate keys
-// wins, as in the upstreams' own parsers, so a body cannot show the gateway
-// one model and the upstream another.
-//
-// Errors: ErrInvalidJSON when body is not a JSON object, ErrMissingModel
-// when "model" is absent, empty or not a string.
+// Errors: ErrInvalidJSON when body is not a JSON object, ErrMissingModel,
+// or a *FieldError.
 func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
-	it, ok := members(body)
-	if !ok || !json.Valid(body) {
+	if _, ok := members(body); !ok || !json.Valid(body) {
 		return nil, ErrInvalidJSON
 	}
-	r := &Request{Format: f, Body: body, Choices: 1, InputEstimate: max(1, (int64(len(body))+1)/2)}
-	var model, streamOpts []byte
-	optsStart := -1
-	for {
-		k, v, more := it.next()
-		if !more {
-			break
+	var vals [numFields][]byte
+	media, optsStart, err := readFields(f, body, &vals)
+	if err != nil {
+		return nil, err
+	}
+
+	model, err := readModel(vals[fModel])
+	if err != nil {
+		return nil, err
+	}
+	r := &Request{Format: f, Model: model, Body: body, Choices: 1, MediaParts: media}
+	var ok bool
+	if r.Stream, ok = readBool(vals[fStream]); !ok {
+		return nil, &FieldError{Field: "stream", Reason: "must be true, false or null"}
+	}
+	if r.ClientWantsUsage, err = readStreamOptions(vals[fStreamOptions]); err != nil {
+		return nil, err
+	}
+	var limits [3]int64
+	for i, fd := range [3]field{fMaxTokens, fMaxCompletionTokens, fMaxOutputTokens} {
+		if limits[i], ok = readInt(vals[fd], 0, MaxOutputLimit); !ok {
+			return nil, &FieldError{Field: fieldNames[fd], Reason: "must be an integer from 0 to " + strconv.Itoa(MaxOutputLimit) + ", or null"}
 		}
-		switch {
-		case keyIs(k, "model"):
-			model = v
-		case keyIs(k, "stream"):
-			r.Stream = string(v) == "true"
-		case keyIs(k, "max_tokens"), keyIs(k, "max_completion_tokens"), keyIs(k, "max_output_tokens"):
-			if n := parseCount(v); n.ok && n.v > r.MaxOutputTokens {
-				r.MaxOutputTokens = n.v
-			}
-		case keyIs(k, "stream_options"):
-			streamOpts = v
-			optsStart = it.i - len(v)
+	}
+	var choices [2]int64
+	for i, fd := range [2]field{fN, fBestOf} {
+		if choices[i], ok = readInt(vals[fd], 1, MaxChoices); !ok {
+			return nil, &FieldError{Field: fieldNames[fd], Reason: "must be an integer from 1 to " + strconv.Itoa(MaxChoices) + ", or null"}
 		}
 	}
-	if len(model) < 2 || model[0] != '"' {
-		return nil, ErrMissingModel
+	if err := checkPricing(f, &vals); err != nil {
+		return nil, err
 	}
-	if r.Model = unquote(model[1 : len(model)-1]); r.Model == "" {
-		return nil, ErrMissingModel
+
+	maxTokens, maxCompletion, maxOutput := limits[0], limits[1], limits[2]
+	switch f {
+	case FormatChat:
+		r.MaxOutputTokens = max(maxTokens, maxCompletion)
+		r.Choices = max(1, choices[0], choices[1])
+	case FormatCompletions:
+		r.MaxOutputTokens = maxTokens
+		r.Choices = max(1, choices[0], choices[1])
+	case FormatResponses:
+		r.MaxOutputTokens = maxOutput
+	case FormatMessages:
+		r.MaxOutputTokens = maxTokens
+	case FormatEmbeddings:
+	default:
+		r.MaxOutputTokens = max(maxTokens, maxCompletion, maxOutput)
 	}
+	r.InputEstimate = min(max(1, (int64(len(body))+1)/2)+r.MediaParts*MediaPartTokens, maxCount)
+
 	switch f {
 	case FormatChat, FormatCompletions:
 	case FormatEmbeddings:
@@ -103,7 +287,6 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 	default:
 		return r, nil
 	}
-	r.ClientWantsUsage = includeUsage(streamOpts)
 	if !r.Stream || !injectUsage || r.ClientWantsUsage {
 		return r, nil
 	}
@@ -116,6 +299,7 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 		r.Body = append(out, body[open:]...)
 		return r, nil
 	}
+	streamOpts := vals[fStreamOptions]
 	patched := withIncludeUsage(streamOpts)
 	out := make([]byte, 0, len(body)-len(streamOpts)+len(patched))
 	out = append(out, body[:optsStart]...)
@@ -124,21 +308,237 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 	return r, nil
 }
 
-// includeUsage reports whether the stream_options value v has
-// "include_usage": true (the last such key wins).
-func includeUsage(v []byte) bool {
-	it, ok := members(v)
-	if !ok {
+// readFields walks the members of the object body (valid JSON) like
+// objIter, keeping the value of each guarded field in vals. It counts the
+// media parts of body's format while it finds the end of their field's
+// value, so the body is read once besides its validation. optsStart is the
+// offset of stream_options' value, -1 if absent. A field given twice or in
+// another letter case is a *FieldError.
+func readFields(f Format, body []byte, vals *[numFields][]byte) (media int64, optsStart int, err error) {
+	mediaIn := numFields // messages (chat, messages) or input (responses)
+	switch f {
+	case FormatChat, FormatMessages:
+		mediaIn = fMessages
+	case FormatResponses:
+		mediaIn = fInput
+	}
+	optsStart = -1
+	for i := skipWS(body, 0) + 1; ; {
+		if i = skipWS(body, i); i < len(body) && body[i] == ',' {
+			i = skipWS(body, i+1)
+		}
+		if i >= len(body) || body[i] != '"' {
+			return media, optsStart, nil
+		}
+		ke := stringEnd(body, i)
+		if ke < 0 {
+			return 0, 0, ErrInvalidJSON
+		}
+		k := body[i+1 : ke-1]
+		i = skipWS(body, skipWS(body, ke)+1) // past the colon
+		var fd field
+		var ok bool
+		if plainKey(k) {
+			fd, ok = lookupField(k)
+		} else if fd, ok, err = slowField(k); err != nil {
+			return 0, 0, err
+		}
+		start := i
+		if ok && fd == mediaIn {
+			i, media = mediaWalk(body, i, 0)
+		} else {
+			i = valueEnd(body, i)
+		}
+		switch {
+		case i < 0:
+			return 0, 0, ErrInvalidJSON
+		case !ok:
+			continue
+		case vals[fd] != nil:
+			return 0, 0, &FieldError{Field: fieldNames[fd], Reason: "given twice"}
+		}
+		vals[fd] = body[start:i]
+		if fd == fStreamOptions {
+			optsStart = start
+		}
+	}
+}
+
+// plainKey reports whether the raw key k needs no unescaping and has no
+// upper-case or non-ASCII byte: then only an exact match can name a field.
+func plainKey(k []byte) bool {
+	for _, c := range k {
+		if c == '\\' || c >= utf8.RuneSelf || 'A' <= c && c <= 'Z' {
+			return false
+		}
+	}
+	return true
+}
+
+// slowField matches a key that is not plain: exactly, once unescaped, or
+// as a case variant of a field's name, which is an error.
+func slowField(raw []byte) (field, bool, error) {
+	k := unescapeKey(raw)
+	if fd, ok := lookupField(k); ok {
+		return fd, true, nil
+	}
+	for _, name := range fieldNames {
+		if foldsTo(k, name) {
+			return 0, false, caseError(name, k)
+		}
+	}
+	return 0, false, nil
+}
+
+// unescapeKey returns the raw key (or string content) unescaped; raw itself
+// when it has no escape.
+func unescapeKey(raw []byte) []byte {
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return raw
+	}
+	return []byte(unquote(raw))
+}
+
+// caseError refuses the key k, a case variant of name.
+func caseError(name string, k []byte) error {
+	return &FieldError{Field: name, Reason: "also given as " + quoteShort(k) + ", which differs only in letter case"}
+}
+
+// matchKey compares a raw member key with name (lower-case ASCII letters
+// and '_'): exact is true when it is name once unescaped, variant when it
+// differs from name only in letter case.
+func matchKey(raw []byte, name string) (exact, variant bool) {
+	if plainKey(raw) {
+		return string(raw) == name, false
+	}
+	k := unescapeKey(raw)
+	if string(k) == name {
+		return true, false
+	}
+	return false, foldsTo(k, name)
+}
+
+// foldsTo reports whether the unescaped key k differs from name (lower-case
+// ASCII letters and '_') only in letter case, as any decoder that matches
+// keys regardless of case could take it: each rune of k is name's byte,
+// its upper case, or one of the four non-ASCII runes that case mappings
+// take to an ASCII letter (ſ U+017F to s, the Kelvin sign U+212A to k,
+// İ U+0130 and ı U+0131 to i). This covers bytes.EqualFold and Go's
+// encoding/json (Unicode simple folding) and upper-casing decoders.
+func foldsTo(k []byte, name string) bool {
+	if len(k) < len(name) || len(k) > 3*len(name) {
 		return false
 	}
-	want := false
+	i := 0
+	for j := 0; j < len(name); j++ {
+		if i >= len(k) {
+			return false
+		}
+		c, b := name[j], k[i]
+		if b < utf8.RuneSelf {
+			if b != c && (c < 'a' || c > 'z' || b != c-('a'-'A')) {
+				return false
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(k[i:])
+		i += size
+		switch {
+		case r == '\u017f' && c == 's', r == '\u212a' && c == 'k', (r == '\u0130' || r == '\u0131') && c == 'i':
+		default:
+			return false
+		}
+	}
+	return i == len(k)
+}
+
+// quoteShort quotes a client's string for an error message, cut to 64
+// bytes.
+func quoteShort(s []byte) string {
+	if len(s) > 64 {
+		return strconv.Quote(string(s[:64])) + "..."
+	}
+	return strconv.Quote(string(s))
+}
+
+// readModel reads the model member v.
+func readModel(v []byte) (string, error) {
+	if len(v) < 2 || v[0] != '"' {
+		return "", ErrMissingModel
+	}
+	m := unquote(v[1 : len(v)-1])
+	if m == "" {
+		return "", ErrMissingModel
+	}
+	// Decoders disagree on invalid UTF-8 and lone surrogates (replaced,
+	// refused, or kept): refuse them.
+	if !utf8.ValidString(m) || strings.ContainsRune(m, utf8.RuneError) {
+		return "", &FieldError{Field: "model", Reason: "must be valid UTF-8 text"}
+	}
+	return m, nil
+}
+
+// readBool reads a member that must be true, false or null (or absent).
+func readBool(v []byte) (val, ok bool) {
+	switch string(v) {
+	case "true":
+		return true, true
+	case "", "false", "null":
+		return false, true
+	}
+	return false, false
+}
+
+// readInt reads a member that must be null (or absent, both giving 0) or an
+// integer in [lo, hi] written with digits only (no sign, fraction or
+// exponent).
+func readInt(v []byte, lo, hi int64) (int64, bool) {
+	if isNull(v) {
+		return 0, true
+	}
+	if len(v) > 10 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, lo <= n && n <= hi
+}
+
+// readStreamOptions checks the stream_options member v and reports whether
+// it asks for usage.
+func readStreamOptions(v []byte) (includeUsage bool, err error) {
+	if isNull(v) {
+		return false, nil
+	}
+	it, ok := members(v)
+	if !ok {
+		return false, &FieldError{Field: "stream_options", Reason: "must be an object or null"}
+	}
+	const field = "stream_options.include_usage"
+	seen := false
 	for {
 		k, val, more := it.next()
 		if !more {
-			return want
+			return includeUsage, nil
 		}
-		if keyIs(k, "include_usage") {
-			want = string(val) == "true"
+		exact, variant := matchKey(k, "include_usage")
+		switch {
+		case variant:
+			return false, &FieldError{Field: field, Reason: "also given as " + quoteShort(unescapeKey(k)) + ", which differs only in letter case"}
+		case !exact:
+			continue
+		case seen:
+			return false, &FieldError{Field: field, Reason: "given twice"}
+		}
+		seen = true
+		if includeUsage, ok = readBool(val); !ok {
+			return false, &FieldError{Field: field, Reason: "must be true, false or null"}
 		}
 	}
 }
@@ -166,4 +566,138 @@ func withIncludeUsage(v []byte) []byte {
 		out = append(out, val...)
 	}
 	return append(out, '}')
+}
+
+// checkPricing refuses the fields that make the upstream bill other than
+// plain tokens at the model's price.
+func checkPricing(f Format, vals *[numFields][]byte) error {
+	if v := vals[fServiceTier]; !isNull(v) {
+		tier, isStr := jsonString(v)
+		switch {
+		case !isStr:
+			return &FieldError{Field: "service_tier", Reason: "must be a string or null"}
+		case tier == "auto", tier == "default", tier == "standard_only" && f == FormatMessages:
+		default:
+			return &FieldError{Field: "service_tier", Reason: "tier " + quoteShort([]byte(tier)) +
+				` is priced differently from plain tokens; only "auto" and "default" are accepted`}
+		}
+	}
+	switch f {
+	case FormatChat:
+		if v := vals[fModalities]; !isNull(v) {
+			items, ok := elements(v)
+			if !ok {
+				return &FieldError{Field: "modalities", Reason: "must be an array or null"}
+			}
+			for {
+				m, more := items.next()
+				if !more {
+					break
+				}
+				if s, _ := jsonString(m); foldsTo([]byte(s), "audio") {
+					return &FieldError{Field: "modalities", Reason: "audio output is priced per audio token and is not supported"}
+				}
+			}
+		}
+		if !isNull(vals[fAudio]) {
+			return &FieldError{Field: "audio", Reason: "audio output is priced per audio token and is not supported"}
+		}
+		if !isNull(vals[fWebSearchOptions]) {
+			return &FieldError{Field: "web_search_options", Reason: "web search is billed per call and is not supported"}
+		}
+	case FormatResponses:
+		if bg, ok := readBool(vals[fBackground]); !ok {
+			return &FieldError{Field: "background", Reason: "must be true, false or null"}
+		} else if bg {
+			return &FieldError{Field: "background", Reason: "background responses are not supported"}
+		}
+		return checkTools(vals[fTools], responsesTool)
+	case FormatMessages:
+		if v := vals[fMCPServers]; !isNull(v) && !isEmptyArray(v) {
+			return &FieldError{Field: "mcp_servers", Reason: "MCP servers are not supported"}
+		}
+		return checkTools(vals[fTools], messagesTool)
+	}
+	return nil
+}
+
+// responsesTool reports whether a Responses tool type is billed as plain
+// tokens: only function and custom tools are; the hosted ones (web search,
+// file search, code interpreter, image generation, computer use, MCP, ...)
+// are billed per call or per session.
+func responsesTool(typ string, isNull bool) bool {
+	return !isNull && (typ == "function" || typ == "custom")
+}
+
+// messagesTool reports whether an Anthropic tool type is billed as plain
+// tokens: custom tools (no type, or "custom") and the Anthropic-defined
+// tools the client runs itself. Server tools (web_search_*, web_fetch_*,
+// code_execution_*, and any new one) are refused.
+func messagesTool(typ string, isNull bool) bool {
+	if isNull || typ == "custom" {
+		return true
+	}
+	for _, p := range [...]string{"bash_", "text_editor_", "computer_", "memory_"} {
+		if strings.HasPrefix(typ, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkTools checks each tool of the tools member v with allowed, given its
+// "type" (guarded like a top-level field: once, exactly named, a string or
+// null).
+func checkTools(v []byte, allowed func(typ string, isNull bool) bool) error {
+	if isNull(v) {
+		return nil
+	}
+	tools, ok := elements(v)
+	if !ok {
+		return &FieldError{Field: "tools", Reason: "must be an array or null"}
+	}
+	for i := 0; ; i++ {
+		tool, more := tools.next()
+		if !more {
+			return nil
+		}
+		it, ok := members(tool)
+		if !ok {
+			return &FieldError{Field: "tools", Reason: "tool " + strconv.Itoa(i) + " is not an object"}
+		}
+		var typ []byte
+		for {
+			k, val, more := it.next()
+			if !more {
+				break
+			}
+			exact, variant := matchKey(k, "type")
+			switch {
+			case variant:
+				return &FieldError{Field: "tools", Reason: "tool " + strconv.Itoa(i) + " also gives \"type\" as " +
+					quoteShort(unescapeKey(k)) + ", which differs only in letter case"}
+			case !exact:
+				continue
+			case typ != nil:
+				return &FieldError{Field: "tools", Reason: "tool " + strconv.Itoa(i) + " gives \"type\" twice"}
+			}
+			typ = val
+		}
+		s, isStr := jsonString(typ)
+		if !isStr && !isNull(typ) {
+			return &FieldError{Field: "tools", Reason: "tool " + strconv.Itoa(i) + ` has a "type" that is not a string`}
+		}
+		if !allowed(s, isNull(typ)) {
+			return &FieldError{Field: "tools", Reason: "tool " + strconv.Itoa(i) + " has type " + quoteShort([]byte(s)) +
+				", which is billed per use and is not supported"}
+		}
+	}
+}
+
+// jsonString decodes v if it is a JSON string.
+func jsonString(v []byte) (string, bool) {
+	if len(v) < 2 || v[0] != '"' {
+		return "", false
+	}
+	return unquote(v[1 : len(v)-1]), true
 }

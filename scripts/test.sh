@@ -20,3 +20,11 @@ go vet "${pkgs[@]}"
 
 echo "== go test -race ${pkgs[*]}"
 go test -race -count=1 -timeout 15m "${pkgs[@]}"
+
+# A short differential fuzz run of the request reader (one package at a
+# time: -fuzz takes one). `make fuzz` runs it longer. Skipped when the
+# arguments name packages without ./meter.
+if [ $# -eq 0 ] || [[ " $* " == *" ./meter"* ]]; then
+	echo "== go test -fuzz FuzzRequestOneReading ./meter (${FUZZTIME:-10s})"
+	go test -run '^$' -fuzz '^FuzzRequestOneReading$' -fuzztime "${FUZZTIME:-10s}" ./meter
+fi
