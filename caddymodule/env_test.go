@@ -240,6 +240,7 @@ type usageRecord struct {
 	ReasoningTokens   int64  `json:"reasoning_tokens"`
 	Cost              string `json:"cost"`
 	Estimated         bool   `json:"estimated"`
+	Clamped           bool   `json:"usage_clamped"`
 }
 
 // newAccount creates a user with the given credit and a key for it.

@@ -383,9 +383,12 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 		return nil, billing.Price{}, errTooLarge
 	}
 	req, err := meter.ParseRequest(format, body, h.inject)
+	var fe *meter.FieldError
 	switch {
 	case errors.Is(err, meter.ErrMissingModel):
 		return nil, billing.Price{}, errInvalidRequest("you must provide a model parameter", "model")
+	case errors.As(err, &fe):
+		return nil, billing.Price{}, errInvalidRequest(fe.Error(), fe.Field)
 	case err != nil:
 		return nil, billing.Price{}, errInvalidRequest("the request body is not a valid JSON object", "")
 	}

@@ -347,3 +347,139 @@ func TestClientLeavingMidBodyIsNotARedisError(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// The gateway and the upstream read one body one way: a billing field
+// given twice, in another letter case or with the wrong JSON type is a 400
+// naming it, and nothing goes upstream.
+func TestAmbiguousBodiesAreRefused(t *testing.T) {
+	gateway(t)
+	_, k := newAccount(t, "1.00", "")
+	msgs := `"messages":[{"role":"user","content":"hi"}]`
+	for _, c := range []struct{ body, param string }{
+		{`{"model":"other-model","MODEL":"test-model",` + msgs + `}`, "model"},
+		{`{"model":"other-model","model":"test-model",` + msgs + `}`, "model"},
+		{`{"model":"test-model","mod\u0065l":"other-model",` + msgs + `}`, "model"},
+		{`{"model":"test-model","stream":true,"STREAM":false,` + msgs + `}`, "stream"},
+		{`{"model":"test-model","stream":"true",` + msgs + `}`, "stream"},
+		{`{"model":"test-model","stream":true,"STREAM_OPTIONS":{"include_usage":false},` + msgs + `}`, "stream_options"},
+		{`{"model":"test-model","max_tokens":"100000",` + msgs + `}`, "max_tokens"},
+		{`{"model":"test-model","max_tokens":10,"max_toKens":100000,` + msgs + `}`, "max_tokens"},
+		{`{"model":"test-model","n":"5",` + msgs + `}`, "n"},
+		{`{"model":"test-model","service_tier":"priority",` + msgs + `}`, "service_tier"},
+		{`{"model":"test-model","modalities":["text","audio"],` + msgs + `}`, "modalities"},
+	} {
+		resp, body := post(t, "/v1/chat/completions", k.Key, c.body, "X-Test-Tag", "ambiguous")
+		apiErr(t, resp, body, http.StatusBadRequest, "invalid_request_error")
+		if !strings.Contains(string(body), `"param":"`+c.param+`"`) {
+			t.Fatalf("%s: error %s does not name %q", c.body, body, c.param)
+		}
+	}
+	if n := hits("ambiguous"); n != 0 {
+		t.Fatalf("an ambiguous body reached the upstream %d times", n)
+	}
+}
+
+// The hold covers every choice: n:128 on a small balance is refused
+// before it reaches the upstream, so concurrent requests cannot overdraw;
+// a request that fits is billed for all the choices it produced.
+func TestHoldsCoverEveryChoice(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "0.01", "")
+	body := `{"model":"test-model","n":128,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`
+	done := make(chan int, 30)
+	for range 30 {
+		go func() {
+			req, _ := http.NewRequest("POST", gatewayURL+"/v1/chat/completions", strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+k.Key)
+			req.Header.Set("X-Test-Tag", "n128")
+			req.Header.Set("X-Mock-Usage-Raw", `{"prompt_tokens":12,"completion_tokens":12800}`)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				done <- 0
+				return
+			}
+			resp.Body.Close()
+			done <- resp.StatusCode
+		}()
+	}
+	for range 30 {
+		if st := <-done; st != http.StatusPaymentRequired {
+			t.Fatalf("n:128 on a 0.01 balance: status %d, want 402", st)
+		}
+	}
+	if n := hits("n128"); n != 0 {
+		t.Fatalf("%d requests reached the upstream", n)
+	}
+	// n:2 × max_tokens 100 fits: an upstream reporting 200 output tokens
+	// is billed all of them, exactly.
+	resp, b := post(t, "/v1/chat/completions", k.Key,
+		`{"model":"test-model","n":2,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`,
+		"X-Mock-Usage-Raw", `{"prompt_tokens":12,"completion_tokens":200}`)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("n:2: %d %s", resp.StatusCode, b)
+	}
+	rows := settled(t, u, 10_000_000, 1)
+	if r := row(t, rows, resp); r.OutputTokens != 200 || r.Estimated || r.Clamped {
+		t.Fatalf("row %+v, want 200 output tokens, exact", r)
+	}
+	if got := getUser(t, u.ID); mustNanos(t, got.Balance) < 0 {
+		t.Fatalf("balance overdrawn: %s", got.Balance)
+	}
+}
+
+// One streamed line of any length is forwarded and skipped by the meter,
+// which still finds the usage after it.
+func TestLongStreamLineKeepsMetering(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "1.00", "")
+	resp, body := post(t, "/v1/chat/completions", k.Key,
+		`{"model":"test-model","stream":true,"messages":[{"role":"user","content":"hi"}]}`,
+		"X-Mock-Long-Delta", "3000000")
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), strings.Repeat("x", 3_000_000)) ||
+		!strings.Contains(string(body), "data: [DONE]") {
+		t.Fatalf("stream with a 3 MB line: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	rows := settled(t, u, credit1, 1)
+	if r := row(t, rows, resp); r.Outcome != "completed" || r.Estimated || r.InputTokens != 12 || r.OutputTokens != 5 {
+		t.Fatalf("row %+v, want completed, exact: 12 in, 5 out", r)
+	}
+}
+
+// The upstream's usage report is trusted neither way: one without counts
+// is billed from an estimate, and counts beyond what the request could
+// produce are cut to the bound and flagged.
+func TestLyingUsageReports(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "10.00", "")
+	before := scrape(t)
+	body := `{"model":"test-model","max_tokens":10,"messages":[{"role":"user","content":"Hello there"}]}`
+	resps := map[string]*http.Response{}
+	for _, raw := range []string{`{}`, `{"total_tokens":5000}`, `{"prompt_tokens":"12","completion_tokens":"5"}`,
+		`{"prompt_tokens":1e30,"completion_tokens":1e30,"total_tokens":2e30}`} {
+		resp, b := post(t, "/v1/chat/completions", k.Key, body, "X-Mock-Usage-Raw", raw)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d %s", raw, resp.StatusCode, b)
+		}
+		resps[raw] = resp
+	}
+	rows := settled(t, u, 10_000_000_000, 4)
+	for raw, resp := range resps {
+		r := row(t, rows, resp)
+		switch raw {
+		case `{"prompt_tokens":1e30,"completion_tokens":1e30,"total_tokens":2e30}`:
+			if !r.Clamped || r.OutputTokens != 10 || r.InputTokens > int64(len(body))+4096 || r.InputTokens <= 0 {
+				t.Fatalf("%s: row %+v, want clamped: output 10, input <= body bytes + 4096", raw, r)
+			}
+		default:
+			if !r.Estimated || r.Clamped || r.InputTokens <= 0 || r.OutputTokens <= 0 || r.OutputTokens > 10 {
+				t.Fatalf("%s: row %+v, want an estimate", raw, r)
+			}
+		}
+	}
+	if got := getUser(t, u.ID); mustNanos(t, got.Balance) < 9_900_000_000 {
+		t.Fatalf("balance after lying reports: %s", got.Balance)
+	}
+	if n := metric(scrape(t), "aitoken_usage_clamped_total", "model=test-model") - metric(before, "aitoken_usage_clamped_total", "model=test-model"); n != 1 {
+		t.Fatalf("usage_clamped_total moved by %v, want 1", n)
+	}
+}

@@ -42,6 +42,10 @@
 //	X-Mock-Message-Deltas: N  Anthropic stream: N message_delta events with
 //	                     cumulative usage (the last one has the totals, and all
 //	                     repeat the input counts); default 1
+//	X-Mock-Usage-Raw: J  chat and completions: the usage object is J, as
+//	                     sent (a lying or broken upstream), where usage goes
+//	X-Mock-Long-Delta: N stream: the first content delta is N bytes of "x"
+//	                     (one SSE line of any length), still one token
 //	X-Mock-Gzip: 1       gzip the response body (Content-Encoding: gzip)
 //	                     whatever the request's Accept-Encoding; a stream's
 //	                     gzip writer is flushed after every event
@@ -227,6 +231,8 @@ type options struct {
 	errAfter      int // -1: no error event
 	cacheWrite    int
 	messageDeltas int
+	longDelta     int
+	rawUsage      string
 }
 
 func parseOptions(h http.Header) (options, error) {
@@ -245,6 +251,7 @@ func parseOptions(h http.Header) (options, error) {
 		{"X-Mock-Error-After", &o.errAfter},
 		{"X-Mock-Cache-Write", &o.cacheWrite},
 		{"X-Mock-Message-Deltas", &o.messageDeltas},
+		{"X-Mock-Long-Delta", &o.longDelta},
 	}
 	for _, f := range ints {
 		v := h.Get(f.name)
@@ -267,6 +274,12 @@ func parseOptions(h http.Header) (options, error) {
 		if o.delay, err = time.ParseDuration(v); err != nil {
 			return o, fmt.Errorf("bad X-Mock-Delay: %q", v)
 		}
+	}
+	if v := h.Get("X-Mock-Usage-Raw"); v != "" {
+		if !json.Valid([]byte(v)) {
+			return o, fmt.Errorf("bad X-Mock-Usage-Raw: %q", v)
+		}
+		o.rawUsage = v
 	}
 	if v := h.Get("X-Mock-Hold"); v != "" {
 		o.hold = v != "0" && v != "false"

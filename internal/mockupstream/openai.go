@@ -3,6 +3,7 @@ package mockupstream
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 )
 
 // OpenAIUsage is the usage object of chat completions and completions.
@@ -40,8 +41,12 @@ func openAIUsage(o options) OpenAIUsage {
 	return u
 }
 
-// usageJSON is the usage object in the X-Mock-Usage style.
+// usageJSON is the usage object in the X-Mock-Usage style, or
+// X-Mock-Usage-Raw as sent.
 func usageJSON(o options) json.RawMessage {
+	if o.rawUsage != "" {
+		return json.RawMessage(o.rawUsage)
+	}
 	var v any = openAIUsage(o)
 	if o.usage == "deepseek" {
 		var d DeepSeekUsage
@@ -179,7 +184,11 @@ func (s *Server) openAICompletion(w http.ResponseWriter, r *http.Request, chat b
 		if !s.step(st, o, i, streamErr) {
 			return
 		}
-		if st.event("", mk(ptr(words[i%len(words)]), false, nil)) != nil {
+		text := words[i%len(words)]
+		if i == 0 && o.longDelta > 0 {
+			text = strings.Repeat("x", o.longDelta)
+		}
+		if st.event("", mk(&text, false, nil)) != nil {
 			return
 		}
 	}
