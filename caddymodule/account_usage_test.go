@@ -164,8 +164,9 @@ func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
 
 // The legacy billing pair as chat clients call it (request shapes recorded
 // from their sources), over the TLS site. The account got 10.00, lost 1.50
-// to an admin debit and spent 2.500014 (2,500,000 prompt tokens at 1.00
-// per 1M and 7 completion tokens at 2.00 per 1M).
+// to an admin debit and spent 0.040014 (40,000 prompt tokens at 1.00 per
+// 1M and 7 completion tokens at 2.00 per 1M; the body is long enough for
+// 40,000 prompt tokens to be a believable report).
 func TestLegacyBillingForChatClients(t *testing.T) {
 	gateway(t)
 	c := httpsClient(t)
@@ -173,15 +174,15 @@ func TestLegacyBillingForChatClients(t *testing.T) {
 	if st := admin(t, "POST", "/aitoken/users/"+u.ID+"/credits", `{"amount":"-1.50","reason":"test debit"}`, nil); st != 200 {
 		t.Fatalf("debit: %d", st)
 	}
-	if resp, body := post(t, "/v1/chat/completions", k.Key, `{"model":"test-model"}`,
-		"X-Mock-Prompt", "2500000", "X-Mock-Deltas", "7"); resp.StatusCode != 200 {
+	if resp, body := post(t, "/v1/chat/completions", k.Key, `{"model":"test-model","prompt_padding":"`+strings.Repeat("x", 40_000)+`"}`,
+		"X-Mock-Prompt", "40000", "X-Mock-Deltas", "7"); resp.StatusCode != 200 {
 		t.Fatalf("chat: %d %s", resp.StatusCode, body)
 	}
 	waitUsage(t, u.ID, 1)
 	const (
 		credited = 8.5
-		spent    = 2.500014
-		balance  = 5.999986
+		spent    = 0.040014
+		balance  = 8.459986
 	)
 	auth := "Bearer " + k.Key
 
@@ -213,7 +214,7 @@ func TestLegacyBillingForChatClients(t *testing.T) {
 			}
 			hard := num(t, sub, "hard_limit_usd")
 			if !near(hard, credited) || !near(num(t, sub, "soft_limit_usd"), credited) || !near(num(t, sub, "system_hard_limit_usd"), credited) ||
-				num(t, sub, "access_until") != 0 || sub["balance"] != "5.999986000" || sub["currency"] != "USD" {
+				num(t, sub, "access_until") != 0 || sub["balance"] != "8.459986000" || sub["currency"] != "USD" {
 				t.Fatalf("subscription: %v", sub)
 			}
 			if _, ok := sub["has_payment_method"].(bool); !ok {
@@ -231,7 +232,7 @@ func TestLegacyBillingForChatClients(t *testing.T) {
 			if got := hard - cents/100; !near(got, balance) {
 				t.Fatalf("remaining = hard_limit_usd − total_usage/100 = %v, want the balance %v", got, balance)
 			}
-			if shown := math.Round(cents) / 100; shown != 2.5 { // NextChat's "used"
+			if shown := math.Round(cents) / 100; shown != 0.04 { // NextChat's "used"
 				t.Fatalf("NextChat would show %v used", shown)
 			}
 		})

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -293,16 +294,14 @@ func TestHoldOverBalanceAndUnmeteredModels(t *testing.T) {
 		t.Fatalf("a request whose hold fits: %v", err)
 	}
 
+	// The model list is the gateway's own: the priced models, whatever the
+	// balance.
 	models, err := c.Models.List(context.Background())
 	if err != nil {
 		t.Fatalf("GET /v1/models: %v", err)
 	}
-	if len(models.Data) == 0 || models.Data[0].ID != "deepseek-v4-flash" {
+	if len(models.Data) == 0 || !slices.ContainsFunc(models.Data, func(m openai.Model) bool { return m.ID == "test-model" }) {
 		t.Fatalf("models: %+v", models.Data)
-	}
-	last, _ := env.mock.LastRequest()
-	if last.Method != "GET" || last.Path != "/v1/models" || last.Header.Get("Authorization") != "Bearer upstream-secret" {
-		t.Fatalf("upstream saw %s %s with Authorization %q", last.Method, last.Path, last.Header.Get("Authorization"))
 	}
 
 	rows := settled(t, u, 10_000_000, 1)
