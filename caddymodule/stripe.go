@@ -259,13 +259,22 @@ func crashPoint(step string) error {
 // applyCredits applies committed ledger entries to the Redis balances and
 // marks them applied. Each step is idempotent, so running it again for the
 // same entries (repair after a crash, a concurrent repair pass) changes
-// each balance once.
+// each balance once. An entry Redis refuses because the balance would leave
+// ±billing.MaxNanos (the ledger and Redis disagree: reconcile) stays
+// unapplied and is logged; the entries after it are still applied.
 func applyCredits(ctx context.Context, store *usagelog.Store, accounts *billing.Accounts, entries []usagelog.LedgerEntry) error {
 	for _, e := range entries {
 		if err := crashPoint("redis"); err != nil {
 			return err
 		}
-		if err := accounts.ApplyCredit(ctx, e.User, e.ID, e.Amount); err != nil {
+		err := accounts.ApplyCredit(ctx, e.User, e.ID, e.Amount)
+		if errors.Is(err, billing.ErrAmountRange) {
+			logger := caddy.Log().Named("aitoken.stripe")
+			logger.Error("redis refused a payment's ledger entry: the balance would be out of range; "+
+				"run reconcile", zap.Int64("ledger_entry", e.ID), zap.String("ref", e.Ref))
+			continue
+		}
+		if err != nil {
 			return fmt.Errorf("ledger entry %d: %w", e.ID, err)
 		}
 		if err := crashPoint("mark"); err != nil {
@@ -284,8 +293,9 @@ func applyCredits(ctx context.Context, store *usagelog.Store, accounts *billing.
 func repairCredits(ctx context.Context, store *usagelog.Store, accounts *billing.Accounts) (int, error) {
 	const batch = 500
 	n := 0
+	var after int64
 	for {
-		pending, err := store.PendingCredits(ctx, batch)
+		pending, err := store.PendingCreditsAfter(ctx, after, batch)
 		if err != nil {
 			return n, err
 		}
@@ -296,6 +306,7 @@ func repairCredits(ctx context.Context, store *usagelog.Store, accounts *billing
 		if len(pending) < batch {
 			return n, nil
 		}
+		after = pending[len(pending)-1].ID
 	}
 }
 

@@ -113,6 +113,9 @@ func (c *StripeConfig) checkLimits() error {
 	if c.MaxTopup <= 0 {
 		c.MaxTopup = max(defaultMaxTopup, c.MinTopup)
 	}
+	if !c.MinTopup.InRange() || !c.MaxTopup.InRange() {
+		return fmt.Errorf("stripe min_topup and max_topup: at most %s", trimAmount(billing.MaxNanos))
+	}
 	if c.MaxTopup < c.MinTopup {
 		return fmt.Errorf("stripe max_topup %s is below min_topup %s", trimAmount(c.MaxTopup), trimAmount(c.MinTopup))
 	}

@@ -94,6 +94,8 @@ func TestStripeProvision(t *testing.T) {
 		"relative url":   {SecretKey: "{env.AITOKEN_T_KEY}", SuccessURL: "/done"},
 		"max below min": {SecretKey: "{env.AITOKEN_T_KEY}", SuccessURL: "https://example.com/",
 			MinTopup: 50 * billing.NanosPerUnit, MaxTopup: 20 * billing.NanosPerUnit},
+		"max out of range": {SecretKey: "{env.AITOKEN_T_KEY}", SuccessURL: "https://example.com/",
+			MaxTopup: billing.MaxNanos + 1},
 		"window too short": {SecretKey: "{env.AITOKEN_T_KEY}", SuccessURL: "https://example.com/",
 			TopupRate: &TopupRate{Sessions: 1, Window: caddy.Duration(time.Millisecond)}},
 	} {

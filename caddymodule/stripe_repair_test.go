@@ -156,3 +156,48 @@ func TestStripeCrashRepairedOnce(t *testing.T) {
 		t.Fatalf("event with the ledger closed: %d, want 500", code)
 	}
 }
+
+// An entry Redis refuses (the balance would be out of range: Redis and the
+// ledger disagree) is left pending and does not stop the repair of the
+// entries after it.
+func TestStripeRepairSkipsRefusedEntry(t *testing.T) {
+	ctx := t.Context()
+	store, err := usagelog.Open(filepath.Join(t.TempDir(), "ledger.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	srv := testredis.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	accounts := billing.NewAccounts(rdb)
+	var users []string
+	for i := range 2 {
+		u, err := store.CreateUser(ctx, usagelog.User{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		users = append(users, u.ID)
+		if _, _, err := store.StripeEvent(ctx, usagelog.StripeEventInfo{ID: fmt.Sprint("evt_", i)}, func(tx *usagelog.PaymentTx) (string, error) {
+			_, err := tx.AddLedger(u.ID, 5*billing.NanosPerUnit, "topup", "", fmt.Sprint("credit:", i))
+			return "", err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Redis holds a balance for the first user that the ledger does not.
+	if err := rdb.HSet(ctx, "ait:{"+users[0]+"}:acct", "balance", int64(billing.MaxNanos)-1, "held", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	n, err := repairCredits(ctx, store, accounts)
+	if err != nil || n != 2 {
+		t.Fatalf("repair: %d, %v", n, err)
+	}
+	if b, _, _ := accounts.Balance(ctx, users[1]); b != 5*billing.NanosPerUnit {
+		t.Fatalf("the entry after the refused one: balance %s", b)
+	}
+	p, err := store.PendingCredits(ctx, 0)
+	if err != nil || len(p) != 1 || p[0].User != users[0] {
+		t.Fatalf("pending after repair: %+v, %v", p, err)
+	}
+}

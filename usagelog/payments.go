@@ -251,11 +251,18 @@ func (s *Store) StripeEventOutcome(ctx context.Context, id string) (string, erro
 // amounts are not yet known to be in the Redis balance, oldest first.
 // limit ≤ 0 means 1000.
 func (s *Store) PendingCredits(ctx context.Context, limit int) ([]LedgerEntry, error) {
+	return s.PendingCreditsAfter(ctx, 0, limit)
+}
+
+// PendingCreditsAfter is PendingCredits from the entry after the ledger
+// entry ID after: a pass over every pending entry pages with it, so that
+// an entry it cannot apply does not hide the ones after it.
+func (s *Store) PendingCreditsAfter(ctx context.Context, after int64, limit int) ([]LedgerEntry, error) {
 	if limit <= 0 {
 		limit = 1000
 	}
 	rows, err := s.rd.QueryContext(ctx, `SELECT id, user_id, amount, COALESCE(ref, '') FROM ledger
-		WHERE redis_applied = 0 ORDER BY id LIMIT ?`, limit)
+		WHERE redis_applied = 0 AND id > ? ORDER BY id LIMIT ?`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("pending credits: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -140,6 +141,9 @@ func TestPendingCredits(t *testing.T) {
 	if err != nil || len(p) != 2 || p[0].ID != ids[0] || p[1].ID != ids[1] || p[0].Ref != "credit:a" || p[1].Amount != 2 {
 		t.Fatalf("PendingCredits = %+v, %v", p, err)
 	}
+	if p, err := s.PendingCreditsAfter(ctx, ids[0], 0); err != nil || len(p) != 2 || p[0].ID != ids[1] {
+		t.Fatalf("PendingCreditsAfter = %+v, %v", p, err)
+	}
 	if err := s.MarkApplied(ctx, ids[0], ids[0]); err != nil {
 		t.Fatal(err)
 	}
@@ -198,5 +202,53 @@ func TestTopupRecords(t *testing.T) {
 	}
 	if ps, _ := s.ListPayments(ctx, "", 1); len(ps) != 1 {
 		t.Fatalf("limit: %+v", ps)
+	}
+}
+
+// PaymentTx.AddLedger keeps a ledger balance within ±billing.MaxNanos,
+// writes nothing when it refuses, finds an existing ref first, and books
+// entries for erased users.
+func TestPaymentLedgerRange(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "ledger.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	u, err := s.CreateUser(ctx, User{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := func(id string, amount billing.Nanos, ref string) (bool, error) {
+		var added bool
+		_, _, err := s.StripeEvent(ctx, StripeEventInfo{ID: id}, func(tx *PaymentTx) (string, error) {
+			var err error
+			added, err = tx.AddLedger(u.ID, amount, "topup", "", ref)
+			return "", err
+		})
+		return added, err
+	}
+	if ok, err := add("evt_1", billing.MaxNanos-5, "credit:1"); !ok || err != nil {
+		t.Fatalf("credit up to the bound: %v %v", ok, err)
+	}
+	for i, amount := range []billing.Nanos{6, billing.MaxNanos + 1, -billing.MaxNanos - 1} {
+		if ok, err := add(fmt.Sprint("evt_over_", i), amount, fmt.Sprint("credit:over:", i)); ok || !errors.Is(err, billing.ErrAmountRange) {
+			t.Errorf("credit of %s: %v %v, want ErrAmountRange", amount, ok, err)
+		}
+	}
+	if ok, err := add("evt_again", 6, "credit:1"); ok || err != nil {
+		t.Errorf("an existing ref: %v %v, want false, nil", ok, err)
+	}
+	if ok, err := add("evt_5", 5, "credit:5"); !ok || err != nil {
+		t.Errorf("credit to the bound: %v %v", ok, err)
+	}
+	if bal, _ := s.LedgerBalance(ctx, u.ID); bal != billing.MaxNanos {
+		t.Fatalf("balance %s", bal)
+	}
+	if _, err := s.EraseUser(ctx, u.ID, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := add("evt_refund", -7, "refund:1"); !ok || err != nil {
+		t.Errorf("refund debit of an erased user: %v %v", ok, err)
 	}
 }

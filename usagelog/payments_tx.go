@@ -41,13 +41,43 @@ func (t *PaymentTx) UserStatus(id string) (string, error) {
 
 // AddLedger adds a ledger entry with the unique business key ref, to be
 // applied to Redis after commit. When an entry with ref exists already it
-// adds nothing and returns false.
+// adds nothing and returns false. An amount outside ±billing.MaxNanos, or
+// one that would take the user's ledger balance out of that range (a
+// balance already outside may move towards it), gives
+// billing.ErrAmountRange and writes nothing. Unlike Store.AddLedgerEntry
+// it takes entries for erased users: a refund or dispute of what they paid
+// is still booked.
 func (t *PaymentTx) AddLedger(user string, amount billing.Nanos, kind, reason, ref string) (bool, error) {
 	if amount == 0 || kind == "" || ref == "" {
 		return false, fmt.Errorf("ledger entry needs an amount, kind and ref: %w", ErrInvalid)
 	}
+	var n int
+	if err := t.tx.QueryRowContext(t.ctx, `SELECT COUNT(*) FROM ledger WHERE ref = ?`, ref).Scan(&n); err != nil {
+		return false, fmt.Errorf("add ledger entry: %w", err)
+	}
+	if n > 0 {
+		return false, nil
+	}
+	if err := billing.CheckAmount(amount); err != nil {
+		return false, err
+	}
+	status, bal, err := ledgerBalance(t.ctx, t.tx, user)
+	switch {
+	case err != nil:
+		return false, err
+	case status == "":
+		return false, fmt.Errorf("user %s: %w", user, ErrNotFound)
+	case bal.OutOfRange():
+		if (amount > 0) == (bal.Nanos > 0) {
+			return false, fmt.Errorf("%w (the ledger balance of user %s is %s)", billing.ErrAmountRange, user, bal.Exact)
+		}
+	default:
+		if _, err := billing.CheckCredit(bal.Nanos, amount); err != nil {
+			return false, fmt.Errorf("%w (the ledger balance of user %s is %s)", err, user, bal.Nanos)
+		}
+	}
 	var id int64
-	err := t.tx.QueryRowContext(t.ctx, `
+	err = t.tx.QueryRowContext(t.ctx, `
 		INSERT INTO ledger (user_id, amount, kind, reason, ref, created_at, redis_applied)
 		VALUES (?, ?, ?, ?, ?, ?, 0)
 		ON CONFLICT (ref) DO NOTHING

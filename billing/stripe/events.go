@@ -2,9 +2,11 @@ package stripe
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
+	"github.com/cnaitoken/caddy-aitoken/billing"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
@@ -51,8 +53,9 @@ const (
 
 // StatusUnapplied is the status of a paid top-up that credits nobody: the
 // user it names was erased, never existed, or is not the user the top-up
-// was started for, or it names no user at all. Stripe holds the money; the
-// operator refunds it there.
+// was started for, or it names no user at all, or its amount would take
+// the balance past billing.MaxNanos. Stripe holds the money; the operator
+// refunds it there.
 const StatusUnapplied = "unapplied"
 
 // Reasons a paid top-up is left unapplied (Result.Reason).
@@ -61,6 +64,7 @@ const (
 	ReasonUnknownUser  = "unknown_user"
 	ReasonErasedUser   = "erased_user"
 	ReasonUserMismatch = "user_mismatch"
+	ReasonAmountRange  = "amount_out_of_range"
 )
 
 // Result is what Apply did with an event.
@@ -90,9 +94,10 @@ const (
 //     user in client_reference_id, once per session (ledger ref
 //     "credit:<session>"). Unpaid sessions are recorded as pending; a
 //     currency other than cfg.Currency is recorded and not credited. A
-//     paid session whose user is erased or unknown, names no user, or
-//     names another user than the top-up the gateway started for it, is
-//     recorded as StatusUnapplied (OutcomeUnapplied) and never credited.
+//     paid session whose user is erased or unknown, names no user, names
+//     another user than the top-up the gateway started for it, or whose
+//     amount would take the balance past billing.MaxNanos, is recorded as
+//     StatusUnapplied (OutcomeUnapplied) and never credited.
 //   - charge.refunded debits the newly refunded part of that charge's
 //     cumulative amount_refunded (ledger ref "refund:<charge>:<cumulative>"),
 //     in proportion to what the payment credited and to the payment's whole
@@ -335,10 +340,19 @@ func (r rules) credit(p *usagelog.Payment, s session, mismatch bool) (outcome, r
 		return OutcomeCurrencyMismatch, "", nil
 	}
 	credits, err := MinorToNanos(amount, cur)
-	if err != nil || credits <= 0 {
+	switch {
+	case err != nil:
+		return OutcomeUnapplied, ReasonAmountRange, nil
+	case credits <= 0:
 		return OutcomeNoPayment, "", nil
 	}
-	if _, err := r.tx.AddLedger(p.User, credits, KindTopup, "Stripe top-up "+s.ID, "credit:"+s.ID); err != nil {
+	_, err = r.tx.AddLedger(p.User, credits, KindTopup, "Stripe top-up "+s.ID, "credit:"+s.ID)
+	switch {
+	case errors.Is(err, billing.ErrAmountRange):
+		// The credit, or the balance it would make, is beyond what a
+		// balance can hold (and Redis would refuse it).
+		return OutcomeUnapplied, ReasonAmountRange, nil
+	case err != nil:
 		return "", "", err
 	}
 	p.Status, p.Credited = statusPaid, credits

@@ -354,3 +354,22 @@ func TestRefundsAcrossCharges(t *testing.T) {
 		t.Fatalf("refund records add up to %s, want -50.00 (the three credits)", debited)
 	}
 }
+
+// A payment a balance cannot hold (past billing.MaxNanos, about 9 million
+// units) is unapplied, not credited: the ledger would hold a credit that
+// Redis refuses.
+func TestUnappliedAmountRange(t *testing.T) {
+	l := newLedger(t, "JPY")
+	l.want(OutcomeCredited, l.send("checkout.session.completed", l.session("cs_1", "paid", 9_000_000, "jpy")), 9_000_000*unit)
+	l.want(OutcomeUnapplied, l.send("checkout.session.completed", l.session("cs_2", "paid", 10_000, "jpy")), 9_000_000*unit)
+	l.want(OutcomeUnapplied, l.send("checkout.session.completed", l.session("cs_3", "paid", 1<<62, "jpy")), 9_000_000*unit)
+	ps := l.payments()
+	for _, ref := range []string{"topup:cs_2", "topup:cs_3"} {
+		if p := ps[ref]; p.Status != StatusUnapplied || p.Credited != 0 {
+			t.Errorf("%s: %+v", ref, p)
+		}
+	}
+	// Refunds still debit what was credited.
+	l.want(OutcomeRefundDebited, l.send("charge.refunded", obj{"id": "ch_1", "amount": 9_000_000, "amount_refunded": 1_000_000,
+		"currency": "jpy", "payment_intent": "pi_cs_1"}), 8_000_000*unit)
+}
