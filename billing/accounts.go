@@ -105,11 +105,40 @@ func (a *Accounts) EnsureAccount(ctx context.Context, user string) error {
 	return err
 }
 
+// creditScript adds an amount to a balance unless that takes the balance
+// out of range (see creditRangeLua).
+//
+// KEYS: acct. ARGV: unused, amount (nanos, signed), MaxNanos.
+// Returns the new balance as a string (a Lua number would round it), or
+// -1 when refused.
+var creditScript = redis.NewScript(`
+` + creditRangeLua + `
+redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'held', 0)
+return redis.call('HGET', KEYS[1], 'balance')
+`)
+
 // Credit adds amount (negative debits) to the balance of user and returns
-// the new balance.
+// the new balance. An amount, or a resulting balance, outside ±MaxNanos is
+// refused with ErrAmountRange, and Redis is left as it was.
 func (a *Accounts) Credit(ctx context.Context, user string, amount Nanos) (Nanos, error) {
-	n, err := a.rdb.HIncrBy(ctx, acctKey(user), "balance", int64(amount)).Result()
-	return Nanos(n), err
+	if err := CheckAmount(amount); err != nil {
+		return 0, err
+	}
+	res, err := creditScript.Run(ctx, a.rdb, []string{acctKey(user)},
+		"", strconv.FormatInt(int64(amount), 10), int64(MaxNanos)).Result()
+	if err != nil {
+		return 0, err
+	}
+	switch v := res.(type) {
+	case int64: // -1
+		return 0, ErrAmountRange
+	case string:
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			return Nanos(n), nil
+		}
+	}
+	return 0, fmt.Errorf("credit: unexpected reply %v", res)
 }
 
 // Balance returns the balance of user and the sum of its live holds.
@@ -309,7 +338,9 @@ func (a *Accounts) Seeded(ctx context.Context) (bool, error) {
 }
 
 // Seed writes every account balance (with no holds) and key record, keyed
-// by key hash, from the ledger, and marks Redis as seeded.
+// by key hash, from the ledger, and marks Redis as seeded. A balance
+// outside ±MaxNanos (stored before amounts were bounded) is written
+// clamped to the range, which reconcile then reports.
 func (a *Accounts) Seed(ctx context.Context, balances map[string]Nanos, keys map[string]KeyRecord) error {
 	pipe := a.rdb.Pipeline()
 	flush := func() error {
@@ -320,7 +351,7 @@ func (a *Accounts) Seed(ctx context.Context, balances map[string]Nanos, keys map
 		return err
 	}
 	for user, bal := range balances {
-		pipe.HSet(ctx, acctKey(user), "balance", int64(bal), "held", 0)
+		pipe.HSet(ctx, acctKey(user), "balance", int64(ClampNanos(bal)), "held", 0)
 		pipe.Del(ctx, holdsKey(user), holdAmtKey(user))
 		if err := flush(); err != nil {
 			return err

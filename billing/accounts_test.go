@@ -643,13 +643,12 @@ func TestCreditAndBalance(t *testing.T) {
 	}
 	wantBalance(t, a, "alice", 9_999_999_999, 0)
 
-	// Beyond 2^53 nanos: HINCRBY keeps integers exact.
-	big := Nanos(1<<53 + 1)
-	bal, err = a.Credit(ctx, "whale", big)
-	if err != nil || bal != big {
-		t.Fatalf("big credit = %d, %v; want %d", bal, err, big)
+	// Up to 2^53 - 1 nanos, the largest balance: kept exact.
+	bal, err = a.Credit(ctx, "whale", MaxNanos)
+	if err != nil || bal != MaxNanos {
+		t.Fatalf("big credit = %d, %v; want %d", bal, err, MaxNanos)
 	}
-	wantBalance(t, a, "whale", big, 0)
+	wantBalance(t, a, "whale", MaxNanos, 0)
 
 	// Accounts are separate.
 	wantBalance(t, a, "bob", 0, 0)
@@ -752,7 +751,7 @@ func BenchmarkAuthorizeSettle(b *testing.B) {
 		Models: []string{"gpt-4o", "deepseek-chat"}}); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := a.Credit(ctx, "bench", 1<<60); err != nil {
+	if _, err := a.Credit(ctx, "bench", MaxNanos); err != nil {
 		b.Fatal(err)
 	}
 	record := []byte(`{"request_id":"req_bench","time":"2025-01-01T00:00:00Z","user":"bench","key_id":"key_bench",` +

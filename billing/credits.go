@@ -2,6 +2,7 @@ package billing
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 
 	"github.com/redis/go-redis/v9"
@@ -11,14 +12,30 @@ import (
 // account's balance: ledger entry id → amount.
 func appliedKey(user string) string { return "ait:{" + user + "}:applied" }
 
+// creditRangeLua refuses (returns -1 from the script) a credit that would
+// take the balance out of [−MaxNanos, MaxNanos]: ARGV[2] is the amount,
+// ARGV[3] MaxNanos. Lua numbers are doubles: a balance and an amount each
+// within 2⁵³ add up exactly, or, past 2⁵³, round to a value that is still
+// past it, so the comparison is right. A balance already out of range may
+// move towards the range.
+const creditRangeLua = `
+local amt, lim = tonumber(ARGV[2]), tonumber(ARGV[3])
+local bal = tonumber(redis.call('HGET', KEYS[1], 'balance') or '0') or 0
+if (amt > 0 and bal + amt > lim) or (amt < 0 and bal + amt < -lim) then return -1 end
+`
+
 // applyCreditScript adds a ledger entry's amount to the balance unless the
 // entry was applied before; the marker and the balance change are one
-// atomic step, so a crash can leave neither half alone.
+// atomic step, so a crash can leave neither half alone. A credit that would
+// take the balance out of range changes nothing.
 //
-// KEYS: acct, applied. ARGV: ledger entry id, amount (nanos, signed).
-// Returns 1 when applied, 0 when it had been already.
+// KEYS: acct, applied. ARGV: ledger entry id, amount (nanos, signed),
+// MaxNanos. Returns 1 when applied, 0 when it had been already, -1 when
+// refused as out of range.
 var applyCreditScript = redis.NewScript(`
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+` + creditRangeLua + `
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'held', 0)
 return 1
@@ -28,9 +45,18 @@ return 1
 // ledger entry entryID, exactly once: applying the same entry again, after a
 // retry, a crash or a concurrent repair pass, changes nothing. The marker
 // lives as long as the account, so ledger entry IDs must never be reused.
+// An amount, or a resulting balance, outside ±MaxNanos is refused with
+// ErrAmountRange, and then neither the balance nor the marker is written.
 func (a *Accounts) ApplyCredit(ctx context.Context, user string, entryID int64, amount Nanos) error {
-	return applyCreditScript.Run(ctx, a.rdb, []string{acctKey(user), appliedKey(user)},
-		strconv.FormatInt(entryID, 10), strconv.FormatInt(int64(amount), 10)).Err()
+	if err := CheckAmount(amount); err != nil {
+		return fmt.Errorf("ledger entry %d: %w", entryID, err)
+	}
+	n, err := applyCreditScript.Run(ctx, a.rdb, []string{acctKey(user), appliedKey(user)},
+		strconv.FormatInt(entryID, 10), strconv.FormatInt(int64(amount), 10), int64(MaxNanos)).Int64()
+	if err == nil && n < 0 {
+		err = fmt.Errorf("ledger entry %d: %w", entryID, ErrAmountRange)
+	}
+	return err
 }
 
 // CreditApplied reports whether the ledger entry entryID has been applied to

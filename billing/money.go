@@ -14,12 +14,60 @@ const NanosPerUnit = 1_000_000_000
 // read from a decimal string ("12.5", "-3", "0.000000001"), never a float.
 type Nanos int64
 
+// MaxNanos bounds every amount the gateway handles: a credit or debit, a
+// price, a cost, a hold and a balance all lie in [−MaxNanos, MaxNanos].
+// It is 2⁵³ − 1 nanos (9,007,199.254740991 units), the range in which the
+// Redis Lua scripts, whose numbers are doubles, compare amounts exactly;
+// it also keeps a sum of a few bounded amounts far from int64 overflow.
+const MaxNanos Nanos = 1<<53 - 1
+
+// ErrAmountRange reports an amount, or the balance it would make, outside
+// [−MaxNanos, MaxNanos]. Nothing is written when it is returned.
+var ErrAmountRange = errors.New("amount out of range: the largest balance is 9007199.254740991")
+
 // ErrBadAmount reports a decimal amount that cannot be read exactly.
 var ErrBadAmount = errors.New("amount must be a decimal string with at most 9 places, like \"10.50\"")
 
+// InRange reports whether |n| ≤ MaxNanos.
+func (n Nanos) InRange() bool { return n >= -MaxNanos && n <= MaxNanos }
+
+// CheckAmount returns ErrAmountRange unless |n| ≤ MaxNanos.
+func CheckAmount(n Nanos) error {
+	if !n.InRange() {
+		return ErrAmountRange
+	}
+	return nil
+}
+
+// CheckCredit checks that adding amount to balance is allowed: amount is in
+// range and does not move the balance out of range. A balance already out
+// of range (stored before amounts were bounded) may still be moved towards
+// the range, so an operator can repair it. It returns the new balance.
+func CheckCredit(balance, amount Nanos) (Nanos, error) {
+	if !amount.InRange() {
+		return 0, ErrAmountRange
+	}
+	// |amount| ≤ 2⁵³: the sum overflows int64 only for a balance within
+	// 2⁵³ of the int64 limits, which saturates here.
+	next := balance + amount
+	switch {
+	case amount > 0 && (next < balance || next > MaxNanos):
+		return 0, ErrAmountRange
+	case amount < 0 && (next > balance || next < -MaxNanos):
+		return 0, ErrAmountRange
+	}
+	return next, nil
+}
+
+// ClampNanos returns n limited to [−MaxNanos, MaxNanos].
+func ClampNanos(n Nanos) Nanos {
+	return min(max(n, -MaxNanos), MaxNanos)
+}
+
 // ParseNanos reads a decimal string such as "10.50" or "-0.000000001"
-// into nanos exactly. More than nine decimal places, exponents, empty
-// strings and values beyond ±9,223,372,036 units are refused.
+// into nanos exactly. More than nine decimal places, exponents and empty
+// strings are refused with ErrBadAmount; values beyond ±MaxNanos
+// (9,007,199.254740991 units) with ErrAmountRange.
 func ParseNanos(s string) (Nanos, error) {
 	s = strings.TrimSpace(s)
 	neg := false
@@ -40,14 +88,17 @@ func ParseNanos(s string) (Nanos, error) {
 		return 0, ErrBadAmount
 	}
 	w, err := strconv.ParseUint(whole, 10, 64)
-	if err != nil || w > 9_223_372_035 {
-		return 0, ErrBadAmount
+	if err != nil || w > uint64(MaxNanos/NanosPerUnit) {
+		return 0, ErrAmountRange
 	}
 	var f uint64
 	if frac != "" {
 		f, _ = strconv.ParseUint(frac+strings.Repeat("0", 9-len(frac)), 10, 64)
 	}
 	n := Nanos(w*NanosPerUnit + f)
+	if n > MaxNanos {
+		return 0, ErrAmountRange
+	}
 	if neg {
 		n = -n
 	}

@@ -2,6 +2,7 @@ package billing
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"testing"
@@ -25,6 +26,8 @@ func TestParseNanos(t *testing.T) {
 		{"abc", 0, false},
 		{"1,5", 0, false},
 		{"99999999999", 0, false},
+		{"9007199.254740991", MaxNanos, true},
+		{"9007199.254740992", 0, false},
 	} {
 		got, err := ParseNanos(tc.in)
 		if (err == nil) != tc.ok || got != tc.want {
@@ -60,5 +63,66 @@ func TestAppendDecimalMatchesSprintf(t *testing.T) {
 		if got := string(n.AppendDecimal([]byte("x"))); got != "x"+want {
 			t.Errorf("AppendDecimal = %q", got)
 		}
+	}
+}
+
+// Amounts are bounded by MaxNanos (2^53 - 1), the range Redis Lua compares
+// exactly: ParseNanos refuses anything beyond it as out of range.
+func TestParseNanosRange(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Nanos
+		err  error
+	}{
+		{"9007199.254740991", MaxNanos, nil},
+		{"-9007199.254740991", -MaxNanos, nil},
+		{"9007199.254740992", 0, ErrAmountRange},
+		{"-9007199.254740992", 0, ErrAmountRange},
+		{"9007200", 0, ErrAmountRange},
+		{"9000000000", 0, ErrAmountRange},
+		{"99999999999999999999999", 0, ErrAmountRange},
+		{"9223372036.854775807", 0, ErrAmountRange},
+	} {
+		got, err := ParseNanos(tc.in)
+		if !errors.Is(err, tc.err) || got != tc.want {
+			t.Errorf("ParseNanos(%q) = %d, %v; want %d, %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+	var n Nanos
+	if err := json.Unmarshal([]byte(`"9000000000"`), &n); !errors.Is(err, ErrAmountRange) {
+		t.Errorf("unmarshal 9000000000: %v", err)
+	}
+	if MaxNanos.String() != "9007199.254740991" || MaxNanos != 1<<53-1 {
+		t.Errorf("MaxNanos = %s", MaxNanos)
+	}
+}
+
+func TestCheckCredit(t *testing.T) {
+	for _, tc := range []struct {
+		bal, amt, want Nanos
+		ok             bool
+	}{
+		{0, MaxNanos, MaxNanos, true},
+		{1, MaxNanos, 0, false},
+		{MaxNanos, 1, 0, false},
+		{MaxNanos, -1, MaxNanos - 1, true},
+		{-MaxNanos, -1, 0, false},
+		{-MaxNanos, MaxNanos, 0, true},
+		{0, MaxNanos + 1, 0, false},
+		{0, -MaxNanos - 1, 0, false},
+		// A balance stored out of range may move towards the range only.
+		{9_000_000_000 * NanosPerUnit, -NanosPerUnit, 8_999_999_999 * NanosPerUnit, true},
+		{9_000_000_000 * NanosPerUnit, 1, 0, false},
+		{math.MaxInt64, 1, 0, false},
+		{math.MinInt64, -1, 0, false},
+		{math.MinInt64 + 5, 1, math.MinInt64 + 6, true},
+	} {
+		got, err := CheckCredit(tc.bal, tc.amt)
+		if (err == nil) != tc.ok || got != tc.want || (err != nil && !errors.Is(err, ErrAmountRange)) {
+			t.Errorf("CheckCredit(%d, %d) = %d, %v; want %d ok=%v", tc.bal, tc.amt, got, err, tc.want, tc.ok)
+		}
+	}
+	if ClampNanos(math.MaxInt64) != MaxNanos || ClampNanos(math.MinInt64) != -MaxNanos || ClampNanos(-5) != -5 {
+		t.Error("ClampNanos")
 	}
 }

@@ -23,6 +23,11 @@ type Price struct {
 	Output Nanos `json:"output"`
 }
 
+// MaxPrice is the largest price of a million tokens: MaxNanos, so that a
+// price is an amount like any other and Cost's 128-bit products cannot
+// wrap for any token count.
+const MaxPrice = MaxNanos
+
 // Tokens are the billable token counts of one request. Input counts every
 // input token, cached and cache writes included.
 type Tokens struct {
@@ -32,13 +37,17 @@ type Tokens struct {
 	Output      int64
 }
 
-// ErrCostOverflow reports a cost too large to represent in nanos.
-var ErrCostOverflow = errors.New("cost exceeds the representable range")
+// ErrCostOverflow reports a cost (or hold) above MaxNanos: more than any
+// balance can pay.
+var ErrCostOverflow = errors.New("cost exceeds the largest amount (9007199.254740991)")
 
 // Cost prices t exactly: (uncached·input + cached·cached_input +
 // cache_write·cache_write + output·output) / 10⁶, rounded up to a whole nano
 // once. Negative counts are treated as zero; cached and cache-write counts
-// are capped at Input.
+// are capped at Input. A cost above MaxNanos is ErrCostOverflow, as is a
+// price outside [0, MaxNanos]. The products are taken in 128 bits: with
+// prices ≤ MaxNanos (2⁵³) and counts ≤ 2⁶³ the sum stays below 2¹¹⁸, so
+// nothing wraps, whatever an upstream reports.
 func (p Price) Cost(t Tokens) (Nanos, error) {
 	in, cached, write, out := nonNeg(t.Input), nonNeg(t.CachedInput), nonNeg(t.CacheWrite), nonNeg(t.Output)
 	cached = min(cached, in)
@@ -52,6 +61,9 @@ func (p Price) Cost(t Tokens) (Nanos, error) {
 		if term.p < 0 {
 			return 0, fmt.Errorf("negative price")
 		}
+		if term.p > MaxNanos {
+			return 0, ErrCostOverflow
+		}
 		acc = acc.add(mul64(term.n, uint64(term.p)))
 	}
 	if acc.hi >= 1_000_000 { // quotient would not fit in 64 bits
@@ -61,7 +73,7 @@ func (p Price) Cost(t Tokens) (Nanos, error) {
 	if r != 0 {
 		q++
 	}
-	if q > 1<<63-1 {
+	if q > uint64(MaxNanos) {
 		return 0, ErrCostOverflow
 	}
 	return Nanos(q), nil
@@ -69,7 +81,7 @@ func (p Price) Cost(t Tokens) (Nanos, error) {
 
 // Hold is the amount reserved before forwarding a request: its estimated
 // input at the input price and its largest possible output at the output
-// price.
+// price. A hold above MaxNanos is ErrCostOverflow: no balance covers it.
 func (p Price) Hold(inputTokens, maxOutputTokens int64) (Nanos, error) {
 	return p.Cost(Tokens{Input: inputTokens, Output: maxOutputTokens})
 }
@@ -107,8 +119,8 @@ type prefixPrice struct {
 }
 
 // NewPriceTable builds a table from model patterns. It fills defaults
-// (cached_input and cache_write default to input) and refuses negative
-// prices and empty patterns.
+// (cached_input and cache_write default to input) and refuses empty
+// patterns and prices outside [0, MaxNanos] (MaxPrice).
 func NewPriceTable(prices map[string]Price) (*PriceTable, error) {
 	t := &PriceTable{exact: make(map[string]Price, len(prices))}
 	for pattern, p := range prices {
@@ -117,6 +129,9 @@ func NewPriceTable(prices map[string]Price) (*PriceTable, error) {
 		}
 		if p.Input < 0 || p.Output < 0 || p.CachedInput < 0 || p.CacheWrite < 0 {
 			return nil, fmt.Errorf("price %s: prices must not be negative", pattern)
+		}
+		if p.Input > MaxPrice || p.Output > MaxPrice || p.CachedInput > MaxPrice || p.CacheWrite > MaxPrice {
+			return nil, fmt.Errorf("price %s: prices must not exceed %s per million tokens", pattern, MaxPrice)
 		}
 		if p.CachedInput == 0 {
 			p.CachedInput = p.Input

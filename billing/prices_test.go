@@ -74,3 +74,42 @@ func TestPriceTableLookup(t *testing.T) {
 		t.Error("negative price accepted")
 	}
 }
+
+// Prices are bounded (MaxPrice) when the table is built, and a cost or a
+// hold above MaxNanos is refused, whatever token counts are claimed.
+func TestPriceBounds(t *testing.T) {
+	if _, err := NewPriceTable(map[string]Price{"x": {Input: MaxPrice, Output: MaxPrice}}); err != nil {
+		t.Errorf("MaxPrice refused: %v", err)
+	}
+	for _, p := range []Price{{Input: MaxPrice + 1}, {Output: MaxPrice + 1}, {Input: 1, CachedInput: 1 << 62}, {Input: 1, CacheWrite: MaxPrice + 1}} {
+		if _, err := NewPriceTable(map[string]Price{"x": p}); err == nil {
+			t.Errorf("price %+v accepted", p)
+		}
+	}
+	const maxCount = 1 << 40 // the meter's cap on one reported count
+	p := Price{Input: MaxPrice, CachedInput: MaxPrice, CacheWrite: MaxPrice, Output: MaxPrice}
+	for _, tok := range []Tokens{
+		{Input: maxCount, Output: maxCount},
+		{Input: 1<<63 - 1, CachedInput: 1<<63 - 1, CacheWrite: 1<<63 - 1, Output: 1<<63 - 1},
+		{Input: 1_000_001}, // just over MaxNanos at MaxPrice
+	} {
+		if c, err := p.Cost(tok); err != ErrCostOverflow {
+			t.Errorf("Cost(%+v) = %d, %v; want ErrCostOverflow", tok, c, err)
+		}
+	}
+	if c, err := p.Cost(Tokens{Input: 1_000_000}); err != nil || c != MaxNanos {
+		t.Errorf("Cost of a million tokens at MaxPrice = %d, %v", c, err)
+	}
+	// A price the table would refuse is refused by Cost too.
+	if _, err := (Price{Output: MaxPrice + 1}).Cost(Tokens{Output: 1}); err != ErrCostOverflow {
+		t.Errorf("Cost with a price over MaxPrice: %v", err)
+	}
+	// Largest realistic cost: 2^40 tokens each way at 1000 per million.
+	q := Price{Input: 1000 * NanosPerUnit, Output: 1000 * NanosPerUnit}
+	if _, err := q.Hold(maxCount, maxCount); err != ErrCostOverflow {
+		t.Errorf("Hold over MaxNanos: %v", err)
+	}
+	if c, err := q.Cost(Tokens{Input: 4_000_000_000}); err != nil || c != 4_000_000*NanosPerUnit || !c.InRange() {
+		t.Errorf("Cost = %d, %v", c, err)
+	}
+}

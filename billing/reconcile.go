@@ -57,8 +57,12 @@ func (a *Accounts) KeyStates(ctx context.Context, hashes []string) (map[string]b
 }
 
 // SetBalance sets the balance of user, keeping its live holds, and creates
-// the account if Redis lost it.
+// the account if Redis lost it. A balance outside ±MaxNanos is refused with
+// ErrAmountRange.
 func (a *Accounts) SetBalance(ctx context.Context, user string, balance Nanos) error {
+	if err := CheckAmount(balance); err != nil {
+		return err
+	}
 	pipe := a.rdb.TxPipeline()
 	pipe.HSet(ctx, acctKey(user), "balance", int64(balance))
 	pipe.HSetNX(ctx, acctKey(user), "held", 0)

@@ -136,6 +136,8 @@ func decodeBody(r *http.Request, v any) error {
 			return badField(f, "unknown field")
 		case errors.Is(err, io.EOF):
 			return &adminError{http.StatusBadRequest, "", "request body must be a JSON object"}
+		case errors.Is(err, billing.ErrAmountRange):
+			return &adminError{http.StatusBadRequest, "", err.Error()}
 		default:
 			return &adminError{http.StatusBadRequest, "", "request body is not valid JSON: " + err.Error()}
 		}
@@ -239,14 +241,34 @@ func postCredit(app *App, w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// An erased user still answers GET (as deleted), so 409 rather than
+	// 404: the user exists, its state forbids the change.
+	erased := &adminError{http.StatusConflict, "", "user " + strconv.Quote(id) + " was deleted (erased): its account is closed and takes no credit or debit"}
+	if u.Status == usagelog.UserDeleted {
+		return erased
+	}
 	kind := "credit"
 	if *in.Amount < 0 {
 		kind = "debit"
 	}
-	if _, err := app.ledger.store.AddLedgerEntry(r.Context(), id, *in.Amount, kind, in.Reason, ""); err != nil {
+	// Every bound is checked before anything is written: the amount, and
+	// the ledger balance it makes, in the ledger's transaction; the live
+	// balance in the Redis script. A refusal there takes the entry back.
+	entry, err := app.ledger.store.AddLedgerEntry(r.Context(), id, *in.Amount, kind, in.Reason, "")
+	switch {
+	case errors.Is(err, billing.ErrAmountRange):
+		return &adminError{http.StatusBadRequest, "amount", err.Error()}
+	case errors.Is(err, usagelog.ErrUserDeleted):
+		return erased
+	case err != nil:
 		return err
 	}
-	if _, err := app.accounts.Credit(r.Context(), id, *in.Amount); err != nil {
+	if _, err := app.accounts.Credit(r.Context(), id, *in.Amount); errors.Is(err, billing.ErrAmountRange) {
+		if uerr := app.ledger.store.UndoLedgerEntry(r.Context(), id, entry); uerr != nil {
+			return fmt.Errorf("redis refused the credit (%v) and taking back ledger entry %d failed: %w", err, entry, uerr)
+		}
+		return &adminError{http.StatusBadRequest, "amount", err.Error() + " (the live balance in redis would leave the range; run reconcile)"}
+	} else if err != nil {
 		return &adminError{http.StatusServiceUnavailable, "", "credit recorded in the ledger but redis is unavailable; run reconcile: " + err.Error()}
 	}
 	v, err := app.userView(r, u)

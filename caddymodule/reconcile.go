@@ -34,6 +34,12 @@ type accountDiff struct {
 	Difference billing.Nanos `json:"difference"`
 	// Missing is true when Redis had no account at all.
 	Missing bool `json:"missing,omitempty"`
+	// LedgerOutOfRange is the exact ledger balance when it lies outside
+	// ±billing.MaxNanos (rows stored before amounts were bounded): Ledger
+	// is then clamped to the range, which is what apply writes to Redis,
+	// and the account stays reported until a debit or credit brings the
+	// ledger back in range.
+	LedgerOutOfRange string `json:"ledger_out_of_range,omitempty"`
 }
 
 // keyDiff is a key whose Redis record disagrees with the ledger.
@@ -62,26 +68,27 @@ func reconcile(ctx context.Context, app *App, apply bool) (reconcileReport, erro
 		return rep, err
 	}
 
-	balances, err := store.Balances(ctx)
+	balances, err := store.AccountBalances(ctx)
 	if err != nil {
 		return rep, err
 	}
 	users := make([]string, 0, len(balances))
-	for u := range balances {
-		users = append(users, u)
+	for _, b := range balances {
+		users = append(users, b.User)
 	}
 	live, err := accounts.Live(ctx, users)
 	if err != nil {
 		return rep, err
 	}
 	rep.UsersChecked = len(users)
-	for _, u := range users {
-		l, want := live[u], balances[u]
-		if l.Balance == want && !l.Missing {
+	for _, b := range balances {
+		u, want := b.User, b.Balance.Nanos
+		l := live[u]
+		if l.Balance == want && !l.Missing && !b.Balance.OutOfRange() {
 			continue
 		}
 		rep.Accounts = append(rep.Accounts, accountDiff{User: u, Ledger: want, Redis: l.Balance,
-			Difference: l.Balance - want, Missing: l.Missing})
+			Difference: l.Balance - want, Missing: l.Missing, LedgerOutOfRange: b.Balance.Exact})
 		if apply {
 			if err := accounts.SetBalance(ctx, u, want); err != nil {
 				return rep, err

@@ -71,9 +71,11 @@ type segment struct {
 // Ticket names a record until it is Done.
 type Ticket struct{ s *segment }
 
-// Open opens the journal prefix in dir, creating dir if needed. Files found
-// there are left for Leftovers and DropLeftovers; new records go to a new
-// file.
+// Open opens the journal prefix in dir, creating dir (0700) if needed; an
+// existing dir is left as it is. Its files are the owner's only (0600):
+// those it creates, and the lock and leftover files it finds, whose wider
+// modes it takes back. Files found there are left for Leftovers and
+// DropLeftovers; new records go to a new file.
 func Open(dir, prefix string) (*Journal, error) {
 	if strings.ContainsAny(prefix, `/\`) || prefix == "" {
 		return nil, fmt.Errorf("journal: bad prefix %q", prefix)
@@ -84,6 +86,10 @@ func Open(dir, prefix string) (*Journal, error) {
 	j := &Journal{dir: dir, prefix: prefix}
 	lock, err := os.OpenFile(filepath.Join(dir, prefix+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	if err := ownerOnly(lock); err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("journal: %w", err)
 	}
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
@@ -102,6 +108,12 @@ func Open(dir, prefix string) (*Journal, error) {
 			continue
 		}
 		if j.lock != nil {
+			// Records hold usage details: owner only, even if an
+			// older build (or a restore) left them wider.
+			if err := chmodOwnerOnly(p); err != nil {
+				j.unlock()
+				return nil, fmt.Errorf("journal: %w", err)
+			}
 			j.leftovers = append(j.leftovers, p)
 		}
 		j.next = max(j.next, n+1)
@@ -112,6 +124,28 @@ func Open(dir, prefix string) (*Journal, error) {
 		return na < nb
 	})
 	return j, nil
+}
+
+// ownerOnly takes the group and other permission bits off an open file.
+func ownerOnly(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil || st.Mode().Perm()&0o077 == 0 {
+		return err
+	}
+	return f.Chmod(st.Mode().Perm() &^ 0o077)
+}
+
+// chmodOwnerOnly takes the group and other permission bits off the file
+// at path, if it still exists.
+func chmodOwnerOnly(path string) error {
+	st, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil || st.Mode().Perm()&0o077 == 0 {
+		return err
+	}
+	return os.Chmod(path, st.Mode().Perm()&^0o077)
 }
 
 func (j *Journal) number(path string) (int, bool) {

@@ -89,7 +89,8 @@ var (
 )
 
 // Open opens the spool at path, creating its directory (0700) and the file
-// (0600) if needed. It counts the entries still waiting; a torn last line,
+// (0600) if needed; an existing directory is left as it is, while the
+// spool's files found with wider modes are made 0600. It counts the entries still waiting; a torn last line,
 // left by a crash in the middle of an Append that therefore never returned
 // nil, is cut off.
 func Open(path string) (*Spool, error) {
@@ -124,6 +125,18 @@ func load(path string) (*file, error) {
 
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	// Entries hold usage details: owner only, even if the file (or its
+	// applied offset, or quarantined lines) was left wider.
+	err = ownerOnly(f)
+	for _, p := range []string{path + appliedSuffix, path + corruptSuffix} {
+		if err == nil {
+			err = chmodOwnerOnly(p)
+		}
+	}
+	if err != nil {
+		f.Close()
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	fl, err := loadFile(path, f)
@@ -334,4 +347,26 @@ func syncDir(dir string) error {
 		return fmt.Errorf("spool: fsync dir: %w", err)
 	}
 	return nil
+}
+
+// ownerOnly takes the group and other permission bits off an open file.
+func ownerOnly(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil || st.Mode().Perm()&0o077 == 0 {
+		return err
+	}
+	return f.Chmod(st.Mode().Perm() &^ 0o077)
+}
+
+// chmodOwnerOnly takes the group and other permission bits off the file
+// at path, if it exists.
+func chmodOwnerOnly(path string) error {
+	st, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil || st.Mode().Perm()&0o077 == 0 {
+		return err
+	}
+	return os.Chmod(path, st.Mode().Perm()&^0o077)
 }

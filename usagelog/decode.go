@@ -86,6 +86,8 @@ func (r *Record) set(key string, v gjson.Result) bool {
 		return plainString(v, &r.Currency)
 	case "estimated":
 		return boolean(v, &r.Estimated)
+	case "usage_clamped":
+		return boolean(v, &r.Clamped)
 	case "duration_ms":
 		return integer(v, &r.DurationMS)
 	case "ttft_ms":

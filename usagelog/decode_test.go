@@ -20,6 +20,8 @@ func decodeSeeds() []string {
 		`{"request_id":"a","request_id":"b","status":1,"status":2}`,
 		`{"input_tokens":9223372036854775808,"status":-0}`,
 		`{"extra":{"nested":[1,2]},"request_id":"a"}`,
+		`{"request_id":"a","estimated":false,"usage_clamped":true,"cost":"9007199.254740991"}`,
+		`{"usage_clamped":null,"cost":"9007199.254740992"}`, `{"usage_clamped":1}`, `{"usage_clamped":"true"}`,
 		`[1,2]`, `"x"`, `null`, `{`, ``, `{"a":"b"}x`, " {\"user\":\"\xff\"} ",
 	}
 }

@@ -52,6 +52,9 @@ func (r *Record) AppendJSON(b []byte) ([]byte, error) {
 	b = jsonenc.AppendString(b, r.Currency)
 	b = append(b, `,"estimated":`...)
 	b = strconv.AppendBool(b, r.Estimated)
+	if r.Clamped {
+		b = append(b, `,"usage_clamped":true`...)
+	}
 	b = append(b, `,"duration_ms":`...)
 	b = strconv.AppendInt(b, r.DurationMS, 10)
 	b = append(b, `,"ttft_ms":`...)

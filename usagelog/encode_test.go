@@ -29,7 +29,7 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 	checkAppendJSON(t, base)
 	odd := base
 	odd.Model, odd.Endpoint, odd.ClientIP = "gpt-<4o>&\"\\\n\t\x01é\u2028", "/v1/chat/completions?x=\xff", "::1"
-	odd.CacheWriteTokens, odd.Cost, odd.Estimated = 7, -1_234_567_890, true
+	odd.CacheWriteTokens, odd.Cost, odd.Estimated, odd.Clamped = 7, -1_234_567_890, true, true
 	odd.Time = base.Time.In(time.FixedZone("x", -3*3600-1800))
 	checkAppendJSON(t, odd)
 	checkAppendJSON(t, Record{})
@@ -46,7 +46,7 @@ func FuzzAppendJSON(f *testing.F) {
 			RequestID: id, Time: time.Unix(0, unixNanos).UTC(), User: user, KeyID: user + "k", Model: model,
 			Endpoint: endpoint, Stream: n%2 == 0, Status: int(n % 600), Outcome: outcome, InputTokens: n,
 			CachedInputTokens: n / 2, CacheWriteTokens: n % 3, OutputTokens: -n, ReasoningTokens: n % 7,
-			Cost: billing.Nanos(cost), Currency: currency, Estimated: n%5 == 0, DurationMS: n, TTFTMS: n / 3, ClientIP: ip,
+			Cost: billing.Nanos(cost), Currency: currency, Estimated: n%5 == 0, Clamped: n%4 == 1, DurationMS: n, TTFTMS: n / 3, ClientIP: ip,
 		})
 	})
 }

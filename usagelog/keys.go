@@ -243,12 +243,14 @@ func (s *Store) AllKeys(ctx context.Context) ([]Key, error) {
 // account has spent in its life is CreditedTotal minus its live balance;
 // the account API's legacy billing endpoints report it so (see
 // caddymodule/account.go). A user without entries (or no such user) gives 0.
+// A total past the int64 range (rows stored before amounts were bounded)
+// is cut to it rather than failing.
 func (s *Store) CreditedTotal(ctx context.Context, userID string) (billing.Nanos, error) {
-	var n int64
-	err := s.rd.QueryRowContext(ctx, `SELECT COALESCE(SUM(amount), 0) FROM ledger
-		WHERE user_id = ? AND redis_applied = 1 AND kind != 'usage_rollup'`, userID).Scan(&n)
+	var w wide
+	err := s.rd.QueryRowContext(ctx, `SELECT `+splitSQL("amount")+` FROM ledger
+		WHERE user_id = ? AND redis_applied = 1 AND kind != 'usage_rollup'`, userID).Scan(&w.hi, &w.lo)
 	if err != nil {
 		return 0, fmt.Errorf("credited total: %w", err)
 	}
-	return billing.Nanos(n), nil
+	return saturated(w), nil
 }

@@ -189,8 +189,13 @@ type Export struct {
 	// User is the profile.
 	User User `json:"user"`
 	// Balance is the ledger balance: credits minus usage (holds, which
-	// live only in Redis, are not included).
+	// live only in Redis, are not included). One outside
+	// ±billing.MaxNanos (stored before amounts were bounded) is clamped to
+	// the range, and BalanceExact tells it.
 	Balance billing.Nanos `json:"ledger_balance"`
+	// BalanceExact is the exact ledger balance when it lies outside
+	// ±billing.MaxNanos; omitted otherwise.
+	BalanceExact string `json:"ledger_balance_exact,omitempty"`
 	// Keys are the user's API keys: never the secret (not stored) or its
 	// hash.
 	Keys []Key `json:"keys"`
@@ -227,13 +232,11 @@ func (s *Store) ExportUser(ctx context.Context, id string, now time.Time, w io.W
 		return fmt.Errorf("export: %w", err)
 	}
 	doc.User.CreatedAt = fromNanos(created)
-	var bal int64
-	if err := tx.QueryRowContext(ctx, `SELECT
-		(SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE user_id = ?1)
-		- (SELECT COALESCE(SUM(cost), 0) FROM usage WHERE user_id = ?1)`, id).Scan(&bal); err != nil {
+	_, bal, err := ledgerBalance(ctx, tx, id)
+	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	doc.Balance = billing.Nanos(bal)
+	doc.Balance, doc.BalanceExact = bal.Nanos, bal.Exact
 	if doc.Keys, err = queryKeys(ctx, tx, `SELECT `+keyColumns+` FROM keys WHERE user_id = ? ORDER BY created_at, id`, id); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
@@ -306,7 +309,7 @@ func scanUsage(row interface{ Scan(...any) error }) (Record, error) {
 	if err := row.Scan(&r.RequestID, &t, &r.User, &r.KeyID, &r.Model, &r.Endpoint, &r.Stream,
 		&r.Status, &r.Outcome, &r.InputTokens, &r.CachedInputTokens, &r.CacheWriteTokens,
 		&r.OutputTokens, &r.ReasoningTokens, &cost, &r.Currency, &r.Estimated, &r.DurationMS,
-		&r.TTFTMS, &r.ClientIP); err != nil {
+		&r.TTFTMS, &r.ClientIP, &r.Clamped); err != nil {
 		return Record{}, err
 	}
 	r.Time = fromNanos(t)

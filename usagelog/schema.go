@@ -168,4 +168,11 @@ CREATE INDEX usage_rejects_received ON usage_rejects (received_at);
 CREATE INDEX stripe_events_received ON stripe_events (received_at);
 CREATE INDEX payments_updated ON payments (updated_at);
 `,
+	// 4: usage_clamped, set on a row whose upstream usage report claimed
+	// more tokens than the request could produce and was billed at the
+	// most it could. ADD COLUMN with a constant default rewrites nothing:
+	// old rows read 0.
+	`
+ALTER TABLE usage ADD COLUMN usage_clamped INTEGER NOT NULL DEFAULT 0;
+`,
 }

@@ -10,6 +10,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -44,13 +46,19 @@ type Store struct {
 }
 
 // Open opens (creating if needed) the SQLite database at path and brings its
-// schema up to date. The database runs in WAL mode with synchronous=NORMAL,
+// schema up to date. The ledger holds personal data and money: its file and
+// SQLite's -wal and -shm files beside it are made readable by the owner
+// only (0600), even if they existed with wider modes, and missing folders
+// on the way to it are created 0700 (an existing folder is left as it is). The database runs in WAL mode with synchronous=NORMAL,
 // foreign keys on and a 5s busy timeout. path must name a file: ":memory:"
 // is refused because the writer and the readers would see different
 // databases.
 func Open(path string) (*Store, error) {
 	if path == "" || path == ":memory:" || strings.ContainsAny(path, "?#") {
 		return nil, fmt.Errorf("open ledger %q: path must be a plain file name: %w", path, ErrInvalid)
+	}
+	if err := prepareFiles(path); err != nil {
+		return nil, fmt.Errorf("open ledger: %w", err)
 	}
 	const common = "_busy_timeout=5000&_foreign_keys=on&_synchronous=NORMAL"
 	wr, err := sql.Open("sqlite", path+"?"+common+"&_journal_mode=WAL&_txlock=immediate")
@@ -81,6 +89,61 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open ledger readers: %w", err)
 	}
 	return &Store{wr: wr, rd: rd}, nil
+}
+
+// ledgerFileMode is the mode of the ledger's files; ledgerDirMode of the
+// folders Open creates.
+const (
+	ledgerFileMode os.FileMode = 0o600
+	ledgerDirMode  os.FileMode = 0o700
+)
+
+// prepareFiles creates the folders on the way to path (0700) and the
+// database file (0600) when missing, and takes the group and other bits off
+// the database and its -wal, -shm and -journal files that exist. SQLite
+// gives the -wal and -shm files it creates the mode of the database file.
+func prepareFiles(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), ledgerDirMode); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, ledgerFileMode)
+	if err != nil {
+		return err
+	}
+	err = tighten(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	for _, suffix := range []string{"-wal", "-shm", "-journal"} {
+		f, err := os.OpenFile(path+suffix, os.O_RDONLY, 0)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		err = tighten(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tighten takes the group and other permission bits off an open file.
+func tighten(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	return f.Chmod(st.Mode().Perm() &^ 0o077)
 }
 
 // Close closes both connection pools. It does not wait for a Flusher: stop

@@ -29,7 +29,8 @@ type SummaryQuery struct {
 	GroupBy string
 }
 
-// UsageTotals is a sum of usage rows.
+// UsageTotals is a sum of usage rows. Cost stops at the int64 limits
+// rather than failing (rows stored before amounts were bounded).
 type UsageTotals struct {
 	// Model is set when grouped by model.
 	Model string `json:"model,omitempty"`
@@ -51,7 +52,19 @@ func (t *UsageTotals) add(o UsageTotals) {
 	t.CacheWriteTokens += o.CacheWriteTokens
 	t.OutputTokens += o.OutputTokens
 	t.ReasoningTokens += o.ReasoningTokens
-	t.Cost += o.Cost
+	t.Cost = addSaturated(t.Cost, o.Cost)
+}
+
+// addSaturated adds two totals, stopping at the int64 limits.
+func addSaturated(a, b billing.Nanos) billing.Nanos {
+	s := a + b
+	switch {
+	case b > 0 && s < a:
+		return billing.Nanos(1<<63 - 1)
+	case b < 0 && s > a:
+		return billing.Nanos(-1 << 63)
+	}
+	return s
 }
 
 const nanosPerDay = int64(24 * time.Hour)
@@ -86,7 +99,7 @@ func (s *Store) SummarizeUsage(ctx context.Context, q SummaryQuery) (groups []Us
 		where, args = append(where, `time < ?`), append(args, unixNanos(q.To))
 	}
 	query := `SELECT ` + key + ` AS g, COUNT(*), SUM(input_tokens), SUM(cached_input_tokens),
-		SUM(cache_write_tokens), SUM(output_tokens), SUM(reasoning_tokens), SUM(cost) FROM usage`
+		SUM(cache_write_tokens), SUM(output_tokens), SUM(reasoning_tokens), ` + splitSQL("cost") + ` FROM usage`
 	if len(where) > 0 {
 		query += ` WHERE ` + strings.Join(where, ` AND `)
 	}
@@ -100,13 +113,13 @@ func (s *Store) SummarizeUsage(ctx context.Context, q SummaryQuery) (groups []Us
 		var (
 			g    any
 			t    UsageTotals
-			cost int64
+			cost wide
 		)
 		if err := rows.Scan(&g, &t.Requests, &t.InputTokens, &t.CachedInputTokens, &t.CacheWriteTokens,
-			&t.OutputTokens, &t.ReasoningTokens, &cost); err != nil {
+			&t.OutputTokens, &t.ReasoningTokens, &cost.hi, &cost.lo); err != nil {
 			return nil, total, fmt.Errorf("summarize usage: %w", err)
 		}
-		t.Cost = billing.Nanos(cost)
+		t.Cost = saturated(cost)
 		total.add(t)
 		switch q.GroupBy {
 		case GroupByModel:

@@ -55,6 +55,10 @@ type Record struct {
 	// Estimated is true when the tokens were estimated because the
 	// upstream sent no usage report.
 	Estimated bool `json:"estimated"`
+	// Clamped is true when the upstream's usage report claimed more tokens
+	// than the request could produce, and the counts were cut down to what
+	// it could. Omitted from the JSON when false.
+	Clamped bool `json:"usage_clamped,omitempty"`
 	// DurationMS is the time from request to last byte, in milliseconds.
 	DurationMS int64 `json:"duration_ms"`
 	// TTFTMS is the time to the first response byte, in milliseconds.
@@ -75,17 +79,24 @@ func (r *Record) validate() error {
 		return fmt.Errorf("record without time: %w", ErrInvalid)
 	case r.Time.Year() < 1970 || r.Time.Year() > 2200: // beyond int64 Unix nanoseconds soon after
 		return fmt.Errorf("record time out of range: %w", ErrInvalid)
+	case r.Cost < 0 || r.Cost > billing.MaxNanos:
+		// No settlement debits this (billing.Price.Cost and holds are
+		// bounded): the record is not the gateway's. Kept in usage_rejects.
+		return fmt.Errorf("record cost %s out of range: %w", r.Cost, ErrInvalid)
 	}
 	return nil
 }
 
 const usageColumns = `request_id, time, user_id, key_id, model, endpoint, stream, status, outcome,
 	input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens,
-	cost, currency, estimated, duration_ms, ttft_ms, client_ip`
+	cost, currency, estimated, duration_ms, ttft_ms, client_ip, usage_clamped`
+
+// usageColumnCount is the number of usageColumns.
+const usageColumnCount = 21
 
 // insertChunk is how many rows one INSERT statement carries: one statement
 // per row spends most of its time crossing database/sql, many rows per
-// statement amortise that (20 columns × 50 rows stays far below SQLite's
+// statement amortise that (21 columns × 50 rows stays far below SQLite's
 // 32766 bound variables).
 const insertChunk = 50
 
@@ -97,7 +108,7 @@ func insertUsageSQL(n int) string {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString(`(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`)
+		b.WriteString(`(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`)
 	}
 	return b.String()
 }
@@ -131,7 +142,7 @@ func (s *Store) insertBatch(ctx context.Context, recs []Record, rejects []reject
 	inserted := 0
 	err := inTx(ctx, s.wr, func(tx *sql.Tx) error {
 		var full *sql.Stmt // prepared once per batch, used for every full chunk
-		args := make([]any, 0, insertChunk*20)
+		args := make([]any, 0, insertChunk*usageColumnCount)
 		for rest := recs; len(rest) > 0; {
 			chunk := rest[:min(len(rest), insertChunk)]
 			rest = rest[len(chunk):]
@@ -141,7 +152,7 @@ func (s *Store) insertBatch(ctx context.Context, recs []Record, rejects []reject
 				args = append(args, r.RequestID, unixNanos(r.Time), r.User, r.KeyID, r.Model,
 					r.Endpoint, r.Stream, r.Status, r.Outcome, r.InputTokens, r.CachedInputTokens,
 					r.CacheWriteTokens, r.OutputTokens, r.ReasoningTokens, int64(r.Cost), r.Currency,
-					r.Estimated, r.DurationMS, r.TTFTMS, r.ClientIP)
+					r.Estimated, r.DurationMS, r.TTFTMS, r.ClientIP, r.Clamped)
 			}
 			var (
 				res sql.Result
@@ -276,18 +287,10 @@ func (s *Store) ListUsage(ctx context.Context, q UsageQuery) ([]Record, error) {
 	defer rows.Close()
 	var recs []Record
 	for rows.Next() {
-		var (
-			r       Record
-			t, cost int64
-		)
-		if err := rows.Scan(&r.RequestID, &t, &r.User, &r.KeyID, &r.Model, &r.Endpoint, &r.Stream,
-			&r.Status, &r.Outcome, &r.InputTokens, &r.CachedInputTokens, &r.CacheWriteTokens,
-			&r.OutputTokens, &r.ReasoningTokens, &cost, &r.Currency, &r.Estimated, &r.DurationMS,
-			&r.TTFTMS, &r.ClientIP); err != nil {
+		r, err := scanUsage(rows)
+		if err != nil {
 			return nil, fmt.Errorf("list usage: %w", err)
 		}
-		r.Time = fromNanos(t)
-		r.Cost = billing.Nanos(cost)
 		recs = append(recs, r)
 	}
 	if err := rows.Err(); err != nil {

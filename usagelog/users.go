@@ -81,13 +81,21 @@ func (s *Store) GetUser(ctx context.Context, id string) (User, error) {
 	return u, nil
 }
 
+// ErrUserDeleted reports a ledger entry for a user whose data was erased:
+// the account is closed, and nothing may be credited to or debited from it.
+var ErrUserDeleted = errors.New("user deleted")
+
 // AddLedgerEntry records a credit (amount > 0) or debit (amount < 0) made by
 // an admin or a payment, and returns the entry's ID. kind names its origin
 // (for example "admin", "stripe", "refund") and must not be empty; reason is
 // free text. ref is an optional business key, unique across the ledger (a
 // Stripe event ID, say), which makes a retried call safe: a second entry
 // with the same ref is refused with ErrExists. An unknown user gives
-// ErrNotFound; a zero amount or empty kind gives ErrInvalid.
+// ErrNotFound, a deleted (erased) one ErrUserDeleted; a zero amount or empty
+// kind gives ErrInvalid. An amount outside ±billing.MaxNanos, or one that
+// would take the user's ledger balance out of that range, gives
+// billing.ErrAmountRange. Every check is made in the transaction that
+// writes the entry, and a refused entry writes nothing.
 func (s *Store) AddLedgerEntry(ctx context.Context, userID string, amount billing.Nanos, kind, reason, ref string) (int64, error) {
 	if amount == 0 {
 		return 0, fmt.Errorf("ledger amount is zero: %w", ErrInvalid)
@@ -95,58 +103,115 @@ func (s *Store) AddLedgerEntry(ctx context.Context, userID string, amount billin
 	if kind == "" {
 		return 0, fmt.Errorf("ledger kind is empty: %w", ErrInvalid)
 	}
-	res, err := s.wr.ExecContext(ctx,
-		`INSERT INTO ledger (user_id, amount, kind, reason, ref, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
-		userID, int64(amount), kind, reason, nullString(ref), time.Now().UnixNano())
-	switch {
-	case isForeignKey(err):
-		return 0, fmt.Errorf("user %s: %w", userID, ErrNotFound)
-	case isDuplicate(err):
-		return 0, fmt.Errorf("ledger ref %s: %w", ref, ErrExists)
-	case err != nil:
-		return 0, fmt.Errorf("add ledger entry: %w", err)
+	if err := billing.CheckAmount(amount); err != nil {
+		return 0, err
 	}
-	return res.LastInsertId()
+	var id int64
+	err := inTx(ctx, s.wr, func(tx *sql.Tx) error {
+		if err := checkLedgerEntry(ctx, tx, userID, amount); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx,
+			`INSERT INTO ledger (user_id, amount, kind, reason, ref, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
+			userID, int64(amount), kind, reason, nullString(ref), time.Now().UnixNano())
+		switch {
+		case isForeignKey(err):
+			return fmt.Errorf("user %s: %w", userID, ErrNotFound)
+		case isDuplicate(err):
+			return fmt.Errorf("ledger ref %s: %w", ref, ErrExists)
+		case err != nil:
+			return fmt.Errorf("add ledger entry: %w", err)
+		}
+		id, err = res.LastInsertId()
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return id, nil
+}
+
+// checkLedgerEntry checks, inside the transaction q that will write it, that
+// a ledger entry of amount may be made for user: the user exists and is not
+// deleted, and its ledger balance stays within ±billing.MaxNanos (a balance
+// already outside may move towards the range). Callers that write ledger
+// entries in their own transactions (payments) use it the same way.
+func checkLedgerEntry(ctx context.Context, q querier, user string, amount billing.Nanos) error {
+	status, bal, err := ledgerBalance(ctx, q, user)
+	if err != nil {
+		return err
+	}
+	switch status {
+	case "":
+		return fmt.Errorf("user %s: %w", user, ErrNotFound)
+	case UserDeleted:
+		return fmt.Errorf("user %s: %w", user, ErrUserDeleted)
+	}
+	if bal.OutOfRange() {
+		// Clamped: a move towards the range is allowed, any other refused.
+		if (amount > 0) == (bal.Nanos > 0) {
+			return fmt.Errorf("%w (the ledger balance of user %s is %s)", billing.ErrAmountRange, user, bal.Exact)
+		}
+		return nil
+	}
+	if _, err := billing.CheckCredit(bal.Nanos, amount); err != nil {
+		return fmt.Errorf("%w (the ledger balance of user %s is %s)", err, user, bal.Nanos)
+	}
+	return nil
+}
+
+// UndoLedgerEntry deletes the ledger entry id of user made by
+// AddLedgerEntry, for a caller whose matching change to the Redis balance
+// was refused, so that the refused operation leaves nothing behind. It must
+// never be used on an entry whose amount reached a balance. An unknown entry
+// gives ErrNotFound.
+func (s *Store) UndoLedgerEntry(ctx context.Context, userID string, id int64) error {
+	res, err := s.wr.ExecContext(ctx, `DELETE FROM ledger WHERE id = ? AND user_id = ?`, id, userID)
+	if err != nil {
+		return fmt.Errorf("undo ledger entry: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return fmt.Errorf("ledger entry %d of user %s: %w", id, userID, ErrNotFound)
+	}
+	return nil
 }
 
 // LedgerBalance returns the user's balance as the ledger says: the sum of
 // the ledger entries minus the cost of the usage rows. Holds live only in
-// Redis and are not included. Unknown users give ErrNotFound.
+// Redis and are not included. Unknown users give ErrNotFound. A balance
+// outside ±billing.MaxNanos (stored before amounts were bounded) comes back
+// clamped to the range; LedgerAmount tells it exactly.
 func (s *Store) LedgerBalance(ctx context.Context, userID string) (billing.Nanos, error) {
-	var bal int64
-	err := s.rd.QueryRowContext(ctx, `
-		SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE user_id = ?1)
-		     - (SELECT COALESCE(SUM(cost), 0) FROM usage WHERE user_id = ?1)
-		FROM users WHERE id = ?1`, userID).Scan(&bal)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, fmt.Errorf("user %s: %w", userID, ErrNotFound)
-	}
+	a, err := s.LedgerAmount(ctx, userID)
+	return a.Nanos, err
+}
+
+// LedgerAmount is LedgerBalance with the exact value of a balance outside
+// ±billing.MaxNanos. Deleted users have balances too.
+func (s *Store) LedgerAmount(ctx context.Context, userID string) (Amount, error) {
+	status, bal, err := ledgerBalance(ctx, s.rd, userID)
 	if err != nil {
-		return 0, fmt.Errorf("ledger balance: %w", err)
+		return Amount{}, err
 	}
-	return billing.Nanos(bal), nil
+	if status == "" {
+		return Amount{}, fmt.Errorf("user %s: %w", userID, ErrNotFound)
+	}
+	return bal, nil
 }
 
 // Balances returns the ledger balance of every user that is not deleted,
-// for rebuilding the serving state in Redis.
+// for rebuilding the serving state in Redis. Balances outside
+// ±billing.MaxNanos come back clamped to the range (AccountBalances tells
+// them exactly), so that seeding Redis never fails on what the ledger
+// holds.
 func (s *Store) Balances(ctx context.Context) (map[string]billing.Nanos, error) {
-	rows, err := s.rd.QueryContext(ctx, `
-		SELECT u.id,
-		       (SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE user_id = u.id)
-		     - (SELECT COALESCE(SUM(cost), 0) FROM usage WHERE user_id = u.id)
-		FROM users u WHERE u.status != 'deleted'`)
+	all, err := s.AccountBalances(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("balances: %w", err)
+		return nil, err
 	}
-	defer rows.Close()
-	out := make(map[string]billing.Nanos)
-	for rows.Next() {
-		var id string
-		var bal int64
-		if err := rows.Scan(&id, &bal); err != nil {
-			return nil, fmt.Errorf("balances: %w", err)
-		}
-		out[id] = billing.Nanos(bal)
+	out := make(map[string]billing.Nanos, len(all))
+	for _, b := range all {
+		out[b.User] = b.Balance.Nanos
 	}
-	return out, rows.Err()
+	return out, nil
 }

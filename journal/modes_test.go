@@ -1,0 +1,69 @@
+package journal
+
+import (
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+// Journal records hold usage details: the folder Open creates and every
+// file are the owner's only, and the lock and leftover files found with a
+// wider mode are tightened. A folder the operator made keeps its mode.
+func TestJournalFileModes(t *testing.T) {
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	root := t.TempDir()
+	dir := filepath.Join(root, "made", "journal")
+	j := openT(t, dir)
+	if _, err := j.Append([]byte("rec")); err != nil {
+		t.Fatal(err)
+	}
+	wantMode(t, filepath.Join(root, "made"), 0o700)
+	wantMode(t, dir, 0o700)
+	wantMode(t, filepath.Join(dir, "journal-x.lock"), 0o600)
+	for _, f := range files(t, dir) {
+		wantMode(t, f, 0o600)
+	}
+	if err := WriteLeftover(dir, "journal-x", []byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+
+	dir = filepath.Join(root, "operator")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	wide := []string{filepath.Join(dir, "journal-x.lock"), filepath.Join(dir, "journal-x-3.log")}
+	for _, p := range wide {
+		if err := os.WriteFile(p, []byte("old\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, 0o664); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j = openT(t, dir)
+	defer j.Close()
+	if _, err := j.Append([]byte("rec")); err != nil {
+		t.Fatal(err)
+	}
+	wantMode(t, dir, 0o755)
+	for _, p := range wide {
+		wantMode(t, p, 0o600)
+	}
+	for _, f := range files(t, dir) {
+		wantMode(t, f, 0o600)
+	}
+}
+
+func wantMode(t *testing.T, path string, want os.FileMode) {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.Mode().Perm(); got != want {
+		t.Errorf("%s: mode %#o, want %#o", path, got, want)
+	}
+}

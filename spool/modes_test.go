@@ -1,0 +1,54 @@
+package spool
+
+import (
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+// Spooled entries hold usage details: the spool's folder (when it creates
+// it) and files are the owner's only, and files found with a wider mode
+// are tightened. A folder the operator made keeps its mode.
+func TestSpoolFileModes(t *testing.T) {
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	root := t.TempDir()
+	path := filepath.Join(root, "made", "spool.log")
+	s := openT(t, path)
+	appendT(t, s, 0, 3)
+	wantMode(t, filepath.Join(root, "made"), 0o700)
+	wantMode(t, path, 0o600)
+	s.Close()
+
+	dir := filepath.Join(root, "operator")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(dir, "spool.log")
+	for _, p := range []string{path, path + appliedSuffix, path + corruptSuffix} {
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, 0o664); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s = openT(t, path)
+	appendT(t, s, 0, 1)
+	wantMode(t, dir, 0o755)
+	for _, p := range []string{path, path + appliedSuffix, path + corruptSuffix} {
+		wantMode(t, p, 0o600)
+	}
+}
+
+func wantMode(t *testing.T, path string, want os.FileMode) {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.Mode().Perm(); got != want {
+		t.Errorf("%s: mode %#o, want %#o", path, got, want)
+	}
+}
