@@ -367,12 +367,18 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 	}
 	var body []byte
 	var err error
-	if r.ContentLength > 0 {
-		// The length is known (and within the limit): one exact read.
+	if r.ContentLength > 0 && r.ContentLength <= smallBody {
+		// A small body of known length: one exact read.
 		body = make([]byte, r.ContentLength)
 		_, err = io.ReadFull(r.Body, body)
 	} else {
+		// Memory grows with the bytes that arrive, not with what the
+		// client announces: a Content-Length of 8 MiB and one byte sent
+		// costs little.
 		body, err = io.ReadAll(io.LimitReader(r.Body, h.MaxRequestBody+1))
+		if err == nil && r.ContentLength > 0 && int64(len(body)) < r.ContentLength {
+			err = io.ErrUnexpectedEOF
+		}
 	}
 	if err != nil {
 		// The client stopped sending (or went away): nobody to answer,

@@ -106,10 +106,21 @@ func Bill(req *Request, res Result, t BillTerms) Billed {
 	}
 	outMax := outputBound(req, t.OutputLimit)
 	switch {
-	case res.HasUsage && t.Outcome == OutcomeCompleted:
-		b.Usage, b.Clamped = bound(req, res.Usage, outMax)
 	case res.HasUsage:
-		b.Usage, b.Clamped = bound(req, res.Usage, outMax)
+		u := res.Usage
+		var adjusted bool
+		if req == nil || req.Format != FormatEmbeddings {
+			u.OutputTokens, adjusted = visibleOutput(model, res, u.OutputTokens, outMax, t.Outcome == OutcomeCompleted)
+			// An upstream that ignored the request's limit still
+			// delivered what passed: that much is billed, whatever the
+			// limit said.
+			outMax = max(outMax, u.OutputTokens)
+		}
+		b.Usage, b.Clamped = bound(req, u, outMax)
+		b.Clamped = b.Clamped || adjusted
+		if t.Outcome == OutcomeCompleted {
+			break
+		}
 		if est := min(EstimateOutput(model, res), outMax); est > b.Usage.OutputTokens {
 			b.Usage.OutputTokens, b.Estimated = est, true
 		}
@@ -121,6 +132,40 @@ func Bill(req *Request, res Result, t BillTerms) Billed {
 		b.Usage.InputTokens, b.Estimated = floor, true
 	}
 	return b
+}
+
+// maxCharsPerToken is how many characters of generated text one output
+// token covers at least, in any tokenizer: a report of fewer output
+// tokens than the text that passed divided by it cannot be true.
+const maxCharsPerToken = 16
+
+// visibleOutput checks a reported output count against the text that
+// passed (res.OutputChars, res.OutputSample):
+//
+//   - a count over outMax, the request's limit, is cut to the larger of
+//     outMax and the estimate of the text that passed ([EstimateOutput]):
+//     an upstream that ignored the limit (e.g. one that does not know
+//     max_completion_tokens) still delivered that text;
+//   - in a complete report (complete), a count under one token per
+//     maxCharsPerToken characters of text that passed is raised to the
+//     estimate, at most outMax: a report sent too early, or a
+//     placeholder, cannot make the text that followed free. (A report cut
+//     short is raised to the estimate by Bill itself, as an estimate.)
+//
+// adjusted is true when the count was changed. The estimate (a tokenizer
+// run) is made only in those two cases.
+func visibleOutput(model string, res Result, reported, outMax int64, complete bool) (out int64, adjusted bool) {
+	reported = max(reported, 0)
+	switch {
+	case reported > outMax:
+		out = min(reported, max(outMax, EstimateOutput(model, res)))
+		return out, out != reported
+	case complete && reported < res.OutputChars/maxCharsPerToken:
+		if est := min(EstimateOutput(model, res), outMax); est > reported {
+			return est, true
+		}
+	}
+	return reported, false
 }
 
 // bound cuts u to what req could produce, with at most outMax output

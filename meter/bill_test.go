@@ -162,3 +162,49 @@ func TestBillInputBound(t *testing.T) {
 		t.Errorf("big body: input %d", got.Usage.InputTokens)
 	}
 }
+
+// TestBillAgainstVisibleText: a report is checked against the text that
+// passed. An upstream that ignored the request's limit is billed what it
+// delivered; a report far below the text that passed (sent too early, or
+// a placeholder) is billed the estimate of that text. Both are flagged.
+func TestBillAgainstVisibleText(t *testing.T) {
+	body := `{"model":"deepseek-chat","max_completion_tokens":1,"messages":[{"role":"user","content":"hi"}]}`
+	req := &Request{Format: FormatChat, Model: "deepseek-chat", MaxOutputTokens: 1, Choices: 1, Body: []byte(body)}
+	text := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 100) // 4,500 characters
+	passed := Result{HasUsage: true, Outcome: OutcomeCompleted, OutputChars: int64(len(text)), OutputSample: []byte(text)}
+	est := EstimateOutput(req.Model, passed)
+	if est < 1000 {
+		t.Fatalf("estimate of 4,500 characters: %d", est)
+	}
+	terms := BillTerms{Outcome: OutcomeCompleted, Status: 200, Answered: true, OutputLimit: 1}
+
+	// The upstream ignored max_completion_tokens and said so: billed as
+	// reported, since the text that passed bears it out.
+	honest := passed
+	honest.Usage = Usage{InputTokens: 12, OutputTokens: est - 100}
+	if got := Bill(req, honest, terms); got.Usage.OutputTokens != est-100 || got.Clamped {
+		t.Errorf("limit ignored upstream: %+v, want output %d as reported", got, est-100)
+	}
+	// Claiming more than passed and more than the limit: the text that
+	// passed is billed, flagged.
+	honest.Usage.OutputTokens = est * 10
+	if got := Bill(req, honest, terms); got.Usage.OutputTokens != est || !got.Clamped {
+		t.Errorf("over the limit and the text: %+v, want output %d, clamped", got, est)
+	}
+
+	// A report of 0 or 1 output tokens after 4,500 characters.
+	terms.OutputLimit = 1 << 18
+	for _, out := range []int64{0, 1} {
+		early := passed
+		early.Usage = Usage{InputTokens: 12, OutputTokens: out}
+		if got := Bill(req, early, terms); got.Usage.OutputTokens != est || !got.Clamped || got.Usage.InputTokens != 12 {
+			t.Errorf("report of %d output tokens: %+v, want the estimate %d, clamped", out, got, est)
+		}
+	}
+	// A true report is left alone, even below the estimate.
+	fair := passed
+	fair.Usage = Usage{InputTokens: 12, OutputTokens: est / 2}
+	if got := Bill(req, fair, terms); got.Usage.OutputTokens != est/2 || got.Clamped || got.Estimated {
+		t.Errorf("plausible report: %+v", got)
+	}
+}
