@@ -226,6 +226,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 
+	if e := checkBetas(r.Header); e != nil {
+		h.deny(w, e, req.Model)
+		return nil
+	}
 	outLimit := h.outputLimit(req)
 	hold, err := price.Hold(req.InputEstimate, outLimit*max(req.Choices, 1))
 	if err != nil {
@@ -560,11 +564,37 @@ func keyFromRequest(r *http.Request) string {
 	return strings.TrimSpace(r.Header.Get("X-Api-Key"))
 }
 
+// allowedBetas are the anthropic-beta features a client may ask for: they
+// change neither the price of a token nor reach anything the operator's
+// account shares between customers. Any other (long context and longer
+// cache lifetimes, priced higher; the files API, shared by every customer;
+// server-run tools, billed per use) is refused.
+var allowedBetas = [...]string{"interleaved-thinking-", "fine-grained-tool-streaming-", "token-efficient-tools-",
+	"output-128k-", "prompt-caching-", "computer-use-", "context-management-", "tools-", "max-tokens-"}
+
+// checkBetas refuses a request that asks for an anthropic-beta feature
+// outside allowedBetas.
+func checkBetas(h http.Header) *apiError {
+	for _, v := range h.Values("Anthropic-Beta") {
+		for b := range strings.SplitSeq(v, ",") {
+			b = strings.TrimSpace(b)
+			if b == "" || slices.ContainsFunc(allowedBetas[:], func(p string) bool { return strings.HasPrefix(b, p) }) {
+				continue
+			}
+			return errInvalidRequest("The anthropic-beta feature '"+b+"' is not available through this gateway: "+
+				"it is priced differently from plain tokens, or reaches data shared by every customer.", "anthropic-beta")
+		}
+	}
+	return nil
+}
+
 // prepareUpstream removes the client's credentials, so they never reach a
-// provider, and asks for an uncompressed body the meter can read (the
-// encode handler may still compress for the client).
+// provider, and the headers that would pick another organization or
+// project of the operator's upstream account; it asks for an uncompressed
+// body the meter can read (the encode handler may still compress for the
+// client).
 func prepareUpstream(r *http.Request) {
-	for _, h := range [...]string{"Authorization", "X-Api-Key", "Cookie", "Proxy-Authorization"} {
+	for _, h := range [...]string{"Authorization", "X-Api-Key", "Cookie", "Proxy-Authorization", "Openai-Organization", "Openai-Project"} {
 		r.Header.Del(h)
 	}
 	// Set, not deleted: Go's transport would otherwise ask for gzip itself.

@@ -483,3 +483,32 @@ func TestLyingUsageReports(t *testing.T) {
 		t.Fatalf("usage_clamped_total moved by %v, want 1", n)
 	}
 }
+
+// Headers that pick a priced feature or another part of the operator's
+// upstream account are refused or removed.
+func TestPricedOrAccountHeaders(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "1.00", "")
+	body := `{"model":"test-model","messages":[{"role":"user","content":"hi"}]}`
+	for _, beta := range []string{"context-1m-2025-08-07", "interleaved-thinking-2025-05-14, files-api-2025-04-14", "extended-cache-ttl-2025-04-11"} {
+		resp, b := post(t, "/v1/chat/completions", k.Key, body, "Anthropic-Beta", beta, "X-Test-Tag", "beta")
+		apiErr(t, resp, b, http.StatusBadRequest, "invalid_request_error")
+		if !strings.Contains(string(b), `"param":"anthropic-beta"`) {
+			t.Fatalf("%s: %s", beta, b)
+		}
+	}
+	if n := hits("beta"); n != 0 {
+		t.Fatalf("a priced beta reached the upstream %d times", n)
+	}
+	resp, b := post(t, "/v1/chat/completions", k.Key, body, "Anthropic-Beta", "interleaved-thinking-2025-05-14",
+		"OpenAI-Organization", "org-other", "OpenAI-Project", "proj_other")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("an allowed beta: %d %s", resp.StatusCode, b)
+	}
+	last, _ := env.mock.LastRequest()
+	if last.Header.Get("Anthropic-Beta") != "interleaved-thinking-2025-05-14" ||
+		last.Header.Get("OpenAI-Organization") != "" || last.Header.Get("OpenAI-Project") != "" {
+		t.Fatalf("upstream headers: %v", last.Header)
+	}
+	waitUsage(t, u.ID, 1)
+}

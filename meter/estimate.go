@@ -112,11 +112,34 @@ func countMedia(v []byte, depth int) int64 {
 	return n
 }
 
+// audioTypes are the "type" values of audio input parts.
+var audioTypes = [...]string{"input_audio", "audio", "audio_url"}
+
+// countAudio counts the audio input parts in v (a messages or input value)
+// as countMedia counts media parts: typed audio parts, and chat messages
+// carrying an "audio" object.
+func countAudio(v []byte) int64 {
+	if len(v) == 0 {
+		return 0
+	}
+	end, n := mediaWalkOf(v, 0, 0, audioTypes[:])
+	if end < 0 {
+		return 0
+	}
+	return n
+}
+
 // mediaWalk is countMedia over the value that starts at b[i]: it returns
 // the index just past the value (-1 if it is not valid JSON) and the media
 // parts in it. It reads the value once, so ParseRequest can count the parts
 // while it walks the body.
 func mediaWalk(b []byte, i, depth int) (end int, n int64) {
+	return mediaWalkOf(b, i, depth, mediaTypes[:])
+}
+
+// mediaWalkOf is mediaWalk counting the parts whose "type" is one of
+// types (and the chat "audio" references).
+func mediaWalkOf(b []byte, i, depth int, types []string) (end int, n int64) {
 	if i >= len(b) {
 		return -1, 0
 	}
@@ -129,7 +152,7 @@ func mediaWalk(b []byte, i, depth int) (end int, n int64) {
 			return i + 1, 0
 		}
 		for {
-			e, c := mediaWalk(b, i, depth+1)
+			e, c := mediaWalkOf(b, i, depth+1, types)
 			if e < 0 {
 				return -1, 0
 			}
@@ -167,11 +190,11 @@ func mediaWalk(b []byte, i, depth int) (end int, n int64) {
 			var e int
 			if key := mediaKey(k); key == keyNested {
 				var c int64
-				e, c = mediaWalk(b, i, depth+1)
+				e, c = mediaWalkOf(b, i, depth+1, types)
 				n += c
 			} else if e = valueEnd(b, i); e > i && key != keyOther {
 				if key == keyType {
-					media = media || isMediaType(b[i:e])
+					media = media || isTypeIn(b[i:e], types)
 				} else {
 					media = media || b[i] == '{' // an audio reference
 				}
@@ -233,13 +256,17 @@ func mediaKey(k []byte) int {
 
 // isMediaType reports whether v is a string naming a media part type (in
 // any letter case).
-func isMediaType(v []byte) bool {
+func isMediaType(v []byte) bool { return isTypeIn(v, mediaTypes[:]) }
+
+// isTypeIn reports whether v is a string naming one of types (in any
+// letter case).
+func isTypeIn(v []byte, types []string) bool {
 	if len(v) < 2 || v[0] != '"' {
 		return false
 	}
 	s := v[1 : len(v)-1]
 	if plainKey(s) {
-		for _, name := range mediaTypes {
+		for _, name := range types {
 			if string(s) == name {
 				return true
 			}
@@ -247,7 +274,7 @@ func isMediaType(v []byte) bool {
 		return false
 	}
 	s = unescapeKey(s)
-	for _, name := range mediaTypes {
+	for _, name := range types {
 		if foldsTo(s, name) {
 			return true
 		}

@@ -3,6 +3,7 @@ package meter
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -504,6 +505,14 @@ func TestEstimateInputMedia(t *testing.T) {
 				return
 			}
 			req, err := ParseRequest(tc.format, []byte(`{"model":"m",`+tc.body[1:]), false)
+			if strings.Contains(tc.name, "audio") {
+				// Audio input is priced per audio token: refused.
+				var fe *FieldError
+				if !errors.As(err, &fe) || fe.Field != "messages" {
+					t.Fatalf("audio input: %v, want a FieldError on messages", err)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}

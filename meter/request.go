@@ -115,6 +115,8 @@ const (
 	fSystem
 	fInstructions
 	fFunctions
+	fSpeed
+	fInferenceGeo
 	numFields
 )
 
@@ -122,6 +124,7 @@ var fieldNames = [numFields]string{
 	"model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "max_output_tokens",
 	"n", "best_of", "service_tier", "modalities", "audio", "web_search_options", "background",
 	"tools", "mcp_servers", "messages", "input", "prompt", "suffix", "system", "instructions", "functions",
+	"speed", "inference_geo",
 }
 
 // lookupField maps an exact key to its field.
@@ -169,6 +172,10 @@ func lookupField(k []byte) (field, bool) {
 		return fSystem, true
 	case "instructions":
 		return fInstructions, true
+	case "speed":
+		return fSpeed, true
+	case "inference_geo":
+		return fInferenceGeo, true
 	case "functions":
 		return fFunctions, true
 	}
@@ -259,6 +266,15 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 	}
 	if err := checkPricing(f, &vals); err != nil {
 		return nil, err
+	}
+	if media > 0 && (f == FormatChat || f == FormatResponses) {
+		in := fMessages
+		if f == FormatResponses {
+			in = fInput
+		}
+		if countAudio(vals[in]) > 0 {
+			return nil, &FieldError{Field: fieldNames[in], Reason: "audio input is priced per audio token and is not supported"}
+		}
 	}
 
 	maxTokens, maxCompletion, maxOutput := limits[0], limits[1], limits[2]
@@ -613,6 +629,16 @@ func checkPricing(f Format, vals *[numFields][]byte) error {
 		}
 		return checkTools(vals[fTools], responsesTool)
 	case FormatMessages:
+		if v := vals[fSpeed]; !isNull(v) {
+			if sp, _ := jsonString(v); sp != "standard" {
+				return &FieldError{Field: "speed", Reason: `only "standard" is accepted: faster output is priced higher`}
+			}
+		}
+		if v := vals[fInferenceGeo]; !isNull(v) {
+			if geo, _ := jsonString(v); geo != "global" {
+				return &FieldError{Field: "inference_geo", Reason: `only "global" is accepted: a pinned region is priced higher`}
+			}
+		}
 		if v := vals[fMCPServers]; !isNull(v) && !isEmptyArray(v) {
 			return &FieldError{Field: "mcp_servers", Reason: "MCP servers are not supported"}
 		}

@@ -399,3 +399,34 @@ func TestFoldsTo(t *testing.T) {
 		}
 	}
 }
+
+// TestParseRequestRefusesPricedExtras: audio input and Anthropic's priced
+// options (fast output, a pinned region) are refused, naming the field.
+func TestParseRequestRefusesPricedExtras(t *testing.T) {
+	for _, tc := range []struct {
+		f     Format
+		body  string
+		field string
+	}{
+		{FormatChat, `{"model":"m","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"AA==","format":"wav"}}]}]}`, "messages"},
+		{FormatChat, `{"model":"m","messages":[{"role":"assistant","audio":{"id":"audio_1"}}]}`, "messages"},
+		{FormatResponses, `{"model":"m","input":[{"role":"user","content":[{"type":"INPUT_AUDIO"}]}]}`, "input"},
+		{FormatMessages, `{"model":"m","max_tokens":10,"speed":"fast","messages":[]}`, "speed"},
+		{FormatMessages, `{"model":"m","max_tokens":10,"SPEED":"standard","messages":[]}`, "speed"},
+		{FormatMessages, `{"model":"m","max_tokens":10,"inference_geo":"us","messages":[]}`, "inference_geo"},
+	} {
+		_, err := ParseRequest(tc.f, []byte(tc.body), true)
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != tc.field {
+			t.Errorf("%s: %v, want a FieldError on %s", tc.body, err, tc.field)
+		}
+	}
+	for _, body := range []string{
+		`{"model":"m","max_tokens":10,"speed":"standard","inference_geo":"global","messages":[]}`,
+		`{"model":"m","max_tokens":10,"speed":null,"messages":[{"role":"user","content":[{"type":"image","source":{}}]}]}`,
+	} {
+		if _, err := ParseRequest(FormatMessages, []byte(body), true); err != nil {
+			t.Errorf("%s: %v", body, err)
+		}
+	}
+}
