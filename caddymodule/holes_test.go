@@ -434,14 +434,17 @@ func TestLongStreamLineKeepsMetering(t *testing.T) {
 	u, k := newAccount(t, "1.00", "")
 	resp, body := post(t, "/v1/chat/completions", k.Key,
 		`{"model":"test-model","stream":true,"messages":[{"role":"user","content":"hi"}]}`,
-		"X-Mock-Long-Delta", "3000000")
+		"X-Mock-Long-Delta", "3000000", "X-Mock-Usage", "final",
+		"X-Mock-Usage-Raw", `{"prompt_tokens":12,"completion_tokens":400000}`)
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), strings.Repeat("x", 3_000_000)) ||
 		!strings.Contains(string(body), "data: [DONE]") {
 		t.Fatalf("stream with a 3 MB line: %d, %d bytes", resp.StatusCode, len(body))
 	}
 	rows := settled(t, u, credit1, 1)
-	if r := row(t, rows, resp); r.Outcome != "completed" || r.Estimated || r.InputTokens != 12 || r.OutputTokens != 5 {
-		t.Fatalf("row %+v, want completed, exact: 12 in, 5 out", r)
+	// The report after the line is billed as sent: 3 MB of text bears
+	// out 400,000 tokens.
+	if r := row(t, rows, resp); r.Outcome != "completed" || r.Estimated || r.Clamped || r.InputTokens != 12 || r.OutputTokens != 400000 {
+		t.Fatalf("row %+v, want completed, exact: 12 in, 400000 out", r)
 	}
 }
 

@@ -308,3 +308,17 @@ func (e *env) close() {
 		e.redis.Stop()
 	}
 }
+
+// releaseMock lets every stream the mock holds (X-Mock-Hold) go on.
+func (e *env) releaseMock(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, "POST", e.mockURL+"/mock/release", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("releasing the mock's held streams: %w", err)
+	}
+	resp.Body.Close()
+	return nil
+}

@@ -192,6 +192,11 @@ func (l *loader) openStreamsMemory(ctx context.Context, m mode, n int) (memResul
 	if err != nil {
 		return res, err
 	}
+	// The gateway reads an upstream to its end after the client left
+	// (on_client_gone finish): let the held streams go on and end.
+	if err := l.e.releaseMock(ctx); err != nil {
+		return res, err
+	}
 	res.bytesPerStream = (used - base) / float64(n)
 	res.goroutinesPerStream = (g1 - g0) / float64(n)
 	return res, l.waitGoroutines(ctx, g0)
@@ -212,9 +217,17 @@ func readDataLines(r io.Reader, n int) error {
 	return nil
 }
 
+// idleUpstreamGoroutines is what caddy may keep after streams that ended
+// normally: reverse_proxy keeps up to 32 idle connections to the upstream
+// (its default), two goroutines each. Streams the gateway read to their
+// end after the client left (on_client_gone finish) end that way.
+const idleUpstreamGoroutines = 2 * 32
+
 // waitGoroutines waits (up to 30s) until caddy runs no more goroutines than
-// before the streams were opened, give or take a few background ones.
+// before the streams were opened, give or take a few background ones and
+// the idle upstream connections.
 func (l *loader) waitGoroutines(ctx context.Context, want float64) error {
+	want += idleUpstreamGoroutines
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ss, err := l.e.scrape(ctx)

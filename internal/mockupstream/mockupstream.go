@@ -19,7 +19,8 @@
 //	X-Mock-Cached: N     cached prompt tokens; default 0
 //	X-Mock-Prompt: N     uncached prompt tokens; default 12
 //	X-Mock-Hold: 1       stream: after the first delta, block until the client
-//	                     goes away or Server.Release is called
+//	                     goes away or Server.Release is called (or
+//	                     POST /mock/release is)
 //	X-Mock-Cut: N        stream: drop the connection after N deltas, with no
 //	                     usage and no terminator (an upstream cut off)
 //	X-Mock-Usage: mode   chat and completions: "openai" (default; a stream
@@ -116,6 +117,11 @@ func New() *Server {
 	mux.HandleFunc("POST /v1/responses", s.responses)
 	mux.HandleFunc("POST /v1/messages", s.messages)
 	mux.HandleFunc("GET /v1/models", s.models)
+	// Release over HTTP, for a mock in another process.
+	mux.HandleFunc("POST /mock/release", func(w http.ResponseWriter, r *http.Request) {
+		s.Release()
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeOpenAIError(w, http.StatusNotFound, "unknown path "+r.URL.Path)
 	})
