@@ -166,6 +166,13 @@ type AuthRequest struct {
 	Hold Nanos
 	// RequestID names the hold.
 	RequestID string
+	// HoldUpTo, when larger than Hold, is the most the request can cost:
+	// the hold is then as much of the available balance as there is, up
+	// to HoldUpTo, and at least Hold (else the request is refused). So
+	// requests that may cost more than their Hold cannot, together,
+	// overdraw the balance: once one holds all that is available, the
+	// next is refused until it settles.
+	HoldUpTo Nanos
 	// CheckOnly validates the key (and model) without reserving anything.
 	CheckOnly bool
 	// ClientIP is checked against the key's allowed_ips. The zero Addr
@@ -205,8 +212,12 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 		hold = strconv.FormatInt(int64(req.Hold), 10)
 	}
 	deadline := now.Add(a.HoldTTL).UnixMilli()
+	upto := ""
+	if !req.CheckOnly && req.HoldUpTo > req.Hold {
+		upto = strconv.FormatInt(int64(ClampNanos(req.HoldUpTo)), 10)
+	}
 	res, err := authorizeScript.Run(ctx, a.rdb, []string{keyRecordKey(req.KeyHash)},
-		req.Model, now.UnixMilli(), hold, req.RequestID, deadline, addrBits(req.ClientIP)).StringSlice()
+		req.Model, now.UnixMilli(), hold, req.RequestID, deadline, addrBits(req.ClientIP), upto).StringSlice()
 	if err != nil {
 		return Grant{}, err
 	}
@@ -229,6 +240,11 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 		}
 		if len(res) >= 11 {
 			g.Key.AllowedIPs = splitModels(res[10])
+		}
+		if len(res) >= 12 && !req.CheckOnly {
+			if n, err := strconv.ParseInt(res[11], 10, 64); err == nil {
+				g.Hold = Nanos(n)
+			}
 		}
 		return g, nil
 	case "ip":

@@ -786,3 +786,51 @@ func settleBal(ctx context.Context, a *Accounts, g Grant, cost Nanos, record []b
 func sameGrant(a, b Grant) bool {
 	return a.KeyID == b.KeyID && a.User == b.User && a.RequestID == b.RequestID && a.Hold == b.Hold
 }
+
+// TestAuthorizeHoldUpTo: a request that may cost more than its hold holds
+// as much of the available balance as there is, up to what it can cost,
+// so such requests cannot together overdraw the balance; settling releases
+// exactly what each held.
+func TestAuthorizeHoldUpTo(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	hash := putActiveKey(t, a, "sk-ait-upto", "key_u", "alice")
+	credit(t, a, "alice", 1_000)
+
+	auth := func(rid string, hold, upto Nanos) (Grant, error) {
+		return a.Authorize(ctx, AuthRequest{KeyHash: hash, Model: "gpt-4o", Hold: hold, HoldUpTo: upto, RequestID: rid})
+	}
+	g1, err := auth("r1", 100, 600)
+	if err != nil || g1.Hold != 600 {
+		t.Fatalf("first: %+v, %v; want a hold of 600", g1, err)
+	}
+	g2, err := auth("r2", 100, 600)
+	if err != nil || g2.Hold != 400 {
+		t.Fatalf("second: %+v, %v; want the 400 left", g2, err)
+	}
+	wantBalance(t, a, "alice", 1_000, 1_000)
+	if _, err := auth("r3", 100, 600); !errors.Is(err, ErrInsufficientQuota) {
+		t.Fatalf("third: %v, want ErrInsufficientQuota", err)
+	}
+	if _, amts := holdIDs(t, rdb, "alice"); amts["r1"] != "600" || amts["r2"] != "400" {
+		t.Fatalf("hold amounts %v", amts)
+	}
+	// A hold without HoldUpTo is its own amount.
+	if _, err := settleBal(ctx, a, g2, 50, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	wantBalance(t, a, "alice", 950, 600)
+	g4, err := auth("r4", 100, 0)
+	if err != nil || g4.Hold != 100 {
+		t.Fatalf("plain hold: %+v, %v", g4, err)
+	}
+	wantBalance(t, a, "alice", 950, 700)
+	// Large amounts stay exact.
+	credit(t, a, "bob", 9_000_000_000_000_000)
+	hb := putActiveKey(t, a, "sk-ait-upto-b", "key_b", "bob")
+	g5, err := a.Authorize(ctx, AuthRequest{KeyHash: hb, Hold: 1, HoldUpTo: 8_999_999_999_999_999, RequestID: "rb"})
+	if err != nil || g5.Hold != 8_999_999_999_999_999 {
+		t.Fatalf("large hold: %+v, %v", g5, err)
+	}
+	wantBalance(t, a, "bob", 9_000_000_000_000_000, 8_999_999_999_999_999)
+}

@@ -20,9 +20,12 @@ import "github.com/redis/go-redis/v9"
 // HINCRBY on integer strings.
 //
 // ARGV: model, now (ms), hold (nanos, or "check"), request id, deadline (ms),
-// client address bits ("" when unknown).
+// client address bits ("" when unknown), hold up to (nanos, or ""): when
+// larger than hold, the hold is as much of the available balance as there
+// is, up to it.
 // Returns {status, key id, user, ...}: "ok" adds models, expires, rpm, tpm,
-// requests used, tokens used, window reset (ms), allowed ips; "rate" adds
+// requests used, tokens used, window reset (ms), allowed ips, and the hold
+// reserved (nanos, when one was); "rate" adds
 // kind, limit, used, reset (ms). Refusals: "invalid", "ip", "model",
 // "quota", "rate".
 var authorizeScript = redis.NewScript(`
@@ -85,10 +88,19 @@ if redis.call('HEXISTS', amts, ARGV[4]) == 1 then return {'dup', rec[1], user} e
 local v = redis.call('HMGET', acct, 'balance', 'held')
 local bal = tonumber(v[1] or '0') or 0
 local held = tonumber(v[2] or '0') or 0
-if bal - held < tonumber(ARGV[3]) then return {'quota', rec[1], user} end
-redis.call('HINCRBY', acct, 'held', ARGV[3])
+local want = tonumber(ARGV[3])
+local avail = bal - held
+if avail < want then return {'quota', rec[1], user} end
+local h = ARGV[3]
+local upto = tonumber(ARGV[7] or '') or 0
+if upto > want then
+  -- exact: every amount is below 2^53 nanos
+  h = string.format('%.0f', math.min(upto, avail))
+end
+redis.call('HINCRBY', acct, 'held', h)
 redis.call('ZADD', holds, ARGV[5], ARGV[4])
-redis.call('HSET', amts, ARGV[4], ARGV[3])
+redis.call('HSET', amts, ARGV[4], h)
+ok[12] = h
 if rpm > 0 then
   redis.call('INCR', prefix .. ':r')
   redis.call('PEXPIRE', prefix .. ':r', 120000)

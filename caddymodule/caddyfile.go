@@ -219,6 +219,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		models <model...>
 //		max_request_body <size>
 //		reserve_output_tokens <n>
+//		max_output_tokens <n>
 //		on_redis_error deny|allow
 //		inject_stream_usage on|off
 //		passthrough <path-pattern...>
@@ -257,6 +258,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("reserve_output_tokens %q: want a positive integer", s)
 			}
 			h.ReserveOutputTokens = n
+		case "max_output_tokens":
+			var s string
+			if err := oneArg(d, &s); err != nil {
+				return err
+			}
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || n <= 0 || n > 1<<31-1 {
+				return d.Errf("max_output_tokens %q: want a positive integer", s)
+			}
+			h.MaxOutputTokens = n
 		case "on_redis_error":
 			if err := oneArg(d, &h.OnRedisError); err != nil {
 				return err

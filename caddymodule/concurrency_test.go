@@ -140,12 +140,19 @@ func TestConcurrentStreamsNeverOverdraw(t *testing.T) {
 	p := chatParams("test-model")
 	p.MaxTokens = openai.Int(maxOut)
 	body := captureBody(t, p)
-	hold := (int64(len(body))+1)/2*testModelInputNanos + maxOut*testModelOutputNanos
-	credit := fit*hold + hold/2
-	if perCost >= hold {
-		t.Fatalf("cost %d not under hold %d", perCost, hold)
+	// A request holds what it can cost at most (its input bound, one
+	// token per body byte plus 4096, and max_tokens), as far as the
+	// balance allows, and at least its estimate (half a token per byte):
+	// the credit covers 40 whole holds and less than one least hold.
+	least := (int64(len(body))+1)/2*testModelInputNanos + maxOut*testModelOutputNanos
+	// (The bound counts the body the upstream gets, which asks for usage.)
+	upstreamBody := int64(len(body) + len(`"stream_options":{"include_usage":true},`))
+	hold := (upstreamBody+4096)*testModelInputNanos + maxOut*testModelOutputNanos
+	credit := fit*hold + least/2
+	if perCost >= least {
+		t.Fatalf("cost %d not under hold %d", perCost, least)
 	}
-	t.Logf("request body %d bytes: hold %d nanos, credit %d nanos (%d holds and a half)", len(body), hold, credit, fit)
+	t.Logf("request body %d bytes: hold %d nanos (at least %d), credit %d nanos (%d holds and a bit)", len(body), hold, least, credit, fit)
 
 	// swarm runs the clients at once on u's key k and checks the money
 	// afterwards. It returns the request ids of the streams that completed.
@@ -249,7 +256,7 @@ func TestConcurrentStreamsNeverOverdraw(t *testing.T) {
 			// Nothing has been given back yet: the account holds exactly
 			// the admitted streams' holds, and no more fit.
 			bal, held, err := accountNanos(u.ID)
-			if n := admittedN.Load(); err != nil || held != n*hold || bal != credit || held > bal || bal-held >= hold {
+			if n := admittedN.Load(); err != nil || held != n*hold || bal != credit || held > bal || bal-held >= least {
 				t.Errorf("with %d streams open: balance %d held %d (%v), want held %d", n, bal, held, err, n*hold)
 			}
 			// A stream reaching its hold point just after a Release waits

@@ -38,9 +38,20 @@ type Handler struct {
 	// larger one gets 413. Default: 8MiB.
 	MaxRequestBody int64 `json:"max_request_body,omitempty"`
 
-	// ReserveOutputTokens is how many output tokens the hold covers when a
-	// request sets no max_tokens. Default: 4096.
+	// ReserveOutputTokens is how many output tokens the hold covers at
+	// least when a request sets no output limit (max_tokens and the like):
+	// a balance that cannot cover this much is refused with 402.
+	// Default: 4096.
 	ReserveOutputTokens int64 `json:"reserve_output_tokens,omitempty"`
+
+	// MaxOutputTokens is the most output tokens one choice of a request
+	// that sets no output limit is billed for (more only when that much
+	// text visibly passed). Such a request holds as much of the available
+	// balance as there is, up to its input bound and this many output
+	// tokens, so concurrent requests cannot overdraw the balance. Lower it
+	// to the longest output of the models this route serves, so small
+	// balances can run more requests at once. Default: 262144.
+	MaxOutputTokens int64 `json:"max_output_tokens,omitempty"`
 
 	// OnRedisError says what to do when Redis cannot be reached: "deny"
 	// answers 503; "allow" serves keys this node saw valid in the last ten
@@ -86,6 +97,7 @@ type Handler struct {
 const (
 	defaultMaxRequestBody      = 8 << 20
 	defaultReserveOutputTokens = 4096
+	defaultMaxOutputTokens     = 256 << 10
 	defaultClientGoneTimeout   = 2 * time.Minute
 	settleTimeout              = 5 * time.Second
 
@@ -116,6 +128,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.ReserveOutputTokens <= 0 {
 		h.ReserveOutputTokens = defaultReserveOutputTokens
+	}
+	if h.MaxOutputTokens <= 0 {
+		h.MaxOutputTokens = defaultMaxOutputTokens
 	}
 	if h.OnRedisError == "" {
 		h.OnRedisError = "deny"
@@ -230,14 +245,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.deny(w, e, req.Model)
 		return nil
 	}
-	outLimit := h.outputLimit(req)
-	hold, err := price.Hold(req.InputEstimate, outLimit*max(req.Choices, 1))
+	choices := max(req.Choices, 1)
+	hold, err := price.Hold(req.InputEstimate, h.outputLimit(req)*choices)
 	if err != nil {
 		h.deny(w, errQuota, req.Model)
 		return nil
 	}
+	// What the request can cost at most (Bill's bounds): the hold grows
+	// towards it as far as the balance allows.
+	upTo, err := price.Hold(meter.MaxInputTokens(req), h.billedOutputLimit(req)*choices)
+	if err != nil {
+		upTo = billing.MaxNanos
+	}
 	g, err := h.authorize(r.Context(), billing.AuthRequest{
-		KeyHash: keyHash, Model: req.Model, Hold: hold, RequestID: requestID, ClientIP: clientAddr(r),
+		KeyHash: keyHash, Model: req.Model, Hold: hold, HoldUpTo: upTo, RequestID: requestID, ClientIP: clientAddr(r),
 	})
 	if err != nil {
 		h.refuse(w, r, err, req.Model)

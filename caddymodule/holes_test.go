@@ -515,3 +515,68 @@ func TestPricedOrAccountHeaders(t *testing.T) {
 	}
 	waitUsage(t, u.ID, 1)
 }
+
+// Requests without an output limit, run at once, cannot together overdraw
+// a balance: each holds what it can cost, as far as the balance allows,
+// so a long answer to each of 30 parallel requests is paid for.
+func TestParallelUnlimitedRequestsCannotOverdraw(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "1.00", "")
+	body := `{"model":"test-model","stream":true,"messages":[{"role":"user","content":"write a long story"}]}`
+	type result struct {
+		status int
+		br     *bufio.Reader
+		close  func() error
+	}
+	results := make(chan result, 30)
+	for range 30 {
+		go func() {
+			req, _ := http.NewRequest("POST", gatewayURL+"/v1/chat/completions", strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+k.Key)
+			req.Header.Set("X-Mock-Hold", "1")
+			// Each answer is long: 100,000 output tokens (0.20 at this price).
+			req.Header.Set("X-Mock-Usage-Raw", `{"prompt_tokens":12,"completion_tokens":100000}`)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				results <- result{}
+				return
+			}
+			br := bufio.NewReader(resp.Body)
+			if resp.StatusCode == http.StatusOK {
+				readDeltas(t, br, 1) // admitted and held open by the mock
+			}
+			results <- result{resp.StatusCode, br, resp.Body.Close}
+		}()
+	}
+	var admitted []result
+	for range 30 {
+		r := <-results
+		switch r.status {
+		case http.StatusOK:
+			admitted = append(admitted, r)
+		case http.StatusPaymentRequired:
+			r.close()
+		default:
+			t.Fatalf("status %d", r.status)
+		}
+	}
+	// Every admitted stream is open at once, holding its share.
+	env.mock.Release()
+	for _, r := range admitted {
+		if rest, err := readAll(r.br); err != nil || !strings.Contains(rest, "[DONE]") {
+			t.Fatalf("stream: %v", err)
+		}
+		r.close()
+	}
+	rows := waitUsage(t, u.ID, len(admitted))
+	got := getUser(t, u.ID)
+	t.Logf("%d of 30 admitted at once; balance after: %s", len(admitted), got.Balance)
+	if len(admitted) == 0 || len(admitted) > 5 || mustNanos(t, got.Balance) < 0 {
+		t.Fatalf("%d admitted, balance %s: want a few, and no overdraft", len(admitted), got.Balance)
+	}
+	for _, r := range rows {
+		if r.OutputTokens != 100000 || r.Estimated {
+			t.Fatalf("row %+v, want the 100,000 reported output tokens billed", r)
+		}
+	}
+}

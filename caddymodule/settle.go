@@ -274,18 +274,15 @@ func settlementGrant(g billing.Grant) billing.Grant {
 		Key: billing.KeyRecord{ID: g.Key.ID, User: g.Key.User, TPM: g.Key.TPM}}
 }
 
-// unlimitedOutputBound bounds the billed output of one choice of a request
-// that set no output limit: above the longest output of the models served
-// today (128k), so a true answer is never cut, yet finite, so a hostile
-// report cannot drain an account.
-const unlimitedOutputBound = 256 << 10
-
 // billedOutputLimit is the most output one choice of req is billed for:
-// its own limit, or unlimitedOutputBound when it set none (the hold
-// covered reserve_output_tokens).
+// its own limit, or max_output_tokens when it set none (at least what the
+// hold covered).
 func (h *Handler) billedOutputLimit(req *meter.Request) int64 {
+	if req.Format == meter.FormatEmbeddings {
+		return 0
+	}
 	if req.MaxOutputTokens > 0 {
 		return req.MaxOutputTokens
 	}
-	return max(unlimitedOutputBound, h.ReserveOutputTokens)
+	return max(h.MaxOutputTokens, h.ReserveOutputTokens)
 }

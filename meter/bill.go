@@ -204,6 +204,11 @@ func outputBound(req *Request, limit int64) int64 {
 	return choices * limit
 }
 
+// MaxInputTokens is the most input tokens req can be billed for: the
+// bound [Bill] cuts a report to. A hold that covers it (with the output
+// bound) covers everything the request can cost.
+func MaxInputTokens(req *Request) int64 { return inputBound(req) }
+
 // bodyInputBound is the most input tokens req's body can hold by itself:
 // one per byte (no tokenizer makes a token of less than a byte, and JSON
 // escapes only lengthen the text) and inputOverhead.
