@@ -15,7 +15,7 @@ import (
 func TestTwoNodesOneLedger(t *testing.T) {
 	const (
 		perNode  = 20
-		credits  = "1.00"
+		credits  = "100.00" // each request without max_tokens holds up to its whole cost (0.52)
 		revokeIn = time.Second
 	)
 	db := newRedisDB(t)
