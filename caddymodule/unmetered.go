@@ -7,8 +7,41 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
 	"github.com/cnaitoken/caddy-aitoken/billing"
 )
+
+// serveUnmetered answers a request that is not a metered POST: the model
+// list, a passthrough path, or else 404 unsupported_endpoint. The key is
+// checked first in every case.
+func (h *Handler) serveUnmetered(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, keyHash, clean, lower string) error {
+	id, one, isModels := modelsPath(lower, clean)
+	isModels = isModels && (r.Method == http.MethodGet || r.Method == http.MethodHead)
+	pass := false
+	if !isModels && h.passthrough != nil {
+		var err error
+		if pass, err = h.passthrough.MatchWithError(r); err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+	}
+	g, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)})
+	if err != nil {
+		h.refuse(w, r, err, "")
+		return nil
+	}
+	h.setIdentity(r, g, "")
+	switch {
+	case isModels:
+		h.serveModels(w, g.Key, id, one)
+		return nil
+	case pass:
+		prepareUpstream(r)
+		return next.ServeHTTP(w, r)
+	}
+	h.deny(w, errUnsupportedEndpoint(r.Method, r.URL.Path), "")
+	return nil
+}
 
 // modelsPath reports whether p, a cleaned and lower-cased path, is the
 // model list ("…/v1/models", DeepSeek's bare "/models") or one model

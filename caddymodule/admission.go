@@ -1,0 +1,172 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+)
+
+// This file admits a request: the key, the client address, Authorize
+// (with on_redis_error allow), and the answers to what it refuses.
+
+// authorize runs Authorize; with on_redis_error allow it remembers keys
+// Redis confirmed and, when Redis cannot be reached, admits a remembered
+// key without a hold.
+func (h *Handler) authorize(ctx context.Context, req billing.AuthRequest) (billing.Grant, error) {
+	g, err := h.app.accounts.Authorize(withRedisOp(ctx, opAuthorize), req)
+	if h.OnRedisError != "allow" {
+		return g, err
+	}
+	now := time.Now()
+	cache := h.app.redis.keys
+	switch {
+	case err == nil:
+		cache.put(req.KeyHash, g.Key, now)
+		return g, nil
+	case isRefusal(err):
+		return g, err
+	}
+	rec, ok := cache.get(req.KeyHash, now)
+	if !ok || !rec.Active || (!rec.ExpiresAt.IsZero() && !now.Before(rec.ExpiresAt)) {
+		return g, err
+	}
+	if !billing.IPAllowed(rec.AllowedIPs, req.ClientIP) {
+		return billing.Grant{KeyID: rec.ID, User: rec.User}, billing.ErrIPNotAllowed
+	}
+	if req.Model != "" && len(rec.Models) > 0 && !slices.Contains(rec.Models, req.Model) {
+		return billing.Grant{KeyID: rec.ID, User: rec.User}, billing.ErrModelNotAllowed
+	}
+	h.log.Warn("redis unavailable; admitting a cached key without a hold",
+		zap.String("key_id", rec.ID), zap.String("request_id", req.RequestID), zap.Error(err))
+	return billing.Grant{KeyID: rec.ID, User: rec.User, RequestID: req.RequestID, Key: rec, NoHold: true}, nil
+}
+
+// isRefusal tells Authorize's answers from Redis failures.
+func isRefusal(err error) bool {
+	return errors.Is(err, billing.ErrInvalidKey) || errors.Is(err, billing.ErrIPNotAllowed) || errors.Is(err, billing.ErrModelNotAllowed) ||
+		errors.Is(err, billing.ErrInsufficientQuota) || errors.Is(err, billing.ErrRateLimited)
+}
+
+// refuse answers a request Authorize refused.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error, model string) {
+	if r.Context().Err() != nil {
+		// The client left while its key was being checked: not a Redis
+		// failure.
+		h.deny(w, errClientClosed, model)
+		return
+	}
+	var rl *billing.RateLimitError
+	if errors.As(err, &rl) {
+		secs := int64((rl.Reset + time.Second - 1) / time.Second)
+		w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
+		hd := w.Header()
+		if rl.Kind == "tokens" {
+			hd.Set("X-Ratelimit-Limit-Tokens", strconv.FormatInt(rl.Limit, 10))
+			hd.Set("X-Ratelimit-Remaining-Tokens", "0")
+			hd.Set("X-Ratelimit-Reset-Tokens", formatReset(rl.Reset))
+		} else {
+			hd.Set("X-Ratelimit-Limit-Requests", strconv.FormatInt(rl.Limit, 10))
+			hd.Set("X-Ratelimit-Remaining-Requests", "0")
+			hd.Set("X-Ratelimit-Reset-Requests", formatReset(rl.Reset))
+		}
+		metrics.rateLimited.WithLabelValues(rl.Kind).Inc()
+		h.deny(w, errRateLimited(rl), model)
+		return
+	}
+	h.deny(w, h.authError(err, model), model)
+}
+
+// deny answers a request refused before it was forwarded, and counts it
+// under the price pattern of the request's model (or "").
+func (h *Handler) deny(w http.ResponseWriter, e *apiError, model string) {
+	countRefusal(h.app.prices.Pattern(model), e)
+	e.write(w)
+}
+
+// setRateHeaders adds OpenAI's x-ratelimit-* headers for a limited key.
+func setRateHeaders(h http.Header, s billing.RateState) {
+	if s.RequestLimit > 0 {
+		h.Set("X-Ratelimit-Limit-Requests", strconv.FormatInt(s.RequestLimit, 10))
+		h.Set("X-Ratelimit-Remaining-Requests", strconv.FormatInt(s.RequestsLeft, 10))
+		h.Set("X-Ratelimit-Reset-Requests", formatReset(s.Reset))
+	}
+	if s.TokenLimit > 0 {
+		h.Set("X-Ratelimit-Limit-Tokens", strconv.FormatInt(s.TokenLimit, 10))
+		h.Set("X-Ratelimit-Remaining-Tokens", strconv.FormatInt(s.TokensLeft, 10))
+		h.Set("X-Ratelimit-Reset-Tokens", formatReset(s.Reset))
+	}
+}
+
+// formatReset writes a window reset as OpenAI does ("1s", "6m0s", "250ms").
+func formatReset(d time.Duration) string {
+	if d >= time.Second {
+		return d.Round(time.Second).String()
+	}
+	return d.Round(time.Millisecond).String()
+}
+
+// authError maps an Authorize error to the client's answer.
+func (h *Handler) authError(err error, model string) *apiError {
+	switch {
+	case errors.Is(err, billing.ErrInvalidKey):
+		return errInvalidKey
+	case errors.Is(err, billing.ErrIPNotAllowed):
+		return errIPNotAllowed
+	case errors.Is(err, billing.ErrModelNotAllowed):
+		return errModelNotAllowed(model)
+	case errors.Is(err, billing.ErrInsufficientQuota):
+		return errQuota
+	}
+	h.log.Error("redis unavailable; denying request", zap.Error(err))
+	return errUnavailable
+}
+
+// setIdentity exposes who is calling to later handlers and the access log.
+func (h *Handler) setIdentity(r *http.Request, g billing.Grant, model string) {
+	caddyhttp.SetVar(r.Context(), "aitoken.user", g.User)
+	caddyhttp.SetVar(r.Context(), "aitoken.key_id", g.KeyID)
+	if model != "" {
+		caddyhttp.SetVar(r.Context(), "aitoken.model", model)
+	}
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set("http.auth.user.id", g.KeyID)
+	}
+}
+
+// errIPNotAllowed refuses a key used from outside its allowed_ips.
+var errIPNotAllowed = &apiError{http.StatusForbidden, "permission_error", "ip_not_allowed",
+	"This API key may not be used from your IP address.", ""}
+
+// clientAddr is the client's address as Caddy determined it (the remote
+// address, or the forwarded one when the request came through one of the
+// server's trusted_proxies); the zero Addr when unknown.
+func clientAddr(r *http.Request) netip.Addr {
+	s, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.WithZone("")
+}
+
+// keyFromRequest returns the API key from Authorization: Bearer or x-api-key.
+func keyFromRequest(r *http.Request) string {
+	if auth := r.Header.Get("Authorization"); auth != "" {
+		if scheme, token, ok := strings.Cut(auth, " "); ok && strings.EqualFold(scheme, "Bearer") {
+			return strings.TrimSpace(token)
+		}
+	}
+	return strings.TrimSpace(r.Header.Get("X-Api-Key"))
+}

@@ -1,0 +1,104 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// This file prepares the request that goes upstream: what is removed or
+// refused before it leaves, and how it outlives a client that went away.
+
+// detachUpstream returns r with a context that outlives the client's: when
+// the client goes away, the upstream request goes on for at most timeout
+// more, so its usage report can still be read and billed. release ends it.
+func detachUpstream(r *http.Request, timeout time.Duration) (up *http.Request, release func()) {
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(r.Context()))
+	var (
+		mu    sync.Mutex
+		timer *time.Timer
+	)
+	stop := context.AfterFunc(r.Context(), func() {
+		mu.Lock()
+		timer = time.AfterFunc(timeout, func() { cancel(errClientGoneTimeout) })
+		mu.Unlock()
+	})
+	return r.WithContext(ctx), func() {
+		stop()
+		mu.Lock()
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Unlock()
+		cancel(nil)
+	}
+}
+
+// errClientGoneTimeout ends an upstream request still read after its
+// client left, once client_gone_timeout has passed.
+var errClientGoneTimeout = errors.New("client_gone_timeout passed after the client went away")
+
+// upstreamStatus is the status for an upstream that gave no response:
+// the one reverse_proxy chose (502, 503 or 504), else 502.
+func upstreamStatus(err error) int {
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode >= 500 {
+		return he.StatusCode
+	}
+	return http.StatusBadGateway
+}
+
+// allowedBetas are the anthropic-beta features a client may ask for: they
+// change neither the price of a token nor reach anything the operator's
+// account shares between customers. Any other (long context and longer
+// cache lifetimes, priced higher; the files API, shared by every customer;
+// server-run tools, billed per use) is refused.
+var allowedBetas = [...]string{"interleaved-thinking-", "fine-grained-tool-streaming-", "token-efficient-tools-",
+	"output-128k-", "prompt-caching-", "computer-use-", "context-management-", "tools-", "max-tokens-"}
+
+// checkBetas refuses a request that asks for an anthropic-beta feature
+// outside allowedBetas.
+func checkBetas(h http.Header) *apiError {
+	for _, v := range h.Values("Anthropic-Beta") {
+		for b := range strings.SplitSeq(v, ",") {
+			b = strings.TrimSpace(b)
+			if b == "" || slices.ContainsFunc(allowedBetas[:], func(p string) bool { return strings.HasPrefix(b, p) }) {
+				continue
+			}
+			return errInvalidRequest("The anthropic-beta feature '"+b+"' is not available through this gateway: "+
+				"it is priced differently from plain tokens, or reaches data shared by every customer.", "anthropic-beta")
+		}
+	}
+	return nil
+}
+
+// prepareUpstream removes the client's credentials, so they never reach a
+// provider, and the headers that would pick another organization or
+// project of the operator's upstream account; it asks for an uncompressed
+// body the meter can read (the encode handler may still compress for the
+// client).
+func prepareUpstream(r *http.Request) {
+	for _, h := range [...]string{"Authorization", "X-Api-Key", "Cookie", "Proxy-Authorization", "Openai-Organization", "Openai-Project"} {
+		r.Header.Del(h)
+	}
+	// Set, not deleted: Go's transport would otherwise ask for gzip itself.
+	r.Header.Set("Accept-Encoding", "identity")
+}
+
+// setBody replaces the consumed request body with body.
+func setBody(r *http.Request, body []byte) {
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.ContentLength = int64(len(body))
+	r.TransferEncoding = nil
+	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+}
