@@ -501,3 +501,10 @@ func prefixBitsList(allowed []string) []string {
 	}
 	return out
 }
+
+// RenewHold moves the deadline of the live hold of request id on user's
+// account to deadline, so a request still running is not taken for one
+// whose node died. A hold already settled or expired is left alone.
+func (a *Accounts) RenewHold(ctx context.Context, user, requestID string, deadline time.Time) error {
+	return a.rdb.ZAddXX(ctx, holdsKey(user), redis.Z{Score: float64(deadline.UnixMilli()), Member: requestID}).Err()
+}

@@ -834,3 +834,34 @@ func TestAuthorizeHoldUpTo(t *testing.T) {
 	}
 	wantBalance(t, a, "bob", 9_000_000_000_000_000, 8_999_999_999_999_999)
 }
+
+// TestRenewHold: a renewed hold outlives its first deadline, so the
+// authorize that releases expired holds leaves it alone; a settled hold
+// is not brought back.
+func TestRenewHold(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	a.HoldTTL = -time.Minute // every hold is past its deadline at once
+	hash := putActiveKey(t, a, "sk-ait-renew", "key_r", "alice")
+	credit(t, a, "alice", 1_000)
+	g, err := a.Authorize(ctx, AuthRequest{KeyHash: hash, Hold: 600, RequestID: "r1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RenewHold(ctx, "alice", "r1", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// Another request's authorize releases expired holds: r1 is not one.
+	if _, err := a.Authorize(ctx, AuthRequest{KeyHash: hash, Hold: 500, RequestID: "r2"}); !errors.Is(err, ErrInsufficientQuota) {
+		t.Fatalf("second hold: %v, want ErrInsufficientQuota (r1 still holds 600)", err)
+	}
+	if _, err := settleBal(ctx, a, g, 100, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RenewHold(ctx, "alice", "r1", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if zset, _ := holdIDs(t, rdb, "alice"); len(zset) != 0 {
+		t.Fatalf("a settled hold came back: %v", zset)
+	}
+}

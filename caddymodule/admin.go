@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -264,7 +265,7 @@ func postCredit(app *App, w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if _, err := app.accounts.Credit(r.Context(), id, *in.Amount); errors.Is(err, billing.ErrAmountRange) {
-		if uerr := app.ledger.store.UndoLedgerEntry(r.Context(), id, entry); uerr != nil {
+		if uerr := app.ledger.store.UndoLedgerEntry(context.WithoutCancel(r.Context()), id, entry); uerr != nil {
 			return fmt.Errorf("redis refused the credit (%v) and taking back ledger entry %d failed: %w", err, entry, uerr)
 		}
 		return &adminError{http.StatusBadRequest, "amount", err.Error() + " (the live balance in redis would leave the range; run reconcile)"}

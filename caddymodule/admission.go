@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -169,4 +170,42 @@ func keyFromRequest(r *http.Request) string {
 		}
 	}
 	return strings.TrimSpace(r.Header.Get("X-Api-Key"))
+}
+
+// keepHold renews g's hold deadline every third of the hold's lifetime
+// while the request runs, so the hold of a long request (a slow reader, a
+// long generation) never expires under it and lets its balance be spent
+// twice. The returned func ends it.
+func (h *Handler) keepHold(g billing.Grant) (stop func()) {
+	ttl := h.app.accounts.HoldTTL
+	if ttl <= 0 {
+		return func() {}
+	}
+	var (
+		mu      sync.Mutex
+		stopped bool
+		t       *time.Timer
+	)
+	renew := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		err := h.app.accounts.RenewHold(ctx, g.User, g.RequestID, time.Now().Add(ttl))
+		cancel()
+		if err != nil {
+			h.log.Warn("renewing the hold of a long request", zap.String("request_id", g.RequestID), zap.Error(err))
+		}
+		mu.Lock()
+		if !stopped {
+			t.Reset(ttl / 3)
+		}
+		mu.Unlock()
+	}
+	mu.Lock()
+	t = time.AfterFunc(ttl/3, renew)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
+	}
 }

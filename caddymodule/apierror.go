@@ -76,6 +76,11 @@ func (e *apiError) write(w http.ResponseWriter) {
 	_, _ = w.Write(b)
 }
 
+// errEncodedBody refuses a compressed request body: the gateway reads the
+// body it bills, so it must be the body the upstream reads.
+var errEncodedBody = &apiError{http.StatusUnsupportedMediaType, "invalid_request_error", "unsupported_content_encoding",
+	"Send the request body uncompressed (no Content-Encoding).", "Content-Encoding"}
+
 // errClientClosed marks a request whose client went away before it could
 // be admitted (it stopped sending its body, or hung up during the key
 // check). The answer reaches nobody; the status is nginx's and Caddy's 499.

@@ -254,7 +254,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			n, err := strconv.ParseInt(s, 10, 64)
-			if err != nil || n <= 0 {
+			if err != nil || n <= 0 || n > 1<<31-1 {
 				return d.Errf("reserve_output_tokens %q: want a positive integer", s)
 			}
 			h.ReserveOutputTokens = n

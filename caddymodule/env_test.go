@@ -126,6 +126,13 @@ http://localhost:9080 {
 		}
 		reverse_proxy %s
 	}
+	route /shortfinish/v1/* {
+		uri strip_prefix /shortfinish
+		aitoken {
+			on_client_gone finish 300ms
+		}
+		reverse_proxy %s
+	}
 	route /down/v1/* {
 		uri strip_prefix /down
 		aitoken
@@ -137,7 +144,7 @@ http://localhost:9080 {
 }
 `, env.redis.URL(), filepath.Join(env.dir, "ledger.db"), flush, spoolDir(),
 		env.upstream.URL, env.upstream.URL, env.upstream.URL, env.upstream.URL,
-		env.upstream.URL, env.upstream.URL, env.closedAddr)) + httpsSite()
+		env.upstream.URL, env.upstream.URL, env.upstream.URL, env.closedAddr)) + httpsSite()
 }
 
 // spoolDir is where the gateway spools settlements Redis could not take

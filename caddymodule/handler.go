@@ -41,11 +41,12 @@ type Handler struct {
 
 	// MaxOutputTokens is the most output tokens one choice of a request
 	// that sets no output limit is billed for (more only when that much
-	// text visibly passed). Such a request holds as much of the available
-	// balance as there is, up to its input bound and this many output
-	// tokens, so concurrent requests cannot overdraw the balance. Lower it
-	// to the longest output of the models this route serves, so small
-	// balances can run more requests at once. Default: 262144.
+	// text visibly passed; hidden reasoning beyond it is not billed). Such
+	// a request holds as much of the available balance as there is, up to
+	// its input bound and this many output tokens, so concurrent requests
+	// cannot overdraw the balance. Raise it for models that think longer
+	// (the operator pays what is not billed); lower it so small balances
+	// run more requests at once. Default: 32768.
 	MaxOutputTokens int64 `json:"max_output_tokens,omitempty"`
 
 	// OnRedisError says what to do when Redis cannot be reached: "deny"
@@ -92,7 +93,7 @@ type Handler struct {
 const (
 	defaultMaxRequestBody      = 8 << 20
 	defaultReserveOutputTokens = 4096
-	defaultMaxOutputTokens     = 256 << 10
+	defaultMaxOutputTokens     = 32 << 10
 	defaultClientGoneTimeout   = 2 * time.Minute
 	settleTimeout              = 5 * time.Second
 
@@ -160,6 +161,9 @@ func (h *Handler) Validate() error {
 	if h.OnClientGone != onClientGoneFinish && h.OnClientGone != onClientGoneCancel {
 		return fmt.Errorf("on_client_gone %q: want finish or cancel", h.OnClientGone)
 	}
+	if h.ReserveOutputTokens > meter.MaxOutputLimit || h.MaxOutputTokens > meter.MaxOutputLimit {
+		return fmt.Errorf("reserve_output_tokens and max_output_tokens: at most %d", meter.MaxOutputLimit)
+	}
 	for _, p := range h.Passthrough {
 		if p == "" || p[0] != '/' && p[0] != '*' {
 			return fmt.Errorf("passthrough %q: want a path pattern such as /v1/files*", p)
@@ -194,12 +198,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	keyHash := billing.HashKey(secret)
 
-	// Paths are matched as Caddy's path matcher matches them: without
-	// regard to letter case, with dot segments and doubled slashes
-	// cleaned, so no spelling of a metered path slips past the meter.
-	clean := caddyhttp.CleanPath(r.URL.Path, true)
-	lower := strings.ToLower(clean)
-	format := meter.FormatForPath(lower)
+	format, clean, lower := endpointOf(r)
 	if r.Method != http.MethodPost || format == meter.FormatUnknown {
 		return h.serveUnmetered(w, r, next, keyHash, clean, lower)
 	}
@@ -209,6 +208,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r.URL.Path, r.URL.RawPath = p, ""
 	}
 
+	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		// The meter could not read it; the upstream would.
+		h.deny(w, errEncodedBody, "")
+		return nil
+	}
 	if r.ContentLength > h.MaxRequestBody || r.ContentLength < 0 || r.ContentLength > smallBody {
 		// A large body is read only for a key that exists.
 		if _, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)}); err != nil {
@@ -227,7 +231,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return nil
 		}
 		// Authenticate first, so a bad key is a 401 whatever the body.
-		if _, err := h.app.accounts.Authorize(withRedisOp(r.Context(), opAuthorize), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)}); err != nil &&
+		if _, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)}); err != nil &&
 			!errors.Is(err, billing.ErrModelNotAllowed) {
 			h.refuse(w, r, err, "")
 			return nil
@@ -271,6 +275,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		var release func()
 		up, release = detachUpstream(r, time.Duration(h.ClientGoneTimeout))
 		defer release()
+		mw.upstream = up.Context()
+	}
+	if g.Hold > 0 {
+		defer h.keepHold(g)()
 	}
 	start := time.Now()
 	finished := false
@@ -281,6 +289,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}()
 	err = next.ServeHTTP(mw, up)
 	finished = true
+	if !mw.wroteHeader && r.Context().Err() != nil {
+		// The client left before any answer (on_client_gone cancel, or
+		// while reverse_proxy waited for an upstream): not an outage.
+		mw.upstreamErr = err
+		mw.status = statusClientClosed
+		h.log.Debug("client left before the upstream answered", zap.String("request_id", requestID), zap.Error(err))
+		return nil
+	}
 	if !mw.wroteHeader {
 		// Nothing came back: the upstream could not be reached, had no
 		// healthy host, or timed out. The client gets the 5xx an SDK
@@ -296,6 +312,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	return err
+}
+
+// endpointOf finds the metered endpoint of r's path, matching it as
+// Caddy's path matcher does: without regard to letter case, with dot
+// segments and doubled slashes cleaned, so no spelling of a metered path
+// slips past the meter. clean is the cleaned path (letter case kept),
+// lower the same in lower case.
+func endpointOf(r *http.Request) (f meter.Format, clean, lower string) {
+	clean = caddyhttp.CleanPath(r.URL.Path, true)
+	lower = strings.ToLower(clean)
+	return meter.FormatForPath(lower), clean, lower
 }
 
 // outputLimit is how many output tokens one choice of req may produce:
@@ -330,7 +357,12 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 			err = io.ErrUnexpectedEOF
 		}
 	}
-	if err != nil {
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		// A request_body limit before this handler.
+		return nil, billing.Price{}, errTooLarge
+	case err != nil:
 		// The client stopped sending (or went away): nobody to answer,
 		// and nothing to blame on Redis or the key.
 		return nil, billing.Price{}, errClientClosed

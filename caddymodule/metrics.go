@@ -131,11 +131,11 @@ func addTokens(model, kind string, n int64) {
 	}
 }
 
-// countRefusal records a request answered with e before it was forwarded.
-// model is a price table entry (PriceTable.Pattern) or "".
 // countClamped counts a usage report cut to what its request could produce.
 func countClamped(model string) { metrics.clamped.WithLabelValues(model).Inc() }
 
+// countRefusal records a request answered with e before it was forwarded.
+// model is a price table entry (PriceTable.Pattern) or "".
 func countRefusal(model string, e *apiError) {
 	metrics.requests.WithLabelValues(model, e.Code).Inc()
 	if e == errQuota {

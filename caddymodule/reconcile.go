@@ -67,6 +67,13 @@ func reconcile(ctx context.Context, app *App, apply bool) (reconcileReport, erro
 	if _, err := repairCredits(ctx, store, accounts); err != nil {
 		return rep, err
 	}
+	if apply {
+		// The rebuilt balances include every ledger entry, also one Redis
+		// refused above: none may be applied again by a later repair.
+		if _, err := store.MarkAllApplied(ctx); err != nil {
+			return rep, err
+		}
+	}
 
 	balances, err := store.AccountBalances(ctx)
 	if err != nil {

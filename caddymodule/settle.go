@@ -28,6 +28,9 @@ type meteredWriter struct {
 	// stops (on_client_gone cancel); otherwise, once the client is gone,
 	// writes are dropped and the upstream is still read to its end.
 	cancelOnGone bool
+	// upstream is the upstream request's context, when it outlives the
+	// client's (on_client_gone finish).
+	upstream context.Context
 	// gone is set when the client went away while the response was still
 	// being sent.
 	gone        bool
@@ -152,20 +155,33 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 			status = upstreamStatus(mw.upstreamErr)
 		}
 		outcome = outcomeUpstreamUnreachable
+		if status == statusClientClosed {
+			outcome = meter.OutcomeClientGone
+		}
+	case mw.status == statusClientClosed && r.Context().Err() != nil:
+		// reverse_proxy's answer when the client left before the
+		// upstream's answer began: nothing came from the upstream.
+		outcome = meter.OutcomeClientGone
 	case mw.gone || r.Context().Err() != nil && outcome != meter.OutcomeCompleted:
 		outcome = meter.OutcomeClientGone
 	}
+	answered := mw.wroteHeader && !(mw.status == statusClientClosed && !res.HasUsage)
 
 	// Bill the upstream's own report, bounded by what the request could
 	// produce; fill what it lacks from an estimate of what passed.
-	terms := meter.BillTerms{Outcome: res.Outcome, Status: status, Answered: mw.wroteHeader,
+	terms := meter.BillTerms{Outcome: res.Outcome, Status: status, Answered: answered,
 		OutputLimit: h.billedOutputLimit(req)}
-	if !mw.wroteHeader {
+	if !answered {
 		terms.Outcome = outcome
 	}
 	if outcome == meter.OutcomeClientGone && res.Outcome != meter.OutcomeCompleted {
 		// The upstream read the whole input before the request was cut.
 		terms.MinInput = req.InputEstimate
+		if mw.upstream != nil && cutAfterClientLeft(mw.upstream) {
+			// The gateway cut an upstream still generating: it may have
+			// produced up to the output the hold covered.
+			terms.MinOutput = h.outputLimit(req) * max(req.Choices, 1)
+		}
 	}
 	bill := meter.Bill(req, res, terms)
 	usage, estimated := bill.Usage, bill.Estimated
@@ -237,6 +253,10 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 			}
 		})
 }
+
+// statusClientClosed is the status reverse_proxy (and nginx) gives a
+// request whose client went away before it was answered.
+const statusClientClosed = 499
 
 // outcomeUpstreamUnreachable is the outcome of a request whose upstream
 // gave no response at all (refused connection, no healthy upstream,

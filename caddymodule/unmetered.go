@@ -35,7 +35,10 @@ func (h *Handler) serveUnmetered(w http.ResponseWriter, r *http.Request, next ca
 	case isModels:
 		h.serveModels(w, g.Key, id, one)
 		return nil
-	case pass:
+	case pass && !strings.ContainsAny(clean, ";\\\x00"):
+		// The upstream gets the very path that matched: no encoded
+		// separator or path parameter can make it read another.
+		r.URL.Path, r.URL.RawPath = clean, ""
 		prepareUpstream(r)
 		return next.ServeHTTP(w, r)
 	}

@@ -24,23 +24,33 @@ import (
 func detachUpstream(r *http.Request, timeout time.Duration) (up *http.Request, release func()) {
 	ctx, cancel := context.WithCancelCause(context.WithoutCancel(r.Context()))
 	var (
-		mu    sync.Mutex
-		timer *time.Timer
+		mu       sync.Mutex
+		timer    *time.Timer
+		released bool
 	)
 	stop := context.AfterFunc(r.Context(), func() {
 		mu.Lock()
-		timer = time.AfterFunc(timeout, func() { cancel(errClientGoneTimeout) })
+		if !released {
+			timer = time.AfterFunc(timeout, func() { cancel(errClientGoneTimeout) })
+		}
 		mu.Unlock()
 	})
 	return r.WithContext(ctx), func() {
 		stop()
 		mu.Lock()
+		released = true
 		if timer != nil {
 			timer.Stop()
 		}
 		mu.Unlock()
 		cancel(nil)
 	}
+}
+
+// cutAfterClientLeft reports whether ctx, an upstream context from
+// detachUpstream, was ended by client_gone_timeout.
+func cutAfterClientLeft(ctx context.Context) bool {
+	return errors.Is(context.Cause(ctx), errClientGoneTimeout)
 }
 
 // errClientGoneTimeout ends an upstream request still read after its
@@ -71,7 +81,7 @@ func checkBetas(h http.Header) *apiError {
 	for _, v := range h.Values("Anthropic-Beta") {
 		for b := range strings.SplitSeq(v, ",") {
 			b = strings.TrimSpace(b)
-			if b == "" || slices.ContainsFunc(allowedBetas[:], func(p string) bool { return strings.HasPrefix(b, p) }) {
+			if b == "" || betaName(b) && slices.ContainsFunc(allowedBetas[:], func(p string) bool { return strings.HasPrefix(b, p) }) {
 				continue
 			}
 			return errInvalidRequest("The anthropic-beta feature '"+b+"' is not available through this gateway: "+
@@ -79,6 +89,17 @@ func checkBetas(h http.Header) *apiError {
 		}
 	}
 	return nil
+}
+
+// betaName reports whether b is spelled as a beta name is: lower-case
+// letters, digits and dashes only, so no second name can hide in it.
+func betaName(b string) bool {
+	for _, c := range []byte(b) {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 // prepareUpstream removes the client's credentials, so they never reach a

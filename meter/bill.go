@@ -33,6 +33,12 @@ type BillTerms struct {
 	// error answer (Answered with a Status of 400 or more), and marks the
 	// bill Estimated when it raises the input.
 	MinInput int64
+	// MinOutput, when positive, is a floor under the billed output tokens,
+	// applied as MinInput is. Set it when the gateway itself cut an
+	// upstream that was still generating (its client had gone and
+	// client_gone_timeout passed): what the upstream generated is unknown,
+	// up to the request's output limit, and the provider bills it.
+	MinOutput int64
 }
 
 // Billed is the token count a response is billed for.
@@ -130,6 +136,9 @@ func Bill(req *Request, res Result, t BillTerms) Billed {
 	}
 	if floor := min(t.MinInput, maxCount); floor > b.Usage.InputTokens && (!t.Answered || t.Status < 400) {
 		b.Usage.InputTokens, b.Estimated = floor, true
+	}
+	if floor := min(t.MinOutput, outMax); floor > b.Usage.OutputTokens && (!t.Answered || t.Status < 400) {
+		b.Usage.OutputTokens, b.Estimated = floor, true
 	}
 	return b
 }
@@ -238,8 +247,8 @@ const (
 
 // beyondBody tells what req lets the upstream read that is not in its body
 // (see contextInputBound and toolInputBound). It walks the body's
-// top-level members once, matching keys unescaped as the upstream does; it
-// runs only when a count is over the body's own bound.
+// top-level members once, matching keys unescaped as the upstream does (at
+// admission, for the hold, and when a count is over the body's own bound).
 func beyondBody(req *Request) int {
 	level := readsBody
 	if req.MediaParts > 0 {

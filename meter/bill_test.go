@@ -208,3 +208,23 @@ func TestBillAgainstVisibleText(t *testing.T) {
 		t.Errorf("plausible report: %+v", got)
 	}
 }
+
+// TestBillMinOutput: an upstream the gateway cut while it still generated
+// is billed at least the output the hold covered.
+func TestBillMinOutput(t *testing.T) {
+	req := &Request{Format: FormatChat, Model: "m", Choices: 1, Body: []byte(`{"model":"m"}`), InputEstimate: 7}
+	res := Result{Outcome: OutcomeCutOff, OutputChars: 10, OutputSample: []byte("0123456789")}
+	got := Bill(req, res, BillTerms{Outcome: OutcomeClientGone, Status: 200, Answered: true, OutputLimit: 500, MinInput: 7, MinOutput: 300})
+	if got.Usage.OutputTokens != 300 || got.Usage.InputTokens < 7 || !got.Estimated {
+		t.Errorf("got %+v, want output 300, input >= 7, estimated", got)
+	}
+	// Never above the output bound, and not for an upstream error.
+	got = Bill(req, res, BillTerms{Outcome: OutcomeClientGone, Status: 200, Answered: true, OutputLimit: 100, MinOutput: 300})
+	if got.Usage.OutputTokens != 100 {
+		t.Errorf("floor over the bound: %+v", got)
+	}
+	got = Bill(req, Result{Outcome: OutcomeUpstreamError}, BillTerms{Outcome: OutcomeUpstreamError, Status: 500, Answered: true, OutputLimit: 100, MinOutput: 300})
+	if got.Usage != (Usage{}) {
+		t.Errorf("an upstream error billed: %+v", got)
+	}
+}

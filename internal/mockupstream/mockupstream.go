@@ -47,6 +47,8 @@
 //	                     sent (a lying or broken upstream), where usage goes
 //	X-Mock-Long-Delta: N stream: the first content delta is N bytes of "x"
 //	                     (one SSE line of any length), still one token
+//	X-Mock-Wait: 2s      wait this long before answering (or until the
+//	                     client goes away, then answer nothing)
 //	X-Mock-Gzip: 1       gzip the response body (Content-Encoding: gzip)
 //	                     whatever the request's Accept-Encoding; a stream's
 //	                     gzip writer is flushed after every event
@@ -239,6 +241,7 @@ type options struct {
 	messageDeltas int
 	longDelta     int
 	rawUsage      string
+	wait          time.Duration
 }
 
 func parseOptions(h http.Header) (options, error) {
@@ -279,6 +282,11 @@ func parseOptions(h http.Header) (options, error) {
 	if v := h.Get("X-Mock-Delay"); v != "" {
 		if o.delay, err = time.ParseDuration(v); err != nil {
 			return o, fmt.Errorf("bad X-Mock-Delay: %q", v)
+		}
+	}
+	if v := h.Get("X-Mock-Wait"); v != "" {
+		if o.wait, err = time.ParseDuration(v); err != nil {
+			return o, fmt.Errorf("bad X-Mock-Wait: %q", v)
 		}
 	}
 	if v := h.Get("X-Mock-Usage-Raw"); v != "" {
@@ -333,6 +341,16 @@ func begin(w http.ResponseWriter, r *http.Request, writeErr func(http.ResponseWr
 	if req.Model == "" {
 		writeErr(w, http.StatusBadRequest, "missing model")
 		return o, req, false
+	}
+	if o.wait > 0 {
+		// "Thinking" before the answer: the client may leave meanwhile.
+		t := time.NewTimer(o.wait)
+		defer t.Stop()
+		select {
+		case <-r.Context().Done():
+			return o, req, false
+		case <-t.C:
+		}
 	}
 	return o, req, true
 }
