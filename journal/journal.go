@@ -132,7 +132,7 @@ func ownerOnly(f *os.File) error {
 	if err != nil || st.Mode().Perm()&0o077 == 0 {
 		return err
 	}
-	return f.Chmod(st.Mode().Perm() &^ 0o077)
+	return bestEffort(f.Chmod(st.Mode().Perm() &^ 0o077))
 }
 
 // chmodOwnerOnly takes the group and other permission bits off the file
@@ -145,7 +145,7 @@ func chmodOwnerOnly(path string) error {
 	if err != nil || st.Mode().Perm()&0o077 == 0 {
 		return err
 	}
-	return os.Chmod(path, st.Mode().Perm()&^0o077)
+	return bestEffort(os.Chmod(path, st.Mode().Perm()&^0o077))
 }
 
 func (j *Journal) number(path string) (int, bool) {
@@ -364,4 +364,14 @@ func WriteLeftover(dir, prefix string, rec []byte) error {
 		return fmt.Errorf("journal: %w", err)
 	}
 	return nil
+}
+
+// bestEffort forgives a chmod refused because the file is not ours
+// (EPERM) or the disk is read-only (EROFS): an operator's own setup that
+// worked before files were tightened keeps working.
+func bestEffort(err error) error {
+	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EROFS) {
+		return nil
+	}
+	return err
 }

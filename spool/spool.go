@@ -32,6 +32,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
 const (
@@ -355,7 +356,7 @@ func ownerOnly(f *os.File) error {
 	if err != nil || st.Mode().Perm()&0o077 == 0 {
 		return err
 	}
-	return f.Chmod(st.Mode().Perm() &^ 0o077)
+	return bestEffort(f.Chmod(st.Mode().Perm() &^ 0o077))
 }
 
 // chmodOwnerOnly takes the group and other permission bits off the file
@@ -368,5 +369,15 @@ func chmodOwnerOnly(path string) error {
 	if err != nil || st.Mode().Perm()&0o077 == 0 {
 		return err
 	}
-	return os.Chmod(path, st.Mode().Perm()&^0o077)
+	return bestEffort(os.Chmod(path, st.Mode().Perm()&^0o077))
+}
+
+// bestEffort forgives a chmod refused because the file is not ours
+// (EPERM) or the disk is read-only (EROFS): an operator's own setup that
+// worked before files were tightened keeps working.
+func bestEffort(err error) error {
+	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EROFS) {
+		return nil
+	}
+	return err
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"modernc.org/sqlite"
@@ -143,7 +144,7 @@ func tighten(f *os.File) error {
 	if st.Mode().Perm()&0o077 == 0 {
 		return nil
 	}
-	return f.Chmod(st.Mode().Perm() &^ 0o077)
+	return bestEffort(f.Chmod(st.Mode().Perm() &^ 0o077))
 }
 
 // Close closes both connection pools. It does not wait for a Flusher: stop
@@ -254,4 +255,14 @@ func fromNullNanos(n sql.NullInt64) *time.Time {
 // nullString maps "" to SQL NULL, for optional unique columns.
 func nullString(s string) sql.NullString {
 	return sql.NullString{String: s, Valid: s != ""}
+}
+
+// bestEffort forgives a chmod refused because the file is not ours
+// (EPERM) or the disk is read-only (EROFS): an operator's own setup that
+// worked before files were tightened keeps working.
+func bestEffort(err error) error {
+	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EROFS) {
+		return nil
+	}
+	return err
 }
