@@ -208,11 +208,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r.URL.Path, r.URL.RawPath = p, ""
 	}
 
-	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		// The meter could not read it; the upstream would.
-		h.deny(w, errEncodedBody, "")
-		return nil
-	}
 	if r.ContentLength > h.MaxRequestBody || r.ContentLength < 0 || r.ContentLength > smallBody {
 		// A large body is read only for a key that exists.
 		if _, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)}); err != nil {
@@ -341,6 +336,10 @@ func (h *Handler) outputLimit(req *meter.Request) int64 {
 func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Request, billing.Price, *apiError) {
 	if r.ContentLength > h.MaxRequestBody {
 		return nil, billing.Price{}, errTooLarge
+	}
+	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		// The meter could not read it; the upstream would.
+		return nil, billing.Price{}, errEncodedBody
 	}
 	var body []byte
 	var err error

@@ -169,6 +169,31 @@ func TestPassthroughIsAuthenticatedAndUnmetered(t *testing.T) {
 	if n := hits("passthrough-files"); n != 2 {
 		t.Fatalf("passthrough reached the upstream %d times, want 2", n)
 	}
+	// The upstream gets the very path that matched, never a spelling it
+	// could read as another endpoint.
+	req, _ = http.NewRequest("GET", gatewayURL+"/pass/v1/models/..%2Ffiles", nil)
+	req.Header.Set("x-api-key", k.Key)
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if last, _ := env.mock.LastRequest(); last.Path != "/v1/files" {
+		t.Fatalf("passthrough sent %q upstream, want /v1/files", last.Path)
+	}
+	for _, p := range []string{"/pass/v1/files/..;/batches", "/pass/v1/files/x%5C..%5Cbatches"} {
+		req, _ = http.NewRequest("GET", gatewayURL+p, nil)
+		req.Header.Set("x-api-key", k.Key)
+		req.Header.Set("X-Test-Tag", "passthrough-odd")
+		if resp, err = http.DefaultClient.Do(req); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		apiErr(t, resp, b, http.StatusNotFound, "unsupported_endpoint")
+	}
+	if n := hits("passthrough-odd"); n != 0 {
+		t.Fatalf("an odd passthrough path reached the upstream %d times", n)
+	}
 	if got := getUser(t, u.ID); got.Balance != "1.000000000" || got.Held != "0.000000000" || len(usageOf(t, u.ID)) != 0 {
 		t.Fatalf("a passthrough request was billed: %+v", got)
 	}
@@ -493,7 +518,8 @@ func TestPricedOrAccountHeaders(t *testing.T) {
 	gateway(t)
 	u, k := newAccount(t, "1.00", "")
 	body := `{"model":"test-model","messages":[{"role":"user","content":"hi"}]}`
-	for _, beta := range []string{"context-1m-2025-08-07", "interleaved-thinking-2025-05-14, files-api-2025-04-14", "extended-cache-ttl-2025-04-11"} {
+	for _, beta := range []string{"context-1m-2025-08-07", "interleaved-thinking-2025-05-14, files-api-2025-04-14",
+		"extended-cache-ttl-2025-04-11", "prompt-caching-2024-07-31 context-1m-2025-08-07", "prompt-caching-2024-07-31;context-1m"} {
 		resp, b := post(t, "/v1/chat/completions", k.Key, body, "Anthropic-Beta", beta, "X-Test-Tag", "beta")
 		apiErr(t, resp, b, http.StatusBadRequest, "invalid_request_error")
 		if !strings.Contains(string(b), `"param":"anthropic-beta"`) {
@@ -503,7 +529,16 @@ func TestPricedOrAccountHeaders(t *testing.T) {
 	if n := hits("beta"); n != 0 {
 		t.Fatalf("a priced beta reached the upstream %d times", n)
 	}
-	resp, b := post(t, "/v1/chat/completions", k.Key, body, "Anthropic-Beta", "interleaved-thinking-2025-05-14",
+	// A body the gateway could not read is not sent to an upstream that
+	// could: refused, after the key check.
+	resp, b := post(t, "/v1/chat/completions", k.Key, body, "Content-Encoding", "gzip", "X-Test-Tag", "encoded")
+	apiErr(t, resp, b, http.StatusUnsupportedMediaType, "unsupported_content_encoding")
+	resp, b = post(t, "/v1/chat/completions", "sk-not-a-key", body, "Content-Encoding", "gzip", "X-Test-Tag", "encoded")
+	apiErr(t, resp, b, http.StatusUnauthorized, "invalid_api_key")
+	if n := hits("encoded"); n != 0 {
+		t.Fatalf("an encoded body reached the upstream %d times", n)
+	}
+	resp, b = post(t, "/v1/chat/completions", k.Key, body, "Anthropic-Beta", "interleaved-thinking-2025-05-14",
 		"OpenAI-Organization", "org-other", "OpenAI-Project", "proj_other")
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("an allowed beta: %d %s", resp.StatusCode, b)
