@@ -1,4 +1,4 @@
-# Build, run and test caddy-aitoken. See SPEC.md section 2.
+# Build, run and test caddy-aitoken (README, "Quickstart").
 
 GO ?= go
 CADDY ?= bin/caddy

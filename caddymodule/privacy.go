@@ -14,7 +14,7 @@ import (
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
-// This file is the admin half of SPEC 8: export (portability and access),
+// This file is the admin half of the privacy rights: export (portability and access),
 // erasure, the usage summary, and the audit trail. The retention job is in
 // retention.go; the rules are mapped to the privacy policy in
 // docs/privacy.md.

@@ -10,7 +10,7 @@ import (
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
-// Retention (SPEC 8): the ledger node deletes usage rows older than
+// Retention: the ledger node deletes usage rows older than
 // usage_retention and payment records older than payment_retention, once a
 // day, and clears the client IP of usage rows that reached the ledger after
 // their user was erased, every hour.

@@ -24,7 +24,7 @@ func writeReport(cfg config, res *results) error {
 	if cfg.Quick {
 		w("**This was a `-quick` smoke run: the numbers are rough.**")
 	}
-	w("The targets are those of SPEC section 9. Run it again with `make bench`; see `go run ./cmd/aitbench -h` for the flags.")
+	w("The targets are the project's performance bars. Run it again with `make bench`; see `go run ./cmd/aitbench -h` for the flags.")
 	w("")
 	w("## Machine")
 	w("")
@@ -114,7 +114,7 @@ func writeReport(cfg config, res *results) error {
 	w("  go_memstats_stack_inuse_bytes` (admin `/metrics`, after two forced GCs via")
 	w("  `/debug/pprof/heap?gc=1`) minus the same figure just before opening them, divided by the")
 	w("  number of streams; %d time(s) per site in the order bare, aitoken, aitoken, bare. Like every", cfg.MemRounds)
-	w("  target of SPEC 9 it is judged against bare `reverse_proxy`: on the added amount. Caddy's own")
+	w("  target it is judged against bare `reverse_proxy`: on the added amount. Caddy's own")
 	w("  cost of a proxied stream, the bare column, is about a third `reverse_proxy`'s 32 KiB copy")
 	w("  buffer; the rest is goroutine stacks and the client and upstream connections' buffers.")
 	w("- **Redis round trips**: the gateway's `%s` (one per round trip, a", redisOpsMetric)

@@ -3,7 +3,7 @@
 // the same reverse_proxy, both to the same mock provider (a separate
 // process), and every comparison alternates between the two sites in one
 // run, so that background load on the machine hits both alike. It prints a
-// table against the targets of SPEC section 9 and writes it, with the
+// table against the project's performance bars and writes it, with the
 // machine and the method, to docs/benchmarks.md.
 //
 //	go run ./cmd/aitbench            # full run, about 1.5 minutes on 2 cores

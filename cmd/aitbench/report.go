@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// Targets from SPEC section 9.
+// Targets: the project's performance bars (README, make bench).
 const (
 	targetRatio     = 0.95        // aitoken throughput / bare throughput
 	targetAddedP50  = 0.2         // ms
