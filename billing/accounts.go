@@ -173,6 +173,13 @@ type AuthRequest struct {
 	// overdraw the balance: once one holds all that is available, the
 	// next is refused until it settles.
 	HoldUpTo Nanos
+	// Tokens is what the request may use (its input estimate and output
+	// limit). On a key with a tpm limit they are counted in the key's
+	// window at admission, as OpenAI counts max_tokens, so a burst of
+	// requests cannot pass the limit; its settlement then adds only what
+	// it used beyond them (Grant.TokensCounted). 0 counts at settlement
+	// only.
+	Tokens int64
 	// CheckOnly validates the key (and model) without reserving anything.
 	CheckOnly bool
 	// ClientIP is checked against the key's allowed_ips. The zero Addr
@@ -190,6 +197,10 @@ type Grant struct {
 	Key KeyRecord
 	// Limits is the state of the key's rate windows after this request.
 	Limits RateState
+	// TokensCounted is what admission counted in the key's tpm window
+	// (AuthRequest.Tokens, on a key with a tpm limit): its settlement
+	// counts only the tokens used beyond it.
+	TokensCounted int64
 	// NoHold is set on a request admitted while Redis was unreachable
 	// (on_redis_error allow): nothing was reserved for it.
 	NoHold bool
@@ -216,8 +227,12 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 	if !req.CheckOnly && req.HoldUpTo > req.Hold {
 		upto = strconv.FormatInt(int64(ClampNanos(req.HoldUpTo)), 10)
 	}
+	tokens := ""
+	if !req.CheckOnly && req.Tokens > 0 {
+		tokens = strconv.FormatInt(req.Tokens, 10)
+	}
 	res, err := authorizeScript.Run(ctx, a.rdb, []string{keyRecordKey(req.KeyHash)},
-		req.Model, now.UnixMilli(), hold, req.RequestID, deadline, addrBits(req.ClientIP), upto).StringSlice()
+		req.Model, now.UnixMilli(), hold, req.RequestID, deadline, addrBits(req.ClientIP), upto, tokens).StringSlice()
 	if err != nil {
 		return Grant{}, err
 	}
@@ -237,6 +252,9 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 				g.Key.ExpiresAt = time.UnixMilli(ms)
 			}
 			g.Limits = rateState(g.Key.RPM, g.Key.TPM, atoi(res[7]), atoi(res[8]), atoi(res[9]))
+			if g.Key.TPM > 0 && !req.CheckOnly {
+				g.TokensCounted = max(req.Tokens, 0)
+			}
 		}
 		if len(res) >= 11 {
 			g.Key.AllowedIPs = splitModels(res[10])

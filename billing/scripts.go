@@ -22,7 +22,9 @@ import "github.com/redis/go-redis/v9"
 // ARGV: model, now (ms), hold (nanos, or "check"), request id, deadline (ms),
 // client address bits ("" when unknown), hold up to (nanos, or ""): when
 // larger than hold, the hold is as much of the available balance as there
-// is, up to it.
+// is, up to it; tokens the request may use ("" for none): counted against
+// the key's tpm window at once, so a burst cannot pass the limit (a request
+// is refused when the window holds tokens and these would pass the limit).
 // Returns {status, key id, user, ...}: "ok" adds models, expires, rpm, tpm,
 // requests used, tokens used, window reset (ms), allowed ips, and the hold
 // reserved (nanos, when one was); "rate" adds
@@ -57,6 +59,7 @@ local win = math.floor(now / 60000)
 local reset = (win + 1) * 60000 - now
 local prefix = 'ait:{' .. user .. '}:rl:' .. rec[1] .. ':' .. win
 local rused, tused = 0, 0
+local want = tonumber(ARGV[8] or '') or 0
 if ARGV[3] ~= 'check' then
   if rpm > 0 then
     rused = tonumber(redis.call('GET', prefix .. ':r') or '0') or 0
@@ -64,7 +67,9 @@ if ARGV[3] ~= 'check' then
   end
   if tpm > 0 then
     tused = tonumber(redis.call('GET', prefix .. ':t') or '0') or 0
-    if tused >= tpm then return {'rate', rec[1], user, 'tokens', tostring(tpm), tostring(tused), tostring(reset)} end
+    if tused >= tpm or (tused > 0 and tused + want > tpm) then
+      return {'rate', rec[1], user, 'tokens', tostring(tpm), tostring(tused), tostring(reset)}
+    end
   end
 end
 local ok = {'ok', rec[1], user, models, tostring(exp), tostring(rpm), tostring(tpm), tostring(rused), tostring(tused), tostring(reset), rec[9] or ''}
@@ -88,12 +93,12 @@ if redis.call('HEXISTS', amts, ARGV[4]) == 1 then return {'dup', rec[1], user} e
 local v = redis.call('HMGET', acct, 'balance', 'held')
 local bal = tonumber(v[1] or '0') or 0
 local held = tonumber(v[2] or '0') or 0
-local want = tonumber(ARGV[3])
+local least = tonumber(ARGV[3])
 local avail = bal - held
-if avail < want then return {'quota', rec[1], user} end
+if avail < least then return {'quota', rec[1], user} end
 local h = ARGV[3]
 local upto = tonumber(ARGV[7] or '') or 0
-if upto > want then
+if upto > least then
   -- exact: every amount is below 2^53 nanos
   h = string.format('%.0f', math.min(upto, avail))
 end
@@ -105,6 +110,11 @@ if rpm > 0 then
   redis.call('INCR', prefix .. ':r')
   redis.call('PEXPIRE', prefix .. ':r', 120000)
   ok[8] = tostring(rused + 1)
+end
+if tpm > 0 and want > 0 then
+  redis.call('INCRBY', prefix .. ':t', ARGV[8])
+  redis.call('PEXPIRE', prefix .. ':t', 120000)
+  ok[9] = tostring(tused + want)
 end
 return ok
 `)

@@ -130,3 +130,39 @@ func TestSettleReplayIsIdempotent(t *testing.T) {
 		t.Fatalf("usage stream has %d records, want 4 (p1, p2, p3, p5)", n)
 	}
 }
+
+// TestRateLimitTokensCountedAtAdmission: a request's tokens are counted in
+// the tpm window when it is admitted, so a burst cannot pass the limit
+// before any of it settles; settlement adds only what was used beyond.
+func TestRateLimitTokensCountedAtAdmission(t *testing.T) {
+	a, _ := newTestAccounts(t)
+	ctx := t.Context()
+	hash := HashKey("sk-tpm-burst")
+	if err := a.PutKey(ctx, hash, KeyRecord{ID: "key_b", User: "burt", Active: true, TPM: 100}); err != nil {
+		t.Fatal(err)
+	}
+	credit(t, a, "burt", 1_000_000)
+	if left := time.Minute - time.Duration(time.Now().UnixMilli()%60000)*time.Millisecond; left < 2*time.Second {
+		time.Sleep(left)
+	}
+	g1, err := a.Authorize(ctx, AuthRequest{KeyHash: hash, Hold: 10, RequestID: "b1", Tokens: 60})
+	if err != nil || g1.TokensCounted != 60 || g1.Limits.TokensLeft != 40 {
+		t.Fatalf("first: %v %+v", err, g1)
+	}
+	// Before b1 settles, another 60 would pass the limit.
+	var rl *RateLimitError
+	if _, err := a.Authorize(ctx, AuthRequest{KeyHash: hash, Hold: 10, RequestID: "b2", Tokens: 60}); !errors.As(err, &rl) || rl.Kind != "tokens" {
+		t.Fatalf("burst: %v, want a tokens rate limit", err)
+	}
+	// 30 fit; b1 then used 70, 10 beyond what was counted.
+	g3, err := a.Authorize(ctx, AuthRequest{KeyHash: hash, Hold: 10, RequestID: "b3", Tokens: 30})
+	if err != nil || g3.Limits.TokensLeft != 10 {
+		t.Fatalf("third: %v %+v", err, g3)
+	}
+	if _, err := a.Settle(ctx, g1, 5, 10, []byte(`{}`), SettleLive); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Authorize(ctx, AuthRequest{KeyHash: hash, Hold: 10, RequestID: "b4", Tokens: 1}); !errors.As(err, &rl) {
+		t.Fatalf("window full (100 of 100): %v", err)
+	}
+}

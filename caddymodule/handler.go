@@ -240,6 +240,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	choices := max(req.Choices, 1)
+	tokens := req.InputEstimate + h.outputLimit(req)*choices // counted against tpm now
 	hold, err := price.Hold(req.InputEstimate, h.outputLimit(req)*choices)
 	if err != nil {
 		h.deny(w, errQuota, req.Model)
@@ -252,7 +253,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		upTo = billing.MaxNanos
 	}
 	g, err := h.authorize(r.Context(), billing.AuthRequest{
-		KeyHash: keyHash, Model: req.Model, Hold: hold, HoldUpTo: upTo, RequestID: requestID, ClientIP: clientAddr(r),
+		KeyHash: keyHash, Model: req.Model, Hold: hold, HoldUpTo: upTo, Tokens: tokens, RequestID: requestID, ClientIP: clientAddr(r),
 	})
 	if err != nil {
 		h.refuse(w, r, err, req.Model)

@@ -3,6 +3,7 @@ package caddymodule_test
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -49,16 +50,18 @@ func TestRequestsPerMinute(t *testing.T) {
 
 func TestTokensPerMinute(t *testing.T) {
 	gateway(t)
-	u, k := newAccount(t, "1.00", `{"user":"$USER","tpm":20}`)
+	u, k := newAccount(t, "1.00", `{"user":"$USER","tpm":300}`)
 	windowRoom(t)
-	// 12 prompt + 5 completion = 17 tokens, counted at settlement.
+	// Each request counts what it may use at admission: 11 input tokens
+	// estimated (22 bytes of body) + 100 output (reserve_output_tokens).
+	// It then uses 12 + 5 = 17, nothing beyond.
 	resp, _ := post(t, "/v1/chat/completions", k.Key, `{"model":"test-model"}`)
-	if resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Limit-Tokens") != "20" {
+	if resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Limit-Tokens") != "300" || resp.Header.Get("X-Ratelimit-Remaining-Tokens") != "189" {
 		t.Fatalf("first: %d %v", resp.StatusCode, resp.Header)
 	}
 	waitUsage(t, u.ID, 1)
 	resp, _ = post(t, "/v1/chat/completions", k.Key, `{"model":"test-model"}`)
-	if resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Remaining-Tokens") != "3" {
+	if resp.StatusCode != 200 || resp.Header.Get("X-Ratelimit-Remaining-Tokens") != "78" {
 		t.Fatalf("second: %d remaining %q", resp.StatusCode, resp.Header.Get("X-Ratelimit-Remaining-Tokens"))
 	}
 	waitUsage(t, u.ID, 2)
@@ -66,5 +69,41 @@ func TestTokensPerMinute(t *testing.T) {
 	apiErr(t, resp, body, http.StatusTooManyRequests, "rate_limit_exceeded")
 	if resp.Header.Get("X-Ratelimit-Remaining-Tokens") != "0" || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("headers %v", resp.Header)
+	}
+}
+
+// A burst of parallel requests cannot pass a key's tpm: each is counted
+// when admitted, not when it settles.
+func TestTokensPerMinuteBurst(t *testing.T) {
+	gateway(t)
+	_, k := newAccount(t, "1.00", `{"user":"$USER","tpm":300}`)
+	windowRoom(t)
+	codes := make(chan int, 8)
+	for range 8 {
+		go func() {
+			req, _ := http.NewRequest("POST", gatewayURL+"/v1/chat/completions", strings.NewReader(`{"model":"test-model"}`))
+			req.Header.Set("Authorization", "Bearer "+k.Key)
+			req.Header.Set("X-Mock-Usage-Raw", `{"prompt_tokens":12,"completion_tokens":100}`)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				codes <- 0
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	ok := 0
+	for range 8 {
+		switch c := <-codes; c {
+		case http.StatusOK:
+			ok++
+		case http.StatusTooManyRequests:
+		default:
+			t.Fatalf("status %d", c)
+		}
+	}
+	if ok != 2 {
+		t.Fatalf("%d of 8 parallel requests admitted on tpm 300, want the 2 whose 111 tokens fit", ok)
 	}
 }

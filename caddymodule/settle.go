@@ -244,7 +244,10 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 	}
 	// The settlement is written ahead to the journal now, before the
 	// response's end leaves the handler, and applied in Redis after it.
-	h.app.redis.settleLater(spooled{Grant: settlementGrant(g), Cost: cost, Tokens: tokens.Input + tokens.Output, Record: body},
+	h.app.redis.settleLater(spooled{Grant: settlementGrant(g), Cost: cost,
+		// The tpm window got the request's estimate at admission: add what
+		// it used beyond.
+		Tokens: max(tokens.Input+tokens.Output-g.TokensCounted, 0), Record: body},
 		h.app.settling, h.log, func() {
 			// The client has the whole response now, not after the
 			// settlement is handed to a worker.
