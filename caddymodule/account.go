@@ -278,7 +278,9 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Gra
 		return
 	}
 	if err := json.Unmarshal(body, &in); err != nil {
-		if errors.Is(err, billing.ErrBadAmount) || strings.Contains(err.Error(), "amount") {
+		var typeErr *json.UnmarshalTypeError
+		if errors.Is(err, billing.ErrBadAmount) || errors.Is(err, billing.ErrAmountRange) ||
+			errors.As(err, &typeErr) && typeErr.Field == "amount" {
 			errInvalidRequest(`amount must be a decimal string like "20.00"`, "amount").write(w)
 			return
 		}

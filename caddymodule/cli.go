@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -336,20 +337,13 @@ func printSummary(w io.Writer, b []byte) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "%s\tREQUESTS\tIN\tCACHED\tOUT\tREASONING\tCOST (%s)\n", strings.ToUpper(cmpOr(out.GroupBy, "all")), out.Currency)
+	fmt.Fprintf(tw, "%s\tREQUESTS\tIN\tCACHED\tOUT\tREASONING\tCOST (%s)\n", strings.ToUpper(cmp.Or(out.GroupBy, "all")), out.Currency)
 	for _, g := range out.Groups {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\n", g.Model+g.Day, g.Requests, g.Input, g.Cached, g.Output, g.Reasoning, g.Cost)
 	}
 	t := out.Total
 	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%d\t%d\t%d\t%s\n", t.Requests, t.Input, t.Cached, t.Output, t.Reasoning, t.Cost)
 	return tw.Flush()
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 func printPayments(w io.Writer, b []byte) error {

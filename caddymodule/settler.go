@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"strings"
 	"sync"
 	"time"
 
@@ -132,7 +131,7 @@ func (st *settler) apply(batch []settleJob) {
 	_, _ = pipe.Exec(ctx)
 	for i, j := range batch {
 		err := cmds[i].Err()
-		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		if redis.HasErrorPrefix(err, "NOSCRIPT") {
 			// A Redis that lost its script cache (restart, SCRIPT FLUSH)
 			// did not run it: run it again, loading the script.
 			_, err = accounts.Settle(ctx, j.s.Grant, j.s.Cost, j.s.Tokens, j.s.Record, firstMode(j.s.Grant))

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -277,9 +276,8 @@ func (f *Flusher) wait(ctx context.Context, d time.Duration) bool {
 // group starts at "0" so that nothing written before it existed is skipped.
 func (f *Flusher) ensureGroup(ctx context.Context) error {
 	err := f.rdb.XGroupCreateMkStream(ctx, f.cfg.Stream, f.cfg.Group, "0").Err()
-	// Redis reports an existing group only as an error reply prefixed
-	// BUSYGROUP; there is no typed error to test.
-	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+	// Redis reports an existing group as an error reply prefixed BUSYGROUP.
+	if err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
 		return fmt.Errorf("create consumer group: %w", err)
 	}
 	return nil
