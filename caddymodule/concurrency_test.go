@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
 )
 
 // Prices of test-model in the test config, in nanos per token.
@@ -56,24 +57,15 @@ func accountNanos(user string) (balance, held int64, err error) {
 	if err := json.NewDecoder(resp.Body).Decode(&u); err != nil || resp.StatusCode != http.StatusOK {
 		return 0, 0, fmt.Errorf("get user: %d %v", resp.StatusCode, err)
 	}
-	if balance, err = parseNanos(u.Balance); err == nil {
-		held, err = parseNanos(u.Held)
+	b, err := billing.ParseNanos(u.Balance)
+	if err != nil {
+		return 0, 0, fmt.Errorf("balance %q: %w", u.Balance, err)
 	}
-	return balance, held, err
-}
-
-// parseNanos reads a decimal amount ("-1.500000000") as nanos.
-func parseNanos(s string) (int64, error) {
-	var whole, frac int64
-	neg := strings.HasPrefix(s, "-")
-	if _, err := fmt.Sscanf(strings.TrimPrefix(s, "-"), "%d.%09d", &whole, &frac); err != nil {
-		return 0, fmt.Errorf("amount %q: %v", s, err)
+	h, err := billing.ParseNanos(u.Held)
+	if err != nil {
+		return 0, 0, fmt.Errorf("held %q: %w", u.Held, err)
 	}
-	n := whole*1_000_000_000 + frac
-	if neg {
-		n = -n
-	}
-	return n, nil
+	return int64(b), int64(h), nil
 }
 
 // streamOutcome is what one client of the swarm saw.

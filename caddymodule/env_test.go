@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,7 +19,9 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
+	"github.com/cnaitoken/caddy-aitoken/billing"
 	_ "github.com/cnaitoken/caddy-aitoken/caddymodule"
+	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
 	"github.com/cnaitoken/caddy-aitoken/internal/mockupstream"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 )
@@ -46,9 +49,8 @@ func TestMain(m *testing.M) {
 	env.redis = srv
 	env.mock = mockupstream.New()
 	env.upstream = httptest.NewServer(countHits(env.mock))
-	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
-		env.closedAddr = ln.Addr().String()
-		ln.Close()
+	if port, err := freeport.Port(); err == nil {
+		env.closedAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	}
 	env.dir, _ = os.MkdirTemp("", "aitoken-test-")
 	stopStripe := startStripeEnv()
@@ -332,17 +334,12 @@ func post(t *testing.T, path, key, body string, hdr ...string) (*http.Response, 
 	return resp, b
 }
 
+// mustNanos reads a decimal amount ("-1.500000000") as nanos.
 func mustNanos(t *testing.T, s string) int64 {
 	t.Helper()
-	var whole, frac int64
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	if _, err := fmt.Sscanf(s, "%d.%09d", &whole, &frac); err != nil {
+	n, err := billing.ParseNanos(s)
+	if err != nil {
 		t.Fatalf("amount %q: %v", s, err)
 	}
-	n := whole*1_000_000_000 + frac
-	if neg {
-		n = -n
-	}
-	return n
+	return int64(n)
 }

@@ -22,6 +22,8 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/stripe/stripe-go/v76/webhook"
+
+	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
 )
 
 // The texts a client and the provider exchange in TestLogs: neither may
@@ -264,7 +266,7 @@ func TestLogs(t *testing.T) {
 	dir := t.TempDir()
 	accessLog, caddyLog := filepath.Join(dir, "access.log"), filepath.Join(dir, "caddy.log")
 	up := markedUpstream(t)
-	downAddr := fmt.Sprintf("127.0.0.1:%d", loopbackPort())
+	downAddr := fmt.Sprintf("127.0.0.1:%d", freeport.Must())
 	tc := caddytest.NewTester(t)
 	restore := func() {
 		startOnce.Lock()

@@ -1,15 +1,12 @@
 package caddymodule_test
 
 import (
-	"errors"
 	"fmt"
-	"go/build"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"time"
+
+	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
+	"github.com/cnaitoken/caddy-aitoken/internal/stripemock"
 )
 
 // The Stripe settings of the test config. The secrets reach Caddy only as
@@ -23,7 +20,7 @@ const (
 // ports the config's api_base names.
 var stripeEnv struct {
 	httpPort, httpsPort int
-	cmd                 *exec.Cmd
+	mock                *stripemock.Mock
 	err                 error // why stripe-mock is not running
 }
 
@@ -33,69 +30,14 @@ var stripeEnv struct {
 func startStripeEnv() (stop func()) {
 	os.Setenv("AITOKEN_TEST_STRIPE_KEY", testStripeKey)
 	os.Setenv("AITOKEN_TEST_WEBHOOK_SECRET", testWebhookSecret)
-	stripeEnv.httpPort, stripeEnv.httpsPort = loopbackPort(), loopbackPort()
-	bin, err := stripeMockBinary()
+	stripeEnv.httpPort, stripeEnv.httpsPort = freeport.Must(), freeport.Must()
+	mock, err := stripemock.Start(stripeEnv.httpPort, stripeEnv.httpsPort)
 	if err != nil {
 		stripeEnv.err = err
 		return func() {}
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", stripeEnv.httpPort)
-	cmd := exec.Command(bin, "-http-addr", addr, "-https-addr", fmt.Sprintf("127.0.0.1:%d", stripeEnv.httpsPort))
-	cmd.SysProcAttr = stripeMockProcAttr()
-	if err := cmd.Start(); err != nil {
-		stripeEnv.err = fmt.Errorf("starting %s: %v", bin, err)
-		return func() {}
-	}
-	stop = func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	}
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			stop()
-			stripeEnv.err = fmt.Errorf("stripe-mock did not listen on %s within 15s", addr)
-			return func() {}
-		}
-	}
-	stripeEnv.cmd = cmd
-	return stop
-}
-
-// stripeMockBinary finds stripe-mock on PATH or in GOPATH/bin.
-func stripeMockBinary() (string, error) {
-	if p, err := exec.LookPath("stripe-mock"); err == nil {
-		return p, nil
-	}
-	gopath := os.Getenv("GOPATH")
-	if gopath == "" {
-		gopath = build.Default.GOPATH
-	}
-	for _, dir := range filepath.SplitList(gopath) {
-		p := filepath.Join(dir, "bin", "stripe-mock")
-		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
-			return p, nil
-		}
-	}
-	return "", errors.New("stripe-mock is not installed (not on PATH, not in $(go env GOPATH)/bin); " +
-		"install it with scripts/ensure-deps.sh stripe-mock (go install github.com/stripe/stripe-mock@latest)")
-}
-
-func loopbackPort() int {
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			panic(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if port != 6379 {
-			return port
-		}
-	}
+	stripeEnv.mock = mock
+	return mock.Stop
 }
 
 // withStripe adds the stripe block to the aitoken option of a test config,

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
 )
 
 // A paid top-up for a user erased through DELETE /aitoken/users/{id}, or
@@ -25,7 +27,7 @@ func TestStripeUnappliedPayments(t *testing.T) {
 	accessLog, caddyLog := filepath.Join(dir, "access.log"), filepath.Join(dir, "caddy.log")
 	tc := caddytest.NewTester(t)
 	startOnce.Lock()
-	tc.InitServer(loggedConfig(accessLog, caddyLog, env.upstream.URL, fmt.Sprintf("127.0.0.1:%d", loopbackPort())), "caddyfile")
+	tc.InitServer(loggedConfig(accessLog, caddyLog, env.upstream.URL, fmt.Sprintf("127.0.0.1:%d", freeport.Must())), "caddyfile")
 	startOnce.Unlock()
 	t.Cleanup(func() {
 		startOnce.Lock()

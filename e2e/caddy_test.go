@@ -6,14 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -21,6 +19,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
 )
 
 const (
@@ -65,7 +66,7 @@ func redisClient(db int) *redis.Client {
 func newNode(t *testing.T, name string, ledger bool, db int) *nodeConfig {
 	t.Helper()
 	dir := t.TempDir()
-	n := &nodeConfig{name: name, adminPort: freePort(t), httpPort: freePort(t), dir: dir, redisDB: db}
+	n := &nodeConfig{name: name, adminPort: freeport.For(t), httpPort: freeport.For(t), dir: dir, redisDB: db}
 	if ledger {
 		n.database = filepath.Join(dir, "ledger.db")
 	}
@@ -127,7 +128,7 @@ func startCaddy(t *testing.T, n *nodeConfig) *caddyProc {
 		}
 		if !n.started && attempt < 3 && bytes.Contains(log, []byte("address already in use")) {
 			t.Logf("caddy %s: a port was taken (%v); picking others", n.name, err)
-			n.adminPort, n.httpPort = freePort(t), freePort(t)
+			n.adminPort, n.httpPort = freeport.For(t), freeport.For(t)
 			continue
 		}
 		t.Fatalf("caddy %s not ready: %v\n%s", n.name, err, tail(log, 6000))
@@ -250,25 +251,6 @@ func (p *caddyProc) stop(t *testing.T) {
 	case <-time.After(stopTimeout):
 		t.Errorf("caddy %s did not stop within %s of SIGTERM; killing it", p.node.name, stopTimeout)
 		p.kill()
-	}
-}
-
-// usedPorts are the ports freePort handed out, never handed out twice.
-var usedPorts sync.Map
-
-// freePort asks the kernel for a free loopback port not handed out before.
-func freePort(t *testing.T) int {
-	t.Helper()
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if _, taken := usedPorts.LoadOrStore(port, true); !taken {
-			return port
-		}
 	}
 }
 
@@ -424,23 +406,11 @@ func checkMoneyFormat(t *testing.T, field, s string) {
 // nanos parses a decimal money string ("0.000022000", "-1.5") into nanos.
 func nanos(t *testing.T, s string) int64 {
 	t.Helper()
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	whole, frac, _ := strings.Cut(s, ".")
-	if len(frac) > 9 {
-		t.Fatalf("money %q: more than 9 decimals", s)
+	n, err := billing.ParseNanos(s)
+	if err != nil {
+		t.Fatalf("money %q: %v", s, err)
 	}
-	frac += strings.Repeat("0", 9-len(frac))
-	w, err1 := strconv.ParseInt(whole, 10, 64)
-	f, err2 := strconv.ParseInt(frac, 10, 64)
-	if err1 != nil || err2 != nil {
-		t.Fatalf("money %q: not a decimal", s)
-	}
-	v := w*1_000_000_000 + f
-	if neg {
-		v = -v
-	}
-	return v
+	return int64(n)
 }
 
 // ---- API client ----

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cnaitoken/caddy-aitoken/internal/childproc"
+	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 )
 
@@ -95,16 +96,6 @@ func build(root, dir, caddyBin string) (caddyPath, mockPath string, err error) {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-// freePort asks the kernel for a free loopback port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // startEnv starts redis-server, the mock provider and caddy, all on free
 // loopback ports, and mints the bench user's key.
 func startEnv(ctx context.Context, dir, caddyPath, mockPath string) (*env, error) {
@@ -133,7 +124,7 @@ func startEnv(ctx context.Context, dir, caddyPath, mockPath string) (*env, error
 // the line it prints.
 func (e *env) startMock(path string) error {
 	cmd := exec.Command(path, "-addr", "127.0.0.1:0")
-	cmd.SysProcAttr = sysProcAttr()
+	cmd.SysProcAttr = childproc.SysProcAttr()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -196,15 +187,12 @@ http://127.0.0.1:%d {
 // sites answer.
 func (e *env) startCaddy(path string) error {
 	var ports [3]int
-	for i := 0; i < len(ports); {
-		p, err := freePort()
+	for i := range ports { // freeport never hands a port out twice
+		p, err := freeport.Port()
 		if err != nil {
 			return err
 		}
-		if p != ports[0] && p != ports[1] { // the kernel may hand a port out again
-			ports[i] = p
-			i++
-		}
+		ports[i] = p
 	}
 	e.adminURL = "http://127.0.0.1:" + strconv.Itoa(ports[0])
 	e.bareURL = "http://127.0.0.1:" + strconv.Itoa(ports[1])
@@ -222,7 +210,7 @@ func (e *env) startCaddy(path string) error {
 	cmd := exec.Command(path, "run", "--config", cfg, "--adapter", "caddyfile")
 	cmd.Dir = e.dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = sysProcAttr()
+	cmd.SysProcAttr = childproc.SysProcAttr()
 	home := filepath.Join(e.dir, "home")
 	cmd.Env = append(os.Environ(), "HOME="+home,
 		"XDG_CONFIG_HOME="+filepath.Join(home, "config"), "XDG_DATA_HOME="+filepath.Join(home, "data"))

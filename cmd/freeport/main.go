@@ -5,20 +5,14 @@ package main
 import (
 	"fmt"
 	"log"
-	"net"
+
+	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
 )
 
 func main() {
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			log.Fatalf("freeport: %v", err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		_ = l.Close()
-		if port != 6379 {
-			fmt.Println(port)
-			return
-		}
+	port, err := freeport.Port()
+	if err != nil {
+		log.Fatalf("freeport: %v", err)
 	}
+	fmt.Println(port)
 }

@@ -35,6 +35,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cnaitoken/caddy-aitoken/internal/childproc"
+	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
 )
 
 // Binary is the redis-server executable: $REDIS_SERVER if set, else
@@ -150,7 +153,7 @@ func startDir(dir, conf string, args []string, init ...[]string) (*Server, error
 	var err error
 	for range startTries {
 		var port int
-		port, err = freePort()
+		port, err = freeport.Port()
 		if err != nil {
 			return nil, err
 		}
@@ -239,7 +242,7 @@ func (s *Server) start() error {
 	argv = append(argv, s.args...)
 	cmd := exec.Command(Binary, argv...)
 	cmd.Dir = s.Dir
-	cmd.SysProcAttr = sysProcAttr()
+	cmd.SysProcAttr = childproc.SysProcAttr()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", Binary, err)
 	}
@@ -322,21 +325,6 @@ func Ping(addr string) error {
 		return fmt.Errorf("unexpected reply %q", strings.TrimSpace(line))
 	}
 	return nil
-}
-
-// freePort asks the kernel for a free loopback port, never Redis's default.
-func freePort() (int, error) {
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		_ = l.Close()
-		if port != 6379 {
-			return port, nil
-		}
-	}
 }
 
 func logTail(path string) string {

@@ -1,8 +1,0 @@
-//go:build !linux
-
-package main
-
-import "syscall"
-
-// sysProcAttr: only Linux can tie a child's life to the harness.
-func sysProcAttr() *syscall.SysProcAttr { return nil }
