@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -88,7 +89,12 @@ func openFiles(t *testing.T, pid int) []string {
 func TestRedisDownValidatesButDoesNotRun(t *testing.T) {
 	n := newNode(t, "redis-down", true, 0)
 	n.database = filepath.Join(n.dir, "ledger", "ledger.db")
-	down := "redis://127.0.0.1:" + strconv.Itoa(freePort(t)) + "/0"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := "redis://" + ln.Addr().String() + "/0" // closed below: nothing listens
+	ln.Close()
 	cfg := filepath.Join(n.dir, "Caddyfile")
 	up := "redis://" + redisSrv.Addr + "/0"
 	if !strings.Contains(n.caddyfile(), up) {
