@@ -105,6 +105,11 @@ func (h *AccountAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 	h.app.inflight.begin()
 	defer h.app.inflight.end()
 	w.Header().Set("Cache-Control", "no-store")
+	if err := h.app.ready(); err != nil {
+		h.log.Error("aitoken state not ready", zap.Error(err))
+		errUnavailable.write(w)
+		return nil
+	}
 
 	g, apiErr := h.authenticate(r)
 	if apiErr != nil {

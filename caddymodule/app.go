@@ -4,6 +4,7 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -92,7 +93,12 @@ type App struct {
 	ledger   *ledgerConn // nil on gateway-only nodes
 	log      *zap.Logger
 
-	retention *retentionRunner // the ledger node's retention job, while started
+	ctx   caddy.Context
+	loops sync.WaitGroup // background loops started by Start; they end on ctx
+	// stripeRepair is set by an aitoken_stripe handler: Start then
+	// applies to Redis, now and every repairInterval, payments the ledger
+	// recorded but Redis missed.
+	stripeRepair bool
 
 	inflight *tracker // handlers running on this config
 	settling *tracker // usage settlements not yet written to Redis
@@ -108,8 +114,10 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision resolves secrets, builds the price table and takes (or creates)
-// the pooled Redis client and ledger.
+// the pooled Redis client and ledger. It touches nothing: no dial, no file
+// (`caddy validate` provisions too); Start opens them.
 func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
 	a.log = ctx.Logger()
 	a.inflight, a.settling = new(tracker), new(tracker)
 	if err := registerMetrics(ctx); err != nil {
@@ -233,28 +241,45 @@ func (a *App) Validate() error {
 // (log_client_ip, default on).
 func (a *App) keepClientIP() bool { return a.LogClientIP == nil || *a.LogClientIP }
 
-// Start makes this config's app the one the admin API serves and, on the
-// ledger node, starts the retention job.
+// Start opens the shared Redis state and, on the ledger node, the ledger
+// (seeding Redis from it if Redis lost its data), makes this config's app
+// the one the admin API serves, and starts the background jobs: retention
+// and, with an aitoken_stripe handler, the repair of payments that did not
+// reach Redis. The jobs end with this config's context.
 func (a *App) Start() error {
-	a.redis.start()
-	if a.ledger != nil {
-		a.ledger.start()
+	if err := a.ready(); err != nil {
+		return err
 	}
 	activeApp.Store(a)
 	if a.ledger != nil {
-		a.retention = startRetention(a.retentionJob())
+		a.loops.Go(func() { runRetention(a.ctx, a.retentionJob()) })
+	}
+	if a.stripeRepair {
+		first, cancel := context.WithTimeout(a.ctx, stripeTimeout)
+		a.repairPayments(first)
+		cancel()
+		a.loops.Go(func() { a.repairPaymentsLoop(a.ctx) })
+	}
+	return nil
+}
+
+// ready opens the pooled Redis state and ledger if no one has yet. Caddy
+// starts apps in no set order, so a request may reach a handler before
+// this app's Start: handlers call it first.
+func (a *App) ready() error {
+	if err := a.redis.start(); err != nil {
+		return err
+	}
+	if a.ledger != nil {
+		return a.ledger.start()
 	}
 	return nil
 }
 
 // Stop stops serving the admin API from this app if it is still the active
-// one, and stops its retention job.
+// one. Its background jobs end with the config's context.
 func (a *App) Stop() error {
 	activeApp.CompareAndSwap(a, nil)
-	if a.retention != nil {
-		a.retention.stop()
-		a.retention = nil
-	}
 	return nil
 }
 
@@ -265,6 +290,9 @@ func (a *App) Cleanup() error {
 	if !a.stopped.CompareAndSwap(false, true) {
 		return nil
 	}
+	// The context is done: the jobs are giving up; wait for them so none
+	// uses the ledger after its release.
+	a.loops.Wait()
 	release := func() {
 		if a.ledger != nil {
 			a.ledger.release()

@@ -187,6 +187,11 @@ const (
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	h.app.inflight.begin()
 	defer h.app.inflight.end()
+	if err := h.app.ready(); err != nil {
+		h.log.Error("aitoken state not ready", zap.Error(err))
+		h.deny(w, errUnavailable, "")
+		return nil
+	}
 
 	requestID := billing.NewRequestID()
 	w.Header().Set("X-Request-Id", requestID)

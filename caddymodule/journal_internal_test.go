@@ -82,7 +82,9 @@ func TestJournalLeftoverIsSettledAtStart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rc.start()
+		if err := rc.start(); err != nil {
+			t.Fatal(err)
+		}
 		deadline := time.Now().Add(10 * time.Second)
 		for !settled() {
 			if time.Now().After(deadline) {
@@ -121,7 +123,9 @@ func TestSettlerBatchesAndSurvivesAFlushedScriptCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rc.release()
-	rc.start()
+	if err := rc.start(); err != nil {
+		t.Fatal(err)
+	}
 	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}

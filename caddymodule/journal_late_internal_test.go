@@ -31,6 +31,9 @@ func TestSettlementAfterTheLastReleaseIsKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := rc.start(); err != nil {
+		t.Fatal(err)
+	}
 	rc.release() // the drain timeout passed: the last reference goes
 
 	// The long request ends now.
@@ -43,7 +46,9 @@ func TestSettlementAfterTheLastReleaseIsKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rc2.release()
-	rc2.start()
+	if err := rc2.start(); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		bal, held, err := acc.Balance(ctx, "u-late")

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -27,27 +28,36 @@ import (
 // ledgers keyed by database path, so a reload reuses them.
 var pool = caddy.NewUsagePool()
 
-// redisConn is a pooled Redis client.
+// redisConn is a pooled Redis client. Building one touches nothing:
+// the client dials on first use, and the spool, journal and background
+// workers are opened by start, when a config using the connection starts
+// (`caddy validate` only provisions).
 type redisConn struct {
 	key      string
 	url      string
 	sentinel *SentinelConfig
 	client   redis.UniversalClient
 	// keys caches key records for on_redis_error allow.
-	keys   *keyCache
-	cancel context.CancelFunc
+	keys *keyCache
+	log  *zap.Logger
+
+	spoolFile     string
+	journalDir    string
+	journalPrefix string
+
+	// mu guards start and Destruct; ready is set once start succeeded,
+	// and only then are the fields below in use.
+	mu     sync.Mutex
+	ready  atomic.Bool
+	closed bool
+	cancel context.CancelFunc // ends the revocation listener
 	// spool keeps settlements Redis could not take; replayer retries them.
 	spool    *spool.Spool
 	replayer *spool.Replayer
 	// journal holds settlements from the end of their response until
 	// Redis (or the spool) has them; settler applies them.
-	journal       *journal.Journal
-	journalDir    string
-	journalPrefix string
-	settler       *settler
-	// started runs start once, when a config using the connection starts.
-	started sync.Once
-	log     *zap.Logger
+	journal *journal.Journal
+	settler *settler
 }
 
 // settle applies a settlement, or spools it when Redis cannot take it. It
@@ -135,22 +145,49 @@ func (c *redisConn) settleLater(s spooled, t *tracker, log *zap.Logger, ahead fu
 // journalBufs holds the buffers settlements are encoded into.
 var journalBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
-// start takes up what stopped processes left (journal leftovers into the
-// spool) and starts replaying the spool. It runs when a config starts, not
-// when one is provisioned: `caddy validate` provisions the server's config
-// in another process and must not touch a running node's files.
-func (c *redisConn) start() {
-	c.started.Do(func() {
-		if err := c.recoverJournal(c.log.Named("journal")); err != nil {
-			// They stay in the journal for the next start.
-			c.log.Error("recovering settlements from the journal", zap.Error(err))
-		}
-		if !c.journal.Owner() {
-			c.log.Error("another process uses this spool directory: it keeps its own journal and spool; " +
-				"give each process its own spool_dir")
-		}
-		c.replayer.Start()
-	})
+// start opens the spool and the settlement journal, takes up what stopped
+// processes left (journal leftovers into the spool), and starts the
+// settlement workers, the spool replayer and the revocation listener. It
+// runs once, when the first config using the connection starts or serves
+// a request; a failed start is tried again next time.
+func (c *redisConn) start() error {
+	if c.ready.Load() {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ready.Load() {
+		return nil
+	}
+	if c.closed {
+		return errors.New("redis connection already closed")
+	}
+	sp, err := spool.Open(c.spoolFile)
+	if err != nil {
+		return fmt.Errorf("spool: %v", err)
+	}
+	jr, err := journal.Open(c.journalDir, c.journalPrefix)
+	if err != nil {
+		_ = sp.Close()
+		return fmt.Errorf("settlement journal: %v", err)
+	}
+	c.spool, c.journal = sp, jr
+	c.replayer = spool.NewReplayer(sp, c.replay, time.Second, c.log.Named("spool"))
+	c.settler = newSettler(c, c.log)
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	go c.keys.listenRevocations(ctx, c.client, c.log)
+	if err := c.recoverJournal(c.log.Named("journal")); err != nil {
+		// They stay in the journal for the next start.
+		c.log.Error("recovering settlements from the journal", zap.Error(err))
+	}
+	if !c.journal.Owner() {
+		c.log.Error("another process uses this spool directory: it keeps its own journal and spool; " +
+			"give each process its own spool_dir")
+	}
+	c.replayer.Start()
+	c.ready.Store(true)
+	return nil
 }
 
 // recoverJournal moves the settlements a stopped process left in the
@@ -246,27 +283,12 @@ func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redis
 			uo.Addrs = sentinel.Addrs
 			uo.SentinelPassword = sentinelPassword
 		}
-		sp, err := spool.Open(spoolPath(spoolDir, key))
-		if err != nil {
-			return nil, fmt.Errorf("spool: %v", err)
-		}
-		jdir, jprefix := filepath.Dir(spoolPath(spoolDir, key)), journalPrefix(spoolPath(spoolDir, key))
-		jr, err := journal.Open(jdir, jprefix)
-		if err != nil {
-			_ = sp.Close()
-			return nil, fmt.Errorf("settlement journal: %v", err)
-		}
-		log := caddy.Log().Named("aitoken")
+		sp := spoolPath(spoolDir, key)
 		client := redis.NewUniversalClient(uo)
 		client.AddHook(redisHook{})
-		rc := &redisConn{key: key, url: url, sentinel: sentinel, client: client,
-			keys: newKeyCache(), spool: sp, journal: jr, journalDir: jdir, journalPrefix: jprefix, log: log}
-		rc.replayer = spool.NewReplayer(sp, rc.replay, time.Second, log.Named("spool"))
-		rc.settler = newSettler(rc, log)
-		ctx, cancel := context.WithCancel(context.Background())
-		rc.cancel = cancel
-		go rc.keys.listenRevocations(ctx, rc.client, log)
-		return rc, nil
+		return &redisConn{key: key, url: url, sentinel: sentinel, client: client, keys: newKeyCache(),
+			spoolFile: sp, journalDir: filepath.Dir(sp), journalPrefix: journalPrefix(sp),
+			log: caddy.Log().Named("aitoken")}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -274,15 +296,21 @@ func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redis
 	return v.(*redisConn), nil
 }
 
-// Destruct closes the client once no config uses it.
+// Destruct stops what start started and closes the client once no config
+// uses it.
 func (c *redisConn) Destruct() error {
-	c.cancel()
-	c.settler.stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = c.replayer.Stop(ctx)
-	_ = c.journal.Close()
-	_ = c.spool.Close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	if c.ready.Load() {
+		c.cancel()
+		c.settler.stop()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = c.replayer.Stop(ctx)
+		_ = c.journal.Close()
+		_ = c.spool.Close()
+	}
 	return c.client.Close()
 }
 
@@ -292,42 +320,34 @@ func (c *redisConn) release() { _, _ = pool.Delete(c.key) }
 const ledgerGroup = "ledger"
 
 // ledgerConn is a pooled SQLite ledger and the flusher feeding it.
+// Building one touches nothing; start opens (or creates) the database,
+// seeds Redis from it if Redis has lost its data, and starts the flusher.
 type ledgerConn struct {
-	key     string
+	key      string
+	path     string
+	interval time.Duration
+	redis    *redisConn // the flusher's own reference
+	log      *zap.Logger
+
+	// mu guards start and Destruct; ready is set once start succeeded,
+	// and only then are store and flusher in use.
+	mu      sync.Mutex
+	ready   atomic.Bool
+	closed  bool
 	store   *usagelog.Store
 	flusher *usagelog.Flusher
-	redis   *redisConn
-	log     *zap.Logger
-	started sync.Once
-	running atomic.Bool
 }
 
 func acquireLedger(path string, rc *redisConn, interval time.Duration, log *zap.Logger) (*ledgerConn, error) {
 	key := "ledger|" + path + "|" + rc.key
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		store, err := usagelog.Open(path)
-		if err != nil {
-			return nil, fmt.Errorf("database %s: %v", path, err)
-		}
 		// The flusher keeps its own reference to the Redis client, so the
 		// client outlives the final drain.
 		own, err := acquireRedis(rc.url, rc.sentinel, "")
 		if err != nil {
-			store.Close()
 			return nil, err
 		}
-		if err := seedRedis(store, billing.NewAccounts(own.client), log); err != nil {
-			own.release()
-			store.Close()
-			return nil, err
-		}
-		f := usagelog.NewFlusher(own.client, store, usagelog.FlusherConfig{
-			Stream:   billing.UsageStream,
-			Group:    ledgerGroup,
-			Consumer: "ledger-" + path,
-			Interval: interval,
-		}, log.Named("flusher"))
-		return &ledgerConn{key: key, store: store, flusher: f, redis: own, log: log}, nil
+		return &ledgerConn{key: key, path: path, interval: interval, redis: own, log: log}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -335,27 +355,57 @@ func acquireLedger(path string, rc *redisConn, interval time.Duration, log *zap.
 	return v.(*ledgerConn), nil
 }
 
-// start starts the flusher once, when a config using the ledger starts
-// (not in a `caddy validate` that only provisions it).
-func (l *ledgerConn) start() {
-	l.started.Do(func() {
-		l.flusher.Start()
-		l.running.Store(true)
-	})
+// start opens the ledger, seeds Redis from it when Redis has no accounts,
+// and starts the flusher. It runs once, when the first config using the
+// ledger starts or serves a request; a failed start is tried again next
+// time. An unreachable Redis fails it.
+func (l *ledgerConn) start() error {
+	if l.ready.Load() {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ready.Load() {
+		return nil
+	}
+	if l.closed {
+		return errors.New("ledger already closed")
+	}
+	store, err := usagelog.Open(l.path)
+	if err != nil {
+		return fmt.Errorf("database %s: %v", l.path, err)
+	}
+	if err := seedRedis(store, billing.NewAccounts(l.redis.client), l.log); err != nil {
+		store.Close()
+		return err
+	}
+	l.store = store
+	l.flusher = usagelog.NewFlusher(l.redis.client, store, usagelog.FlusherConfig{
+		Stream:   billing.UsageStream,
+		Group:    ledgerGroup,
+		Consumer: "ledger-" + l.path,
+		Interval: l.interval,
+	}, l.log.Named("flusher"))
+	l.flusher.Start()
+	l.ready.Store(true)
+	return nil
 }
 
 // Destruct drains the usage stream into the ledger and closes it.
 func (l *ledgerConn) Destruct() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
 	var err error
-	if l.running.Load() {
+	if l.ready.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
 		if err = l.flusher.Stop(ctx); err != nil {
 			l.log.Error("draining usage stream on shutdown", zap.Error(err))
 		}
-	}
-	if cerr := l.store.Close(); err == nil {
-		err = cerr
+		if cerr := l.store.Close(); err == nil {
+			err = cerr
+		}
 	}
 	l.redis.release()
 	return err

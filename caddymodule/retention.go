@@ -103,36 +103,18 @@ func (j *retentionJob) purge(ctx context.Context, now time.Time) (usagelog.Purge
 	return j.store.Purge(ctx, now.Add(-j.usage), now.Add(-j.payments), now)
 }
 
-// retentionRunner is a running retention job.
-type retentionRunner struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-// startRetention runs j in the background: first after retentionFirst,
-// then every retentionTick.
-func startRetention(j *retentionJob) *retentionRunner {
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &retentionRunner{cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		wait := retentionFirst
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-j.after(wait):
-			}
-			wait = retentionTick
-			_, _, _ = j.tick(ctx)
+// runRetention runs j until ctx is done: first after retentionFirst, then
+// every retentionTick. Each step of a run is one transaction, so stopping
+// half-way is safe.
+func runRetention(ctx context.Context, j *retentionJob) {
+	wait := retentionFirst
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-j.after(wait):
 		}
-	}()
-	return r
-}
-
-// stop stops the job and waits for a run in progress to give up (each
-// step of a run is one transaction, so stopping half-way is safe).
-func (r *retentionRunner) stop() {
-	r.cancel()
-	<-r.done
+		wait = retentionTick
+		_, _, _ = j.tick(ctx)
+	}
 }

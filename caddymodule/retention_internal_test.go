@@ -95,7 +95,9 @@ func TestRetentionJobRunsDailyOnItsClock(t *testing.T) {
 	clk := &fakeClock{now: t0, asked: make(chan time.Duration), fire: make(chan time.Time)}
 	j := &retentionJob{store: store, usage: 30 * 24 * time.Hour, payments: 2555 * 24 * time.Hour,
 		now: func() time.Time { return clk.now }, after: clk.after, last: new(retentionLast), log: zap.NewNop()}
-	r := startRetention(j)
+	jobCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { runRetention(jobCtx, j); close(done) }()
 	left := func() int {
 		recs, err := store.ListUsage(ctx, usagelog.UsageQuery{User: "u"})
 		if err != nil {
@@ -133,8 +135,7 @@ func TestRetentionJobRunsDailyOnItsClock(t *testing.T) {
 	if got, _ := store.LedgerBalance(ctx, "u"); got != bal {
 		t.Fatalf("balance %s, want %s", got, bal)
 	}
-	done := make(chan struct{})
-	go func() { r.stop(); close(done) }()
+	stop()
 	<-done
 }
 

@@ -36,11 +36,9 @@ func init() {
 // refunds and disputes debit) and then to the balances in Redis. It needs
 // the aitoken app with a database and a stripe block with webhook_secret.
 type StripeWebhook struct {
-	app    *App
-	log    *zap.Logger
-	cfg    *StripeConfig
-	cancel context.CancelFunc
-	done   chan struct{}
+	app *App
+	log *zap.Logger
+	cfg *StripeConfig
 }
 
 // Limits of the webhook.
@@ -65,9 +63,9 @@ func (StripeWebhook) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision finds the app and its Stripe settings, applies to Redis any
-// payment the ledger recorded but Redis missed (after a crash), and keeps
-// doing so in the background.
+// Provision finds the app and its Stripe settings, and asks the app to
+// apply to Redis, once it starts and then in the background, any payment
+// the ledger recorded but Redis missed (after a crash).
 func (h *StripeWebhook) Provision(ctx caddy.Context) error {
 	h.log = ctx.Logger()
 	appIface, err := ctx.AppIfConfigured("aitoken")
@@ -88,26 +86,12 @@ func (h *StripeWebhook) Provision(ctx caddy.Context) error {
 	if h.cfg.webhookSecret == "" {
 		return fmt.Errorf("aitoken_stripe: stripe webhook_secret is required")
 	}
-	repairCtx, cancel := context.WithCancel(context.Background())
-	h.cancel, h.done = cancel, make(chan struct{})
-	first, cancelFirst := context.WithTimeout(repairCtx, stripeTimeout)
-	defer cancelFirst()
-	h.repair(first)
-	go h.repairLoop(repairCtx)
+	h.app.stripeRepair = true
 	return nil
 }
 
-// Cleanup stops the background repair.
-func (h *StripeWebhook) Cleanup() error {
-	if h.cancel != nil {
-		h.cancel()
-		<-h.done
-	}
-	return nil
-}
-
-func (h *StripeWebhook) repairLoop(ctx context.Context) {
-	defer close(h.done)
+// repairPaymentsLoop repairs every repairInterval until ctx is done.
+func (a *App) repairPaymentsLoop(ctx context.Context) {
 	t := time.NewTicker(repairInterval)
 	defer t.Stop()
 	for {
@@ -115,18 +99,19 @@ func (h *StripeWebhook) repairLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			h.repair(ctx)
+			a.repairPayments(ctx)
 		}
 	}
 }
 
-func (h *StripeWebhook) repair(ctx context.Context) {
-	n, err := repairCredits(ctx, h.app.ledger.store, h.app.accounts)
+// repairPayments applies to Redis the ledger entries that did not reach it.
+func (a *App) repairPayments(ctx context.Context) {
+	n, err := repairCredits(ctx, a.ledger.store, a.accounts)
 	if n > 0 {
-		h.log.Info("applied ledger entries that had not reached redis", zap.Int("entries", n))
+		a.log.Info("applied ledger entries that had not reached redis", zap.Int("entries", n))
 	}
 	if err != nil && ctx.Err() == nil {
-		h.log.Warn("applying payment ledger entries to redis; will retry", zap.Error(err))
+		a.log.Warn("applying payment ledger entries to redis; will retry", zap.Error(err))
 	}
 }
 
@@ -134,6 +119,11 @@ func (h *StripeWebhook) repair(ctx context.Context) {
 func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	h.app.inflight.begin()
 	defer h.app.inflight.end()
+	if err := h.app.ledger.start(); err != nil {
+		h.log.Error("aitoken ledger not ready", zap.Error(err))
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "the ledger is not available; retry later"})
+		return nil
+	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "the Stripe webhook accepts POST only"})
@@ -341,7 +331,6 @@ func (h *StripeWebhook) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*StripeWebhook)(nil)
-	_ caddy.CleanerUpper          = (*StripeWebhook)(nil)
 	_ caddyhttp.MiddlewareHandler = (*StripeWebhook)(nil)
 	_ caddyfile.Unmarshaler       = (*StripeWebhook)(nil)
 )

@@ -42,7 +42,9 @@ func TestStripeCrashRepairedOnce(t *testing.T) {
 	}
 	const secret = "whsec_repair"
 	var send func(eventID, session string, amount int64) int
-	app := &App{Currency: "USD", accounts: accounts, ledger: &ledgerConn{store: store}, log: zap.NewNop(), inflight: new(tracker)}
+	ledger := &ledgerConn{store: store}
+	ledger.ready.Store(true) // started: the store is open
+	app := &App{Currency: "USD", accounts: accounts, ledger: ledger, log: zap.NewNop(), inflight: new(tracker)}
 	h := &StripeWebhook{app: app, log: zap.NewNop(), cfg: &StripeConfig{webhookSecret: secret}}
 
 	deliver := func(eventID, session string, amount int64) {

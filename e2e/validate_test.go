@@ -1,7 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -76,4 +80,56 @@ func openFiles(t *testing.T, pid int) []string {
 		}
 	}
 	return out
+}
+
+// TestRedisDownValidatesButDoesNotRun: `caddy validate` of a ledger node
+// whose Redis is down and whose database and spool directories do not exist
+// yet succeeds and creates neither; `caddy run` of the same config fails,
+// saying that Redis cannot be reached.
+func TestRedisDownValidatesButDoesNotRun(t *testing.T) {
+	n := newNode(t, "redis-down", true, 0)
+	n.database = filepath.Join(n.dir, "ledger", "ledger.db")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := "redis://" + ln.Addr().String() + "/0" // closed below: nothing listens
+	ln.Close()
+	cfg := filepath.Join(n.dir, "Caddyfile")
+	up := "redis://" + redisSrv.Addr + "/0"
+	if !strings.Contains(n.caddyfile(), up) {
+		t.Fatalf("the node's Caddyfile has no %s", up)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.Replace(n.caddyfile(), up, down, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	home := filepath.Join(n.dir, "home")
+	env := append(os.Environ(), "HOME="+home,
+		"XDG_CONFIG_HOME="+filepath.Join(home, "config"), "XDG_DATA_HOME="+filepath.Join(home, "data"))
+
+	cmd := exec.Command(caddyBin, "validate", "--config", cfg, "--adapter", "caddyfile")
+	cmd.Dir, cmd.Env = n.dir, env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("caddy validate with redis down: %v\n%s", err, tail(out, 4000))
+	}
+	for _, p := range []string{filepath.Dir(n.database), filepath.Join(n.dir, "spool")} {
+		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("caddy validate created %s (stat: %v)", p, err)
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	cmd = exec.CommandContext(ctx, caddyBin, "run", "--config", cfg, "--adapter", "caddyfile")
+	cmd.Dir, cmd.Env = n.dir, env
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("caddy run with redis down did not exit within %s\n%s", readyTimeout, tail(out, 4000))
+	}
+	if err == nil {
+		t.Fatalf("caddy run with redis down exited 0\n%s", tail(out, 4000))
+	}
+	if !bytes.Contains(out, []byte("redis")) || !bytes.Contains(out, []byte("connection refused")) {
+		t.Fatalf("caddy run with redis down: the error does not say redis cannot be reached\n%s", tail(out, 4000))
+	}
 }
