@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/cnaitoken/caddy-aitoken/internal/filemode"
 )
 
 // Journal records hold usage details: the folder Open creates and every
@@ -19,11 +21,11 @@ func TestJournalFileModes(t *testing.T) {
 	if _, err := j.Append([]byte("rec")); err != nil {
 		t.Fatal(err)
 	}
-	wantMode(t, filepath.Join(root, "made"), 0o700)
-	wantMode(t, dir, 0o700)
-	wantMode(t, filepath.Join(dir, "journal-x.lock"), 0o600)
+	filemode.Want(t, filepath.Join(root, "made"), 0o700)
+	filemode.Want(t, dir, 0o700)
+	filemode.Want(t, filepath.Join(dir, "journal-x.lock"), 0o600)
 	for _, f := range files(t, dir) {
-		wantMode(t, f, 0o600)
+		filemode.Want(t, f, 0o600)
 	}
 	if err := WriteLeftover(dir, "journal-x", []byte("late")); err != nil {
 		t.Fatal(err)
@@ -48,22 +50,11 @@ func TestJournalFileModes(t *testing.T) {
 	if _, err := j.Append([]byte("rec")); err != nil {
 		t.Fatal(err)
 	}
-	wantMode(t, dir, 0o755)
+	filemode.Want(t, dir, 0o755)
 	for _, p := range wide {
-		wantMode(t, p, 0o600)
+		filemode.Want(t, p, 0o600)
 	}
 	for _, f := range files(t, dir) {
-		wantMode(t, f, 0o600)
-	}
-}
-
-func wantMode(t *testing.T, path string, want os.FileMode) {
-	t.Helper()
-	st, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := st.Mode().Perm(); got != want {
-		t.Errorf("%s: mode %#o, want %#o", path, got, want)
+		filemode.Want(t, f, 0o600)
 	}
 }

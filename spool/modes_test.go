@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/cnaitoken/caddy-aitoken/internal/filemode"
 )
 
 // Spooled entries hold usage details: the spool's folder (when it creates
@@ -17,8 +19,8 @@ func TestSpoolFileModes(t *testing.T) {
 	path := filepath.Join(root, "made", "spool.log")
 	s := openT(t, path)
 	appendT(t, s, 0, 3)
-	wantMode(t, filepath.Join(root, "made"), 0o700)
-	wantMode(t, path, 0o600)
+	filemode.Want(t, filepath.Join(root, "made"), 0o700)
+	filemode.Want(t, path, 0o600)
 	s.Close()
 
 	dir := filepath.Join(root, "operator")
@@ -36,19 +38,8 @@ func TestSpoolFileModes(t *testing.T) {
 	}
 	s = openT(t, path)
 	appendT(t, s, 0, 1)
-	wantMode(t, dir, 0o755)
+	filemode.Want(t, dir, 0o755)
 	for _, p := range []string{path, path + appliedSuffix, path + corruptSuffix} {
-		wantMode(t, p, 0o600)
-	}
-}
-
-func wantMode(t *testing.T, path string, want os.FileMode) {
-	t.Helper()
-	st, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := st.Mode().Perm(); got != want {
-		t.Errorf("%s: mode %#o, want %#o", path, got, want)
+		filemode.Want(t, p, 0o600)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/internal/filemode"
 )
 
 const units = billing.Nanos(billing.NanosPerUnit)
@@ -259,10 +260,10 @@ func TestLedgerFileModes(t *testing.T) {
 	if _, err := s.CreateUser(context.Background(), User{ID: "u"}); err != nil {
 		t.Fatal(err)
 	}
-	wantMode(t, filepath.Join(root, "new"), 0o700)
-	wantMode(t, filepath.Join(root, "new", "deeper"), 0o700)
+	filemode.Want(t, filepath.Join(root, "new"), 0o700)
+	filemode.Want(t, filepath.Join(root, "new", "deeper"), 0o700)
 	for _, p := range []string{path, path + "-wal", path + "-shm"} {
-		wantMode(t, p, 0o600)
+		filemode.Want(t, p, 0o600)
 	}
 	s.Close()
 
@@ -291,20 +292,9 @@ func TestLedgerFileModes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	wantMode(t, dir, 0o755)
+	filemode.Want(t, dir, 0o755)
 	for _, p := range []string{path, path + "-wal", path + "-shm"} {
-		wantMode(t, p, 0o600)
-	}
-}
-
-func wantMode(t *testing.T, path string, want os.FileMode) {
-	t.Helper()
-	st, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := st.Mode().Perm(); got != want {
-		t.Errorf("%s: mode %#o, want %#o", path, got, want)
+		filemode.Want(t, p, 0o600)
 	}
 }
 
