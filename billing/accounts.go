@@ -105,57 +105,6 @@ func (a *Accounts) EnsureAccount(ctx context.Context, user string) error {
 	return err
 }
 
-// creditScript adds an amount to a balance unless that takes the balance
-// out of range (see creditRangeLua).
-//
-// KEYS: acct. ARGV: unused, amount (nanos, signed), MaxNanos.
-// Returns the new balance as a string (a Lua number would round it), or
-// -1 when refused.
-var creditScript = redis.NewScript(`
-` + creditRangeLua + `
-redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
-redis.call('HSETNX', KEYS[1], 'held', 0)
-return redis.call('HGET', KEYS[1], 'balance')
-`)
-
-// Credit adds amount (negative debits) to the balance of user and returns
-// the new balance. An amount, or a resulting balance, outside ±MaxNanos is
-// refused with ErrAmountRange, and Redis is left as it was.
-func (a *Accounts) Credit(ctx context.Context, user string, amount Nanos) (Nanos, error) {
-	if err := CheckAmount(amount); err != nil {
-		return 0, err
-	}
-	res, err := creditScript.Run(ctx, a.rdb, []string{acctKey(user)},
-		"", strconv.FormatInt(int64(amount), 10), int64(MaxNanos)).Result()
-	if err != nil {
-		return 0, err
-	}
-	switch v := res.(type) {
-	case int64: // -1
-		return 0, ErrAmountRange
-	case string:
-		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-			return Nanos(n), nil
-		}
-	}
-	return 0, fmt.Errorf("credit: unexpected reply %v", res)
-}
-
-// Balance returns the balance of user and the sum of its live holds.
-func (a *Accounts) Balance(ctx context.Context, user string) (balance, held Nanos, err error) {
-	v, err := a.rdb.HMGet(ctx, acctKey(user), "balance", "held").Result()
-	if err != nil {
-		return 0, 0, err
-	}
-	return Nanos(intField(v[0])), Nanos(intField(v[1])), nil
-}
-
-func intField(v any) int64 {
-	s, _ := v.(string)
-	n, _ := strconv.ParseInt(s, 10, 64)
-	return n
-}
-
 // AuthRequest asks to admit one request.
 type AuthRequest struct {
 	// KeyHash is HashKey of the presented secret.
@@ -281,70 +230,6 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 	default:
 		return Grant{}, ErrInvalidKey
 	}
-}
-
-// SettleMode says how a settlement treats a request whose hold is gone.
-type SettleMode string
-
-// Settlement modes.
-const (
-	// SettleLive always debits, whether or not the hold is still there
-	// (Redis may have lost it): for a first attempt sent at most once.
-	SettleLive SettleMode = "live"
-	// SettleReplay applies only if the request's hold (or the trace of its
-	// expiry) is still there, so a settlement retried or replayed after
-	// an attempt that did reach Redis never debits twice.
-	SettleReplay SettleMode = "replay"
-	// SettleReplayNoHold settles a request admitted without a hold (Redis
-	// was down): applied once per request id, remembered for a week.
-	SettleReplayNoHold SettleMode = "replay-nohold"
-)
-
-// Mode is the idempotent settlement mode for g.
-func (g Grant) Mode() SettleMode {
-	if g.NoHold {
-		return SettleReplayNoHold
-	}
-	return SettleReplay
-}
-
-// Settle releases g's hold, debits cost, counts tokens in the key's tpm
-// window and records usage (the JSON of a usage record), all in one round
-// trip. It reports whether it applied (a replay of a settlement that
-// already happened does not).
-func (a *Accounts) Settle(ctx context.Context, g Grant, cost Nanos, tokens int64, record []byte, mode SettleMode) (bool, error) {
-	if cost < 0 {
-		return false, fmt.Errorf("negative cost %d", cost)
-	}
-	keys, args := settleParams(g, cost, tokens, record, mode)
-	res, err := settleScript.Run(ctx, a.rdb, keys, args...).Int64()
-	return res == 1, err
-}
-
-// SettleCmd queues Settle's script on pipe (by its SHA: a Redis that has
-// not loaded it answers NOSCRIPT, and Settle should then run instead). The
-// command's Int64 is 1 when it applied.
-func (a *Accounts) SettleCmd(ctx context.Context, pipe redis.Pipeliner, g Grant, cost Nanos, tokens int64, record []byte, mode SettleMode) *redis.Cmd {
-	if cost < 0 {
-		cmd := redis.NewCmd(ctx)
-		cmd.SetErr(fmt.Errorf("negative cost %d", cost))
-		return cmd
-	}
-	keys, args := settleParams(g, cost, tokens, record, mode)
-	return settleScript.EvalSha(ctx, pipe, keys, args...)
-}
-
-func settleParams(g Grant, cost Nanos, tokens int64, record []byte, mode SettleMode) ([]string, []any) {
-	if mode == "" {
-		mode = SettleLive
-	}
-	window := ""
-	if g.Key.TPM > 0 && tokens > 0 {
-		window = rateKey(g.User, g.KeyID, time.Now(), "t")
-	}
-	return []string{acctKey(g.User), holdsKey(g.User), holdAmtKey(g.User), UsageStream, expiredKey(g.User), window,
-			replayKey(g.User, g.RequestID)},
-		[]any{g.RequestID, strconv.FormatInt(-int64(cost), 10), record, string(mode), tokens}
 }
 
 func atoi(s string) int64 {

@@ -64,3 +64,54 @@ func (a *Accounts) ApplyCredit(ctx context.Context, user string, entryID int64, 
 func (a *Accounts) CreditApplied(ctx context.Context, user string, entryID int64) (bool, error) {
 	return a.rdb.HExists(ctx, appliedKey(user), strconv.FormatInt(entryID, 10)).Result()
 }
+
+// creditScript adds an amount to a balance unless that takes the balance
+// out of range (see creditRangeLua).
+//
+// KEYS: acct. ARGV: unused, amount (nanos, signed), MaxNanos.
+// Returns the new balance as a string (a Lua number would round it), or
+// -1 when refused.
+var creditScript = redis.NewScript(`
+` + creditRangeLua + `
+redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'held', 0)
+return redis.call('HGET', KEYS[1], 'balance')
+`)
+
+// Credit adds amount (negative debits) to the balance of user and returns
+// the new balance. An amount, or a resulting balance, outside ±MaxNanos is
+// refused with ErrAmountRange, and Redis is left as it was.
+func (a *Accounts) Credit(ctx context.Context, user string, amount Nanos) (Nanos, error) {
+	if err := CheckAmount(amount); err != nil {
+		return 0, err
+	}
+	res, err := creditScript.Run(ctx, a.rdb, []string{acctKey(user)},
+		"", strconv.FormatInt(int64(amount), 10), int64(MaxNanos)).Result()
+	if err != nil {
+		return 0, err
+	}
+	switch v := res.(type) {
+	case int64: // -1
+		return 0, ErrAmountRange
+	case string:
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			return Nanos(n), nil
+		}
+	}
+	return 0, fmt.Errorf("credit: unexpected reply %v", res)
+}
+
+// Balance returns the balance of user and the sum of its live holds.
+func (a *Accounts) Balance(ctx context.Context, user string) (balance, held Nanos, err error) {
+	v, err := a.rdb.HMGet(ctx, acctKey(user), "balance", "held").Result()
+	if err != nil {
+		return 0, 0, err
+	}
+	return Nanos(intField(v[0])), Nanos(intField(v[1])), nil
+}
+
+func intField(v any) int64 {
+	s, _ := v.(string)
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}

@@ -54,6 +54,12 @@ func (h *Handler) authorize(ctx context.Context, req billing.AuthRequest) (billi
 	return billing.Grant{KeyID: rec.ID, User: rec.User, RequestID: req.RequestID, Key: rec, NoHold: true}, nil
 }
 
+// checkKey checks the key (exists, active, unexpired, allowed from the
+// client's address) without reserving or counting anything.
+func (h *Handler) checkKey(r *http.Request, keyHash string) (billing.Grant, error) {
+	return h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)})
+}
+
 // isRefusal tells Authorize's answers from Redis failures.
 func isRefusal(err error) bool {
 	return errors.Is(err, billing.ErrInvalidKey) || errors.Is(err, billing.ErrIPNotAllowed) || errors.Is(err, billing.ErrModelNotAllowed) ||

@@ -215,7 +215,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	if r.ContentLength > h.MaxRequestBody || r.ContentLength < 0 || r.ContentLength > smallBody {
 		// A large body is read only for a key that exists.
-		if _, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)}); err != nil {
+		if _, err := h.checkKey(r, keyHash); err != nil {
 			h.refuse(w, r, err, "")
 			return nil
 		}
@@ -231,7 +231,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return nil
 		}
 		// Authenticate first, so a bad key is a 401 whatever the body.
-		if _, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)}); err != nil &&
+		if _, err := h.checkKey(r, keyHash); err != nil &&
 			!errors.Is(err, billing.ErrModelNotAllowed) {
 			h.refuse(w, r, err, "")
 			return nil

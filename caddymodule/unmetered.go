@@ -25,7 +25,7 @@ func (h *Handler) serveUnmetered(w http.ResponseWriter, r *http.Request, next ca
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 	}
-	g, err := h.authorize(r.Context(), billing.AuthRequest{KeyHash: keyHash, CheckOnly: true, ClientIP: clientAddr(r)})
+	g, err := h.checkKey(r, keyHash)
 	if err != nil {
 		h.refuse(w, r, err, "")
 		return nil
