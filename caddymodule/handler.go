@@ -338,6 +338,19 @@ func (h *Handler) outputLimit(req *meter.Request) int64 {
 	return h.ReserveOutputTokens
 }
 
+// billedOutputLimit is the most output one choice of req is billed for:
+// its own limit, or max_output_tokens when it set none (at least what the
+// hold covered).
+func (h *Handler) billedOutputLimit(req *meter.Request) int64 {
+	if req.Format == meter.FormatEmbeddings {
+		return 0
+	}
+	if req.MaxOutputTokens > 0 {
+		return req.MaxOutputTokens
+	}
+	return max(h.MaxOutputTokens, h.ReserveOutputTokens)
+}
+
 // readRequest reads and parses the body, and finds the model's price.
 func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Request, billing.Price, *apiError) {
 	if r.ContentLength > h.MaxRequestBody {

@@ -296,16 +296,3 @@ func settlementGrant(g billing.Grant) billing.Grant {
 	return billing.Grant{KeyID: g.KeyID, User: g.User, RequestID: g.RequestID, Hold: g.Hold, NoHold: g.NoHold,
 		Key: billing.KeyRecord{ID: g.Key.ID, User: g.Key.User, TPM: g.Key.TPM}}
 }
-
-// billedOutputLimit is the most output one choice of req is billed for:
-// its own limit, or max_output_tokens when it set none (at least what the
-// hold covered).
-func (h *Handler) billedOutputLimit(req *meter.Request) int64 {
-	if req.Format == meter.FormatEmbeddings {
-		return 0
-	}
-	if req.MaxOutputTokens > 0 {
-		return req.MaxOutputTokens
-	}
-	return max(h.MaxOutputTokens, h.ReserveOutputTokens)
-}
