@@ -295,9 +295,12 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 	switch f {
 	case FormatChat, FormatCompletions:
 	case FormatEmbeddings:
-		r.Stream = false
+		r.Stream, r.ClientWantsUsage = false, false
 		return r, nil
 	default:
+		// Only chat and completions take include_usage; the other
+		// formats report usage on their own.
+		r.ClientWantsUsage = false
 		return r, nil
 	}
 	if !r.Stream || !injectUsage || r.ClientWantsUsage {

@@ -269,6 +269,7 @@ func FuzzRequestOneReading(f *testing.F) {
 		`{"model":"m","n":"2"}`,
 		`{"model":"m","best_of":[3]}`,
 		`{"model":"m","stream_options":{"include_usage":"false"}}`,
+		`{"model":"0","stream_options":{"include_usage":true}}`,
 		`{"model":"m","service_tier":"priority","modalities":["audio"],"audio":{},"web_search_options":{}}`,
 		`{"model":"m","background":true,"tools":[{"type":"web_search"},{"TYPE":"mcp","type":"function"}]}`,
 		`{"model":"m","mcp_servers":[{}],"tools":[{"type":"code_execution_20250825"}]}`,
