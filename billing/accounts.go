@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // Errors Authorize returns for a refused request.
@@ -112,7 +114,7 @@ type AuthRequest struct {
 	// Model is checked against the key's allowlist; empty skips the check.
 	Model string
 	// Hold is reserved from the balance when CheckOnly is false.
-	Hold Nanos
+	Hold money.Nanos
 	// RequestID names the hold.
 	RequestID string
 	// HoldUpTo, when larger than Hold, is the most the request can cost:
@@ -121,7 +123,7 @@ type AuthRequest struct {
 	// requests that may cost more than their Hold cannot, together,
 	// overdraw the balance: once one holds all that is available, the
 	// next is refused until it settles.
-	HoldUpTo Nanos
+	HoldUpTo money.Nanos
 	// Tokens is what the request may use (its input estimate and output
 	// limit). On a key with a tpm limit they are counted in the key's
 	// window at admission, as OpenAI counts max_tokens, so a burst of
@@ -141,7 +143,7 @@ type Grant struct {
 	KeyID     string
 	User      string
 	RequestID string
-	Hold      Nanos
+	Hold      money.Nanos
 	// Key is the key's record as Redis has it (for the local key cache).
 	Key KeyRecord
 	// Limits is the state of the key's rate windows after this request.
@@ -174,7 +176,7 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 	deadline := now.Add(a.HoldTTL).UnixMilli()
 	upto := ""
 	if !req.CheckOnly && req.HoldUpTo > req.Hold {
-		upto = strconv.FormatInt(int64(ClampNanos(req.HoldUpTo)), 10)
+		upto = strconv.FormatInt(int64(money.ClampNanos(req.HoldUpTo)), 10)
 	}
 	tokens := ""
 	if !req.CheckOnly && req.Tokens > 0 {
@@ -210,7 +212,7 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 		}
 		if len(res) >= 12 && !req.CheckOnly {
 			if n, err := strconv.ParseInt(res[11], 10, 64); err == nil {
-				g.Hold = Nanos(n)
+				g.Hold = money.Nanos(n)
 			}
 		}
 		return g, nil
@@ -260,7 +262,7 @@ func (a *Accounts) Seeded(ctx context.Context) (bool, error) {
 // by key hash, from the ledger, and marks Redis as seeded. A balance
 // outside ±MaxNanos (stored before amounts were bounded) is written
 // clamped to the range, which reconcile then reports.
-func (a *Accounts) Seed(ctx context.Context, balances map[string]Nanos, keys map[string]KeyRecord) error {
+func (a *Accounts) Seed(ctx context.Context, balances map[string]money.Nanos, keys map[string]KeyRecord) error {
 	pipe := a.rdb.Pipeline()
 	flush := func() error {
 		if pipe.Len() < 512 {
@@ -270,7 +272,7 @@ func (a *Accounts) Seed(ctx context.Context, balances map[string]Nanos, keys map
 		return err
 	}
 	for user, bal := range balances {
-		pipe.HSet(ctx, acctKey(user), "balance", int64(ClampNanos(bal)), "held", 0)
+		pipe.HSet(ctx, acctKey(user), "balance", int64(money.ClampNanos(bal)), "held", 0)
 		pipe.Del(ctx, holdsKey(user), holdAmtKey(user))
 		if err := flush(); err != nil {
 			return err

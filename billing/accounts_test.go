@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 )
 
@@ -39,14 +40,14 @@ func putActiveKey(t *testing.T, a *Accounts, secret, id, user string, models ...
 	return hash
 }
 
-func credit(t *testing.T, a *Accounts, user string, amount Nanos) {
+func credit(t *testing.T, a *Accounts, user string, amount money.Nanos) {
 	t.Helper()
 	if _, err := a.Credit(t.Context(), user, amount); err != nil {
 		t.Fatalf("Credit: %v", err)
 	}
 }
 
-func wantBalance(t *testing.T, a *Accounts, user string, balance, held Nanos) {
+func wantBalance(t *testing.T, a *Accounts, user string, balance, held money.Nanos) {
 	t.Helper()
 	b, h, err := a.Balance(t.Context(), user)
 	if err != nil {
@@ -308,7 +309,7 @@ func TestAuthorizeInsufficientQuota(t *testing.T) {
 	hash := putActiveKey(t, a, "sk-ait-quota", "key_q", "alice")
 	credit(t, a, "alice", 1_000)
 
-	auth := func(rid string, hold Nanos) (Grant, error) {
+	auth := func(rid string, hold money.Nanos) (Grant, error) {
 		return a.Authorize(ctx, AuthRequest{KeyHash: hash, Model: "gpt-4o", Hold: hold, RequestID: rid})
 	}
 	if _, err := auth("r1", 600); err != nil {
@@ -414,7 +415,7 @@ func TestSettle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := Nanos(10_000 - 1_234 - 2_500); bal != want {
+	if want := money.Nanos(10_000 - 1_234 - 2_500); bal != want {
 		t.Fatalf("balance %d, want %d", bal, want)
 	}
 	wantBalance(t, a, "alice", 10_000-1_234-2_500, 0)
@@ -644,11 +645,11 @@ func TestCreditAndBalance(t *testing.T) {
 	wantBalance(t, a, "alice", 9_999_999_999, 0)
 
 	// Up to 2^53 - 1 nanos, the largest balance: kept exact.
-	bal, err = a.Credit(ctx, "whale", MaxNanos)
-	if err != nil || bal != MaxNanos {
-		t.Fatalf("big credit = %d, %v; want %d", bal, err, MaxNanos)
+	bal, err = a.Credit(ctx, "whale", money.MaxNanos)
+	if err != nil || bal != money.MaxNanos {
+		t.Fatalf("big credit = %d, %v; want %d", bal, err, money.MaxNanos)
 	}
-	wantBalance(t, a, "whale", MaxNanos, 0)
+	wantBalance(t, a, "whale", money.MaxNanos, 0)
 
 	// Accounts are separate.
 	wantBalance(t, a, "bob", 0, 0)
@@ -677,9 +678,9 @@ func TestAuthorizeSettleConcurrent(t *testing.T) {
 	hash := putActiveKey(t, a, "sk-ait-race", "key_race", "alice")
 
 	const (
-		hold    Nanos = 1_000_003
-		fits          = 40
-		callers       = 200
+		hold    money.Nanos = 1_000_003
+		fits                = 40
+		callers             = 200
 	)
 	initial := fits*hold + hold - 1 // covers exactly 40 holds, not 41
 	credit(t, a, "alice", initial)
@@ -751,7 +752,7 @@ func BenchmarkAuthorizeSettle(b *testing.B) {
 		Models: []string{"gpt-4o", "deepseek-chat"}}); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := a.Credit(ctx, "bench", MaxNanos); err != nil {
+	if _, err := a.Credit(ctx, "bench", money.MaxNanos); err != nil {
 		b.Fatal(err)
 	}
 	record := []byte(`{"request_id":"req_bench","time":"2025-01-01T00:00:00Z","user":"bench","key_id":"key_bench",` +
@@ -774,7 +775,7 @@ func BenchmarkAuthorizeSettle(b *testing.B) {
 }
 
 // settleBal settles live and returns the balance after.
-func settleBal(ctx context.Context, a *Accounts, g Grant, cost Nanos, record []byte) (Nanos, error) {
+func settleBal(ctx context.Context, a *Accounts, g Grant, cost money.Nanos, record []byte) (money.Nanos, error) {
 	if _, err := a.Settle(ctx, g, cost, 0, record, SettleLive); err != nil {
 		return 0, err
 	}
@@ -797,7 +798,7 @@ func TestAuthorizeHoldUpTo(t *testing.T) {
 	hash := putActiveKey(t, a, "sk-ait-upto", "key_u", "alice")
 	credit(t, a, "alice", 1_000)
 
-	auth := func(rid string, hold, upto Nanos) (Grant, error) {
+	auth := func(rid string, hold, upto money.Nanos) (Grant, error) {
 		return a.Authorize(ctx, AuthRequest{KeyHash: hash, Model: "gpt-4o", Hold: hold, HoldUpTo: upto, RequestID: rid})
 	}
 	g1, err := auth("r1", 100, 600)

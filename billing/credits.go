@@ -6,6 +6,8 @@ import (
 	"strconv"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // appliedKey names the hash of ledger entries already applied to the
@@ -47,14 +49,14 @@ return 1
 // lives as long as the account, so ledger entry IDs must never be reused.
 // An amount, or a resulting balance, outside ±MaxNanos is refused with
 // ErrAmountRange, and then neither the balance nor the marker is written.
-func (a *Accounts) ApplyCredit(ctx context.Context, user string, entryID int64, amount Nanos) error {
-	if err := CheckAmount(amount); err != nil {
+func (a *Accounts) ApplyCredit(ctx context.Context, user string, entryID int64, amount money.Nanos) error {
+	if err := money.CheckAmount(amount); err != nil {
 		return fmt.Errorf("ledger entry %d: %w", entryID, err)
 	}
 	n, err := applyCreditScript.Run(ctx, a.rdb, []string{acctKey(user), appliedKey(user)},
-		strconv.FormatInt(entryID, 10), strconv.FormatInt(int64(amount), 10), int64(MaxNanos)).Int64()
+		strconv.FormatInt(entryID, 10), strconv.FormatInt(int64(amount), 10), int64(money.MaxNanos)).Int64()
 	if err == nil && n < 0 {
-		err = fmt.Errorf("ledger entry %d: %w", entryID, ErrAmountRange)
+		err = fmt.Errorf("ledger entry %d: %w", entryID, money.ErrAmountRange)
 	}
 	return err
 }
@@ -81,33 +83,33 @@ return redis.call('HGET', KEYS[1], 'balance')
 // Credit adds amount (negative debits) to the balance of user and returns
 // the new balance. An amount, or a resulting balance, outside ±MaxNanos is
 // refused with ErrAmountRange, and Redis is left as it was.
-func (a *Accounts) Credit(ctx context.Context, user string, amount Nanos) (Nanos, error) {
-	if err := CheckAmount(amount); err != nil {
+func (a *Accounts) Credit(ctx context.Context, user string, amount money.Nanos) (money.Nanos, error) {
+	if err := money.CheckAmount(amount); err != nil {
 		return 0, err
 	}
 	res, err := creditScript.Run(ctx, a.rdb, []string{acctKey(user)},
-		"", strconv.FormatInt(int64(amount), 10), int64(MaxNanos)).Result()
+		"", strconv.FormatInt(int64(amount), 10), int64(money.MaxNanos)).Result()
 	if err != nil {
 		return 0, err
 	}
 	switch v := res.(type) {
 	case int64: // -1
-		return 0, ErrAmountRange
+		return 0, money.ErrAmountRange
 	case string:
 		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-			return Nanos(n), nil
+			return money.Nanos(n), nil
 		}
 	}
 	return 0, fmt.Errorf("credit: unexpected reply %v", res)
 }
 
 // Balance returns the balance of user and the sum of its live holds.
-func (a *Accounts) Balance(ctx context.Context, user string) (balance, held Nanos, err error) {
+func (a *Accounts) Balance(ctx context.Context, user string) (balance, held money.Nanos, err error) {
 	v, err := a.rdb.HMGet(ctx, acctKey(user), "balance", "held").Result()
 	if err != nil {
 		return 0, 0, err
 	}
-	return Nanos(intField(v[0])), Nanos(intField(v[1])), nil
+	return money.Nanos(intField(v[0])), money.Nanos(intField(v[1])), nil
 }
 
 func intField(v any) int64 {

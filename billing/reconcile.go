@@ -6,11 +6,13 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // Live is what Redis holds for one account.
 type Live struct {
-	Balance, Held Nanos
+	Balance, Held money.Nanos
 	// Missing is true when Redis has no account for the user.
 	Missing bool
 }
@@ -28,7 +30,7 @@ func (a *Accounts) Live(ctx context.Context, users []string) (map[string]Live, e
 	out := make(map[string]Live, len(users))
 	for i, u := range users {
 		v := cmds[i].Val()
-		out[u] = Live{Balance: Nanos(intField(v[0])), Held: Nanos(intField(v[1])), Missing: len(v) == 0 || v[0] == nil}
+		out[u] = Live{Balance: money.Nanos(intField(v[0])), Held: money.Nanos(intField(v[1])), Missing: len(v) == 0 || v[0] == nil}
 	}
 	return out, nil
 }
@@ -59,8 +61,8 @@ func (a *Accounts) KeyStates(ctx context.Context, hashes []string) (map[string]b
 // SetBalance sets the balance of user, keeping its live holds, and creates
 // the account if Redis lost it. A balance outside ±MaxNanos is refused with
 // ErrAmountRange.
-func (a *Accounts) SetBalance(ctx context.Context, user string, balance Nanos) error {
-	if err := CheckAmount(balance); err != nil {
+func (a *Accounts) SetBalance(ctx context.Context, user string, balance money.Nanos) error {
+	if err := money.CheckAmount(balance); err != nil {
 		return err
 	}
 	pipe := a.rdb.TxPipeline()

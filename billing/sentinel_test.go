@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 )
 
@@ -55,12 +56,12 @@ func TestSentinelFailover(t *testing.T) {
 	if err := a.PutKey(ctx, hash, KeyRecord{ID: "k1", User: "u1", Active: true, Models: []string{"gpt-x"}}); err != nil {
 		t.Fatalf("PutKey: %v", err)
 	}
-	credit := 10 * Nanos(NanosPerUnit)
+	credit := 10 * money.Nanos(money.NanosPerUnit)
 	if _, err := a.Credit(ctx, "u1", credit); err != nil {
 		t.Fatalf("Credit: %v", err)
 	}
-	cost1 := Nanos(1_250_000_000)
-	authorizeSettle(t, a, hash, "before", 2*Nanos(NanosPerUnit), cost1)
+	cost1 := money.Nanos(1_250_000_000)
+	authorizeSettle(t, a, hash, "before", 2*money.Nanos(money.NanosPerUnit), cost1)
 	wantBal := credit - cost1
 	checkBalance(t, a, wantBal)
 
@@ -116,8 +117,8 @@ func TestSentinelFailover(t *testing.T) {
 	if n, err := rdb.XLen(ctx, UsageStream).Result(); err != nil || n != 1 {
 		t.Fatalf("usage stream length = %d, %v; want 1", n, err)
 	}
-	cost2 := Nanos(750_000_000)
-	authorizeSettle(t, a, hash, "after", 3*Nanos(NanosPerUnit), cost2)
+	cost2 := money.Nanos(750_000_000)
+	authorizeSettle(t, a, hash, "after", 3*money.Nanos(money.NanosPerUnit), cost2)
 	wantBal -= cost2
 	checkBalance(t, a, wantBal)
 	if n, err := rdb.XLen(ctx, UsageStream).Result(); err != nil || n != 2 {
@@ -128,7 +129,7 @@ func TestSentinelFailover(t *testing.T) {
 
 // authorizeSettle admits one request with a hold, checks the hold is
 // counted, then settles it at cost.
-func authorizeSettle(t *testing.T, a *Accounts, hash, rid string, hold, cost Nanos) {
+func authorizeSettle(t *testing.T, a *Accounts, hash, rid string, hold, cost money.Nanos) {
 	t.Helper()
 	ctx := t.Context()
 	g, err := a.Authorize(ctx, AuthRequest{KeyHash: hash, Model: "gpt-x", Hold: hold, RequestID: rid})
@@ -147,7 +148,7 @@ func authorizeSettle(t *testing.T, a *Accounts, hash, rid string, hold, cost Nan
 	}
 }
 
-func checkBalance(t *testing.T, a *Accounts, want Nanos) {
+func checkBalance(t *testing.T, a *Accounts, want money.Nanos) {
 	t.Helper()
 	bal, held, err := a.Balance(t.Context(), "u1")
 	if err != nil {

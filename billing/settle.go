@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // SettleMode says how a settlement treats a request whose hold is gone.
@@ -38,7 +40,7 @@ func (g Grant) Mode() SettleMode {
 // window and records usage (the JSON of a usage record), all in one round
 // trip. It reports whether it applied (a replay of a settlement that
 // already happened does not).
-func (a *Accounts) Settle(ctx context.Context, g Grant, cost Nanos, tokens int64, record []byte, mode SettleMode) (bool, error) {
+func (a *Accounts) Settle(ctx context.Context, g Grant, cost money.Nanos, tokens int64, record []byte, mode SettleMode) (bool, error) {
 	if cost < 0 {
 		return false, fmt.Errorf("negative cost %d", cost)
 	}
@@ -50,7 +52,7 @@ func (a *Accounts) Settle(ctx context.Context, g Grant, cost Nanos, tokens int64
 // SettleCmd queues Settle's script on pipe (by its SHA: a Redis that has
 // not loaded it answers NOSCRIPT, and Settle should then run instead). The
 // command's Int64 is 1 when it applied.
-func (a *Accounts) SettleCmd(ctx context.Context, pipe redis.Pipeliner, g Grant, cost Nanos, tokens int64, record []byte, mode SettleMode) *redis.Cmd {
+func (a *Accounts) SettleCmd(ctx context.Context, pipe redis.Pipeliner, g Grant, cost money.Nanos, tokens int64, record []byte, mode SettleMode) *redis.Cmd {
 	if cost < 0 {
 		cmd := redis.NewCmd(ctx)
 		cmd.SetErr(fmt.Errorf("negative cost %d", cost))
@@ -60,7 +62,7 @@ func (a *Accounts) SettleCmd(ctx context.Context, pipe redis.Pipeliner, g Grant,
 	return settleScript.EvalSha(ctx, pipe, keys, args...)
 }
 
-func settleParams(g Grant, cost Nanos, tokens int64, record []byte, mode SettleMode) ([]string, []any) {
+func settleParams(g Grant, cost money.Nanos, tokens int64, record []byte, mode SettleMode) ([]string, []any) {
 	if mode == "" {
 		mode = SettleLive
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
@@ -137,7 +138,7 @@ func decodeBody(r *http.Request, v any) error {
 			return badField(f, "unknown field")
 		case errors.Is(err, io.EOF):
 			return &adminError{http.StatusBadRequest, "", "request body must be a JSON object"}
-		case errors.Is(err, billing.ErrAmountRange):
+		case errors.Is(err, money.ErrAmountRange):
 			return &adminError{http.StatusBadRequest, "", err.Error()}
 		default:
 			return &adminError{http.StatusBadRequest, "", "request body is not valid JSON: " + err.Error()}
@@ -152,9 +153,9 @@ func decodeBody(r *http.Request, v any) error {
 // userView is a user with its live balance.
 type userView struct {
 	usagelog.User
-	Balance  billing.Nanos `json:"balance"`
-	Held     billing.Nanos `json:"held"`
-	Currency string        `json:"currency"`
+	Balance  money.Nanos `json:"balance"`
+	Held     money.Nanos `json:"held"`
+	Currency string      `json:"currency"`
 }
 
 func (app *App) userView(r *http.Request, u usagelog.User) (userView, error) {
@@ -219,8 +220,8 @@ func getUser(app *App, w http.ResponseWriter, r *http.Request) error {
 
 func postCredit(app *App, w http.ResponseWriter, r *http.Request) error {
 	var in struct {
-		Amount *billing.Nanos `json:"amount"`
-		Reason string         `json:"reason"`
+		Amount *money.Nanos `json:"amount"`
+		Reason string       `json:"reason"`
 	}
 	if err := decodeBody(r, &in); err != nil {
 		if ae, ok := err.(*adminError); ok && ae.Field == "" && strings.Contains(ae.Message, "amount") {
@@ -257,14 +258,14 @@ func postCredit(app *App, w http.ResponseWriter, r *http.Request) error {
 	// balance in the Redis script. A refusal there takes the entry back.
 	entry, err := app.ledger.store.AddLedgerEntry(r.Context(), id, *in.Amount, kind, in.Reason, "")
 	switch {
-	case errors.Is(err, billing.ErrAmountRange):
+	case errors.Is(err, money.ErrAmountRange):
 		return &adminError{http.StatusBadRequest, "amount", err.Error()}
 	case errors.Is(err, usagelog.ErrUserDeleted):
 		return erased
 	case err != nil:
 		return err
 	}
-	if _, err := app.accounts.Credit(r.Context(), id, *in.Amount); errors.Is(err, billing.ErrAmountRange) {
+	if _, err := app.accounts.Credit(r.Context(), id, *in.Amount); errors.Is(err, money.ErrAmountRange) {
 		if uerr := app.ledger.store.UndoLedgerEntry(context.WithoutCancel(r.Context()), id, entry); uerr != nil {
 			return fmt.Errorf("redis refused the credit (%v) and taking back ledger entry %d failed: %w", err, entry, uerr)
 		}

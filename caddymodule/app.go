@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 func init() {
@@ -58,7 +59,7 @@ type App struct {
 
 	// Prices maps a model name, or a prefix ending in "*", to its price per
 	// one million tokens. They win over PricingFile.
-	Prices map[string]billing.Price `json:"prices,omitempty"`
+	Prices map[string]money.Price `json:"prices,omitempty"`
 
 	// PricingFile is a JSON file with more prices, in the same form as
 	// Prices. Placeholders are resolved.
@@ -87,7 +88,7 @@ type App struct {
 	// Default: true.
 	LogClientIP *bool `json:"log_client_ip,omitempty"`
 
-	prices   *billing.PriceTable
+	prices   *money.PriceTable
 	accounts *billing.Accounts
 	redis    *redisConn
 	ledger   *ledgerConn // nil on gateway-only nodes
@@ -145,7 +146,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	a.prices, err = billing.NewPriceTable(prices)
+	a.prices, err = money.NewPriceTable(prices)
 	if err != nil {
 		return err
 	}
@@ -180,8 +181,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-func (a *App) loadPrices(repl *caddy.Replacer) (map[string]billing.Price, error) {
-	prices := make(map[string]billing.Price)
+func (a *App) loadPrices(repl *caddy.Replacer) (map[string]money.Price, error) {
+	prices := make(map[string]money.Price)
 	if a.PricingFile != "" {
 		path, err := repl.ReplaceOrErr(a.PricingFile, true, true)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
@@ -31,7 +32,7 @@ func TestSeedRedisFromOverflowedLedger(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := store.AddLedgerEntry(ctx, "small", 2*billing.NanosPerUnit, "credit", "", ""); err != nil {
+	if _, err := store.AddLedgerEntry(ctx, "small", 2*money.NanosPerUnit, "credit", "", ""); err != nil {
 		t.Fatal(err)
 	}
 	// What the old admin API let through, written as it was then.
@@ -41,7 +42,7 @@ func TestSeedRedisFromOverflowedLedger(t *testing.T) {
 	}
 	for range 2 {
 		if _, err := db.ExecContext(ctx, `INSERT INTO ledger (user_id, amount, kind, created_at) VALUES ('whale', ?, 'credit', 0)`,
-			int64(9_000_000_000*billing.NanosPerUnit)); err != nil {
+			int64(9_000_000_000*money.NanosPerUnit)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -54,7 +55,7 @@ func TestSeedRedisFromOverflowedLedger(t *testing.T) {
 	if err := seedRedis(store, accounts, zap.NewNop()); err != nil {
 		t.Fatalf("seed: %v", err)
 	}
-	for user, want := range map[string]billing.Nanos{"whale": billing.MaxNanos, "small": 2 * billing.NanosPerUnit} {
+	for user, want := range map[string]money.Nanos{"whale": money.MaxNanos, "small": 2 * money.NanosPerUnit} {
 		if bal, _, err := accounts.Balance(ctx, user); err != nil || bal != want {
 			t.Fatalf("%s: balance %s, %v; want %s", user, bal, err, want)
 		}

@@ -11,7 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 func init() {
@@ -130,7 +130,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			if a.Prices == nil {
-				a.Prices = make(map[string]billing.Price)
+				a.Prices = make(map[string]money.Price)
 			}
 			if _, dup := a.Prices[model]; dup {
 				return d.Errf("price %s: given twice", model)
@@ -144,8 +144,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // parsePrice reads: price <model> input <x> [cached_input <y>] [cache_write <z>] output <w>
-func parsePrice(d *caddyfile.Dispenser) (string, billing.Price, error) {
-	var p billing.Price
+func parsePrice(d *caddyfile.Dispenser) (string, money.Price, error) {
+	var p money.Price
 	if !d.NextArg() {
 		return "", p, d.ArgErr()
 	}
@@ -156,7 +156,7 @@ func parsePrice(d *caddyfile.Dispenser) (string, billing.Price, error) {
 		if !d.NextArg() {
 			return "", p, d.Errf("price %s: %s needs a value", model, field)
 		}
-		n, err := billing.ParseNanos(d.Val())
+		n, err := money.ParseNanos(d.Val())
 		if err != nil || n < 0 {
 			return "", p, d.Errf("price %s %s %q: want a non-negative decimal like 0.14", model, field, d.Val())
 		}

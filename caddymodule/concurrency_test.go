@@ -15,7 +15,7 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // Prices of test-model in the test config, in nanos per token.
@@ -57,11 +57,11 @@ func accountNanos(user string) (balance, held int64, err error) {
 	if err := json.NewDecoder(resp.Body).Decode(&u); err != nil || resp.StatusCode != http.StatusOK {
 		return 0, 0, fmt.Errorf("get user: %d %v", resp.StatusCode, err)
 	}
-	b, err := billing.ParseNanos(u.Balance)
+	b, err := money.ParseNanos(u.Balance)
 	if err != nil {
 		return 0, 0, fmt.Errorf("balance %q: %w", u.Balance, err)
 	}
-	h, err := billing.ParseNanos(u.Held)
+	h, err := money.ParseNanos(u.Held)
 	if err != nil {
 		return 0, 0, fmt.Errorf("held %q: %w", u.Held, err)
 	}

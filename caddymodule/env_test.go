@@ -19,7 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	_ "github.com/cnaitoken/caddy-aitoken/caddymodule"
 	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
 	"github.com/cnaitoken/caddy-aitoken/internal/mockupstream"
@@ -337,7 +337,7 @@ func post(t *testing.T, path, key, body string, hdr ...string) (*http.Response, 
 // mustNanos reads a decimal amount ("-1.500000000") as nanos.
 func mustNanos(t *testing.T, s string) int64 {
 	t.Helper()
-	n, err := billing.ParseNanos(s)
+	n, err := money.ParseNanos(s)
 	if err != nil {
 		t.Fatalf("amount %q: %v", s, err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/meter"
 )
 
@@ -255,7 +256,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// towards it as far as the balance allows.
 	upTo, err := price.Hold(meter.MaxInputTokens(req), h.billedOutputLimit(req)*choices)
 	if err != nil {
-		upTo = billing.MaxNanos
+		upTo = money.MaxNanos
 	}
 	g, err := h.authorize(r.Context(), billing.AuthRequest{
 		KeyHash: keyHash, Model: req.Model, Hold: hold, HoldUpTo: upTo, Tokens: tokens, RequestID: requestID, ClientIP: clientAddr(r),
@@ -352,13 +353,13 @@ func (h *Handler) billedOutputLimit(req *meter.Request) int64 {
 }
 
 // readRequest reads and parses the body, and finds the model's price.
-func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Request, billing.Price, *apiError) {
+func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Request, money.Price, *apiError) {
 	if r.ContentLength > h.MaxRequestBody {
-		return nil, billing.Price{}, errTooLarge
+		return nil, money.Price{}, errTooLarge
 	}
 	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 		// The meter could not read it; the upstream would.
-		return nil, billing.Price{}, errEncodedBody
+		return nil, money.Price{}, errEncodedBody
 	}
 	var body []byte
 	var err error
@@ -379,32 +380,32 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 	switch {
 	case errors.As(err, &tooBig):
 		// A request_body limit before this handler.
-		return nil, billing.Price{}, errTooLarge
+		return nil, money.Price{}, errTooLarge
 	case err != nil:
 		// The client stopped sending (or went away): nobody to answer,
 		// and nothing to blame on Redis or the key.
-		return nil, billing.Price{}, errClientClosed
+		return nil, money.Price{}, errClientClosed
 	}
 	if int64(len(body)) > h.MaxRequestBody {
-		return nil, billing.Price{}, errTooLarge
+		return nil, money.Price{}, errTooLarge
 	}
 	req, err := meter.ParseRequest(format, body, h.inject)
 	var fe *meter.FieldError
 	switch {
 	case errors.Is(err, meter.ErrMissingModel):
-		return nil, billing.Price{}, errInvalidRequest("you must provide a model parameter", "model")
+		return nil, money.Price{}, errInvalidRequest("you must provide a model parameter", "model")
 	case errors.As(err, &fe):
-		return nil, billing.Price{}, errInvalidRequest(fe.Error(), fe.Field)
+		return nil, money.Price{}, errInvalidRequest(fe.Error(), fe.Field)
 	case err != nil:
-		return nil, billing.Price{}, errInvalidRequest("the request body is not a valid JSON object", "")
+		return nil, money.Price{}, errInvalidRequest("the request body is not a valid JSON object", "")
 	}
 	price, ok := h.app.prices.Lookup(req.Model)
 	if !ok {
-		return nil, billing.Price{}, errModelNotFound(req.Model)
+		return nil, money.Price{}, errModelNotFound(req.Model)
 	}
 	if h.models != nil {
 		if _, ok := h.models[req.Model]; !ok {
-			return nil, billing.Price{}, errModelNotAllowed(req.Model)
+			return nil, money.Price{}, errModelNotAllowed(req.Model)
 		}
 	}
 	return req, price, nil

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 	"github.com/cnaitoken/caddy-aitoken/journal"
 )
@@ -17,7 +18,7 @@ import (
 // fundedKey starts a redis-server holding an account for user with credit
 // nanos and an active key, and returns the server, a client, the accounts
 // and the key's hash.
-func fundedKey(t *testing.T, user string, credit billing.Nanos) (*testredis.Server, *redis.Client, *billing.Accounts, string) {
+func fundedKey(t *testing.T, user string, credit money.Nanos) (*testredis.Server, *redis.Client, *billing.Accounts, string) {
 	t.Helper()
 	srv := testredis.Start(t)
 	ctx := context.Background()

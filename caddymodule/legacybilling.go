@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // The legacy billing pair (GET /v1/dashboard/billing/subscription and
@@ -34,7 +35,7 @@ import (
 // gives the balance).
 
 // legacyTotals returns the caller's balance and lifetime spend.
-func (h *AccountAPI) legacyTotals(w http.ResponseWriter, r *http.Request, user string) (balance, used billing.Nanos, ok bool) {
+func (h *AccountAPI) legacyTotals(w http.ResponseWriter, r *http.Request, user string) (balance, used money.Nanos, ok bool) {
 	bal, _, err := h.app.accounts.Balance(r.Context(), user)
 	if err != nil {
 		h.log.Error("redis unavailable; account request refused", zap.Error(err))
@@ -56,7 +57,7 @@ func (h *AccountAPI) legacyTotals(w http.ResponseWriter, r *http.Request, user s
 }
 
 // units converts nanos to a float number of currency units.
-func units(n billing.Nanos) float64 { return float64(n) / 1e9 }
+func units(n money.Nanos) float64 { return float64(n) / 1e9 }
 
 // legacySubscription answers GET /v1/dashboard/billing/subscription in the
 // shape OpenAI used.

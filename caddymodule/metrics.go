@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/meter"
 )
 
@@ -113,7 +114,7 @@ func registerMetrics(ctx caddy.Context) error {
 
 // countRequest records a forwarded request's outcome and what it billed.
 // model is a price table entry (PriceTable.Pattern): a configured name.
-func countRequest(model string, outcome meter.Outcome, t billing.Tokens, reasoning int64, cost billing.Nanos) {
+func countRequest(model string, outcome meter.Outcome, t money.Tokens, reasoning int64, cost money.Nanos) {
 	metrics.requests.WithLabelValues(model, string(outcome)).Inc()
 	addTokens(model, "input", t.Input)
 	addTokens(model, "cached_input", t.CachedInput)

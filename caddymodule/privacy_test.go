@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/caddymodule"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
@@ -441,13 +442,13 @@ func TestRetentionKeepsBalances(t *testing.T) {
 		old = append(old, usagelog.Record{
 			RequestID: fmt.Sprintf("old-%s-%d", u.ID, i), Time: now.Add(-age),
 			User: u.ID, KeyID: k.ID, Model: "test-model", Endpoint: "/v1/chat/completions", Status: 200,
-			Outcome: "ok", InputTokens: 10, OutputTokens: 10, Cost: billing.Nanos(1_000_000 * (i + 1)),
+			Outcome: "ok", InputTokens: 10, OutputTokens: 10, Cost: money.Nanos(1_000_000 * (i + 1)),
 			Currency: "USD", ClientIP: "192.0.2.7",
 		})
 	}
 	// Within them: stays.
 	keep := usagelog.Record{RequestID: "keep-" + u.ID, Time: now.Add(-364 * day), User: u.ID, KeyID: k.ID,
-		Model: "test-model", Status: 200, Outcome: "ok", Cost: billing.Nanos(500_000), Currency: "USD"}
+		Model: "test-model", Status: 200, Outcome: "ok", Cost: money.Nanos(500_000), Currency: "USD"}
 	caddymodule.InjectBilledUsage(t, append(old, keep))
 	liveBefore := getUser(t, u.ID).Balance
 	docBefore, _ := export(t, u.ID)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
@@ -27,15 +28,15 @@ type reconcileReport struct {
 type accountDiff struct {
 	User string `json:"user"`
 	// Ledger is credits minus usage in SQLite, the system of record.
-	Ledger billing.Nanos `json:"ledger"`
+	Ledger money.Nanos `json:"ledger"`
 	// Redis is the live balance (before apply).
-	Redis billing.Nanos `json:"redis"`
+	Redis money.Nanos `json:"redis"`
 	// Difference is Redis − Ledger.
-	Difference billing.Nanos `json:"difference"`
+	Difference money.Nanos `json:"difference"`
 	// Missing is true when Redis had no account at all.
 	Missing bool `json:"missing,omitempty"`
 	// LedgerOutOfRange is the exact ledger balance when it lies outside
-	// ±billing.MaxNanos (rows stored before amounts were bounded): Ledger
+	// ±money.MaxNanos (rows stored before amounts were bounded): Ledger
 	// is then clamped to the range, which is what apply writes to Redis,
 	// and the account stays reported until a debit or credit brings the
 	// ledger back in range.

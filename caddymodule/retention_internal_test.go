@@ -12,7 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
@@ -78,7 +78,7 @@ func TestRetentionJobRunsDailyOnItsClock(t *testing.T) {
 	if _, err := store.CreateUser(ctx, usagelog.User{ID: "u"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.AddLedgerEntry(ctx, "u", billing.Nanos(5e9), "credit", "", ""); err != nil {
+	if _, err := store.AddLedgerEntry(ctx, "u", money.Nanos(5e9), "credit", "", ""); err != nil {
 		t.Fatal(err)
 	}
 	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)

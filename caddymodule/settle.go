@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/meter"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
@@ -134,7 +135,7 @@ type writerOnly struct{ io.Writer }
 // finish closes the meter, prices the response, sets the log fields and
 // settles it in Redis (or the spool).
 func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, req *meter.Request,
-	price billing.Price, start time.Time, aborted bool) {
+	price money.Price, start time.Time, aborted bool) {
 	var out io.Writer = mw.client
 	if aborted || mw.compressed != nil || mw.unreadable {
 		out = io.Discard
@@ -190,7 +191,7 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 		h.log.Warn("the upstream reported more tokens than the request could produce; billed the bound",
 			zap.String("request_id", g.RequestID), zap.String("model", req.Model))
 	}
-	tokens := billing.Tokens{
+	tokens := money.Tokens{
 		Input:       usage.InputTokens,
 		CachedInput: usage.CachedInputTokens,
 		CacheWrite:  usage.CacheWriteTokens,
@@ -272,7 +273,7 @@ const outcomeUpstreamUnreachable meter.Outcome = "upstream_unreachable"
 type logFields struct {
 	requestID, user, keyID, model string
 	input, output                 int64
-	cost                          billing.Nanos
+	cost                          money.Nanos
 	outcome                       meter.Outcome
 }
 

@@ -5,13 +5,14 @@ import (
 	"strconv"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/internal/jsonenc"
 )
 
 // spooled is a settlement waiting in the journal or the spool.
 type spooled struct {
 	Grant  billing.Grant      `json:"grant"`
-	Cost   billing.Nanos      `json:"cost"`
+	Cost   money.Nanos        `json:"cost"`
 	Tokens int64              `json:"tokens"`
 	Record json.RawMessage    `json:"record"`
 	Mode   billing.SettleMode `json:"mode"`

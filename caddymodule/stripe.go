@@ -19,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	stripebill "github.com/cnaitoken/caddy-aitoken/billing/stripe"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
@@ -250,7 +251,7 @@ func crashPoint(step string) error {
 // marks them applied. Each step is idempotent, so running it again for the
 // same entries (repair after a crash, a concurrent repair pass) changes
 // each balance once. An entry Redis refuses because the balance would leave
-// ±billing.MaxNanos (the ledger and Redis disagree: reconcile) stays
+// ±money.MaxNanos (the ledger and Redis disagree: reconcile) stays
 // unapplied and is logged; the entries after it are still applied.
 func applyCredits(ctx context.Context, store *usagelog.Store, accounts *billing.Accounts, entries []usagelog.LedgerEntry) error {
 	for _, e := range entries {
@@ -258,7 +259,7 @@ func applyCredits(ctx context.Context, store *usagelog.Store, accounts *billing.
 			return err
 		}
 		err := accounts.ApplyCredit(ctx, e.User, e.ID, e.Amount)
-		if errors.Is(err, billing.ErrAmountRange) {
+		if errors.Is(err, money.ErrAmountRange) {
 			logger := caddy.Log().Named("aitoken.stripe")
 			logger.Error("redis refused a payment's ledger entry: the balance would be out of range; "+
 				"run reconcile", zap.Int64("ledger_entry", e.ID), zap.String("ref", e.Ref))

@@ -16,7 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // StripeConfig configures card top-ups through Stripe Checkout (the
@@ -44,13 +44,13 @@ type StripeConfig struct {
 
 	// MinTopup is the smallest top-up accepted, in the app's currency.
 	// Default: 1.00.
-	MinTopup billing.Nanos `json:"min_topup,omitempty"`
+	MinTopup money.Nanos `json:"min_topup,omitempty"`
 
 	// MaxTopup is the largest top-up accepted, in the app's currency; a
 	// larger amount is refused (400, param "amount") before Stripe is
 	// asked. It must not be below MinTopup. Default: 10000.00 (or
 	// MinTopup, if that is larger).
-	MaxTopup billing.Nanos `json:"max_topup,omitempty"`
+	MaxTopup money.Nanos `json:"max_topup,omitempty"`
 
 	// TopupRate bounds how many top-ups (Checkout Sessions, each also a
 	// ledger record) one API key may start in a window; more get 429
@@ -81,8 +81,8 @@ type TopupRate struct {
 
 // Defaults and bounds of the stripe block.
 const (
-	defaultMinTopup      = billing.NanosPerUnit
-	defaultMaxTopup      = 10_000 * billing.NanosPerUnit
+	defaultMinTopup      = money.NanosPerUnit
+	defaultMaxTopup      = 10_000 * money.NanosPerUnit
 	defaultTopupSessions = 10
 	defaultTopupWindow   = time.Hour
 	maxTopupSessions     = 1_000_000
@@ -114,7 +114,7 @@ func (c *StripeConfig) checkLimits() error {
 		c.MaxTopup = max(defaultMaxTopup, c.MinTopup)
 	}
 	if !c.MinTopup.InRange() || !c.MaxTopup.InRange() {
-		return fmt.Errorf("stripe min_topup and max_topup: at most %s", trimAmount(billing.MaxNanos))
+		return fmt.Errorf("stripe min_topup and max_topup: at most %s", trimAmount(money.MaxNanos))
 	}
 	if c.MaxTopup < c.MinTopup {
 		return fmt.Errorf("stripe max_topup %s is below min_topup %s", trimAmount(c.MaxTopup), trimAmount(c.MinTopup))
@@ -248,7 +248,7 @@ func parseStripeBlock(d *caddyfile.Dispenser) (*StripeConfig, error) {
 			if err := oneArg(d, &s); err != nil {
 				return nil, err
 			}
-			n, err := billing.ParseNanos(s)
+			n, err := money.ParseNanos(s)
 			if err != nil || n <= 0 {
 				return nil, d.Errf("stripe min_topup %q: want a positive decimal like 5.00", s)
 			}
@@ -258,7 +258,7 @@ func parseStripeBlock(d *caddyfile.Dispenser) (*StripeConfig, error) {
 			if err := oneArg(d, &s); err != nil {
 				return nil, err
 			}
-			n, err := billing.ParseNanos(s)
+			n, err := money.ParseNanos(s)
 			if err != nil || n <= 0 {
 				return nil, d.Errf("stripe max_topup %q: want a positive decimal like 10000.00", s)
 			}

@@ -10,7 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 func TestStripeBlock(t *testing.T) {
@@ -33,7 +33,7 @@ func TestStripeBlock(t *testing.T) {
 	s := a.Stripe
 	if s == nil || s.SecretKey != "{env.AITOKEN_T_KEY}" || s.WebhookSecret != "{file.AITOKEN_T_WHSEC}" ||
 		s.SuccessURL != "https://example.com/done?session_id={CHECKOUT_SESSION_ID}" ||
-		s.MinTopup != 5*billing.NanosPerUnit || s.APIBase != "http://127.0.0.1:12111" ||
+		s.MinTopup != 5*money.NanosPerUnit || s.APIBase != "http://127.0.0.1:12111" ||
 		s.MaxTopup != 2500_500_000_000 || s.TopupRate == nil || s.TopupRate.Sessions != 20 ||
 		time.Duration(s.TopupRate.Window) != 30*time.Minute {
 		t.Fatalf("stripe block read as %+v", s)
@@ -81,8 +81,8 @@ func TestStripeProvision(t *testing.T) {
 	if err := c.provision(zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
-	if c.secretKey != "sk_test_x" || c.webhookSecret != "whsec_x" || c.api == nil || c.MinTopup != billing.NanosPerUnit ||
-		c.MaxTopup != 10_000*billing.NanosPerUnit {
+	if c.secretKey != "sk_test_x" || c.webhookSecret != "whsec_x" || c.api == nil || c.MinTopup != money.NanosPerUnit ||
+		c.MaxTopup != 10_000*money.NanosPerUnit {
 		t.Fatalf("provisioned %+v", c)
 	}
 	if c.SecretKey != "{env.AITOKEN_T_KEY}" {
@@ -93,9 +93,9 @@ func TestStripeProvision(t *testing.T) {
 		"no success url": {SecretKey: "{env.AITOKEN_T_KEY}"},
 		"relative url":   {SecretKey: "{env.AITOKEN_T_KEY}", SuccessURL: "/done"},
 		"max below min": {SecretKey: "{env.AITOKEN_T_KEY}", SuccessURL: "https://example.com/",
-			MinTopup: 50 * billing.NanosPerUnit, MaxTopup: 20 * billing.NanosPerUnit},
+			MinTopup: 50 * money.NanosPerUnit, MaxTopup: 20 * money.NanosPerUnit},
 		"max out of range": {SecretKey: "{env.AITOKEN_T_KEY}", SuccessURL: "https://example.com/",
-			MaxTopup: billing.MaxNanos + 1},
+			MaxTopup: money.MaxNanos + 1},
 		"window too short": {SecretKey: "{env.AITOKEN_T_KEY}", SuccessURL: "https://example.com/",
 			TopupRate: &TopupRate{Sessions: 1, Window: caddy.Duration(time.Millisecond)}},
 	} {

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
@@ -68,7 +69,7 @@ func TestStripeCrashRepairedOnce(t *testing.T) {
 		}
 		return rec.Code
 	}
-	balance := func() billing.Nanos {
+	balance := func() money.Nanos {
 		t.Helper()
 		b, _, err := accounts.Balance(ctx, u.ID)
 		if err != nil {
@@ -102,7 +103,7 @@ func TestStripeCrashRepairedOnce(t *testing.T) {
 	if b, p := balance(), pending(); b != 0 || p != 1 {
 		t.Fatalf("after the crash: balance %s, %d pending; want 0, 1", b, p)
 	}
-	if bal, _ := store.LedgerBalance(ctx, u.ID); bal != 20*billing.NanosPerUnit {
+	if bal, _ := store.LedgerBalance(ctx, u.ID); bal != 20*money.NanosPerUnit {
 		t.Fatalf("ledger balance %s", bal)
 	}
 	stripeCrashHook.Store(nil)
@@ -110,7 +111,7 @@ func TestStripeCrashRepairedOnce(t *testing.T) {
 		if _, err := repairCredits(ctx, store, accounts); err != nil {
 			t.Fatal(err)
 		}
-		if b, p := balance(), pending(); b != 20*billing.NanosPerUnit || p != 0 {
+		if b, p := balance(), pending(); b != 20*money.NanosPerUnit || p != 0 {
 			t.Fatalf("repair pass %d: balance %s, %d pending", i+1, b, p)
 		}
 	}
@@ -118,7 +119,7 @@ func TestStripeCrashRepairedOnce(t *testing.T) {
 	// Crash after Redis, before the entry is marked applied.
 	crashAt("mark")
 	deliver("evt_crash_2", "cs_crash_2", 1000)
-	if b, p := balance(), pending(); b != 30*billing.NanosPerUnit || p != 1 {
+	if b, p := balance(), pending(); b != 30*money.NanosPerUnit || p != 1 {
 		t.Fatalf("after the second crash: balance %s, %d pending", b, p)
 	}
 	stripeCrashHook.Store(nil)
@@ -130,7 +131,7 @@ func TestStripeCrashRepairedOnce(t *testing.T) {
 		if want := 1 - i; n != want {
 			t.Fatalf("repair pass %d handled %d entries, want %d", i+1, n, want)
 		}
-		if b, p := balance(), pending(); b != 30*billing.NanosPerUnit || p != 0 {
+		if b, p := balance(), pending(); b != 30*money.NanosPerUnit || p != 0 {
 			t.Fatalf("repair pass %d: balance %s, %d pending", i+1, b, p)
 		}
 	}
@@ -142,13 +143,13 @@ func TestStripeCrashRepairedOnce(t *testing.T) {
 	app.accounts = billing.NewAccounts(down)
 	deliver("evt_down", "cs_down", 500)
 	app.accounts = accounts
-	if b, p := balance(), pending(); b != 30*billing.NanosPerUnit || p != 1 {
+	if b, p := balance(), pending(); b != 30*money.NanosPerUnit || p != 1 {
 		t.Fatalf("with redis down: balance %s, %d pending", b, p)
 	}
 	if _, err := repairCredits(ctx, store, accounts); err != nil {
 		t.Fatal(err)
 	}
-	if b, p := balance(), pending(); b != 35*billing.NanosPerUnit || p != 0 {
+	if b, p := balance(), pending(); b != 35*money.NanosPerUnit || p != 0 {
 		t.Fatalf("after repair: balance %s, %d pending", b, p)
 	}
 
@@ -181,21 +182,21 @@ func TestStripeRepairSkipsRefusedEntry(t *testing.T) {
 		}
 		users = append(users, u.ID)
 		if _, _, err := store.StripeEvent(ctx, usagelog.StripeEventInfo{ID: fmt.Sprint("evt_", i)}, func(tx *usagelog.PaymentTx) (string, error) {
-			_, err := tx.AddLedger(u.ID, 5*billing.NanosPerUnit, "topup", "", fmt.Sprint("credit:", i))
+			_, err := tx.AddLedger(u.ID, 5*money.NanosPerUnit, "topup", "", fmt.Sprint("credit:", i))
 			return "", err
 		}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// Redis holds a balance for the first user that the ledger does not.
-	if err := rdb.HSet(ctx, "ait:{"+users[0]+"}:acct", "balance", int64(billing.MaxNanos)-1, "held", 0).Err(); err != nil {
+	if err := rdb.HSet(ctx, "ait:{"+users[0]+"}:acct", "balance", int64(money.MaxNanos)-1, "held", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	n, err := repairCredits(ctx, store, accounts)
 	if err != nil || n != 2 {
 		t.Fatalf("repair: %d, %v", n, err)
 	}
-	if b, _, _ := accounts.Balance(ctx, users[1]); b != 5*billing.NanosPerUnit {
+	if b, _, _ := accounts.Balance(ctx, users[1]); b != 5*money.NanosPerUnit {
 		t.Fatalf("the entry after the refused one: balance %s", b)
 	}
 	p, err := store.PendingCredits(ctx, 0)

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	stripebill "github.com/cnaitoken/caddy-aitoken/billing/stripe"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
@@ -28,10 +29,10 @@ type topupResponse struct {
 	// CheckoutURL is the Stripe Checkout page to send the customer to.
 	CheckoutURL string `json:"checkout_url"`
 	// ID is the Checkout Session.
-	ID       string        `json:"id"`
-	TopupID  string        `json:"topup_id"`
-	Amount   billing.Nanos `json:"amount"`
-	Currency string        `json:"currency"`
+	ID       string      `json:"id"`
+	TopupID  string      `json:"topup_id"`
+	Amount   money.Nanos `json:"amount"`
+	Currency string      `json:"currency"`
 }
 
 // topupRateScript counts a key's top-ups in a fixed window (KEYS[1], ARGV[1]
@@ -110,7 +111,7 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Gra
 		return
 	}
 	var in struct {
-		Amount *billing.Nanos `json:"amount"`
+		Amount *money.Nanos `json:"amount"`
 		// Currency, when given, must be the gateway's: a client that
 		// expects another currency is told, not charged in this one.
 		Currency *string `json:"currency"`
@@ -126,7 +127,7 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Gra
 	}
 	if err := json.Unmarshal(body, &in); err != nil {
 		var typeErr *json.UnmarshalTypeError
-		if errors.Is(err, billing.ErrBadAmount) || errors.Is(err, billing.ErrAmountRange) ||
+		if errors.Is(err, money.ErrBadAmount) || errors.Is(err, money.ErrAmountRange) ||
 			errors.As(err, &typeErr) && typeErr.Field == "amount" {
 			errInvalidRequest(`amount must be a decimal string like "20.00"`, "amount").write(w)
 			return
@@ -227,7 +228,7 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Gra
 }
 
 // trimAmount writes n without trailing zeros past two places ("5.00").
-func trimAmount(n billing.Nanos) string {
+func trimAmount(n money.Nanos) string {
 	s := strings.TrimRight(n.String(), "0")
 	whole, frac, _ := strings.Cut(s, ".")
 	for len(frac) < 2 {

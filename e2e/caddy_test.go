@@ -20,7 +20,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
 )
 
@@ -406,7 +406,7 @@ func checkMoneyFormat(t *testing.T, field, s string) {
 // nanos parses a decimal money string ("0.000022000", "-1.5") into nanos.
 func nanos(t *testing.T, s string) int64 {
 	t.Helper()
-	n, err := billing.ParseNanos(s)
+	n, err := money.ParseNanos(s)
 	if err != nil {
 		t.Fatalf("money %q: %v", s, err)
 	}

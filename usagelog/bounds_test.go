@@ -15,11 +15,11 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/internal/filemode"
 )
 
-const units = billing.Nanos(billing.NanosPerUnit)
+const units = money.Nanos(money.NanosPerUnit)
 
 // Amounts are bounded before anything is written: a credit of 9,000,000,000
 // is refused, and so is a second credit of 9,000,000 that would take the
@@ -31,13 +31,13 @@ func TestLedgerEntryBounds(t *testing.T) {
 	if _, err := s.CreateUser(ctx, User{ID: "u"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AddLedgerEntry(ctx, "u", 9_000_000_000*units, "credit", "", ""); !errors.Is(err, billing.ErrAmountRange) {
+	if _, err := s.AddLedgerEntry(ctx, "u", 9_000_000_000*units, "credit", "", ""); !errors.Is(err, money.ErrAmountRange) {
 		t.Fatalf("credit of 9000000000: %v", err)
 	}
 	if _, err := s.AddLedgerEntry(ctx, "u", 9_000_000*units, "credit", "", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AddLedgerEntry(ctx, "u", 9_000_000*units, "credit", "", ""); !errors.Is(err, billing.ErrAmountRange) {
+	if _, err := s.AddLedgerEntry(ctx, "u", 9_000_000*units, "credit", "", ""); !errors.Is(err, money.ErrAmountRange) {
 		t.Fatalf("second credit of 9000000: %v", err)
 	}
 	if n := countRows(t, s, "ledger"); n != 1 {
@@ -49,26 +49,26 @@ func TestLedgerEntryBounds(t *testing.T) {
 	if _, err := s.InsertUsage(ctx, []Record{r}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AddLedgerEntry(ctx, "u", billing.MaxNanos-4_000_000*units, "credit", "", ""); err != nil {
+	if _, err := s.AddLedgerEntry(ctx, "u", money.MaxNanos-4_000_000*units, "credit", "", ""); err != nil {
 		t.Fatalf("credit up to MaxNanos: %v", err)
 	}
-	if bal, err := s.LedgerBalance(ctx, "u"); err != nil || bal != billing.MaxNanos {
-		t.Fatalf("balance = %s, %v; want %s", bal, err, billing.MaxNanos)
+	if bal, err := s.LedgerBalance(ctx, "u"); err != nil || bal != money.MaxNanos {
+		t.Fatalf("balance = %s, %v; want %s", bal, err, money.MaxNanos)
 	}
-	if _, err := s.AddLedgerEntry(ctx, "u", 1, "credit", "", ""); !errors.Is(err, billing.ErrAmountRange) {
+	if _, err := s.AddLedgerEntry(ctx, "u", 1, "credit", "", ""); !errors.Is(err, money.ErrAmountRange) {
 		t.Fatalf("credit past MaxNanos: %v", err)
 	}
 	// Debits are bounded the same way, below zero.
-	if _, err := s.AddLedgerEntry(ctx, "u", -billing.MaxNanos, "debit", "", ""); err != nil {
+	if _, err := s.AddLedgerEntry(ctx, "u", -money.MaxNanos, "debit", "", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AddLedgerEntry(ctx, "u", -billing.MaxNanos, "debit", "", ""); err != nil {
+	if _, err := s.AddLedgerEntry(ctx, "u", -money.MaxNanos, "debit", "", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AddLedgerEntry(ctx, "u", -1, "debit", "", ""); !errors.Is(err, billing.ErrAmountRange) {
+	if _, err := s.AddLedgerEntry(ctx, "u", -1, "debit", "", ""); !errors.Is(err, money.ErrAmountRange) {
 		t.Fatalf("debit past -MaxNanos: %v", err)
 	}
-	if bal, _ := s.LedgerBalance(ctx, "u"); bal != -billing.MaxNanos {
+	if bal, _ := s.LedgerBalance(ctx, "u"); bal != -money.MaxNanos {
 		t.Fatalf("balance = %s", bal)
 	}
 	// UndoLedgerEntry takes back an entry Redis refused.
@@ -82,7 +82,7 @@ func TestLedgerEntryBounds(t *testing.T) {
 	if err := s.UndoLedgerEntry(ctx, "u", id); err != nil {
 		t.Fatal(err)
 	}
-	if bal, _ := s.LedgerBalance(ctx, "u"); bal != -billing.MaxNanos {
+	if bal, _ := s.LedgerBalance(ctx, "u"); bal != -money.MaxNanos {
 		t.Fatalf("balance after undo = %s", bal)
 	}
 }
@@ -91,7 +91,7 @@ func TestLedgerEntryBounds(t *testing.T) {
 func TestUsageCostBounds(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t)
-	for _, cost := range []billing.Nanos{-1, billing.MaxNanos + 1, 9_000_000_000 * units} {
+	for _, cost := range []money.Nanos{-1, money.MaxNanos + 1, 9_000_000_000 * units} {
 		r := rec("r", "u", time.Now().UTC())
 		r.Cost = cost
 		if _, err := s.InsertUsage(ctx, []Record{r}); !errors.Is(err, ErrInvalid) {
@@ -116,7 +116,7 @@ func TestErasedUserTakesNoLedgerEntry(t *testing.T) {
 	if _, err := s.EraseUser(ctx, "gone", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	for _, amt := range []billing.Nanos{5 * units, -units} {
+	for _, amt := range []money.Nanos{5 * units, -units} {
 		if _, err := s.AddLedgerEntry(ctx, "gone", amt, "credit", "", ""); !errors.Is(err, ErrUserDeleted) {
 			t.Errorf("entry of %s for an erased user: %v", amt, err)
 		}
@@ -170,11 +170,11 @@ func TestSumsNeverOverflow(t *testing.T) {
 
 	wantWhale := "27223372036.854775806" // 2·9e18 + (2^63-1) - 1 nanos
 	a, err := s.LedgerAmount(ctx, "whale")
-	if err != nil || a.Nanos != billing.MaxNanos || a.Exact != wantWhale || !a.OutOfRange() {
+	if err != nil || a.Nanos != money.MaxNanos || a.Exact != wantWhale || !a.OutOfRange() {
 		t.Fatalf("whale: %+v, %v", a, err)
 	}
 	// 5 - 2·9e18 + 2^63 nanos
-	if a, err := s.LedgerAmount(ctx, "debtor"); err != nil || a.Nanos != -billing.MaxNanos || a.Exact != "-8776627963.145224187" {
+	if a, err := s.LedgerAmount(ctx, "debtor"); err != nil || a.Nanos != -money.MaxNanos || a.Exact != "-8776627963.145224187" {
 		t.Fatalf("debtor: %+v, %v", a, err)
 	}
 	if a, err := s.LedgerAmount(ctx, "ok"); err != nil || a.Nanos != 7*units || a.OutOfRange() {
@@ -185,7 +185,7 @@ func TestSumsNeverOverflow(t *testing.T) {
 		t.Fatalf("AccountBalances = %+v, %v", all, err)
 	}
 	bals, err := s.Balances(ctx)
-	if err != nil || bals["whale"] != billing.MaxNanos || bals["debtor"] != -billing.MaxNanos || bals["ok"] != 7*units {
+	if err != nil || bals["whale"] != money.MaxNanos || bals["debtor"] != -money.MaxNanos || bals["ok"] != 7*units {
 		t.Fatalf("Balances = %v, %v", bals, err)
 	}
 	var buf bytes.Buffer
@@ -193,10 +193,10 @@ func TestSumsNeverOverflow(t *testing.T) {
 		t.Fatalf("export: %v", err)
 	}
 	var doc struct {
-		Balance billing.Nanos `json:"ledger_balance"`
-		Exact   string        `json:"ledger_balance_exact"`
+		Balance money.Nanos `json:"ledger_balance"`
+		Exact   string      `json:"ledger_balance_exact"`
 	}
-	if err := json.Unmarshal(buf.Bytes(), &doc); err != nil || doc.Balance != billing.MaxNanos || doc.Exact != wantWhale {
+	if err := json.Unmarshal(buf.Bytes(), &doc); err != nil || doc.Balance != money.MaxNanos || doc.Exact != wantWhale {
 		t.Fatalf("export: %+v, %v\n%s", doc, err, buf.Bytes())
 	}
 	buf.Reset()
@@ -213,10 +213,10 @@ func TestSumsNeverOverflow(t *testing.T) {
 		t.Fatalf("credited total = %d, %v", n, err)
 	}
 	// An out-of-range balance may be brought back, never pushed further.
-	if _, err := s.AddLedgerEntry(ctx, "whale", 1, "credit", "", ""); !errors.Is(err, billing.ErrAmountRange) {
+	if _, err := s.AddLedgerEntry(ctx, "whale", 1, "credit", "", ""); !errors.Is(err, money.ErrAmountRange) {
 		t.Fatalf("credit to an out-of-range balance: %v", err)
 	}
-	if _, err := s.AddLedgerEntry(ctx, "whale", -billing.MaxNanos, "debit", "repair", ""); err != nil {
+	if _, err := s.AddLedgerEntry(ctx, "whale", -money.MaxNanos, "debit", "repair", ""); err != nil {
 		t.Fatalf("debit of an out-of-range balance: %v", err)
 	}
 }
@@ -224,17 +224,17 @@ func TestSumsNeverOverflow(t *testing.T) {
 func TestDifferenceExact(t *testing.T) {
 	for _, tc := range []struct {
 		plus, minus wide
-		nanos       billing.Nanos
+		nanos       money.Nanos
 		exact       string
 	}{
 		{wide{0, 0}, wide{0, 0}, 0, ""},
 		{wide{1, 5}, wide{0, 3}, 1<<31 + 2, ""},
 		{wide{-3, -7}, wide{0, 0}, -3<<31 - 7, ""},
-		{wide{1 << 22, 0}, wide{0, 1}, billing.MaxNanos, ""},
-		{wide{1 << 22, 0}, wide{0, 0}, billing.MaxNanos, "9007199.254740992"},
-		{wide{-1 << 22, 0}, wide{0, 0}, -billing.MaxNanos, "-9007199.254740992"},
-		{wide{0, 1}, wide{1 << 40, 0}, -billing.MaxNanos, "-2361183241434.822606847"},
-		{wide{1<<62 + 3, 1<<62 + 1}, wide{-1 << 62, -1 << 62}, billing.MaxNanos, "19807040637789456441.683214337"},
+		{wide{1 << 22, 0}, wide{0, 1}, money.MaxNanos, ""},
+		{wide{1 << 22, 0}, wide{0, 0}, money.MaxNanos, "9007199.254740992"},
+		{wide{-1 << 22, 0}, wide{0, 0}, -money.MaxNanos, "-9007199.254740992"},
+		{wide{0, 1}, wide{1 << 40, 0}, -money.MaxNanos, "-2361183241434.822606847"},
+		{wide{1<<62 + 3, 1<<62 + 1}, wide{-1 << 62, -1 << 62}, money.MaxNanos, "19807040637789456441.683214337"},
 		{wide{0, 7}, wide{0, 0}, 7, ""},
 	} {
 		got := difference(tc.plus, tc.minus)

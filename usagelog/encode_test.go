@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 func checkAppendJSON(t *testing.T, r Record) {
@@ -46,7 +46,7 @@ func FuzzAppendJSON(f *testing.F) {
 			RequestID: id, Time: time.Unix(0, unixNanos).UTC(), User: user, KeyID: user + "k", Model: model,
 			Endpoint: endpoint, Stream: n%2 == 0, Status: int(n % 600), Outcome: outcome, InputTokens: n,
 			CachedInputTokens: n / 2, CacheWriteTokens: n % 3, OutputTokens: -n, ReasoningTokens: n % 7,
-			Cost: billing.Nanos(cost), Currency: currency, Estimated: n%5 == 0, Clamped: n%4 == 1, DurationMS: n, TTFTMS: n / 3, ClientIP: ip,
+			Cost: money.Nanos(cost), Currency: currency, Estimated: n%5 == 0, Clamped: n%4 == 1, DurationMS: n, TTFTMS: n / 3, ClientIP: ip,
 		})
 	})
 }

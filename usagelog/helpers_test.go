@@ -8,7 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 )
 
@@ -50,7 +50,7 @@ func rec(id, user string, t time.Time) Record {
 		CachedInputTokens: 1000,
 		OutputTokens:      350,
 		ReasoningTokens:   100,
-		Cost:              billing.Nanos(123_456),
+		Cost:              money.Nanos(123_456),
 		Currency:          "USD",
 		DurationMS:        900,
 		TTFTMS:            120,

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // Key statuses.
@@ -245,7 +245,7 @@ func (s *Store) AllKeys(ctx context.Context) ([]Key, error) {
 // caddymodule/account.go). A user without entries (or no such user) gives 0.
 // A total past the int64 range (rows stored before amounts were bounded)
 // is cut to it rather than failing.
-func (s *Store) CreditedTotal(ctx context.Context, userID string) (billing.Nanos, error) {
+func (s *Store) CreditedTotal(ctx context.Context, userID string) (money.Nanos, error) {
 	var w wide
 	err := s.rd.QueryRowContext(ctx, `SELECT `+splitSQL("amount")+` FROM ledger
 		WHERE user_id = ? AND redis_applied = 1 AND kind != 'usage_rollup'`, userID).Scan(&w.hi, &w.lo)

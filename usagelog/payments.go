@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // Payment kinds.
@@ -52,7 +52,7 @@ type Payment struct {
 	Currency string `json:"currency"`
 	// Credited is what the payment changed on the balance so far, in nanos
 	// of the gateway's currency (negative for refunds and disputes).
-	Credited billing.Nanos `json:"credited"`
+	Credited money.Nanos `json:"credited"`
 	// Status is where the payment stands, e.g. "open", "pending", "paid",
 	// "currency_mismatch", "refunded", "needs_response", "won", "lost".
 	Status string `json:"status"`
@@ -76,7 +76,7 @@ func scanPayment(r rowScanner) (Payment, error) {
 	)
 	err := r.Scan(&p.ID, &p.Ref, &p.Kind, &p.User, &p.TopupID, &p.SessionID, &p.PaymentIntent, &p.ChargeID,
 		&p.DisputeID, &p.AmountMinor, &p.Currency, &credited, &p.Status, &p.EventID, &created, &updated)
-	p.Credited = billing.Nanos(credited)
+	p.Credited = money.Nanos(credited)
 	p.CreatedAt, p.UpdatedAt = fromNanos(created), fromNanos(updated)
 	return p, err
 }
@@ -187,7 +187,7 @@ type StripeEventInfo struct {
 type LedgerEntry struct {
 	ID     int64
 	User   string
-	Amount billing.Nanos
+	Amount money.Nanos
 	Ref    string
 }
 
@@ -274,7 +274,7 @@ func (s *Store) PendingCreditsAfter(ctx context.Context, after int64, limit int)
 		if err := rows.Scan(&e.ID, &e.User, &amount, &e.Ref); err != nil {
 			return nil, fmt.Errorf("pending credits: %w", err)
 		}
-		e.Amount = billing.Nanos(amount)
+		e.Amount = money.Nanos(amount)
 		out = append(out, e)
 	}
 	return out, rows.Err()

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 func newUser(t *testing.T, s *Store) string {
@@ -29,7 +29,7 @@ func TestStripeEventOnce(t *testing.T) {
 	user := newUser(t, s)
 	ev := StripeEventInfo{ID: "evt_1", Type: "checkout.session.completed", APIVersion: "2023-10-16", Created: 1}
 	apply := func(tx *PaymentTx) (string, error) {
-		added, err := tx.AddLedger(user, 10*billing.NanosPerUnit, "topup", "test", "credit:cs_1")
+		added, err := tx.AddLedger(user, 10*money.NanosPerUnit, "topup", "test", "credit:cs_1")
 		if err != nil || !added {
 			t.Fatalf("AddLedger = %v, %v", added, err)
 		}
@@ -54,7 +54,7 @@ func TestStripeEventOnce(t *testing.T) {
 	}
 
 	entries, dup, err := s.StripeEvent(ctx, ev, apply)
-	if err != nil || dup || len(entries) != 1 || entries[0].Amount != 10*billing.NanosPerUnit || entries[0].User != user {
+	if err != nil || dup || len(entries) != 1 || entries[0].Amount != 10*money.NanosPerUnit || entries[0].User != user {
 		t.Fatalf("first delivery: %+v, dup %v, %v", entries, dup, err)
 	}
 	entries, dup, err = s.StripeEvent(ctx, ev, func(*PaymentTx) (string, error) {
@@ -70,7 +70,7 @@ func TestStripeEventOnce(t *testing.T) {
 
 	// Another event with the same business key adds nothing.
 	entries, _, err = s.StripeEvent(ctx, StripeEventInfo{ID: "evt_2", Type: "x"}, func(tx *PaymentTx) (string, error) {
-		added, err := tx.AddLedger(user, 10*billing.NanosPerUnit, "topup", "test", "credit:cs_1")
+		added, err := tx.AddLedger(user, 10*money.NanosPerUnit, "topup", "test", "credit:cs_1")
 		if added {
 			t.Error("same ref added twice")
 		}
@@ -79,7 +79,7 @@ func TestStripeEventOnce(t *testing.T) {
 	if err != nil || len(entries) != 0 {
 		t.Fatalf("same ref: %+v, %v", entries, err)
 	}
-	if bal, _ := s.LedgerBalance(ctx, user); bal != 10*billing.NanosPerUnit {
+	if bal, _ := s.LedgerBalance(ctx, user); bal != 10*money.NanosPerUnit {
 		t.Fatalf("balance %d", bal)
 	}
 	// An unknown user is an error, and rolls the event back.
@@ -129,7 +129,7 @@ func TestPendingCredits(t *testing.T) {
 	var ids []int64
 	for i, ref := range []string{"a", "b", "c"} {
 		entries, _, err := s.StripeEvent(ctx, StripeEventInfo{ID: "evt_" + ref}, func(tx *PaymentTx) (string, error) {
-			_, err := tx.AddLedger("old", billing.Nanos(i+1), "topup", "", "credit:"+ref)
+			_, err := tx.AddLedger("old", money.Nanos(i+1), "topup", "", "credit:"+ref)
 			return "", err
 		})
 		if err != nil {
@@ -205,7 +205,7 @@ func TestTopupRecords(t *testing.T) {
 	}
 }
 
-// PaymentTx.AddLedger keeps a ledger balance within ±billing.MaxNanos,
+// PaymentTx.AddLedger keeps a ledger balance within ±money.MaxNanos,
 // writes nothing when it refuses, finds an existing ref first, and books
 // entries for erased users.
 func TestPaymentLedgerRange(t *testing.T) {
@@ -219,7 +219,7 @@ func TestPaymentLedgerRange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	add := func(id string, amount billing.Nanos, ref string) (bool, error) {
+	add := func(id string, amount money.Nanos, ref string) (bool, error) {
 		var added bool
 		_, _, err := s.StripeEvent(ctx, StripeEventInfo{ID: id}, func(tx *PaymentTx) (string, error) {
 			var err error
@@ -228,11 +228,11 @@ func TestPaymentLedgerRange(t *testing.T) {
 		})
 		return added, err
 	}
-	if ok, err := add("evt_1", billing.MaxNanos-5, "credit:1"); !ok || err != nil {
+	if ok, err := add("evt_1", money.MaxNanos-5, "credit:1"); !ok || err != nil {
 		t.Fatalf("credit up to the bound: %v %v", ok, err)
 	}
-	for i, amount := range []billing.Nanos{6, billing.MaxNanos + 1, -billing.MaxNanos - 1} {
-		if ok, err := add(fmt.Sprint("evt_over_", i), amount, fmt.Sprint("credit:over:", i)); ok || !errors.Is(err, billing.ErrAmountRange) {
+	for i, amount := range []money.Nanos{6, money.MaxNanos + 1, -money.MaxNanos - 1} {
+		if ok, err := add(fmt.Sprint("evt_over_", i), amount, fmt.Sprint("credit:over:", i)); ok || !errors.Is(err, money.ErrAmountRange) {
 			t.Errorf("credit of %s: %v %v, want ErrAmountRange", amount, ok, err)
 		}
 	}
@@ -242,7 +242,7 @@ func TestPaymentLedgerRange(t *testing.T) {
 	if ok, err := add("evt_5", 5, "credit:5"); !ok || err != nil {
 		t.Errorf("credit to the bound: %v %v", ok, err)
 	}
-	if bal, _ := s.LedgerBalance(ctx, u.ID); bal != billing.MaxNanos {
+	if bal, _ := s.LedgerBalance(ctx, u.ID); bal != money.MaxNanos {
 		t.Fatalf("balance %s", bal)
 	}
 	if _, err := s.EraseUser(ctx, u.ID, time.Time{}); err != nil {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // PaymentTx is the transaction a Stripe event is applied in (see
@@ -41,13 +41,13 @@ func (t *PaymentTx) UserStatus(id string) (string, error) {
 
 // AddLedger adds a ledger entry with the unique business key ref, to be
 // applied to Redis after commit. When an entry with ref exists already it
-// adds nothing and returns false. An amount outside ±billing.MaxNanos, or
+// adds nothing and returns false. An amount outside ±money.MaxNanos, or
 // one that would take the user's ledger balance out of that range (a
 // balance already outside may move towards it), gives
-// billing.ErrAmountRange and writes nothing. Unlike Store.AddLedgerEntry
+// money.ErrAmountRange and writes nothing. Unlike Store.AddLedgerEntry
 // it takes entries for erased users: a refund or dispute of what they paid
 // is still booked.
-func (t *PaymentTx) AddLedger(user string, amount billing.Nanos, kind, reason, ref string) (bool, error) {
+func (t *PaymentTx) AddLedger(user string, amount money.Nanos, kind, reason, ref string) (bool, error) {
 	if amount == 0 || kind == "" || ref == "" {
 		return false, fmt.Errorf("ledger entry needs an amount, kind and ref: %w", ErrInvalid)
 	}
@@ -58,7 +58,7 @@ func (t *PaymentTx) AddLedger(user string, amount billing.Nanos, kind, reason, r
 	if n > 0 {
 		return false, nil
 	}
-	if err := billing.CheckAmount(amount); err != nil {
+	if err := money.CheckAmount(amount); err != nil {
 		return false, err
 	}
 	status, bal, err := ledgerBalance(t.ctx, t.tx, user)
@@ -69,10 +69,10 @@ func (t *PaymentTx) AddLedger(user string, amount billing.Nanos, kind, reason, r
 		return false, fmt.Errorf("user %s: %w", user, ErrNotFound)
 	case bal.OutOfRange():
 		if (amount > 0) == (bal.Nanos > 0) {
-			return false, fmt.Errorf("%w (the ledger balance of user %s is %s)", billing.ErrAmountRange, user, bal.Exact)
+			return false, fmt.Errorf("%w (the ledger balance of user %s is %s)", money.ErrAmountRange, user, bal.Exact)
 		}
 	default:
-		if _, err := billing.CheckCredit(bal.Nanos, amount); err != nil {
+		if _, err := money.CheckCredit(bal.Nanos, amount); err != nil {
 			return false, fmt.Errorf("%w (the ledger balance of user %s is %s)", err, user, bal.Nanos)
 		}
 	}
@@ -216,7 +216,7 @@ type StripeDispute struct {
 	// Status is Stripe's dispute status ("needs_response", "won", "lost", …).
 	Status string
 	// Held is what the balance is debited for the dispute, in nanos (≥ 0).
-	Held billing.Nanos
+	Held money.Nanos
 }
 
 // Dispute returns the dispute with the given ID.
@@ -250,7 +250,7 @@ func (t *PaymentTx) disputes(where, arg string) ([]StripeDispute, error) {
 		if err := rows.Scan(&d.ID, &d.ChargeID, &d.PaymentIntent, &d.Amount, &d.Currency, &d.Status, &held); err != nil {
 			return nil, fmt.Errorf("get disputes: %w", err)
 		}
-		d.Held = billing.Nanos(held)
+		d.Held = money.Nanos(held)
 		out = append(out, d)
 	}
 	return out, rows.Err()

@@ -10,7 +10,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // Audit actions.
@@ -139,8 +139,8 @@ func listAudit(ctx context.Context, qr querier, q AuditQuery) ([]AuditEntry, err
 // LedgerRow is one ledger entry as exported: a credit, a debit, a payment's
 // credit or refund, or a usage roll-up made by the retention job.
 type LedgerRow struct {
-	ID     int64         `json:"id"`
-	Amount billing.Nanos `json:"amount"`
+	ID     int64       `json:"id"`
+	Amount money.Nanos `json:"amount"`
 	// Kind is the entry's origin, such as "credit", "debit", "stripe" or
 	// "usage_rollup".
 	Kind      string    `json:"kind"`
@@ -170,7 +170,7 @@ func ledgerEntries(ctx context.Context, q querier, user string) ([]LedgerRow, er
 		if err := rows.Scan(&e.ID, &amount, &e.Kind, &e.Reason, &e.Ref, &at); err != nil {
 			return nil, fmt.Errorf("ledger entries: %w", err)
 		}
-		e.Amount, e.CreatedAt = billing.Nanos(amount), fromNanos(at)
+		e.Amount, e.CreatedAt = money.Nanos(amount), fromNanos(at)
 		out = append(out, e)
 	}
 	return out, rows.Err()
@@ -190,11 +190,11 @@ type Export struct {
 	User User `json:"user"`
 	// Balance is the ledger balance: credits minus usage (holds, which
 	// live only in Redis, are not included). One outside
-	// ±billing.MaxNanos (stored before amounts were bounded) is clamped to
+	// ±money.MaxNanos (stored before amounts were bounded) is clamped to
 	// the range, and BalanceExact tells it.
-	Balance billing.Nanos `json:"ledger_balance"`
+	Balance money.Nanos `json:"ledger_balance"`
 	// BalanceExact is the exact ledger balance when it lies outside
-	// ±billing.MaxNanos; omitted otherwise.
+	// ±money.MaxNanos; omitted otherwise.
 	BalanceExact string `json:"ledger_balance_exact,omitempty"`
 	// Keys are the user's API keys: never the secret (not stored) or its
 	// hash.
@@ -313,7 +313,7 @@ func scanUsage(row interface{ Scan(...any) error }) (Record, error) {
 		return Record{}, err
 	}
 	r.Time = fromNanos(t)
-	r.Cost = billing.Nanos(cost)
+	r.Cost = money.Nanos(cost)
 	return r, nil
 }
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // day is the retention unit of the tests.
@@ -21,16 +21,16 @@ const day = 24 * time.Hour
 func putOldPayment(t *testing.T, s *Store, ref, user string, t0 time.Time) Payment {
 	t.Helper()
 	p := Payment{Ref: ref, Kind: PaymentTopup, User: user, TopupID: ref, AmountMinor: 1000, Currency: "USD",
-		Credited: billing.Nanos(10e9), Status: "paid", CreatedAt: t0}
+		Credited: money.Nanos(10e9), Status: "paid", CreatedAt: t0}
 	if err := putPayment(context.Background(), s.wr, &p, t0); err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func balances(t *testing.T, s *Store, users ...string) map[string]billing.Nanos {
+func balances(t *testing.T, s *Store, users ...string) map[string]money.Nanos {
 	t.Helper()
-	out := map[string]billing.Nanos{}
+	out := map[string]money.Nanos{}
 	for _, u := range users {
 		b, err := s.LedgerBalance(context.Background(), u)
 		if err != nil {
@@ -76,11 +76,11 @@ func testPurge(t *testing.T) {
 		if _, err := s.CreateUser(ctx, User{ID: u, Email: u + "@example.com"}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.AddLedgerEntry(ctx, u, billing.Nanos(10e9), "credit", "", ""); err != nil {
+		if _, err := s.AddLedgerEntry(ctx, u, money.Nanos(10e9), "credit", "", ""); err != nil {
 			t.Fatal(err)
 		}
 	}
-	old := func(id, user string, age time.Duration, cost billing.Nanos) Record {
+	old := func(id, user string, age time.Duration, cost money.Nanos) Record {
 		r := rec(id, user, now.Add(-age))
 		r.Cost = cost
 		return r
@@ -140,12 +140,12 @@ func testPurge(t *testing.T) {
 	}
 	// The roll-ups (one per user and chunk) carry exactly the deleted
 	// cost; every earlier entry is still there.
-	for u, cost := range map[string]billing.Nanos{"u1": 7_000, "u2": 32_000} {
+	for u, cost := range map[string]money.Nanos{"u1": 7_000, "u2": 32_000} {
 		entries, err := s.LedgerEntries(ctx, u)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var sum billing.Nanos
+		var sum money.Nanos
 		for _, e := range entries {
 			if e.Kind == KindUsageRollup {
 				sum += e.Amount
@@ -202,7 +202,7 @@ func testPurge(t *testing.T) {
 	}
 }
 
-func maps(a, b map[string]billing.Nanos) bool {
+func maps(a, b map[string]money.Nanos) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -260,7 +260,7 @@ func TestEraseUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	putOldPayment(t, s, "topup:pay", "gone", now)
-	if _, err := s.AddLedgerEntry(ctx, "gone", billing.Nanos(5e9), "credit", "", ""); err != nil {
+	if _, err := s.AddLedgerEntry(ctx, "gone", money.Nanos(5e9), "credit", "", ""); err != nil {
 		t.Fatal(err)
 	}
 	balBefore := balances(t, s, "gone")
@@ -349,7 +349,7 @@ func TestExportUser(t *testing.T) {
 	if err := s.CreateKey(ctx, Key{ID: "k1", UserID: "u", Hash: hash, Prefix: "sk-ait-abcd"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AddLedgerEntry(ctx, "u", billing.Nanos(3e9), "credit", "welcome", ""); err != nil {
+	if _, err := s.AddLedgerEntry(ctx, "u", money.Nanos(3e9), "credit", "welcome", ""); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now().UTC()
@@ -384,7 +384,7 @@ func TestExportUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	if doc.User.Email != "u@example.com" || len(doc.Keys) != 1 || len(doc.Ledger) != 1 || len(doc.Payments) != 1 ||
-		len(doc.Audit) != 1 || len(doc.Usage) != 250 || doc.Balance != billing.Nanos(3e9)-250*123_456 ||
+		len(doc.Audit) != 1 || len(doc.Usage) != 250 || doc.Balance != money.Nanos(3e9)-250*123_456 ||
 		!doc.ExportedAt.Equal(now) {
 		t.Fatalf("export: user %+v keys %d ledger %d payments %d audit %d usage %d balance %s",
 			doc.User, len(doc.Keys), len(doc.Ledger), len(doc.Payments), len(doc.Audit), len(doc.Usage), doc.Balance)

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // KindUsageRollup is the ledger kind of the entry that takes over the cost
@@ -28,9 +28,9 @@ type PurgeResult struct {
 	// UsageRows is how many usage rows were deleted, and UsageCost their
 	// cost, now carried by RollupEntries ledger entries of kind
 	// KindUsageRollup.
-	UsageRows     int64         `json:"usage_rows"`
-	UsageCost     billing.Nanos `json:"usage_cost"`
-	RollupEntries int64         `json:"rollup_entries"`
+	UsageRows     int64       `json:"usage_rows"`
+	UsageCost     money.Nanos `json:"usage_cost"`
+	RollupEntries int64       `json:"rollup_entries"`
 	// UnattributedRows are deleted usage rows of user IDs the ledger does
 	// not know: no balance counted them, so none is rolled up.
 	UnattributedRows int64 `json:"unattributed_rows,omitempty"`
@@ -176,7 +176,7 @@ func (s *Store) purgeUsageChunk(ctx context.Context, cutoff int64, now time.Time
 		if deleted, err := r.RowsAffected(); err != nil || deleted != rows {
 			return fmt.Errorf("usage purge deleted %d rows, counted %d (%v)", deleted, rows, err)
 		}
-		chunk = PurgeResult{UsageRows: rows, UsageCost: billing.Nanos(cost), RollupEntries: entries,
+		chunk = PurgeResult{UsageRows: rows, UsageCost: money.Nanos(cost), RollupEntries: entries,
 			UnattributedRows: unattributed}
 		return nil
 	})

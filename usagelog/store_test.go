@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 func TestOpenMigratesOnceAndReopens(t *testing.T) {
@@ -136,8 +136,8 @@ func TestLedger(t *testing.T) {
 	if _, err := s.CreateUser(ctx, User{ID: "u1"}); err != nil {
 		t.Fatal(err)
 	}
-	ten, _ := billing.ParseNanos("10")
-	debit, _ := billing.ParseNanos("-2.5")
+	ten, _ := money.ParseNanos("10")
+	debit, _ := money.ParseNanos("-2.5")
 
 	id1, err := s.AddLedgerEntry(ctx, "u1", ten, "stripe", "top-up", "evt_1")
 	if err != nil {
@@ -168,7 +168,7 @@ func TestLedger(t *testing.T) {
 	}
 
 	r := rec("req-1", "u1", time.Now())
-	r.Cost, _ = billing.ParseNanos("1.25")
+	r.Cost, _ = money.ParseNanos("1.25")
 	other := rec("req-2", "u2", time.Now()) // another user's usage does not count
 	if _, err := s.InsertUsage(ctx, []Record{r, other}); err != nil {
 		t.Fatal(err)
@@ -177,7 +177,7 @@ func TestLedger(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want, _ := billing.ParseNanos("3.75"); bal != want { // 10 - 2.5 - 2.5 - 1.25
+	if want, _ := money.ParseNanos("3.75"); bal != want { // 10 - 2.5 - 2.5 - 1.25
 		t.Errorf("balance = %s, want %s", bal, want)
 	}
 	if _, err := s.LedgerBalance(ctx, "nobody"); !errors.Is(err, ErrNotFound) {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // Summary groupings.
@@ -35,14 +35,14 @@ type UsageTotals struct {
 	// Model is set when grouped by model.
 	Model string `json:"model,omitempty"`
 	// Day is the UTC date (2026-01-02) when grouped by day.
-	Day               string        `json:"day,omitempty"`
-	Requests          int64         `json:"requests"`
-	InputTokens       int64         `json:"input_tokens"`
-	CachedInputTokens int64         `json:"cached_input_tokens"`
-	CacheWriteTokens  int64         `json:"cache_write_tokens"`
-	OutputTokens      int64         `json:"output_tokens"`
-	ReasoningTokens   int64         `json:"reasoning_tokens"`
-	Cost              billing.Nanos `json:"cost"`
+	Day               string      `json:"day,omitempty"`
+	Requests          int64       `json:"requests"`
+	InputTokens       int64       `json:"input_tokens"`
+	CachedInputTokens int64       `json:"cached_input_tokens"`
+	CacheWriteTokens  int64       `json:"cache_write_tokens"`
+	OutputTokens      int64       `json:"output_tokens"`
+	ReasoningTokens   int64       `json:"reasoning_tokens"`
+	Cost              money.Nanos `json:"cost"`
 }
 
 func (t *UsageTotals) add(o UsageTotals) {
@@ -56,13 +56,13 @@ func (t *UsageTotals) add(o UsageTotals) {
 }
 
 // addSaturated adds two totals, stopping at the int64 limits.
-func addSaturated(a, b billing.Nanos) billing.Nanos {
+func addSaturated(a, b money.Nanos) money.Nanos {
 	s := a + b
 	switch {
 	case b > 0 && s < a:
-		return billing.Nanos(1<<63 - 1)
+		return money.Nanos(1<<63 - 1)
 	case b < 0 && s > a:
-		return billing.Nanos(-1 << 63)
+		return money.Nanos(-1 << 63)
 	}
 	return s
 }

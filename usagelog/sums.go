@@ -7,7 +7,7 @@ import (
 	"math/big"
 	"strings"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // Amounts are added up so that no sum can fail. SQLite's SUM stops with
@@ -39,17 +39,17 @@ func (w wide) big() *big.Int {
 }
 
 // Amount is a sum of stored amounts (a balance), read whatever the rows
-// hold: within ±billing.MaxNanos it is exact; past it, Nanos is clamped to
+// hold: within ±money.MaxNanos it is exact; past it, Nanos is clamped to
 // the range and Exact tells the true sum.
 type Amount struct {
-	// Nanos is the sum, clamped to ±billing.MaxNanos.
-	Nanos billing.Nanos
+	// Nanos is the sum, clamped to ±money.MaxNanos.
+	Nanos money.Nanos
 	// Exact is the sum as a decimal ("9000000000.000000000") when it lies
-	// outside ±billing.MaxNanos; "" when Nanos is exact.
+	// outside ±money.MaxNanos; "" when Nanos is exact.
 	Exact string
 }
 
-// OutOfRange reports whether the sum lies outside ±billing.MaxNanos.
+// OutOfRange reports whether the sum lies outside ±money.MaxNanos.
 func (a Amount) OutOfRange() bool { return a.Exact != "" }
 
 // difference returns plus − minus.
@@ -57,37 +57,37 @@ func difference(plus, minus wide) Amount {
 	if plus.small() && minus.small() {
 		// |hi| < 2³¹ after the subtraction, so the shift stays below
 		// 2⁶², and |lo| < 2⁶¹: no overflow.
-		n := billing.Nanos((plus.hi-minus.hi)<<31 + (plus.lo - minus.lo))
+		n := money.Nanos((plus.hi-minus.hi)<<31 + (plus.lo - minus.lo))
 		if n.InRange() {
 			return Amount{Nanos: n}
 		}
 	}
 	b := plus.big()
 	b.Sub(b, minus.big())
-	if b.IsInt64() && billing.Nanos(b.Int64()).InRange() {
-		return Amount{Nanos: billing.Nanos(b.Int64())}
+	if b.IsInt64() && money.Nanos(b.Int64()).InRange() {
+		return Amount{Nanos: money.Nanos(b.Int64())}
 	}
-	a := Amount{Nanos: billing.MaxNanos, Exact: bigDecimal(b)}
+	a := Amount{Nanos: money.MaxNanos, Exact: bigDecimal(b)}
 	if b.Sign() < 0 {
-		a.Nanos = -billing.MaxNanos
+		a.Nanos = -money.MaxNanos
 	}
 	return a
 }
 
 // saturated returns w as a Nanos limited to the int64 range: for totals
 // that are not balances (a usage summary may exceed MaxNanos).
-func saturated(w wide) billing.Nanos {
+func saturated(w wide) money.Nanos {
 	b := w.big()
 	switch {
 	case b.IsInt64():
-		return billing.Nanos(b.Int64())
+		return money.Nanos(b.Int64())
 	case b.Sign() < 0:
-		return billing.Nanos(-1 << 63)
+		return money.Nanos(-1 << 63)
 	}
-	return billing.Nanos(1<<63 - 1)
+	return money.Nanos(1<<63 - 1)
 }
 
-// bigDecimal writes b nanos as billing.Nanos.String does.
+// bigDecimal writes b nanos as money.Nanos.String does.
 func bigDecimal(b *big.Int) string {
 	digits := new(big.Int).Abs(b).String()
 	if len(digits) < 10 {
@@ -130,7 +130,7 @@ type AccountBalance struct {
 
 // AccountBalances returns the ledger balance of every user that is not
 // deleted, ordered by user ID. It never fails on what the rows hold: a
-// balance outside ±billing.MaxNanos (stored before amounts were bounded)
+// balance outside ±money.MaxNanos (stored before amounts were bounded)
 // comes back clamped, with its exact value, for reconcile to report.
 func (s *Store) AccountBalances(ctx context.Context) ([]AccountBalance, error) {
 	rows, err := s.rd.QueryContext(ctx, `

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // Record is one metered request: what was used, what it cost, and how it
@@ -49,7 +49,7 @@ type Record struct {
 	// ReasoningTokens is the part of OutputTokens spent on reasoning.
 	ReasoningTokens int64 `json:"reasoning_tokens"`
 	// Cost is what the user was charged.
-	Cost billing.Nanos `json:"cost"`
+	Cost money.Nanos `json:"cost"`
 	// Currency is the currency of Cost, such as "USD".
 	Currency string `json:"currency"`
 	// Estimated is true when the tokens were estimated because the
@@ -79,8 +79,8 @@ func (r *Record) validate() error {
 		return fmt.Errorf("record without time: %w", ErrInvalid)
 	case r.Time.Year() < 1970 || r.Time.Year() > 2200: // beyond int64 Unix nanoseconds soon after
 		return fmt.Errorf("record time out of range: %w", ErrInvalid)
-	case r.Cost < 0 || r.Cost > billing.MaxNanos:
-		// No settlement debits this (billing.Price.Cost and holds are
+	case r.Cost < 0 || r.Cost > money.MaxNanos:
+		// No settlement debits this (money.Price.Cost and holds are
 		// bounded): the record is not the gateway's. Kept in usage_rejects.
 		return fmt.Errorf("record cost %s out of range: %w", r.Cost, ErrInvalid)
 	}

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // User statuses.
@@ -92,18 +92,18 @@ var ErrUserDeleted = errors.New("user deleted")
 // Stripe event ID, say), which makes a retried call safe: a second entry
 // with the same ref is refused with ErrExists. An unknown user gives
 // ErrNotFound, a deleted (erased) one ErrUserDeleted; a zero amount or empty
-// kind gives ErrInvalid. An amount outside ±billing.MaxNanos, or one that
+// kind gives ErrInvalid. An amount outside ±money.MaxNanos, or one that
 // would take the user's ledger balance out of that range, gives
-// billing.ErrAmountRange. Every check is made in the transaction that
+// money.ErrAmountRange. Every check is made in the transaction that
 // writes the entry, and a refused entry writes nothing.
-func (s *Store) AddLedgerEntry(ctx context.Context, userID string, amount billing.Nanos, kind, reason, ref string) (int64, error) {
+func (s *Store) AddLedgerEntry(ctx context.Context, userID string, amount money.Nanos, kind, reason, ref string) (int64, error) {
 	if amount == 0 {
 		return 0, fmt.Errorf("ledger amount is zero: %w", ErrInvalid)
 	}
 	if kind == "" {
 		return 0, fmt.Errorf("ledger kind is empty: %w", ErrInvalid)
 	}
-	if err := billing.CheckAmount(amount); err != nil {
+	if err := money.CheckAmount(amount); err != nil {
 		return 0, err
 	}
 	var id int64
@@ -133,10 +133,10 @@ func (s *Store) AddLedgerEntry(ctx context.Context, userID string, amount billin
 
 // checkLedgerEntry checks, inside the transaction q that will write it, that
 // a ledger entry of amount may be made for user: the user exists and is not
-// deleted, and its ledger balance stays within ±billing.MaxNanos (a balance
+// deleted, and its ledger balance stays within ±money.MaxNanos (a balance
 // already outside may move towards the range). Callers that write ledger
 // entries in their own transactions (payments) use it the same way.
-func checkLedgerEntry(ctx context.Context, q querier, user string, amount billing.Nanos) error {
+func checkLedgerEntry(ctx context.Context, q querier, user string, amount money.Nanos) error {
 	status, bal, err := ledgerBalance(ctx, q, user)
 	if err != nil {
 		return err
@@ -150,11 +150,11 @@ func checkLedgerEntry(ctx context.Context, q querier, user string, amount billin
 	if bal.OutOfRange() {
 		// Clamped: a move towards the range is allowed, any other refused.
 		if (amount > 0) == (bal.Nanos > 0) {
-			return fmt.Errorf("%w (the ledger balance of user %s is %s)", billing.ErrAmountRange, user, bal.Exact)
+			return fmt.Errorf("%w (the ledger balance of user %s is %s)", money.ErrAmountRange, user, bal.Exact)
 		}
 		return nil
 	}
-	if _, err := billing.CheckCredit(bal.Nanos, amount); err != nil {
+	if _, err := money.CheckCredit(bal.Nanos, amount); err != nil {
 		return fmt.Errorf("%w (the ledger balance of user %s is %s)", err, user, bal.Nanos)
 	}
 	return nil
@@ -179,15 +179,15 @@ func (s *Store) UndoLedgerEntry(ctx context.Context, userID string, id int64) er
 // LedgerBalance returns the user's balance as the ledger says: the sum of
 // the ledger entries minus the cost of the usage rows. Holds live only in
 // Redis and are not included. Unknown users give ErrNotFound. A balance
-// outside ±billing.MaxNanos (stored before amounts were bounded) comes back
+// outside ±money.MaxNanos (stored before amounts were bounded) comes back
 // clamped to the range; LedgerAmount tells it exactly.
-func (s *Store) LedgerBalance(ctx context.Context, userID string) (billing.Nanos, error) {
+func (s *Store) LedgerBalance(ctx context.Context, userID string) (money.Nanos, error) {
 	a, err := s.LedgerAmount(ctx, userID)
 	return a.Nanos, err
 }
 
 // LedgerAmount is LedgerBalance with the exact value of a balance outside
-// ±billing.MaxNanos. Deleted users have balances too.
+// ±money.MaxNanos. Deleted users have balances too.
 func (s *Store) LedgerAmount(ctx context.Context, userID string) (Amount, error) {
 	status, bal, err := ledgerBalance(ctx, s.rd, userID)
 	if err != nil {
@@ -201,15 +201,15 @@ func (s *Store) LedgerAmount(ctx context.Context, userID string) (Amount, error)
 
 // Balances returns the ledger balance of every user that is not deleted,
 // for rebuilding the serving state in Redis. Balances outside
-// ±billing.MaxNanos come back clamped to the range (AccountBalances tells
+// ±money.MaxNanos come back clamped to the range (AccountBalances tells
 // them exactly), so that seeding Redis never fails on what the ledger
 // holds.
-func (s *Store) Balances(ctx context.Context) (map[string]billing.Nanos, error) {
+func (s *Store) Balances(ctx context.Context) (map[string]money.Nanos, error) {
 	all, err := s.AccountBalances(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]billing.Nanos, len(all))
+	out := make(map[string]money.Nanos, len(all))
 	for _, b := range all {
 		out[b.User] = b.Balance.Nanos
 	}

@@ -11,7 +11,7 @@ import (
 	"math/bits"
 	"strings"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 // Currencies whose Stripe amounts are not in hundredths
@@ -46,7 +46,7 @@ func MinorDigits(currency string) int {
 var ErrAmount = errors.New("amount out of range or not a whole number of the currency's minor unit")
 
 func nanosPerMinor(currency string) int64 {
-	n := int64(billing.NanosPerUnit)
+	n := int64(money.NanosPerUnit)
 	for range MinorDigits(currency) {
 		n /= 10
 	}
@@ -54,17 +54,17 @@ func nanosPerMinor(currency string) int64 {
 }
 
 // MinorToNanos converts a Stripe amount (minor units of currency) to nanos.
-func MinorToNanos(amount int64, currency string) (billing.Nanos, error) {
+func MinorToNanos(amount int64, currency string) (money.Nanos, error) {
 	per := nanosPerMinor(currency)
 	if amount > 0 && amount > (1<<63-1)/per || amount < 0 && amount < -(1<<63-1)/per {
 		return 0, ErrAmount
 	}
-	return billing.Nanos(amount * per), nil
+	return money.Nanos(amount * per), nil
 }
 
 // NanosToMinor converts nanos to a Stripe amount in minor units of currency;
 // n must be a whole number of minor units ("20.00" USD, "500" JPY).
-func NanosToMinor(n billing.Nanos, currency string) (int64, error) {
+func NanosToMinor(n money.Nanos, currency string) (int64, error) {
 	per := nanosPerMinor(currency)
 	if int64(n)%per != 0 {
 		return 0, ErrAmount
@@ -94,7 +94,7 @@ func FormatMinor(amount int64, currency string) string {
 // Share returns total × part / whole rounded down, exactly: the part of a
 // credit that a refund or dispute of part of the payment takes back. part is
 // clamped to [0, whole], so Share(t, whole, whole) is t itself.
-func Share(total billing.Nanos, part, whole int64) billing.Nanos {
+func Share(total money.Nanos, part, whole int64) money.Nanos {
 	if total <= 0 || part <= 0 || whole <= 0 {
 		return 0
 	}
@@ -103,5 +103,5 @@ func Share(total billing.Nanos, part, whole int64) billing.Nanos {
 	}
 	hi, lo := bits.Mul64(uint64(total), uint64(part))
 	q, _ := bits.Div64(hi, lo, uint64(whole)) // hi < whole because part < whole
-	return billing.Nanos(q)
+	return money.Nanos(q)
 }

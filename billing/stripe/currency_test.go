@@ -3,23 +3,23 @@ package stripe
 import (
 	"testing"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
 func TestMinorUnits(t *testing.T) {
 	for _, c := range []struct {
 		cur    string
 		minor  int64
-		nanos  billing.Nanos
+		nanos  money.Nanos
 		format string
 	}{
-		{"USD", 2000, 20 * billing.NanosPerUnit, "20.00"},
+		{"USD", 2000, 20 * money.NanosPerUnit, "20.00"},
 		{"usd", 1, 10_000_000, "0.01"},
 		{"EUR", 1999, 19_990_000_000, "19.99"},
-		{"JPY", 500, 500 * billing.NanosPerUnit, "500"},
-		{"krw", 10000, 10000 * billing.NanosPerUnit, "10000"},
+		{"JPY", 500, 500 * money.NanosPerUnit, "500"},
+		{"krw", 10000, 10000 * money.NanosPerUnit, "10000"},
 		{"KWD", 1250, 1_250_000_000, "1.250"},
-		{"ISK", 100, 1 * billing.NanosPerUnit, "1.00"},
+		{"ISK", 100, 1 * money.NanosPerUnit, "1.00"},
 		{"USD", -550, -5_500_000_000, "-5.50"},
 	} {
 		n, err := MinorToNanos(c.minor, c.cur)
@@ -46,13 +46,13 @@ func TestMinorUnits(t *testing.T) {
 }
 
 func TestShare(t *testing.T) {
-	const credit = 20 * billing.NanosPerUnit
+	const credit = 20 * money.NanosPerUnit
 	for _, c := range []struct {
-		total       billing.Nanos
+		total       money.Nanos
 		part, whole int64
-		want        billing.Nanos
+		want        money.Nanos
 	}{
-		{credit, 500, 2000, 5 * billing.NanosPerUnit},
+		{credit, 500, 2000, 5 * money.NanosPerUnit},
 		{credit, 2000, 2000, credit},
 		{credit, 2500, 2000, credit},
 		{credit, 0, 2000, 0},

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
@@ -54,7 +54,7 @@ const (
 // StatusUnapplied is the status of a paid top-up that credits nobody: the
 // user it names was erased, never existed, or is not the user the top-up
 // was started for, or it names no user at all, or its amount would take
-// the balance past billing.MaxNanos. Stripe holds the money; the operator
+// the balance past money.MaxNanos. Stripe holds the money; the operator
 // refunds it there.
 const StatusUnapplied = "unapplied"
 
@@ -96,7 +96,7 @@ const (
 //     currency other than cfg.Currency is recorded and not credited. A
 //     paid session whose user is erased or unknown, names no user, names
 //     another user than the top-up the gateway started for it, or whose
-//     amount would take the balance past billing.MaxNanos, is recorded as
+//     amount would take the balance past money.MaxNanos, is recorded as
 //     StatusUnapplied (OutcomeUnapplied) and never credited.
 //   - charge.refunded debits the newly refunded part of that charge's
 //     cumulative amount_refunded (ledger ref "refund:<charge>:<cumulative>"),
@@ -348,7 +348,7 @@ func (r rules) credit(p *usagelog.Payment, s session, mismatch bool) (outcome, r
 	}
 	_, err = r.tx.AddLedger(p.User, credits, KindTopup, "Stripe top-up "+s.ID, "credit:"+s.ID)
 	switch {
-	case errors.Is(err, billing.ErrAmountRange):
+	case errors.Is(err, money.ErrAmountRange):
 		// The credit, or the balance it would make, is beyond what a
 		// balance can hold (and Redis would refuse it).
 		return OutcomeUnapplied, ReasonAmountRange, nil

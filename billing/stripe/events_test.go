@@ -8,11 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
-const unit = billing.NanosPerUnit
+const unit = money.NanosPerUnit
 
 type ledger struct {
 	t    *testing.T
@@ -65,7 +65,7 @@ func (l *ledger) sendID(id, typ string, obj any) string {
 	return outcome
 }
 
-func (l *ledger) balance() billing.Nanos {
+func (l *ledger) balance() money.Nanos {
 	l.t.Helper()
 	b, err := l.s.LedgerBalance(l.t.Context(), l.user)
 	if err != nil {
@@ -74,7 +74,7 @@ func (l *ledger) balance() billing.Nanos {
 	return b
 }
 
-func (l *ledger) want(outcome, got string, balance billing.Nanos) {
+func (l *ledger) want(outcome, got string, balance money.Nanos) {
 	l.t.Helper()
 	if got != outcome {
 		l.t.Fatalf("outcome %q, want %q", got, outcome)
@@ -188,7 +188,7 @@ func TestPartialRefunds(t *testing.T) {
 	l.want(OutcomeRefundStale, l.send("charge.refunded", chargeObj("ch_1", "pi_cs_1", 2000, 800)), 12*unit)
 	l.want(OutcomeRefundDebited, l.send("charge.refunded", chargeObj("ch_1", "pi_cs_1", 2000, 2000)), 0)
 	ps := l.payments()
-	for ref, want := range map[string]billing.Nanos{"refund:ch_1:500": -5 * unit, "refund:ch_1:800": -3 * unit, "refund:ch_1:2000": -12 * unit} {
+	for ref, want := range map[string]money.Nanos{"refund:ch_1:500": -5 * unit, "refund:ch_1:800": -3 * unit, "refund:ch_1:2000": -12 * unit} {
 		if p := ps[ref]; p.Credited != want || p.Kind != usagelog.PaymentRefund || p.User != l.user || p.Status != "refunded" {
 			t.Errorf("%s: %+v", ref, p)
 		}
@@ -344,7 +344,7 @@ func TestRefundsAcrossCharges(t *testing.T) {
 	l.want(OutcomeRefundDebited, l.send("charge.refunded", chargeObj("ch_f", "pi_cs_3", 1000, 1000)), 0)
 
 	ps := l.payments()
-	var debited billing.Nanos
+	var debited money.Nanos
 	for _, p := range ps {
 		if p.Kind == usagelog.PaymentRefund {
 			debited += p.Credited
@@ -355,7 +355,7 @@ func TestRefundsAcrossCharges(t *testing.T) {
 	}
 }
 
-// A payment a balance cannot hold (past billing.MaxNanos, about 9 million
+// A payment a balance cannot hold (past money.MaxNanos, about 9 million
 // units) is unapplied, not credited: the ledger would hold a credit that
 // Redis refuses.
 func TestUnappliedAmountRange(t *testing.T) {

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
@@ -127,7 +127,7 @@ func inPayment(p usagelog.Payment, currency string, chargeAmount, v int64) int64
 	if strings.EqualFold(currency, p.Currency) || chargeAmount <= 0 || p.AmountMinor <= 0 {
 		return v
 	}
-	return int64(Share(billing.Nanos(p.AmountMinor), v, chargeAmount))
+	return int64(Share(money.Nanos(p.AmountMinor), v, chargeAmount))
 }
 
 // addClamped adds two non-negative amounts, saturating instead of

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
@@ -37,7 +38,7 @@ func benchRecord(i int, now time.Time) usagelog.Record {
 		CachedInputTokens: 1000,
 		OutputTokens:      350 + int64(i%100),
 		ReasoningTokens:   0,
-		Cost:              billing.Nanos(123_456 + i%1000),
+		Cost:              money.Nanos(123_456 + i%1000),
 		Currency:          "USD",
 		DurationMS:        900 + int64(i%300),
 		TTFTMS:            120,
