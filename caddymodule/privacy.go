@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
-	stripebill "github.com/cnaitoken/caddy-aitoken/billing/stripe"
+	"github.com/cnaitoken/caddy-aitoken/payments"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
@@ -254,7 +254,7 @@ func listPaymentPages(app *App, w http.ResponseWriter, r *http.Request) error {
 	}
 	out := make([]paymentView, len(ps))
 	for i, p := range ps {
-		out[i] = paymentView{Payment: p, Amount: stripebill.FormatMinor(p.AmountMinor, p.Currency)}
+		out[i] = paymentView{Payment: p, Amount: payments.FormatMinor(p.AmountMinor, p.Currency)}
 	}
 	resp := map[string]any{"payments": out}
 	if len(ps) == pq.Limit {

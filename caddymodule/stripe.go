@@ -20,7 +20,7 @@ import (
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
-	stripebill "github.com/cnaitoken/caddy-aitoken/billing/stripe"
+	"github.com/cnaitoken/caddy-aitoken/payments"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
@@ -161,20 +161,20 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 	}
 	if ev.Data == nil {
 		h.log.Warn("stripe event without data; ignored", zap.String("event", ev.ID), zap.String("type", string(ev.Type)))
-		metrics.stripeEvents.WithLabelValues(stripeEventType(string(ev.Type)), stripebill.OutcomeMalformed).Inc()
+		metrics.stripeEvents.WithLabelValues(stripeEventType(string(ev.Type)), payments.OutcomeMalformed).Inc()
 		writeJSON(w, http.StatusOK, map[string]any{"received": true})
 		return nil
 	}
 
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), stripeTimeout)
 	defer cancel()
-	bev := stripebill.Event{ID: ev.ID, Type: string(ev.Type), APIVersion: ev.APIVersion, Created: ev.Created, Object: ev.Data.Raw}
-	var res stripebill.Result
+	bev := payments.Event{ID: ev.ID, Type: string(ev.Type), APIVersion: ev.APIVersion, Created: ev.Created, Object: ev.Data.Raw}
+	var res payments.Result
 	entries, dup, err := h.app.ledger.store.StripeEvent(ctx,
 		usagelog.StripeEventInfo{ID: ev.ID, Type: bev.Type, APIVersion: ev.APIVersion, Created: ev.Created},
 		func(tx *usagelog.PaymentTx) (string, error) {
 			var err error
-			res, err = stripebill.Apply(tx, bev, stripebill.Config{Currency: h.app.Currency})
+			res, err = payments.Apply(tx, bev, payments.Config{Currency: h.app.Currency})
 			return res.Outcome, err
 		})
 	if err != nil {
@@ -195,15 +195,15 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 	metrics.stripeEvents.WithLabelValues(stripeEventType(bev.Type), outcome).Inc()
 	log := h.log.Info
 	switch outcome {
-	case stripebill.OutcomeUnapplied:
+	case payments.OutcomeUnapplied:
 		// Money was taken that no balance got: someone must refund it.
 		h.log.Error("stripe payment recorded as unapplied: credited to nobody; refund it in Stripe",
 			zap.String("event", ev.ID), zap.String("type", bev.Type), zap.String("payment", res.Payment),
 			zap.String("reason", res.Reason))
 		log = nil
-	case stripebill.OutcomeMalformed, stripebill.OutcomeCurrencyMismatch, stripebill.OutcomeAlreadyUnapplied:
+	case payments.OutcomeMalformed, payments.OutcomeCurrencyMismatch, payments.OutcomeAlreadyUnapplied:
 		log = h.log.Warn
-	case stripebill.OutcomeIgnored:
+	case payments.OutcomeIgnored:
 		log = h.log.Debug
 	}
 	if log != nil {

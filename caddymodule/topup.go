@@ -16,7 +16,7 @@ import (
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
-	stripebill "github.com/cnaitoken/caddy-aitoken/billing/stripe"
+	"github.com/cnaitoken/caddy-aitoken/payments"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
@@ -153,7 +153,7 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Gra
 		errInvalidRequest("amount must be at most "+trimAmount(sc.MaxTopup)+" "+cur, "amount").write(w)
 		return
 	}
-	minor, err := stripebill.NanosToMinor(amount, cur)
+	minor, err := payments.NanosToMinor(amount, cur)
 	if err != nil {
 		errInvalidRequest("amount has more decimal places than "+cur+" allows", "amount").write(w)
 		return
@@ -172,7 +172,7 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Gra
 		errUnavailable.write(w)
 		return
 	}
-	label := stripebill.FormatMinor(minor, cur) + " " + cur
+	label := payments.FormatMinor(minor, cur) + " " + cur
 	params := &stripe.CheckoutSessionParams{
 		Mode:              stripe.String(string(stripe.CheckoutSessionModePayment)),
 		SuccessURL:        stripe.String(sc.SuccessURL),

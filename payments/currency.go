@@ -1,9 +1,9 @@
-// Package stripe holds the rules of Stripe top-ups, refunds and disputes:
+// Package payments holds the rules of Stripe top-ups, refunds and disputes:
 // how an event changes a user's balance, and how Stripe's minor-unit
 // amounts convert to the gateway's nanos. It stores through a
 // usagelog.PaymentTx and does no network I/O; the webhook handler in
 // caddymodule verifies and feeds it events.
-package stripe
+package payments
 
 import (
 	"errors"
