@@ -1,3 +1,7 @@
+// Package money is the arithmetic of the gateway's money, with no I/O:
+// amounts as integer nanos (Nanos), their decimal form at the edges, the
+// bounds every stored amount is checked against, and prices per million
+// tokens (Price, PriceTable) with the exact cost of a request's Tokens.
 package money
 
 import (
