@@ -6,7 +6,7 @@ import (
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
-	"github.com/cnaitoken/caddy-aitoken/internal/jsonenc"
+	"github.com/cnaitoken/caddy-aitoken/jsonenc"
 )
 
 // spooled is a settlement waiting in the journal or the spool.

@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/cnaitoken/caddy-aitoken/internal/jsonenc"
+	"github.com/cnaitoken/caddy-aitoken/jsonenc"
 )
 
 // AppendJSON appends r encoded exactly as encoding/json encodes it, without
