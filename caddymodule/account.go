@@ -175,14 +175,10 @@ func (h *AccountAPI) account(w http.ResponseWriter, r *http.Request, user string
 	})
 }
 
-// errNoLedgerHere answers what needs the ledger on a node without one.
-var errNoLedgerHere = &apiError{http.StatusServiceUnavailable, "server_error", "service_unavailable",
-	"Usage history is kept on the ledger node; this gateway node has none. Please retry shortly.", ""}
-
 // ledgerStore returns the ledger, or answers 503 on a gateway-only node.
 func (h *AccountAPI) ledgerStore(w http.ResponseWriter) (*usagelog.Store, bool) {
 	if h.app.ledger == nil {
-		errNoLedgerHere.write(w)
+		errNoLedgerAPI.write(w)
 		return nil, false
 	}
 	return h.app.ledger.store, true

@@ -1,6 +1,7 @@
 // Package caddymodule is the Caddy glue of caddy-aitoken: the aitoken app,
 // the metering handler, the admin API and their Caddyfile syntax. It wires
-// the meter, billing and usagelog packages and translates errors to HTTP.
+// the meter, billing, usagelog, accounting and payments packages and
+// translates errors to HTTP.
 package caddymodule
 
 import (
@@ -8,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,10 +98,6 @@ type App struct {
 
 	ctx   caddy.Context
 	loops sync.WaitGroup // background loops started by Start; they end on ctx
-	// stripeRepair is set by an aitoken_stripe handler: Start then
-	// applies to Redis, now and every repairInterval, payments the ledger
-	// recorded but Redis missed.
-	stripeRepair bool
 
 	inflight *tracker // handlers running on this config
 	settling *tracker // usage settlements not yet written to Redis
@@ -244,9 +242,10 @@ func (a *App) keepClientIP() bool { return a.LogClientIP == nil || *a.LogClientI
 
 // Start opens the shared Redis state and, on the ledger node, the ledger
 // (seeding Redis from it if Redis lost its data), makes this config's app
-// the one the admin API serves, and starts the background jobs: retention
-// and, with an aitoken_stripe handler, the repair of payments that did not
-// reach Redis. The jobs end with this config's context.
+// the one the admin API serves, and on the ledger node starts the
+// background jobs: retention, and the repair of credits and payments the
+// ledger recorded but Redis missed (now, then every repairInterval). The
+// jobs end with this config's context.
 func (a *App) Start() error {
 	if err := a.ready(); err != nil {
 		return err
@@ -254,12 +253,10 @@ func (a *App) Start() error {
 	activeApp.Store(a)
 	if a.ledger != nil {
 		a.loops.Go(func() { runRetention(a.ctx, a.retentionJob()) })
-	}
-	if a.stripeRepair {
-		first, cancel := context.WithTimeout(a.ctx, stripeTimeout)
-		a.repairPayments(first)
+		first, cancel := context.WithTimeout(a.ctx, repairTimeout)
+		a.repairCredits(first)
 		cancel()
-		a.loops.Go(func() { a.repairPaymentsLoop(a.ctx) })
+		a.loops.Go(func() { a.repairLoop(a.ctx) })
 	}
 	return nil
 }
@@ -338,8 +335,14 @@ const (
 // modules are provisioned before apps and never cleaned up).
 var activeApp atomic.Pointer[App]
 
-// errNoLedger answers admin calls on a node without a database.
-var errNoLedger = errors.New("this node has no aitoken database configured")
+// What needs the ledger is refused on a node without a database (a gateway
+// node): errNoLedger for the admin API (the operator's error), and
+// errNoLedgerAPI, the same refusal in OpenAI's shape, for API clients.
+var (
+	errNoLedger    = errors.New("this node has no aitoken database configured")
+	errNoLedgerAPI = &apiError{http.StatusServiceUnavailable, "server_error", "service_unavailable",
+		"Usage history is kept on the ledger node; this gateway node has none. Please retry shortly.", ""}
+)
 
 // Interface guards
 var (

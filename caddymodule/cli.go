@@ -13,6 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	"github.com/cnaitoken/caddy-aitoken/accounting"
 )
 
 func init() {
@@ -402,7 +404,7 @@ func printAudit(w io.Writer, b []byte) error {
 }
 
 func printReconcile(w io.Writer, b []byte) error {
-	var rep reconcileReport
+	var rep accounting.Report
 	if err := json.Unmarshal(b, &rep); err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/cnaitoken/caddy-aitoken/accounting"
 	"github.com/cnaitoken/caddy-aitoken/billing"
 	"github.com/cnaitoken/caddy-aitoken/journal"
 	"github.com/cnaitoken/caddy-aitoken/spool"
@@ -375,7 +376,10 @@ func (l *ledgerConn) start() error {
 	if err != nil {
 		return fmt.Errorf("database %s: %v", l.path, err)
 	}
-	if err := seedRedis(store, billing.NewAccounts(l.redis.client), l.log); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	err = accounting.New(store, billing.NewAccounts(l.redis.client), nil, l.log).SeedRedis(ctx)
+	cancel()
+	if err != nil {
 		store.Close()
 		return err
 	}
@@ -412,42 +416,3 @@ func (l *ledgerConn) Destruct() error {
 }
 
 func (l *ledgerConn) release() { _, _ = pool.Delete(l.key) }
-
-// seedRedis rebuilds accounts and keys in a Redis that has none (new, or
-// restarted without its data) from the ledger, the system of record.
-func seedRedis(store *usagelog.Store, accounts *billing.Accounts, log *zap.Logger) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	seeded, err := accounts.Seeded(ctx)
-	if err != nil {
-		return fmt.Errorf("redis: %v", err)
-	}
-	if seeded {
-		return nil
-	}
-	// The seed includes every ledger entry: none may be applied again.
-	if _, err := store.MarkAllApplied(ctx); err != nil {
-		return err
-	}
-	balances, err := store.Balances(ctx)
-	if err != nil {
-		return err
-	}
-	active, err := store.ActiveKeys(ctx)
-	if err != nil {
-		return err
-	}
-	keys := make(map[string]billing.KeyRecord, len(active))
-	for _, k := range active {
-		rec := billing.KeyRecord{ID: k.ID, User: k.UserID, Active: true, Models: k.Models, RPM: k.RPM, TPM: k.TPM, AllowedIPs: k.AllowedIPs}
-		if k.ExpiresAt != nil {
-			rec.ExpiresAt = *k.ExpiresAt
-		}
-		keys[k.Hash] = rec
-	}
-	if err := accounts.Seed(ctx, balances, keys); err != nil {
-		return fmt.Errorf("seeding redis from the ledger: %v", err)
-	}
-	log.Info("seeded redis from the ledger", zap.Int("accounts", len(balances)), zap.Int("keys", len(keys)))
-	return nil
-}

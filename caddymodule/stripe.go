@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/stripe/stripe-go/v76"
@@ -18,10 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/cnaitoken/caddy-aitoken/billing"
-	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/payments"
-	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
 func init() {
@@ -34,8 +30,9 @@ func init() {
 
 // StripeWebhook is the Stripe webhook endpoint: it verifies each event's
 // signature, applies it exactly once to the SQLite ledger (top-ups credit,
-// refunds and disputes debit) and then to the balances in Redis. It needs
-// the aitoken app with a database and a stripe block with webhook_secret.
+// refunds and disputes debit) and then to the balances in Redis
+// (accounting.Books.RecordPayment). It needs the aitoken app with a
+// database and a stripe block with webhook_secret.
 type StripeWebhook struct {
 	app *App
 	log *zap.Logger
@@ -51,9 +48,6 @@ const (
 	stripeTolerance = 5 * time.Minute
 	// stripeTimeout bounds applying one event.
 	stripeTimeout = 15 * time.Second
-	// repairInterval is how often ledger entries that did not reach Redis
-	// are applied again.
-	repairInterval = 30 * time.Second
 )
 
 // CaddyModule returns the Caddy module information.
@@ -64,9 +58,9 @@ func (StripeWebhook) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision finds the app and its Stripe settings, and asks the app to
-// apply to Redis, once it starts and then in the background, any payment
-// the ledger recorded but Redis missed (after a crash).
+// Provision finds the app and its Stripe settings. Payments the ledger
+// recorded but Redis missed (after a crash) are applied by the app's repair
+// pass on the ledger node.
 func (h *StripeWebhook) Provision(ctx caddy.Context) error {
 	h.log = ctx.Logger()
 	appIface, err := ctx.AppIfConfigured("aitoken")
@@ -87,33 +81,7 @@ func (h *StripeWebhook) Provision(ctx caddy.Context) error {
 	if h.cfg.webhookSecret == "" {
 		return fmt.Errorf("aitoken_stripe: stripe webhook_secret is required")
 	}
-	h.app.stripeRepair = true
 	return nil
-}
-
-// repairPaymentsLoop repairs every repairInterval until ctx is done.
-func (a *App) repairPaymentsLoop(ctx context.Context) {
-	t := time.NewTicker(repairInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.repairPayments(ctx)
-		}
-	}
-}
-
-// repairPayments applies to Redis the ledger entries that did not reach it.
-func (a *App) repairPayments(ctx context.Context) {
-	n, err := repairCredits(ctx, a.ledger.store, a.accounts)
-	if n > 0 {
-		a.log.Info("applied ledger entries that had not reached redis", zap.Int("entries", n))
-	}
-	if err != nil && ctx.Err() == nil {
-		a.log.Warn("applying payment ledger entries to redis; will retry", zap.Error(err))
-	}
 }
 
 // ServeHTTP receives one Stripe event.
@@ -146,7 +114,7 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 	}
 	// Verify the raw bytes before anything reads them. Events are rendered
 	// at the endpoint's or account's API version, which need not be
-	// stripe-go's: only stable fields are decoded (billing/stripe).
+	// stripe-go's: only stable fields are decoded (package payments).
 	ev, err := webhook.ConstructEventWithOptions(body, r.Header.Get("Stripe-Signature"), h.cfg.webhookSecret,
 		webhook.ConstructEventOptions{Tolerance: stripeTolerance, IgnoreAPIVersionMismatch: true})
 	if err != nil {
@@ -169,14 +137,9 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), stripeTimeout)
 	defer cancel()
 	bev := payments.Event{ID: ev.ID, Type: string(ev.Type), APIVersion: ev.APIVersion, Created: ev.Created, Object: ev.Data.Raw}
-	var res payments.Result
-	entries, dup, err := h.app.ledger.store.StripeEvent(ctx,
-		usagelog.StripeEventInfo{ID: ev.ID, Type: bev.Type, APIVersion: ev.APIVersion, Created: ev.Created},
-		func(tx *usagelog.PaymentTx) (string, error) {
-			var err error
-			res, err = payments.Apply(tx, bev, payments.Config{Currency: h.app.Currency})
-			return res.Outcome, err
-		})
+	// The ledger records the event, then Redis gets its entries; once the
+	// ledger has it, a Redis failure is repaired, not retried.
+	res, err := h.app.books().RecordPayment(ctx, bev, payments.Config{Currency: h.app.Currency})
 	if err != nil {
 		// Nothing was recorded: Stripe retries, and the retry applies it.
 		h.log.Error("applying stripe event failed; answering 500 so Stripe retries",
@@ -185,7 +148,7 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "temporary failure; retry"})
 		return nil
 	}
-	if dup {
+	if res.Duplicate {
 		h.log.Debug("stripe event already applied", zap.String("event", ev.ID), zap.String("type", bev.Type))
 		metrics.stripeEvents.WithLabelValues(stripeEventType(bev.Type), "duplicate").Inc()
 		writeJSON(w, http.StatusOK, map[string]any{"received": true, "duplicate": true})
@@ -208,12 +171,7 @@ func (h *StripeWebhook) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cadd
 	}
 	if log != nil {
 		log("stripe event applied", zap.String("event", ev.ID), zap.String("type", bev.Type),
-			zap.String("outcome", outcome), zap.String("payment", res.Payment), zap.Int("ledger_entries", len(entries)))
-	}
-	// The ledger has it: from here on a failure is repaired, not retried.
-	if err := applyCredits(ctx, h.app.ledger.store, h.app.accounts, entries); err != nil {
-		h.log.Warn("payment recorded in the ledger but not yet in redis; it will be applied by the repair pass",
-			zap.String("event", ev.ID), zap.Error(err))
+			zap.String("outcome", outcome), zap.String("payment", res.Payment), zap.Int("ledger_entries", res.Entries))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"received": true, "outcome": outcome})
 	return nil
@@ -232,80 +190,6 @@ func signatureProblem(err error) string {
 		return "no valid signature (wrong webhook_secret, or the body was changed)"
 	}
 	return "payload is not a Stripe event"
-}
-
-// stripeCrashHook, set by tests, runs between the steps of applying a
-// payment's ledger entries to Redis ("redis" before the balance changes,
-// "mark" before the entry is marked applied); an error stops there, as a
-// crash would.
-var stripeCrashHook atomic.Pointer[func(step string) error]
-
-func crashPoint(step string) error {
-	if f := stripeCrashHook.Load(); f != nil {
-		return (*f)(step)
-	}
-	return nil
-}
-
-// applyCredits applies committed ledger entries to the Redis balances and
-// marks them applied. Each step is idempotent, so running it again for the
-// same entries (repair after a crash, a concurrent repair pass) changes
-// each balance once. An entry Redis refuses because the balance would leave
-// ±money.MaxNanos (the ledger and Redis disagree: reconcile) stays
-// unapplied and is logged; the entries after it are still applied.
-func applyCredits(ctx context.Context, store *usagelog.Store, accounts *billing.Accounts, entries []usagelog.LedgerEntry) error {
-	for _, e := range entries {
-		if err := crashPoint("redis"); err != nil {
-			return err
-		}
-		err := accounts.ApplyCredit(ctx, e.User, e.ID, e.Amount)
-		if errors.Is(err, money.ErrAmountRange) {
-			logger := caddy.Log().Named("aitoken.stripe")
-			logger.Error("redis refused a payment's ledger entry: the balance would be out of range; "+
-				"run reconcile", zap.Int64("ledger_entry", e.ID), zap.String("ref", e.Ref))
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("ledger entry %d: %w", e.ID, err)
-		}
-		if err := crashPoint("mark"); err != nil {
-			return err
-		}
-		if err := store.MarkApplied(ctx, e.ID); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// repairCredits applies every ledger entry not yet marked applied to Redis
-// (what a crash between the SQLite commit and Redis left behind) and
-// returns how many it handled.
-func repairCredits(ctx context.Context, store *usagelog.Store, accounts *billing.Accounts) (int, error) {
-	const batch = 500
-	n := 0
-	var after int64
-	for {
-		pending, err := store.PendingCreditsAfter(ctx, after, batch)
-		if err != nil {
-			return n, err
-		}
-		if err := applyCredits(ctx, store, accounts, pending); err != nil {
-			return n, err
-		}
-		n += len(pending)
-		if len(pending) < batch {
-			return n, nil
-		}
-		after = pending[len(pending)-1].ID
-	}
-}
-
-// paymentView is a payment as the admin API shows it.
-type paymentView struct {
-	usagelog.Payment
-	// Amount is AmountMinor as a decimal in currency units ("20.00").
-	Amount string `json:"amount"`
 }
 
 func parseStripeWebhook(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {

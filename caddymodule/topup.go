@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/stripe/stripe-go/v76"
 	"go.uber.org/zap"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
@@ -22,7 +21,7 @@ import (
 
 // This file is the account API's top-up: POST /v1/account/topup, bounded
 // by min_topup/max_topup and a per-key rate, answered with a Stripe
-// Checkout URL.
+// Checkout URL. The session itself is made by payments.NewCheckoutSession.
 
 // topupResponse is the answer to POST /v1/account/topup.
 type topupResponse struct {
@@ -172,40 +171,15 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Gra
 		errUnavailable.write(w)
 		return
 	}
-	label := payments.FormatMinor(minor, cur) + " " + cur
-	params := &stripe.CheckoutSessionParams{
-		Mode:              stripe.String(string(stripe.CheckoutSessionModePayment)),
-		SuccessURL:        stripe.String(sc.SuccessURL),
-		ClientReferenceID: stripe.String(user),
-		LineItems: []*stripe.CheckoutSessionLineItemParams{{
-			PriceData: &stripe.CheckoutSessionLineItemPriceDataParams{
-				Currency:   stripe.String(strings.ToLower(cur)),
-				UnitAmount: stripe.Int64(minor),
-				ProductData: &stripe.CheckoutSessionLineItemPriceDataProductDataParams{
-					Name: stripe.String("API credit " + label),
-				},
-			},
-			Quantity: stripe.Int64(1),
-		}},
-		PaymentIntentData: &stripe.CheckoutSessionPaymentIntentDataParams{
-			Metadata: map[string]string{"user": user, "topup_id": t.TopupID},
-		},
-	}
-	if sc.CancelURL != "" {
-		params.CancelURL = stripe.String(sc.CancelURL)
-	}
-	params.AddMetadata("user", user)
-	params.AddMetadata("topup_id", t.TopupID)
-	params.SetIdempotencyKey("topup-" + t.TopupID)
-	params.Context = ctx
-	s, err := sc.api.CheckoutSessions.New(params)
+	s, err := payments.NewCheckoutSession(ctx, sc.api, payments.Topup{ID: t.TopupID, User: user, AmountMinor: minor,
+		Currency: cur, SuccessURL: sc.SuccessURL, CancelURL: sc.CancelURL})
 	if err != nil {
 		if ferr := store.TopupFailed(ctx, t.TopupID); ferr != nil {
 			h.log.Error("recording a failed top-up", zap.String("topup_id", t.TopupID), zap.Error(ferr))
 		}
-		var se *stripe.Error
-		if errors.As(err, &se) && se.HTTPStatusCode == http.StatusBadRequest && strings.Contains(se.Param, "amount") {
-			errInvalidRequest("the payment provider refused this amount: "+se.Msg, "amount").write(w)
+		var ae *payments.AmountError
+		if errors.As(err, &ae) {
+			errInvalidRequest(ae.Error(), "amount").write(w)
 			return
 		}
 		h.log.Error("creating a Stripe Checkout Session failed",
@@ -213,17 +187,13 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Gra
 		errPaymentProvider.write(w)
 		return
 	}
-	pi := ""
-	if s.PaymentIntent != nil {
-		pi = s.PaymentIntent.ID
-	}
-	if err := store.TopupOpened(ctx, t.TopupID, s.ID, pi); err != nil {
+	if err := store.TopupOpened(ctx, t.TopupID, s.ID, s.PaymentIntent); err != nil {
 		// The webhook finds the top-up by its metadata, or makes one.
 		h.log.Error("recording a top-up's Checkout Session failed",
 			zap.String("topup_id", t.TopupID), zap.String("session", s.ID), zap.Error(err))
 	}
 	h.log.Info("top-up started", zap.String("user", user), zap.String("topup_id", t.TopupID),
-		zap.String("session", s.ID), zap.String("amount", label))
+		zap.String("session", s.ID), zap.String("amount", payments.FormatMinor(minor, cur)+" "+cur))
 	writeJSON(w, http.StatusOK, topupResponse{CheckoutURL: s.URL, ID: s.ID, TopupID: t.TopupID, Amount: amount, Currency: cur})
 }
 

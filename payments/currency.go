@@ -1,8 +1,9 @@
 // Package payments holds the rules of Stripe top-ups, refunds and disputes:
-// how an event changes a user's balance, and how Stripe's minor-unit
-// amounts convert to the gateway's nanos. It stores through a
-// usagelog.PaymentTx and does no network I/O; the webhook handler in
-// caddymodule verifies and feeds it events.
+// how an event changes a user's balance, how Stripe's minor-unit amounts
+// convert to the gateway's nanos, and the Checkout Session a top-up is paid
+// through. The rules store through a usagelog.PaymentTx and do no network
+// I/O; NewCheckoutSession is its one call to Stripe. The webhook handler in
+// caddymodule verifies events and feeds them in through package accounting.
 package payments
 
 import (

@@ -242,7 +242,7 @@ func (s *Store) AllKeys(ctx context.Context) ([]Key, error) {
 // out, so the total does not move when old usage rows are purged. What the
 // account has spent in its life is CreditedTotal minus its live balance;
 // the account API's legacy billing endpoints report it so (see
-// caddymodule/account.go). A user without entries (or no such user) gives 0.
+// caddymodule/legacybilling.go). A user without entries (or no such user) gives 0.
 // A total past the int64 range (rows stored before amounts were bounded)
 // is cut to it rather than failing.
 func (s *Store) CreditedTotal(ctx context.Context, userID string) (money.Nanos, error) {

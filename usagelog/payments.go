@@ -182,8 +182,8 @@ type StripeEventInfo struct {
 	Created int64
 }
 
-// LedgerEntry is a ledger entry a payment made, to be applied to the
-// balance in Redis.
+// LedgerEntry is a ledger entry a payment or an admin credit made, to be
+// applied to the balance in Redis.
 type LedgerEntry struct {
 	ID     int64
 	User   string

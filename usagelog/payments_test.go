@@ -92,8 +92,9 @@ func TestStripeEventOnce(t *testing.T) {
 	}
 }
 
-// Entries made by payments wait to be applied to Redis until marked; admin
-// entries and entries from before the migration count as applied.
+// Entries made by payments wait to be applied to Redis until marked;
+// AddLedgerEntry's entries and entries from before the migration count as
+// applied.
 func TestPendingCredits(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ledger.db")
 	// A ledger at schema version 1 with an admin credit.
@@ -158,6 +159,36 @@ func TestPendingCredits(t *testing.T) {
 	}
 	if bal, _ := s.LedgerBalance(ctx, "old"); bal != 5+7+1+2+3 {
 		t.Fatalf("balance %d", bal)
+	}
+}
+
+// An entry from AddPendingLedgerEntry waits to be applied like a payment's,
+// and is refused whole on the same grounds as AddLedgerEntry's.
+func TestAddPendingLedgerEntry(t *testing.T) {
+	s := openStore(t)
+	ctx := t.Context()
+	user := newUser(t, s)
+	e, err := s.AddPendingLedgerEntry(ctx, user, -3, "debit", "goodwill reversal", "")
+	if err != nil || e.ID == 0 || e.User != user || e.Amount != -3 || e.Ref != "" {
+		t.Fatalf("AddPendingLedgerEntry = %+v, %v", e, err)
+	}
+	if p, err := s.PendingCredits(ctx, 0); err != nil || len(p) != 1 || p[0] != e {
+		t.Fatalf("pending = %+v, %v; want %+v", p, err, e)
+	}
+	if _, err := s.AddPendingLedgerEntry(ctx, "nobody", 5, "credit", "", ""); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown user: %v", err)
+	}
+	if _, err := s.AddPendingLedgerEntry(ctx, user, money.MaxNanos, "credit", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddPendingLedgerEntry(ctx, user, 4, "credit", "", ""); !errors.Is(err, money.ErrAmountRange) {
+		t.Fatalf("past the range: %v", err)
+	}
+	if err := s.MarkApplied(ctx, e.ID); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := s.PendingCredits(ctx, 0); len(p) != 1 || p[0].ID == e.ID {
+		t.Fatalf("after MarkApplied: %+v", p)
 	}
 }
 

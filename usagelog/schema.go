@@ -89,7 +89,7 @@ CREATE TABLE usage_rejects (
 	// 2: Stripe payments. Ledger entries made by a payment are written with
 	// redis_applied = 0 and marked once their amount is in the Redis
 	// balance, so a crash in between is repaired at the next start; every
-	// entry made before (and by the admin API) counts as applied.
+	// entry made before (and by AddLedgerEntry) counts as applied.
 	`
 ALTER TABLE ledger ADD COLUMN redis_applied INTEGER NOT NULL DEFAULT 1;
 CREATE INDEX ledger_unapplied ON ledger (id) WHERE redis_applied = 0;

@@ -85,8 +85,10 @@ func (s *Store) GetUser(ctx context.Context, id string) (User, error) {
 // the account is closed, and nothing may be credited to or debited from it.
 var ErrUserDeleted = errors.New("user deleted")
 
-// AddLedgerEntry records a credit (amount > 0) or debit (amount < 0) made by
-// an admin or a payment, and returns the entry's ID. kind names its origin
+// AddLedgerEntry records a credit (amount > 0) or debit (amount < 0) and
+// returns the entry's ID. The entry counts as already in the Redis balance:
+// use it for entries the balance is rebuilt with (seeding, reconcile), and
+// AddPendingLedgerEntry for one still to be applied. kind names its origin
 // (for example "admin", "stripe", "refund") and must not be empty; reason is
 // free text. ref is an optional business key, unique across the ledger (a
 // Stripe event ID, say), which makes a retried call safe: a second entry
@@ -97,6 +99,24 @@ var ErrUserDeleted = errors.New("user deleted")
 // money.ErrAmountRange. Every check is made in the transaction that
 // writes the entry, and a refused entry writes nothing.
 func (s *Store) AddLedgerEntry(ctx context.Context, userID string, amount money.Nanos, kind, reason, ref string) (int64, error) {
+	return s.addLedgerEntry(ctx, userID, amount, kind, reason, ref, true)
+}
+
+// AddPendingLedgerEntry is AddLedgerEntry for an entry whose amount is yet
+// to reach the Redis balance (an admin credit): it is written pending, as a
+// payment's entries are, and returned ready to be applied with an
+// idempotency mark and then marked applied (MarkApplied). An entry a crash
+// leaves pending is found by PendingCredits. The checks and errors are
+// AddLedgerEntry's.
+func (s *Store) AddPendingLedgerEntry(ctx context.Context, userID string, amount money.Nanos, kind, reason, ref string) (LedgerEntry, error) {
+	id, err := s.addLedgerEntry(ctx, userID, amount, kind, reason, ref, false)
+	if err != nil {
+		return LedgerEntry{}, err
+	}
+	return LedgerEntry{ID: id, User: userID, Amount: amount, Ref: ref}, nil
+}
+
+func (s *Store) addLedgerEntry(ctx context.Context, userID string, amount money.Nanos, kind, reason, ref string, applied bool) (int64, error) {
 	if amount == 0 {
 		return 0, fmt.Errorf("ledger amount is zero: %w", ErrInvalid)
 	}
@@ -106,14 +126,18 @@ func (s *Store) AddLedgerEntry(ctx context.Context, userID string, amount money.
 	if err := money.CheckAmount(amount); err != nil {
 		return 0, err
 	}
+	mark := 0
+	if applied {
+		mark = 1
+	}
 	var id int64
 	err := inTx(ctx, s.wr, func(tx *sql.Tx) error {
 		if err := checkLedgerEntry(ctx, tx, userID, amount); err != nil {
 			return err
 		}
 		res, err := tx.ExecContext(ctx,
-			`INSERT INTO ledger (user_id, amount, kind, reason, ref, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
-			userID, int64(amount), kind, reason, nullString(ref), time.Now().UnixNano())
+			`INSERT INTO ledger (user_id, amount, kind, reason, ref, created_at, redis_applied) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			userID, int64(amount), kind, reason, nullString(ref), time.Now().UnixNano(), mark)
 		switch {
 		case isForeignKey(err):
 			return fmt.Errorf("user %s: %w", userID, ErrNotFound)
@@ -161,7 +185,7 @@ func checkLedgerEntry(ctx context.Context, q querier, user string, amount money.
 }
 
 // UndoLedgerEntry deletes the ledger entry id of user made by
-// AddLedgerEntry, for a caller whose matching change to the Redis balance
+// AddLedgerEntry or AddPendingLedgerEntry, for a caller whose matching change to the Redis balance
 // was refused, so that the refused operation leaves nothing behind. It must
 // never be used on an entry whose amount reached a balance. An unknown entry
 // gives ErrNotFound.

@@ -1,0 +1,120 @@
+package caddymodule
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/cnaitoken/caddy-aitoken/accounting"
+	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/usagelog"
+)
+
+// keyView is a key as the admin API shows it; Key is set only at creation.
+type keyView struct {
+	usagelog.Key
+	Secret string `json:"key,omitempty"`
+}
+
+// postKey checks a key request and issues the key
+// (accounting.Books.IssueKey); the secret is in this answer only.
+func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
+	var in struct {
+		User       string     `json:"user"`
+		Name       string     `json:"name"`
+		Models     []string   `json:"models"`
+		RPM        int64      `json:"rpm"`
+		TPM        int64      `json:"tpm"`
+		AllowedIPs []string   `json:"allowed_ips"`
+		ExpiresAt  *time.Time `json:"expires_at"`
+	}
+	if err := decodeBody(r, &in); err != nil {
+		return err
+	}
+	if in.User == "" {
+		return badField("user", "required")
+	}
+	if len(in.Name) > 200 {
+		return badField("name", "longer than 200 characters")
+	}
+	for _, m := range in.Models {
+		if _, ok := app.prices.Lookup(m); !ok {
+			return badField("models", "%q has no price", m)
+		}
+	}
+	if in.RPM < 0 {
+		return badField("rpm", "must be 0 (unlimited) or a positive number of requests per minute")
+	}
+	if in.TPM < 0 {
+		return badField("tpm", "must be 0 (unlimited) or a positive number of tokens per minute")
+	}
+	if in.ExpiresAt != nil && !in.ExpiresAt.After(time.Now()) {
+		return badField("expires_at", "must be in the future")
+	}
+	allowedIPs, err := billing.NormalizeAllowedIPs(in.AllowedIPs)
+	if err != nil {
+		return badField("allowed_ips", "%v", err)
+	}
+	userNotFound := &adminError{http.StatusBadRequest, "user", "user: " + strconv.Quote(in.User) + " not found"}
+	u, err := app.ledger.store.GetUser(r.Context(), in.User)
+	if errors.Is(err, usagelog.ErrNotFound) {
+		return userNotFound
+	}
+	if err != nil {
+		return err
+	}
+	if u.Status != usagelog.UserActive {
+		return badField("user", "user %q is %s", in.User, u.Status)
+	}
+	k, secret, err := app.books().IssueKey(r.Context(), usagelog.Key{UserID: u.ID, Name: in.Name, Models: in.Models,
+		RPM: in.RPM, TPM: in.TPM, AllowedIPs: allowedIPs, ExpiresAt: in.ExpiresAt})
+	var re *accounting.RedisError
+	switch {
+	case errors.Is(err, usagelog.ErrNotFound): // erased since
+		return userNotFound
+	case errors.As(err, &re):
+		return &adminError{http.StatusServiceUnavailable, "", "redis unavailable; no key was issued: " + re.Err.Error()}
+	case err != nil:
+		return err
+	}
+	writeJSON(w, http.StatusCreated, keyView{Key: k, Secret: secret})
+	return nil
+}
+
+func listKeys(app *App, w http.ResponseWriter, r *http.Request) error {
+	if err := onlyParams(r, "user"); err != nil {
+		return err
+	}
+	user := r.URL.Query().Get("user")
+	if user == "" {
+		return badField("user", "required query parameter")
+	}
+	keys, err := app.ledger.store.ListKeys(r.Context(), user)
+	if err != nil {
+		return err
+	}
+	if keys == nil {
+		keys = []usagelog.Key{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"keys": keys})
+	return nil
+}
+
+// deleteKey revokes a key in the ledger and on every node
+// (accounting.Books.RevokeKey).
+func deleteKey(app *App, w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	k, err := app.books().RevokeKey(r.Context(), id)
+	var re *accounting.RedisError
+	switch {
+	case errors.Is(err, usagelog.ErrNotFound):
+		return notFound("key", id)
+	case errors.As(err, &re):
+		return &adminError{http.StatusServiceUnavailable, "", "key revoked in the ledger but redis is unavailable; run reconcile: " + re.Err.Error()}
+	case err != nil:
+		return err
+	}
+	writeJSON(w, http.StatusOK, k)
+	return nil
+}
