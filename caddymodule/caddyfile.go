@@ -29,6 +29,7 @@ func init() {
 //		currency       <ISO code>
 //		price <model>  input <per 1M> [cached_input <per 1M>] [cache_write <per 1M>] output <per 1M>
 //		pricing_file   <path>
+//		stripe { … }   # see parseStripeBlock
 //		spool_dir      <path>
 //		flush_interval <duration>
 //		usage_retention   <duration>   # default 365d; "d" = days
