@@ -11,8 +11,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
@@ -21,11 +19,6 @@ import (
 
 func init() {
 	caddy.RegisterModule(AccountAPI{})
-	httpcaddyfile.RegisterHandlerDirective("aitoken_account", parseAccountAPI)
-	// Ahead of respond, reverse_proxy and the aitoken meter (which sits just
-	// before reverse_proxy and strips the client's key), so the account API
-	// sees the key and answers before the request could go upstream.
-	httpcaddyfile.RegisterDirectiveOrder("aitoken_account", httpcaddyfile.Before, "respond")
 }
 
 // AccountAPI is the account API for API clients, authenticated by their
@@ -307,30 +300,8 @@ func (l *lazyHeaderWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func parseAccountAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(AccountAPI)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
-}
-
-// UnmarshalCaddyfile reads the aitoken_account directive, which takes no
-// options:
-//
-//	aitoken_account
-func (h *AccountAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	if d.NextBlock(0) {
-		return d.Errf("aitoken_account takes no options")
-	}
-	return nil
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*AccountAPI)(nil)
 	_ caddyhttp.MiddlewareHandler = (*AccountAPI)(nil)
-	_ caddyfile.Unmarshaler       = (*AccountAPI)(nil)
 )

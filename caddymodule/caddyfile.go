@@ -18,6 +18,11 @@ func init() {
 	httpcaddyfile.RegisterGlobalOption("aitoken", parseGlobalOption)
 	httpcaddyfile.RegisterHandlerDirective("aitoken", parseHandler)
 	httpcaddyfile.RegisterDirectiveOrder("aitoken", httpcaddyfile.Before, "reverse_proxy")
+	httpcaddyfile.RegisterHandlerDirective("aitoken_account", parseAccountAPI)
+	// Ahead of respond, reverse_proxy and the aitoken meter (which sits just
+	// before reverse_proxy and strips the client's key), so the account API
+	// sees the key and answers before the request could go upstream.
+	httpcaddyfile.RegisterDirectiveOrder("aitoken_account", httpcaddyfile.Before, "respond")
 }
 
 // parseGlobalOption sets up the aitoken app from the global option:
@@ -319,3 +324,27 @@ var (
 	_ caddyfile.Unmarshaler = (*App)(nil)
 	_ caddyfile.Unmarshaler = (*Handler)(nil)
 )
+
+func parseAccountAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(AccountAPI)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile reads the aitoken_account directive, which takes no
+// options:
+//
+//	aitoken_account
+func (h *AccountAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(0) {
+		return d.Errf("aitoken_account takes no options")
+	}
+	return nil
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*AccountAPI)(nil)

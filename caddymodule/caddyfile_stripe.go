@@ -6,9 +6,18 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("aitoken_stripe", parseStripeWebhook)
+	// With the handlers that answer requests, ahead of respond and
+	// reverse_proxy, so a catch-all of theirs does not shadow the webhook.
+	httpcaddyfile.RegisterDirectiveOrder("aitoken_stripe", httpcaddyfile.Before, "respond")
+}
 
 // parseStripeBlock reads the stripe { … } block of the aitoken option:
 //
@@ -108,3 +117,27 @@ func parseTopupRate(d *caddyfile.Dispenser) (*TopupRate, error) {
 	}
 	return r, nil
 }
+
+func parseStripeWebhook(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(StripeWebhook)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile reads the aitoken_stripe directive, which takes no
+// options (they are in the stripe block of the aitoken global option):
+//
+//	aitoken_stripe
+func (h *StripeWebhook) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(0) {
+		return d.Errf("aitoken_stripe takes no options; configure the stripe block of the aitoken global option")
+	}
+	return nil
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*StripeWebhook)(nil)

@@ -13,8 +13,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/cnaitoken/caddy-aitoken/payments"
@@ -22,10 +20,6 @@ import (
 
 func init() {
 	caddy.RegisterModule(StripeWebhook{})
-	httpcaddyfile.RegisterHandlerDirective("aitoken_stripe", parseStripeWebhook)
-	// With the handlers that answer requests, ahead of respond and
-	// reverse_proxy, so a catch-all of theirs does not shadow the webhook.
-	httpcaddyfile.RegisterDirectiveOrder("aitoken_stripe", httpcaddyfile.Before, "respond")
 }
 
 // StripeWebhook is the Stripe webhook endpoint: it verifies each event's
@@ -192,30 +186,8 @@ func signatureProblem(err error) string {
 	return "payload is not a Stripe event"
 }
 
-func parseStripeWebhook(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(StripeWebhook)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
-}
-
-// UnmarshalCaddyfile reads the aitoken_stripe directive, which takes no
-// options (they are in the stripe block of the aitoken global option):
-//
-//	aitoken_stripe
-func (h *StripeWebhook) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	if d.NextBlock(0) {
-		return d.Errf("aitoken_stripe takes no options; configure the stripe block of the aitoken global option")
-	}
-	return nil
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*StripeWebhook)(nil)
 	_ caddyhttp.MiddlewareHandler = (*StripeWebhook)(nil)
-	_ caddyfile.Unmarshaler       = (*StripeWebhook)(nil)
 )
