@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -61,10 +60,17 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{Pattern: "/aitoken/", Handler: caddy.AdminHandlerFunc(a.serve)}}
 }
 
+// serve runs the route the request matches and returns its error, which
+// Caddy's admin server logs and answers as {"error": "…"}.
 func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	a.mux.ServeHTTP(w, r)
-	return nil
+	var err error
+	a.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeErrKey{}, &err)))
+	return err
 }
+
+// routeErrKey holds, in a request's context, where its route leaves its
+// error for serve.
+type routeErrKey struct{}
 
 // adminFunc is one admin route: it answers with JSON or returns an error.
 type adminFunc func(app *App, w http.ResponseWriter, r *http.Request) error
@@ -74,38 +80,35 @@ func (f adminFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var err error
 	switch {
 	case app == nil:
-		err = &adminError{http.StatusServiceUnavailable, "", "the aitoken app is not running"}
+		err = adminErr(http.StatusServiceUnavailable, "the aitoken app is not running")
 	case app.ledger == nil:
-		err = &adminError{http.StatusServiceUnavailable, "", errNoLedger.Error()}
+		err = adminErr(http.StatusServiceUnavailable, errNoLedger.Error())
 	default:
 		err = f(app, w, r)
 	}
 	if err == nil {
 		return
 	}
-	var ae *adminError
-	if !errors.As(err, &ae) {
-		app.log.Error("admin request failed", zapErr(err))
-		ae = &adminError{http.StatusInternalServerError, "", "internal error: " + err.Error()}
+	if _, ok := err.(caddy.APIError); !ok {
+		err = caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err, Message: "internal error: " + err.Error()}
 	}
-	writeJSON(w, ae.status, ae)
+	if slot, ok := r.Context().Value(routeErrKey{}).(*error); ok {
+		*slot = err
+	}
 }
 
-// adminError is a JSON error naming the offending field.
-type adminError struct {
-	status  int
-	Field   string `json:"field,omitempty"`
-	Message string `json:"error"`
+// adminErr is an error answered with status and msg.
+func adminErr(status int, msg string) error {
+	return caddy.APIError{HTTPStatus: status, Err: errors.New(msg)}
 }
 
-func (e *adminError) Error() string { return e.Message }
-
-func badField(field, format string, args ...any) *adminError {
-	return &adminError{http.StatusBadRequest, field, field + ": " + fmt.Sprintf(format, args...)}
+// badField is a 400 whose message starts with the offending field's name.
+func badField(field, format string, args ...any) error {
+	return adminErr(http.StatusBadRequest, field+": "+fmt.Sprintf(format, args...))
 }
 
-func notFound(what, id string) *adminError {
-	return &adminError{http.StatusNotFound, "", what + " " + strconv.Quote(id) + " not found"}
+func notFound(what, id string) error {
+	return adminErr(http.StatusNotFound, what+" "+strconv.Quote(id)+" not found")
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -148,22 +151,22 @@ func readJSON(r *http.Request, v any) error {
 }
 
 // bodyError answers an error of readJSON, naming the field when it can.
-func bodyError(err error) *adminError {
+func bodyError(err error) error {
 	var te *json.UnmarshalTypeError
 	switch {
 	case errors.Is(err, errTrailingData):
-		return &adminError{http.StatusBadRequest, "", err.Error()}
+		return adminErr(http.StatusBadRequest, err.Error())
 	case errors.As(err, &te):
 		return badField(te.Field, "wrong type: want %s", te.Type)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
 		return badField(f, "unknown field")
 	case errors.Is(err, io.EOF):
-		return &adminError{http.StatusBadRequest, "", "request body must be a JSON object"}
-	case errors.Is(err, money.ErrAmountRange):
-		return &adminError{http.StatusBadRequest, "", err.Error()}
+		return adminErr(http.StatusBadRequest, "request body must be a JSON object")
+	case errors.Is(err, money.ErrAmountRange), errors.Is(err, money.ErrBadAmount):
+		return adminErr(http.StatusBadRequest, err.Error())
 	default:
-		return &adminError{http.StatusBadRequest, "", "request body is not valid JSON: " + err.Error()}
+		return adminErr(http.StatusBadRequest, "request body is not valid JSON: "+err.Error())
 	}
 }
 
@@ -225,8 +228,6 @@ func validID(s string) bool {
 	}
 	return true
 }
-
-func zapErr(err error) zap.Field { return zap.Error(err) }
 
 // Interface guards
 var _ caddy.AdminRouter = (*AdminAPI)(nil)

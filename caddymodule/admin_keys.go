@@ -56,7 +56,7 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return badField("allowed_ips", "%v", err)
 	}
-	userNotFound := &adminError{http.StatusBadRequest, "user", "user: " + strconv.Quote(in.User) + " not found"}
+	userNotFound := adminErr(http.StatusBadRequest, "user: "+strconv.Quote(in.User)+" not found")
 	u, err := app.ledger.store.GetUser(r.Context(), in.User)
 	if errors.Is(err, usagelog.ErrNotFound) {
 		return userNotFound
@@ -74,7 +74,7 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	case errors.Is(err, usagelog.ErrNotFound): // erased since
 		return userNotFound
 	case errors.As(err, &re):
-		return &adminError{http.StatusServiceUnavailable, "", "redis unavailable; no key was issued: " + re.Err.Error()}
+		return adminErr(http.StatusServiceUnavailable, "redis unavailable; no key was issued: "+re.Err.Error())
 	case err != nil:
 		return err
 	}
@@ -111,7 +111,7 @@ func deleteKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	case errors.Is(err, usagelog.ErrNotFound):
 		return notFound("key", id)
 	case errors.As(err, &re):
-		return &adminError{http.StatusServiceUnavailable, "", "key revoked in the ledger but redis is unavailable; run reconcile: " + re.Err.Error()}
+		return adminErr(http.StatusServiceUnavailable, "key revoked in the ledger but redis is unavailable; run reconcile: "+re.Err.Error())
 	case err != nil:
 		return err
 	}

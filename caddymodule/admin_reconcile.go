@@ -22,7 +22,7 @@ func postReconcile(app *App, w http.ResponseWriter, r *http.Request) error {
 	defer cancel()
 	rep, err := app.books().Reconcile(ctx, apply)
 	if err != nil {
-		return &adminError{http.StatusServiceUnavailable, "", "reconcile: " + err.Error()}
+		return adminErr(http.StatusServiceUnavailable, "reconcile: "+err.Error())
 	}
 	writeJSON(w, http.StatusOK, rep)
 	return nil

@@ -45,7 +45,6 @@ func TestAdminBadInputStoresNothing(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var e struct {
 				Error string `json:"error"`
-				Field string `json:"field"`
 			}
 			st := admin(t, tc.method, tc.path, tc.body, nil)
 			if st != tc.status {
@@ -55,8 +54,8 @@ func TestAdminBadInputStoresNothing(t *testing.T) {
 				return
 			}
 			admin(t, tc.method, tc.path, tc.body, &e)
-			if e.Error == "" || e.Field != tc.field {
-				t.Fatalf("error %+v, want field %q", e, tc.field)
+			if e.Error == "" || !strings.HasPrefix(e.Error, tc.field) {
+				t.Fatalf("error %+v, want it to name field %q first", e, tc.field)
 			}
 		})
 	}

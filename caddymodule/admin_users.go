@@ -31,7 +31,7 @@ type userView struct {
 func (app *App) userView(r *http.Request, u usagelog.User) (userView, error) {
 	bal, held, err := app.accounts.Balance(r.Context(), u.ID)
 	if err != nil {
-		return userView{}, &adminError{http.StatusServiceUnavailable, "", "redis unavailable: " + err.Error()}
+		return userView{}, adminErr(http.StatusServiceUnavailable, "redis unavailable: "+err.Error())
 	}
 	return userView{User: u, Balance: bal, Held: held, Currency: app.Currency}, nil
 }
@@ -58,9 +58,9 @@ func postUser(app *App, w http.ResponseWriter, r *http.Request) error {
 	var re *accounting.RedisError
 	switch {
 	case errors.Is(err, usagelog.ErrExists):
-		return &adminError{http.StatusConflict, "id", "id: user " + strconv.Quote(in.ID) + " already exists"}
+		return adminErr(http.StatusConflict, "id: user "+strconv.Quote(in.ID)+" already exists")
 	case errors.As(err, &re):
-		return &adminError{http.StatusServiceUnavailable, "", "user stored in the ledger but redis is unavailable; run reconcile: " + re.Err.Error()}
+		return adminErr(http.StatusServiceUnavailable, "user stored in the ledger but redis is unavailable; run reconcile: "+re.Err.Error())
 	case err != nil:
 		return err
 	}
@@ -98,12 +98,7 @@ func postCredit(app *App, w http.ResponseWriter, r *http.Request) error {
 		Reason string       `json:"reason"`
 	}
 	if err := readJSON(r, &in); err != nil {
-		ae := bodyError(err)
-		// A money error can only come from the body's one amount.
-		if errors.Is(err, money.ErrBadAmount) || errors.Is(err, money.ErrAmountRange) {
-			ae.Field = "amount"
-		}
-		return ae
+		return bodyError(err)
 	}
 	if in.Amount == nil || *in.Amount == 0 {
 		return badField("amount", "required: a non-zero decimal string like \"10.00\" (negative debits)")
@@ -121,7 +116,7 @@ func postCredit(app *App, w http.ResponseWriter, r *http.Request) error {
 	}
 	// An erased user still answers GET (as deleted), so 409 rather than
 	// 404: the user exists, its state forbids the change.
-	erased := &adminError{http.StatusConflict, "", "user " + strconv.Quote(id) + " was deleted (erased): its account is closed and takes no credit or debit"}
+	erased := adminErr(http.StatusConflict, "user "+strconv.Quote(id)+" was deleted (erased): its account is closed and takes no credit or debit")
 	if u.Status == usagelog.UserDeleted {
 		return erased
 	}
@@ -129,13 +124,13 @@ func postCredit(app *App, w http.ResponseWriter, r *http.Request) error {
 	var re *accounting.RedisError
 	switch {
 	case errors.Is(err, money.ErrAmountRange): // in the ledger, or (accounting.ErrLiveRange) in Redis
-		return &adminError{http.StatusBadRequest, "amount", err.Error()}
+		return adminErr(http.StatusBadRequest, err.Error())
 	case errors.Is(err, usagelog.ErrUserDeleted):
 		return erased
 	case errors.Is(err, usagelog.ErrNotFound):
 		return notFound("user", id)
 	case errors.As(err, &re):
-		return &adminError{http.StatusServiceUnavailable, "", "credit recorded in the ledger but redis is unavailable; run reconcile: " + re.Err.Error()}
+		return adminErr(http.StatusServiceUnavailable, "credit recorded in the ledger but redis is unavailable; run reconcile: "+re.Err.Error())
 	case err != nil:
 		return err
 	}
@@ -170,9 +165,9 @@ func deleteUser(app *App, w http.ResponseWriter, r *http.Request) error {
 	case errors.Is(err, usagelog.ErrNotFound):
 		return notFound("user", id)
 	case errors.As(err, &re):
-		return &adminError{http.StatusServiceUnavailable, "",
-			"personal data erased and keys revoked in the ledger, but redis is unavailable so keys may still work: " +
-				"repeat the DELETE or run reconcile with apply: " + re.Err.Error()}
+		return adminErr(http.StatusServiceUnavailable,
+			"personal data erased and keys revoked in the ledger, but redis is unavailable so keys may still work: "+
+				"repeat the DELETE or run reconcile with apply: "+re.Err.Error())
 	case err != nil:
 		return err
 	}

@@ -221,9 +221,9 @@ func TestDeleteUserErasesAndRevokes(t *testing.T) {
 	}
 	// No new key for an erased user; a second delete is harmless.
 	var ke struct {
-		Field string `json:"field"`
+		Error string `json:"error"`
 	}
-	if st := admin(t, "POST", "/aitoken/keys", `{"user":"`+u.ID+`"}`, &ke); st != 400 || ke.Field != "user" {
+	if st := admin(t, "POST", "/aitoken/keys", `{"user":"`+u.ID+`"}`, &ke); st != 400 || !strings.HasPrefix(ke.Error, "user: ") {
 		t.Fatalf("key for an erased user: %d %+v", st, ke)
 	}
 	e.AuditID = 0 // omitted when nothing was recorded
@@ -395,7 +395,6 @@ func TestPrivacyRoutesRefuseBadInput(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var e struct {
 				Error string `json:"error"`
-				Field string `json:"field"`
 			}
 			var out any = &e
 			if tc.status == 405 {
@@ -405,8 +404,8 @@ func TestPrivacyRoutesRefuseBadInput(t *testing.T) {
 			if st != tc.status {
 				t.Fatalf("status %d, want %d (%+v)", st, tc.status, e)
 			}
-			if tc.status != 405 && (e.Error == "" || e.Field != tc.field) {
-				t.Fatalf("error %+v, want field %q", e, tc.field)
+			if tc.status != 405 && (e.Error == "" || !strings.HasPrefix(e.Error, tc.field)) {
+				t.Fatalf("error %+v, want it to name field %q first", e, tc.field)
 			}
 		})
 	}
