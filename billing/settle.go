@@ -28,14 +28,6 @@ const (
 	SettleReplayNoHold SettleMode = "replay-nohold"
 )
 
-// Mode is the idempotent settlement mode for g.
-func (g Grant) Mode() SettleMode {
-	if g.NoHold {
-		return SettleReplayNoHold
-	}
-	return SettleReplay
-}
-
 // Settle releases g's hold, debits cost, counts tokens in the key's tpm
 // window and records usage (the JSON of a usage record), all in one round
 // trip. It reports whether it applied (a replay of a settlement that

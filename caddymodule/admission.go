@@ -26,7 +26,7 @@ import (
 // Redis confirmed and, when Redis cannot be reached, admits a remembered
 // key without a hold.
 func (h *Handler) authorize(ctx context.Context, req billing.AuthRequest) (billing.Grant, error) {
-	g, err := h.app.accounts.Authorize(withRedisOp(ctx, opAuthorize), req)
+	g, err := h.app.accounts.Authorize(billing.WithOp(ctx, billing.OpAuthorize), req)
 	if h.OnRedisError != "allow" {
 		return g, err
 	}

@@ -144,20 +144,6 @@ func countRefusal(model string, e *apiError) {
 	}
 }
 
-// redisOpKey is the context key naming the operation a Redis call is for.
-type redisOpKey struct{}
-
-// Request-path Redis operations.
-const (
-	opAuthorize = "authorize"
-	opSettle    = "settle"
-)
-
-// withRedisOp labels the Redis round trips made with ctx.
-func withRedisOp(ctx context.Context, op string) context.Context {
-	return context.WithValue(ctx, redisOpKey{}, op)
-}
-
 // redisHook times every Redis round trip into redis_duration_seconds.
 type redisHook struct{}
 
@@ -187,10 +173,10 @@ func (redisHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proce
 	}
 }
 
-// redisOp is the operation label of a round trip: the context's, or the
-// command's name.
+// redisOp is the operation label of a round trip: the context's
+// (billing.WithOp), or the command's name.
 func redisOp(ctx context.Context, cmd string) string {
-	if op, _ := ctx.Value(redisOpKey{}).(string); op != "" {
+	if op := billing.OpOf(ctx); op != "" {
 		return op
 	}
 	return strings.ToLower(cmd)
@@ -233,9 +219,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if a == nil || a.redis == nil {
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(c.spool, prometheus.GaugeValue, float64(a.redis.spool.Len()))
-	ch <- prometheus.MustNewConstMetric(c.journal, prometheus.GaugeValue, float64(a.redis.journal.Pending()))
-	ctx, cancel := context.WithTimeout(withRedisOp(context.Background(), "metrics"), 500*time.Millisecond)
+	ch <- prometheus.MustNewConstMetric(c.spool, prometheus.GaugeValue, float64(a.redis.settlements.Spooled()))
+	ch <- prometheus.MustNewConstMetric(c.journal, prometheus.GaugeValue, float64(a.redis.settlements.Pending()))
+	ctx, cancel := context.WithTimeout(billing.WithOp(context.Background(), "metrics"), 500*time.Millisecond)
 	defer cancel()
 	groups, err := a.redis.client.XInfoGroups(ctx, billing.UsageStream).Result()
 	if err != nil {

@@ -21,7 +21,7 @@ import (
 const ledgerDB = 1
 
 // benchRecord is a usage record as the gateway's settlement writes it
-// (caddymodule/settle.go): a completed chat completion of one of 100 users.
+// (settle.Bill): a completed chat completion of one of 100 users.
 func benchRecord(i int, now time.Time) usagelog.Record {
 	user := "user-" + strconv.Itoa(i%100)
 	return usagelog.Record{

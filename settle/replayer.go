@@ -1,4 +1,4 @@
-package spool
+package settle
 
 import (
 	"context"
@@ -11,13 +11,13 @@ import (
 // maxBackoff caps the wait between failed replay attempts.
 const maxBackoff = 30 * time.Second
 
-// Replayer drains a Spool in the background. While entries wait it calls
+// replayer drains a spool in the background. While entries wait it calls
 // Replay every interval and whenever Kick is called; after a failed attempt
 // it waits twice as long each time, up to 30s, and ignores Kick until the
 // wait is over, so a Redis that is still down is not hammered.
-type Replayer struct {
-	s        *Spool
-	apply    func(context.Context, Entry) error
+type replayer struct {
+	s        *spool
+	apply    func(context.Context, spoolEntry) error
 	interval time.Duration
 	log      *zap.Logger
 	after    func(time.Duration) <-chan time.Time // time.After; tests replace it
@@ -33,16 +33,16 @@ type Replayer struct {
 	abort   context.CancelFunc // cancels the context of an apply in flight
 }
 
-// NewReplayer returns a Replayer that applies the entries of s with apply. An
+// newReplayer returns a replayer that applies the entries of s with apply. An
 // interval of 0 means 1s; a nil log discards messages. Call Start to run it.
-func NewReplayer(s *Spool, apply func(context.Context, Entry) error, interval time.Duration, log *zap.Logger) *Replayer {
+func newReplayer(s *spool, apply func(context.Context, spoolEntry) error, interval time.Duration, log *zap.Logger) *replayer {
 	if interval <= 0 {
 		interval = time.Second
 	}
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Replayer{
+	return &replayer{
 		s:        s,
 		apply:    apply,
 		interval: interval,
@@ -56,7 +56,7 @@ func NewReplayer(s *Spool, apply func(context.Context, Entry) error, interval ti
 // Start runs the replay loop in a goroutine. The first attempt is immediate,
 // so entries left by an earlier run are replayed at once. Calling Start again,
 // or after Stop, does nothing.
-func (r *Replayer) Start() {
+func (r *replayer) Start() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.started || r.stopped {
@@ -71,7 +71,7 @@ func (r *Replayer) Start() {
 
 // Kick asks for a replay attempt now, e.g. after Redis answered again. It
 // never blocks; kicks during a backoff wait count once, when the wait ends.
-func (r *Replayer) Kick() {
+func (r *replayer) Kick() {
 	select {
 	case r.kick <- struct{}{}:
 	default:
@@ -82,8 +82,8 @@ func (r *Replayer) Kick() {
 // stops before the next entry; Stop waits for that. If ctx ends first, Stop
 // cancels the context given to apply and returns ctx.Err() without waiting
 // further. Stop makes no last attempt: entries still waiting stay in the
-// spool file for the next Replayer.
-func (r *Replayer) Stop(ctx context.Context) error {
+// spool file for the next replayer.
+func (r *replayer) Stop(ctx context.Context) error {
 	r.mu.Lock()
 	started := r.started
 	r.stopped = true
@@ -101,11 +101,11 @@ func (r *Replayer) Stop(ctx context.Context) error {
 	}
 }
 
-func (r *Replayer) run(ctx, applyCtx context.Context) {
+func (r *replayer) run(ctx, applyCtx context.Context) {
 	defer close(r.done)
 	// Replay stops between entries when ctx ends; the apply in flight keeps
 	// its own context so that Stop does not cut a Redis call in half.
-	apply := func(_ context.Context, e Entry) error { return r.apply(applyCtx, e) }
+	apply := func(_ context.Context, e spoolEntry) error { return r.apply(applyCtx, e) }
 	fails := 0
 	for {
 		if r.s.Len() > 0 {

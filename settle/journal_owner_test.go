@@ -1,10 +1,10 @@
-package journal
+package settle
 
 import (
 	"testing"
 )
 
-// TestSecondOpenDoesNotStealALiveJournal opens a prefix that another
+// TestJournalSecondOpenDoesNotStealALiveJournal opens a prefix that another
 // journal is still writing (another process on the same spool_dir, e.g.
 // `caddy validate` run with the server's config, or a pooled Redis
 // connection re-created while the old one still drains). The newcomer must
@@ -12,9 +12,9 @@ import (
 // files: if it does, the live process's records written ahead afterwards
 // are gone after a kill -9, and its in-flight ones are replayed by the
 // newcomer while the live process settles them too.
-func TestSecondOpenDoesNotStealALiveJournal(t *testing.T) {
+func TestJournalSecondOpenDoesNotStealALiveJournal(t *testing.T) {
 	dir := t.TempDir()
-	live, err := Open(dir, "j")
+	live, err := openJournal(dir, "j")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -22,7 +22,7 @@ func TestSecondOpenDoesNotStealALiveJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	other, err := Open(dir, "j")
+	other, err := openJournal(dir, "j")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +31,7 @@ func TestSecondOpenDoesNotStealALiveJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(recs) != 0 {
-		t.Errorf("a second Open took %d in-flight records of a live journal as leftovers: %q", len(recs), recs)
+		t.Errorf("a second openJournal took %d in-flight records of a live journal as leftovers: %q", len(recs), recs)
 	}
 	if err := other.DropLeftovers(); err != nil {
 		t.Fatal(err)
@@ -44,7 +44,7 @@ func TestSecondOpenDoesNotStealALiveJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 	live.crash()
-	next, err := Open(dir, "j")
+	next, err := openJournal(dir, "j")
 	if err != nil {
 		t.Fatal(err)
 	}

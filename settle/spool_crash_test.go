@@ -1,4 +1,4 @@
-package spool
+package settle
 
 import (
 	"context"
@@ -30,7 +30,7 @@ func snapshot(t *testing.T, path string) string {
 	return filepath.Join(dir, "spool")
 }
 
-func TestCrashAtEveryStep(t *testing.T) {
+func TestSpoolCrashAtEveryStep(t *testing.T) {
 	defer func(n int) { checkpointEvery = n }(checkpointEvery)
 	checkpointEvery = 3
 	const total = 10
@@ -40,7 +40,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 	for _, failAt := range []int{-1, 4, 8} { // -1: no failure
 		t.Run(fmt.Sprint(failAt), func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "spool")
-			s := openT(t, path)
+			s := openSpoolT(t, path)
 			appendT(t, s, 0, total)
 
 			type crash struct {
@@ -53,7 +53,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 			s.fl.hook = func(stage string) {
 				crashes = append(crashes, crash{stage, applied, snapshot(t, path)})
 			}
-			_, err := s.Replay(context.Background(), func(_ context.Context, e Entry) error {
+			_, err := s.Replay(context.Background(), func(_ context.Context, e spoolEntry) error {
 				if e.ID == entry(failAt).ID {
 					return errDown
 				}
@@ -68,7 +68,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 
 			replayedAgain := false
 			for _, c := range crashes {
-				got := drain(t, openT(t, c.path))
+				got := drain(t, openSpoolT(t, c.path))
 				// Nothing not yet applied is lost, order is kept, and
 				// already-applied entries only come back as a prefix.
 				if len(got) < total-c.applied || !slices.Equal(got, all[total-len(got):]) {

@@ -1,4 +1,4 @@
-package spool
+package settle
 
 import (
 	"bufio"
@@ -27,9 +27,9 @@ var checkpointEvery = 1000
 // file. Entries applied since the last checkpoint (at most checkpointEvery of
 // them, or, in the brief window of a compaction, the whole file) are applied
 // again after a restart, so apply must be idempotent.
-func (s *Spool) Replay(ctx context.Context, apply func(context.Context, Entry) error) (applied int, err error) {
+func (s *spool) Replay(ctx context.Context, apply func(context.Context, spoolEntry) error) (applied int, err error) {
 	if s.closed.Load() {
-		return 0, ErrClosed
+		return 0, errSpoolClosed
 	}
 	fl := s.fl
 	fl.replayMu.Lock()
@@ -44,7 +44,7 @@ func (s *Spool) Replay(ctx context.Context, apply func(context.Context, Entry) e
 		f, off, end, closed := fl.f, fl.off, fl.size, fl.closed
 		fl.mu.Unlock()
 		if closed {
-			return applied, ErrClosed
+			return applied, errSpoolClosed
 		}
 		if off == end {
 			return applied, nil
@@ -59,7 +59,7 @@ func (s *Spool) Replay(ctx context.Context, apply func(context.Context, Entry) e
 
 // replayRange applies the entries in f[off:end], which only Replay (holding
 // replayMu) can change, so it is read without holding mu.
-func (fl *file) replayRange(ctx context.Context, f *os.File, off, end int64, apply func(context.Context, Entry) error) (applied int, err error) {
+func (fl *spoolFile) replayRange(ctx context.Context, f *os.File, off, end int64, apply func(context.Context, spoolEntry) error) (applied int, err error) {
 	br := bufio.NewReaderSize(io.NewSectionReader(f, off, end-off), 64<<10)
 	for pos, since := off, 0; pos < end; {
 		if err := ctx.Err(); err != nil {
@@ -71,7 +71,7 @@ func (fl *file) replayRange(ctx context.Context, f *os.File, off, end int64, app
 		}
 		entry := !blank(line)
 		if entry {
-			var e Entry
+			var e spoolEntry
 			if derr := json.Unmarshal(line, &e); derr != nil {
 				if err := fl.quarantine(line); err != nil {
 					return applied, err
@@ -103,7 +103,7 @@ func (fl *file) replayRange(ctx context.Context, f *os.File, off, end int64, app
 
 // quarantine keeps a line that is not an entry where a human can find it, so
 // that it neither blocks the spool nor silently disappears.
-func (fl *file) quarantine(line []byte) error {
+func (fl *spoolFile) quarantine(line []byte) error {
 	f, err := os.OpenFile(fl.path+corruptSuffix, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("spool: quarantine: %w", err)
@@ -124,7 +124,7 @@ func (fl *file) quarantine(line []byte) error {
 // finish makes the progress of a Replay durable: it compacts the file when
 // everything was applied or when most of it is dead, and otherwise records the
 // applied offset.
-func (fl *file) finish(caughtUp bool) error {
+func (fl *spoolFile) finish(caughtUp bool) error {
 	fl.syncMu.Lock()
 	defer fl.syncMu.Unlock()
 	fl.mu.Lock()
@@ -143,7 +143,7 @@ func (fl *file) finish(caughtUp bool) error {
 
 // compact replaces the file with its entries not yet applied. It holds syncMu
 // and mu, so no append can land in the old file after it has been copied.
-func (fl *file) compact() error {
+func (fl *spoolFile) compact() error {
 	tmp := fl.path + tmpSuffix
 	nf, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
@@ -189,9 +189,9 @@ func (fl *file) compact() error {
 
 // saveOffset durably records that entries before off are applied, by writing
 // a temp file and renaming it over path.applied. mu must be held.
-func (fl *file) saveOffset(off int64) error {
+func (fl *spoolFile) saveOffset(off int64) error {
 	if fl.closed {
-		return ErrClosed
+		return errSpoolClosed
 	}
 	path := fl.path + appliedSuffix
 	tmp := path + tmpSuffix
@@ -221,7 +221,7 @@ func (fl *file) saveOffset(off int64) error {
 	return nil
 }
 
-func (fl *file) test(stage string) {
+func (fl *spoolFile) test(stage string) {
 	if fl.hook != nil {
 		fl.hook(stage)
 	}

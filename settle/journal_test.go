@@ -1,4 +1,4 @@
-package journal
+package settle
 
 import (
 	"fmt"
@@ -9,16 +9,16 @@ import (
 	"testing"
 )
 
-func openT(t testing.TB, dir string) *Journal {
+func openJournalT(t testing.TB, dir string) *journal {
 	t.Helper()
-	j, err := Open(dir, "journal-x")
+	j, err := openJournal(dir, "journal-x")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return j
 }
 
-func files(t testing.TB, dir string) []string {
+func journalFiles(t testing.TB, dir string) []string {
 	t.Helper()
 	m, err := filepath.Glob(filepath.Join(dir, "journal-x-*.log"))
 	if err != nil {
@@ -27,7 +27,7 @@ func files(t testing.TB, dir string) []string {
 	return m
 }
 
-func leftovers(t testing.TB, j *Journal) []string {
+func leftovers(t testing.TB, j *journal) []string {
 	t.Helper()
 	recs, err := j.Leftovers()
 	if err != nil {
@@ -40,10 +40,10 @@ func leftovers(t testing.TB, j *Journal) []string {
 	return s
 }
 
-func TestOutstandingRecordsSurviveAndDoneOnesDoNot(t *testing.T) {
+func TestJournalOutstandingRecordsSurviveAndDoneOnesDoNot(t *testing.T) {
 	dir := t.TempDir()
-	j := openT(t, dir)
-	var tickets []Ticket
+	j := openJournalT(t, dir)
+	var tickets []ticket
 	for i := range 5 {
 		tk, err := j.Append([]byte(fmt.Sprintf(`{"n":%d}`, i)))
 		if err != nil {
@@ -57,10 +57,10 @@ func TestOutstandingRecordsSurviveAndDoneOnesDoNot(t *testing.T) {
 	j.Done(tickets[0])
 	j.Done(tickets[2])
 	j.Done(tickets[4])
-	// A killed process: nothing closed. The next Open finds every record
+	// A killed process: nothing closed. The next openJournal finds every record
 	// of the file (done or not: replays are idempotent), none is lost.
 	j.crash()
-	j2 := openT(t, dir)
+	j2 := openJournalT(t, dir)
 	got := leftovers(t, j2)
 	if len(got) != 5 || got[1] != `{"n":1}` || got[3] != `{"n":3}` {
 		t.Fatalf("leftovers = %q", got)
@@ -72,14 +72,14 @@ func TestOutstandingRecordsSurviveAndDoneOnesDoNot(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The old file is gone; the new one does not reuse its name.
-	if fs := files(t, dir); len(fs) != 1 || filepath.Base(fs[0]) != "journal-x-1.log" {
+	if fs := journalFiles(t, dir); len(fs) != 1 || filepath.Base(fs[0]) != "journal-x-1.log" {
 		t.Fatalf("files = %v, want only journal-x-1.log", fs)
 	}
 }
 
-func TestCloseRemovesAnIdleFileAndKeepsABusyOne(t *testing.T) {
+func TestJournalCloseRemovesAnIdleFileAndKeepsABusyOne(t *testing.T) {
 	dir := t.TempDir()
-	j := openT(t, dir)
+	j := openJournalT(t, dir)
 	tk, err := j.Append([]byte(`a`))
 	if err != nil {
 		t.Fatal(err)
@@ -88,32 +88,32 @@ func TestCloseRemovesAnIdleFileAndKeepsABusyOne(t *testing.T) {
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if fs := files(t, dir); len(fs) != 0 {
+	if fs := journalFiles(t, dir); len(fs) != 0 {
 		t.Fatalf("files after an idle close = %v", fs)
 	}
-	if _, err := j.Append([]byte(`b`)); err != ErrClosed {
-		t.Fatalf("Append after Close = %v, want ErrClosed", err)
+	if _, err := j.Append([]byte(`b`)); err != errJournalClosed {
+		t.Fatalf("Append after Close = %v, want errJournalClosed", err)
 	}
 
-	j = openT(t, dir)
+	j = openJournalT(t, dir)
 	if _, err := j.Append([]byte(`busy`)); err != nil {
 		t.Fatal(err)
 	}
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := leftovers(t, openT(t, dir)); len(got) != 1 || got[0] != "busy" {
+	if got := leftovers(t, openJournalT(t, dir)); len(got) != 1 || got[0] != "busy" {
 		t.Fatalf("leftovers after a busy close = %q", got)
 	}
 }
 
-func TestTornLastLineIsSkipped(t *testing.T) {
+func TestJournalTornLastLineIsSkipped(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "journal-x-3.log")
 	if err := os.WriteFile(path, []byte("one\n\ntwo\nthr"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	j := openT(t, dir)
+	j := openJournalT(t, dir)
 	if got := leftovers(t, j); strings.Join(got, ",") != "one,two" {
 		t.Fatalf("leftovers = %q", got)
 	}
@@ -125,18 +125,18 @@ func TestTornLastLineIsSkipped(t *testing.T) {
 	}
 }
 
-func TestRejectsNewlines(t *testing.T) {
-	j := openT(t, t.TempDir())
+func TestJournalRejectsNewlines(t *testing.T) {
+	j := openJournalT(t, t.TempDir())
 	if _, err := j.Append([]byte("a\nb")); err == nil {
 		t.Fatal("a record with a newline was accepted")
 	}
 }
 
-func TestFullFilesAreRemovedOnceDone(t *testing.T) {
+func TestJournalFullFilesAreRemovedOnceDone(t *testing.T) {
 	dir := t.TempDir()
-	j := openT(t, dir)
+	j := openJournalT(t, dir)
 	rec := []byte(strings.Repeat("x", 64<<10))
-	var tickets []Ticket
+	var tickets []ticket
 	for range segmentSize/len(rec) + 2 {
 		tk, err := j.Append(rec)
 		if err != nil {
@@ -144,13 +144,13 @@ func TestFullFilesAreRemovedOnceDone(t *testing.T) {
 		}
 		tickets = append(tickets, tk)
 	}
-	if fs := files(t, dir); len(fs) != 2 {
+	if fs := journalFiles(t, dir); len(fs) != 2 {
 		t.Fatalf("files = %d, want 2 (one sealed)", len(fs))
 	}
 	for _, tk := range tickets {
 		j.Done(tk)
 	}
-	fs := files(t, dir)
+	fs := journalFiles(t, dir)
 	if len(fs) != 1 {
 		t.Fatalf("files after all done = %v, want only the open one", fs)
 	}
@@ -163,9 +163,9 @@ func TestFullFilesAreRemovedOnceDone(t *testing.T) {
 	}
 }
 
-func TestConcurrentAppendDone(t *testing.T) {
+func TestJournalConcurrentAppendDone(t *testing.T) {
 	dir := t.TempDir()
-	j := openT(t, dir)
+	j := openJournalT(t, dir)
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Add(1)
@@ -188,7 +188,7 @@ func TestConcurrentAppendDone(t *testing.T) {
 		t.Fatalf("Pending = %d, want %d", got, 8*250)
 	}
 	j.crash()
-	recs := leftovers(t, openT(t, dir))
+	recs := leftovers(t, openJournalT(t, dir))
 	seen := map[string]bool{}
 	for _, r := range recs {
 		seen[r] = true
@@ -202,8 +202,8 @@ func TestConcurrentAppendDone(t *testing.T) {
 	}
 }
 
-func BenchmarkAppendDone(b *testing.B) {
-	j := openT(b, b.TempDir())
+func BenchmarkJournalAppendDone(b *testing.B) {
+	j := openJournalT(b, b.TempDir())
 	rec := []byte(strings.Repeat("r", 600))
 	b.ReportAllocs()
 	b.SetBytes(int64(len(rec)))
@@ -218,7 +218,7 @@ func BenchmarkAppendDone(b *testing.B) {
 
 // crash plays the process being killed: the lock and the files are let
 // go, nothing is removed.
-func (j *Journal) crash() {
+func (j *journal) crash() {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.closed = true
@@ -229,14 +229,14 @@ func (j *Journal) crash() {
 	j.unlock()
 }
 
-func TestTruncateIdleClearsSettledRecords(t *testing.T) {
+func TestJournalTruncateIdleClearsSettledRecords(t *testing.T) {
 	dir := t.TempDir()
-	j := openT(t, dir)
+	j := openJournalT(t, dir)
 	a, _ := j.Append([]byte("settled"))
 	b, _ := j.Append([]byte("in flight"))
 	j.Done(a)
 	j.TruncateIdle() // one record still outstanding: nothing goes
-	fs := files(t, dir)
+	fs := journalFiles(t, dir)
 	if st, err := os.Stat(fs[0]); err != nil || st.Size() == 0 {
 		t.Fatalf("a busy file was truncated: %v %v", st.Size(), err)
 	}

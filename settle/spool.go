@@ -1,10 +1,12 @@
-// Package spool keeps usage settlements that could not reach Redis in a local
-// append-only file and replays them once Redis is back, so that no usage record
-// is ever dropped (DESIGN "A metered request", step 4).
+package settle
+
+// This file is the spool: it keeps settlements that could not reach Redis in
+// a local append-only file until the replayer applies them once Redis is
+// back, so that no usage record is ever dropped.
 //
 // Files, all next to the spool file at path:
 //
-//	path          one JSON Entry per line, appended with O_APPEND and fsynced
+//	path          one JSON spoolEntry per line, appended with O_APPEND and fsynced
 //	path.applied  byte offset in path up to which entries have been applied
 //	path.corrupt  lines that could not be decoded, set aside for a human
 //
@@ -14,10 +16,9 @@
 // applied offset), so the apply function must be idempotent, e.g. keyed by the
 // request ID.
 //
-// One process should own a path. Within a process, Open on a path that is
-// already open shares the same file, so an old and a new Caddy config can both
-// hold the spool during a reload.
-package spool
+// One process should own a path. Within a process, openSpool on a path that
+// is already open shares the same file, so an old and a new Caddy config can
+// both hold the spool during a reload.
 
 import (
 	"bufio"
@@ -32,7 +33,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 )
 
 const (
@@ -41,27 +41,27 @@ const (
 	tmpSuffix     = ".tmp"
 )
 
-// ErrClosed is returned by a Spool that has been closed.
-var ErrClosed = errors.New("spool: closed")
+// errSpoolClosed is returned by a spool that has been closed.
+var errSpoolClosed = errors.New("spool: closed")
 
-// Entry is one settlement waiting for Redis. Payload is opaque to the spool
-// (the caller's JSON); it is stored compacted, one entry per line.
-type Entry struct {
+// spoolEntry is one settlement waiting for Redis. Payload (a Record's JSON)
+// is opaque to the spool; it is stored compacted, one entry per line.
+type spoolEntry struct {
 	ID      string          `json:"id"`
 	Payload json.RawMessage `json:"p"`
 }
 
-// Spool is a durable queue of entries in a local file. Its methods are safe
+// spool is a durable queue of entries in a local file. Its methods are safe
 // for concurrent use.
-type Spool struct {
-	fl     *file
+type spool struct {
+	fl     *spoolFile
 	closed atomic.Bool
 }
 
-// file is the state shared by every Spool open on one path.
-type file struct {
+// file is the state shared by every spool open on one path.
+type spoolFile struct {
 	path string // absolute
-	refs int    // guarded by filesMu
+	refs int    // guarded by spoolFilesMu
 
 	// replayMu lets one Replay run at a time; only Replay writes the
 	// applied-offset file and compacts.
@@ -85,36 +85,36 @@ type file struct {
 }
 
 var (
-	filesMu sync.Mutex
-	files   = map[string]*file{}
+	spoolFilesMu sync.Mutex
+	spoolFiles   = map[string]*spoolFile{}
 )
 
-// Open opens the spool at path, creating its directory (0700) and the file
-// (0600) if needed; an existing directory is left as it is, while the
-// spool's files found with wider modes are made 0600. It counts the entries still waiting; a torn last line,
-// left by a crash in the middle of an Append that therefore never returned
-// nil, is cut off.
-func Open(path string) (*Spool, error) {
+// openSpool opens the spool at path, creating its directory (0700) and the
+// file (0600) if needed; an existing directory is left as it is, while the
+// spool's files found with wider modes are made 0600. It counts the entries
+// still waiting; a torn last line, left by a crash in the middle of an Append
+// that therefore never returned nil, is cut off.
+func openSpool(path string) (*spool, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	filesMu.Lock()
-	defer filesMu.Unlock()
-	if fl, ok := files[abs]; ok {
+	spoolFilesMu.Lock()
+	defer spoolFilesMu.Unlock()
+	if fl, ok := spoolFiles[abs]; ok {
 		fl.refs++
-		return &Spool{fl: fl}, nil
+		return &spool{fl: fl}, nil
 	}
-	fl, err := load(abs)
+	fl, err := loadSpool(abs)
 	if err != nil {
 		return nil, err
 	}
 	fl.refs = 1
-	files[abs] = fl
-	return &Spool{fl: fl}, nil
+	spoolFiles[abs] = fl
+	return &spool{fl: fl}, nil
 }
 
-func load(path string) (*file, error) {
+func loadSpool(path string) (*spoolFile, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
@@ -140,7 +140,7 @@ func load(path string) (*file, error) {
 		f.Close()
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	fl, err := loadFile(path, f)
+	fl, err := loadSpoolFile(path, f)
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -152,7 +152,7 @@ func load(path string) (*file, error) {
 	return fl, nil
 }
 
-func loadFile(path string, f *os.File) (*file, error) {
+func loadSpoolFile(path string, f *os.File) (*spoolFile, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
@@ -170,7 +170,7 @@ func loadFile(path string, f *os.File) (*file, error) {
 			return nil, fmt.Errorf("spool: fsync: %w", err)
 		}
 	}
-	fl := &file{path: path, f: f, size: good, off: saved, savedOff: saved, n: after}
+	fl := &spoolFile{path: path, f: f, size: good, off: saved, savedOff: saved, n: after}
 	if !onLine {
 		// The offset does not belong to this file (it cannot happen through
 		// this package, but replaying everything is the safe reading).
@@ -227,9 +227,9 @@ func readOffset(path string) int64 {
 // is on disk (fsynced). Concurrent appends share fsyncs. After a write or
 // fsync error the spool refuses further appends until it is reopened, since
 // the kernel may have dropped data it had accepted.
-func (s *Spool) Append(e Entry) error {
+func (s *spool) Append(e spoolEntry) error {
 	if s.closed.Load() {
-		return ErrClosed
+		return errSpoolClosed
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
@@ -264,16 +264,16 @@ func (s *Spool) Append(e Entry) error {
 }
 
 // usable reports why fl cannot take appends; mu must be held.
-func (fl *file) usable() error {
+func (fl *spoolFile) usable() error {
 	if fl.closed {
-		return ErrClosed
+		return errSpoolClosed
 	}
 	return fl.err
 }
 
 // sync returns once append number seq is durable, fsyncing if no other
 // caller has done so since it was written.
-func (fl *file) sync(seq uint64) error {
+func (fl *spoolFile) sync(seq uint64) error {
 	fl.syncMu.Lock()
 	defer fl.syncMu.Unlock()
 	if fl.synced >= seq {
@@ -299,25 +299,25 @@ func (fl *file) sync(seq uint64) error {
 }
 
 // Len returns the number of entries waiting to be applied.
-func (s *Spool) Len() int {
+func (s *spool) Len() int {
 	s.fl.mu.Lock()
 	defer s.fl.mu.Unlock()
 	return s.fl.n
 }
 
 // Close releases this handle; the file is closed with the last handle on its
-// path. Entries stay on disk for the next Open. Stop any Replayer first.
-func (s *Spool) Close() error {
+// path. Entries stay on disk for the next openSpool. Stop any replayer first.
+func (s *spool) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	filesMu.Lock()
-	defer filesMu.Unlock()
+	spoolFilesMu.Lock()
+	defer spoolFilesMu.Unlock()
 	fl := s.fl
 	if fl.refs--; fl.refs > 0 {
 		return nil
 	}
-	delete(files, fl.path)
+	delete(spoolFiles, fl.path)
 	fl.syncMu.Lock()
 	defer fl.syncMu.Unlock()
 	fl.mu.Lock()
@@ -348,36 +348,4 @@ func syncDir(dir string) error {
 		return fmt.Errorf("spool: fsync dir: %w", err)
 	}
 	return nil
-}
-
-// ownerOnly takes the group and other permission bits off an open file.
-func ownerOnly(f *os.File) error {
-	st, err := f.Stat()
-	if err != nil || st.Mode().Perm()&0o077 == 0 {
-		return err
-	}
-	return bestEffort(f.Chmod(st.Mode().Perm() &^ 0o077))
-}
-
-// chmodOwnerOnly takes the group and other permission bits off the file
-// at path, if it exists.
-func chmodOwnerOnly(path string) error {
-	st, err := os.Stat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil || st.Mode().Perm()&0o077 == 0 {
-		return err
-	}
-	return bestEffort(os.Chmod(path, st.Mode().Perm()&^0o077))
-}
-
-// bestEffort forgives a chmod refused because the file is not ours
-// (EPERM) or the disk is read-only (EROFS): an operator's own setup that
-// worked before files were tightened keeps working.
-func bestEffort(err error) error {
-	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EROFS) {
-		return nil
-	}
-	return err
 }

@@ -1,4 +1,4 @@
-package spool
+package settle
 
 import (
 	"context"
@@ -13,8 +13,8 @@ import (
 	"testing"
 )
 
-func entry(i int) Entry {
-	return Entry{ID: fmt.Sprintf("e%04d", i), Payload: json.RawMessage(fmt.Sprintf(`{"n": %d, "s": "<&>"}`, i))}
+func entry(i int) spoolEntry {
+	return spoolEntry{ID: fmt.Sprintf("e%04d", i), Payload: json.RawMessage(fmt.Sprintf(`{"n": %d, "s": "<&>"}`, i))}
 }
 
 func ids(from, to int) []string {
@@ -25,9 +25,9 @@ func ids(from, to int) []string {
 	return out
 }
 
-func openT(t testing.TB, path string) *Spool {
+func openSpoolT(t testing.TB, path string) *spool {
 	t.Helper()
-	s, err := Open(path)
+	s, err := openSpool(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +35,7 @@ func openT(t testing.TB, path string) *Spool {
 	return s
 }
 
-func appendT(t testing.TB, s *Spool, from, to int) {
+func appendT(t testing.TB, s *spool, from, to int) {
 	t.Helper()
 	for i := from; i < to; i++ {
 		if err := s.Append(entry(i)); err != nil {
@@ -45,10 +45,10 @@ func appendT(t testing.TB, s *Spool, from, to int) {
 }
 
 // drain replays everything and returns the IDs applied, in order.
-func drain(t testing.TB, s *Spool) []string {
+func drain(t testing.TB, s *spool) []string {
 	t.Helper()
 	var got []string
-	n, err := s.Replay(context.Background(), func(_ context.Context, e Entry) error {
+	n, err := s.Replay(context.Background(), func(_ context.Context, e spoolEntry) error {
 		got = append(got, e.ID)
 		return nil
 	})
@@ -73,9 +73,9 @@ func size(t testing.TB, path string) int64 {
 	return st.Size()
 }
 
-func TestAppendLenReopen(t *testing.T) {
+func TestSpoolAppendLenReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "a", "b", "spool.jsonl")
-	s := openT(t, path)
+	s := openSpoolT(t, path)
 	appendT(t, s, 0, 10)
 	if s.Len() != 10 {
 		t.Fatalf("Len = %d, want 10", s.Len())
@@ -83,7 +83,7 @@ func TestAppendLenReopen(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Append(entry(99)); !errors.Is(err, ErrClosed) {
+	if err := s.Append(entry(99)); !errors.Is(err, errSpoolClosed) {
 		t.Fatalf("Append after Close: %v", err)
 	}
 	for _, p := range []string{path, filepath.Dir(path)} {
@@ -96,12 +96,12 @@ func TestAppendLenReopen(t *testing.T) {
 		}
 	}
 
-	s = openT(t, path)
+	s = openSpoolT(t, path)
 	if s.Len() != 10 {
 		t.Fatalf("Len after reopen = %d, want 10", s.Len())
 	}
 	var payloads []string
-	s.Replay(context.Background(), func(_ context.Context, e Entry) error {
+	s.Replay(context.Background(), func(_ context.Context, e spoolEntry) error {
 		payloads = append(payloads, string(e.Payload))
 		return nil
 	})
@@ -110,15 +110,15 @@ func TestAppendLenReopen(t *testing.T) {
 	}
 	s.Close()
 
-	s = openT(t, path)
+	s = openSpoolT(t, path)
 	if s.Len() != 0 || size(t, path) != 0 {
 		t.Fatalf("after replay and reopen: Len %d, size %d", s.Len(), size(t, path))
 	}
 }
 
-func TestSharedOpen(t *testing.T) {
+func TestSpoolSharedOpen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spool")
-	a, b := openT(t, path), openT(t, path)
+	a, b := openSpoolT(t, path), openSpoolT(t, path)
 	appendT(t, a, 0, 2)
 	appendT(t, b, 2, 4)
 	if a.Len() != 4 || b.Len() != 4 {
@@ -131,9 +131,9 @@ func TestSharedOpen(t *testing.T) {
 	}
 }
 
-func TestTornLastLine(t *testing.T) {
+func TestSpoolTornLastLine(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spool")
-	s := openT(t, path)
+	s := openSpoolT(t, path)
 	appendT(t, s, 0, 3)
 	s.Close()
 	whole := size(t, path)
@@ -145,7 +145,7 @@ func TestTornLastLine(t *testing.T) {
 	f.WriteString(`{"id":"torn","p":{"n":`)
 	f.Close()
 
-	s = openT(t, path)
+	s = openSpoolT(t, path)
 	if s.Len() != 3 {
 		t.Fatalf("Len = %d, want 3", s.Len())
 	}
@@ -158,13 +158,13 @@ func TestTornLastLine(t *testing.T) {
 	}
 }
 
-func TestCorruptLineQuarantined(t *testing.T) {
+func TestSpoolCorruptLineQuarantined(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spool")
 	lines := []string{`{"id":"a","p":1}`, `not json`, ``, `{"id":"b","p":2}`}
 	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := openT(t, path)
+	s := openSpoolT(t, path)
 	if s.Len() != 3 {
 		t.Fatalf("Len = %d, want 3 (blank line not counted)", s.Len())
 	}
@@ -177,8 +177,8 @@ func TestCorruptLineQuarantined(t *testing.T) {
 	}
 }
 
-func TestReplayOrder(t *testing.T) {
-	s := openT(t, filepath.Join(t.TempDir(), "spool"))
+func TestSpoolReplayOrder(t *testing.T) {
+	s := openSpoolT(t, filepath.Join(t.TempDir(), "spool"))
 	appendT(t, s, 0, 500)
 	if got := drain(t, s); !slices.Equal(got, ids(0, 500)) {
 		t.Fatalf("order: got %v", got)
@@ -188,15 +188,15 @@ func TestReplayOrder(t *testing.T) {
 	}
 }
 
-func TestReplayStopsOnError(t *testing.T) {
+func TestSpoolReplayStopsOnError(t *testing.T) {
 	errDown := errors.New("redis down")
 	for _, failAt := range []int{0, 2, 5, 9} {
 		t.Run(fmt.Sprint(failAt), func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "spool")
-			s := openT(t, path)
+			s := openSpoolT(t, path)
 			appendT(t, s, 0, 10)
 			var got []string
-			n, err := s.Replay(context.Background(), func(_ context.Context, e Entry) error {
+			n, err := s.Replay(context.Background(), func(_ context.Context, e spoolEntry) error {
 				if e.ID == entry(failAt).ID {
 					return errDown
 				}
@@ -214,7 +214,7 @@ func TestReplayStopsOnError(t *testing.T) {
 
 			// The applied ones are gone for good, the rest (and the late
 			// append) are all there, in order.
-			s = openT(t, path)
+			s = openSpoolT(t, path)
 			if got := drain(t, s); !slices.Equal(got, ids(failAt, 11)) {
 				t.Fatalf("after reopen got %v", got)
 			}
@@ -222,11 +222,11 @@ func TestReplayStopsOnError(t *testing.T) {
 	}
 }
 
-func TestReplayContextCanceled(t *testing.T) {
-	s := openT(t, filepath.Join(t.TempDir(), "spool"))
+func TestSpoolReplayContextCanceled(t *testing.T) {
+	s := openSpoolT(t, filepath.Join(t.TempDir(), "spool"))
 	appendT(t, s, 0, 5)
 	ctx, cancel := context.WithCancel(context.Background())
-	n, err := s.Replay(ctx, func(_ context.Context, e Entry) error {
+	n, err := s.Replay(ctx, func(_ context.Context, e spoolEntry) error {
 		if e.ID == entry(1).ID {
 			cancel()
 		}
@@ -237,12 +237,12 @@ func TestReplayContextCanceled(t *testing.T) {
 	}
 }
 
-func TestAppendDuringSlowReplay(t *testing.T) {
+func TestSpoolAppendDuringSlowReplay(t *testing.T) {
 	defer func(n int) { checkpointEvery = n }(checkpointEvery)
 	checkpointEvery = 7
 
 	path := filepath.Join(t.TempDir(), "spool")
-	s := openT(t, path)
+	s := openSpoolT(t, path)
 	appendT(t, s, 0, 50)
 
 	const writers, each = 16, 40
@@ -250,7 +250,7 @@ func TestAppendDuringSlowReplay(t *testing.T) {
 	for w := range writers {
 		wg.Go(func() {
 			for i := range each {
-				if err := s.Append(Entry{ID: fmt.Sprintf("w%02d-%03d", w, i)}); err != nil {
+				if err := s.Append(spoolEntry{ID: fmt.Sprintf("w%02d-%03d", w, i)}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -264,7 +264,7 @@ func TestAppendDuringSlowReplay(t *testing.T) {
 	// race with appends; apply yields to let appends interleave.
 	seen := map[string]int{}
 	var order []string
-	apply := func(_ context.Context, e Entry) error {
+	apply := func(_ context.Context, e spoolEntry) error {
 		seen[e.ID]++
 		order = append(order, e.ID)
 		for range 10 {
@@ -304,7 +304,7 @@ func TestAppendDuringSlowReplay(t *testing.T) {
 		}
 	}
 	s.Close()
-	if s := openT(t, path); s.Len() != 0 {
+	if s := openSpoolT(t, path); s.Len() != 0 {
 		t.Fatalf("Len after reopen = %d", s.Len())
 	}
 }

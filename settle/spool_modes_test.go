@@ -1,4 +1,4 @@
-package spool
+package settle
 
 import (
 	"os"
@@ -17,7 +17,7 @@ func TestSpoolFileModes(t *testing.T) {
 	defer syscall.Umask(old)
 	root := t.TempDir()
 	path := filepath.Join(root, "made", "spool.log")
-	s := openT(t, path)
+	s := openSpoolT(t, path)
 	appendT(t, s, 0, 3)
 	filemode.Want(t, filepath.Join(root, "made"), 0o700)
 	filemode.Want(t, path, 0o600)
@@ -36,7 +36,7 @@ func TestSpoolFileModes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s = openT(t, path)
+	s = openSpoolT(t, path)
 	appendT(t, s, 0, 1)
 	filemode.Want(t, dir, 0o755)
 	for _, p := range []string{path, path + appliedSuffix, path + corruptSuffix} {

@@ -1,4 +1,4 @@
-package journal
+package settle
 
 import (
 	"os"
@@ -9,7 +9,7 @@ import (
 	"github.com/cnaitoken/caddy-aitoken/internal/filemode"
 )
 
-// Journal records hold usage details: the folder Open creates and every
+// Journal records hold usage details: the folder openJournal creates and every
 // file are the owner's only, and the lock and leftover files found with a
 // wider mode are tightened. A folder the operator made keeps its mode.
 func TestJournalFileModes(t *testing.T) {
@@ -17,17 +17,17 @@ func TestJournalFileModes(t *testing.T) {
 	defer syscall.Umask(old)
 	root := t.TempDir()
 	dir := filepath.Join(root, "made", "journal")
-	j := openT(t, dir)
+	j := openJournalT(t, dir)
 	if _, err := j.Append([]byte("rec")); err != nil {
 		t.Fatal(err)
 	}
 	filemode.Want(t, filepath.Join(root, "made"), 0o700)
 	filemode.Want(t, dir, 0o700)
 	filemode.Want(t, filepath.Join(dir, "journal-x.lock"), 0o600)
-	for _, f := range files(t, dir) {
+	for _, f := range journalFiles(t, dir) {
 		filemode.Want(t, f, 0o600)
 	}
-	if err := WriteLeftover(dir, "journal-x", []byte("late")); err != nil {
+	if err := writeLeftover(dir, "journal-x", []byte("late")); err != nil {
 		t.Fatal(err)
 	}
 	j.Close()
@@ -45,7 +45,7 @@ func TestJournalFileModes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	j = openT(t, dir)
+	j = openJournalT(t, dir)
 	defer j.Close()
 	if _, err := j.Append([]byte("rec")); err != nil {
 		t.Fatal(err)
@@ -54,7 +54,7 @@ func TestJournalFileModes(t *testing.T) {
 	for _, p := range wide {
 		filemode.Want(t, p, 0o600)
 	}
-	for _, f := range files(t, dir) {
+	for _, f := range journalFiles(t, dir) {
 		filemode.Want(t, f, 0o600)
 	}
 }

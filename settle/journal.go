@@ -1,7 +1,10 @@
-// Package journal writes settlements ahead to a local file before the
-// response they bill ends, so that the settlement itself can run after the
-// response, off the client's critical path, and still survive the process
-// being killed in between: what a process has written, the kernel keeps.
+package settle
+
+// This file is the journal: it writes settlements ahead to a local file
+// before the response they bill ends, so that the settlement itself can run
+// after the response, off the client's critical path, and still survive the
+// process being killed in between: what a process has written, the kernel
+// keeps.
 //
 // Records are not fsynced (an fsync per request would cost more than the
 // Redis round trip it takes off the path): a power loss or kernel crash may
@@ -18,7 +21,6 @@
 // second process on the same directory, such as `caddy validate` run with
 // the server's config) finds no leftovers, deletes nothing, and writes its
 // own files.
-package journal
 
 import (
 	"bytes"
@@ -34,8 +36,8 @@ import (
 	"time"
 )
 
-// ErrClosed is returned by Append on a closed journal.
-var ErrClosed = errors.New("journal: closed")
+// errJournalClosed is returned by Append on a closed journal.
+var errJournalClosed = errors.New("journal: closed")
 
 // Default sizes: a file is sealed at segmentSize, and the open file is
 // truncated when idle and over truncateSize.
@@ -44,9 +46,9 @@ const (
 	truncateSize = 64 << 10
 )
 
-// Journal is a write-ahead log of records in flight. Its methods are safe
+// journal is a write-ahead log of records in flight. Its methods are safe
 // for concurrent use.
-type Journal struct {
+type journal struct {
 	dir, prefix string
 
 	mu        sync.Mutex
@@ -68,22 +70,22 @@ type segment struct {
 	sealed bool
 }
 
-// Ticket names a record until it is Done.
-type Ticket struct{ s *segment }
+// ticket names a record until it is Done.
+type ticket struct{ s *segment }
 
-// Open opens the journal prefix in dir, creating dir (0700) if needed; an
-// existing dir is left as it is. Its files are the owner's only (0600):
-// those it creates, and the lock and leftover files it finds, whose wider
-// modes it takes back. Files found there are left for Leftovers and
+// openJournal opens the journal prefix in dir, creating dir (0700) if
+// needed; an existing dir is left as it is. Its files are the owner's only
+// (0600): those it creates, and the lock and leftover files it finds, whose
+// wider modes it takes back. Files found there are left for Leftovers and
 // DropLeftovers; new records go to a new file.
-func Open(dir, prefix string) (*Journal, error) {
+func openJournal(dir, prefix string) (*journal, error) {
 	if strings.ContainsAny(prefix, `/\`) || prefix == "" {
 		return nil, fmt.Errorf("journal: bad prefix %q", prefix)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
-	j := &Journal{dir: dir, prefix: prefix}
+	j := &journal{dir: dir, prefix: prefix}
 	lock, err := os.OpenFile(filepath.Join(dir, prefix+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
@@ -126,29 +128,7 @@ func Open(dir, prefix string) (*Journal, error) {
 	return j, nil
 }
 
-// ownerOnly takes the group and other permission bits off an open file.
-func ownerOnly(f *os.File) error {
-	st, err := f.Stat()
-	if err != nil || st.Mode().Perm()&0o077 == 0 {
-		return err
-	}
-	return bestEffort(f.Chmod(st.Mode().Perm() &^ 0o077))
-}
-
-// chmodOwnerOnly takes the group and other permission bits off the file
-// at path, if it still exists.
-func chmodOwnerOnly(path string) error {
-	st, err := os.Stat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil || st.Mode().Perm()&0o077 == 0 {
-		return err
-	}
-	return bestEffort(os.Chmod(path, st.Mode().Perm()&^0o077))
-}
-
-func (j *Journal) number(path string) (int, bool) {
+func (j *journal) number(path string) (int, bool) {
 	s := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(path), j.prefix+"-"), ".log")
 	n, err := strconv.Atoi(s)
 	return n, err == nil && n >= 0
@@ -156,18 +136,18 @@ func (j *Journal) number(path string) (int, bool) {
 
 // Owner reports whether this journal owns its prefix (and so has the
 // leftovers of earlier processes).
-func (j *Journal) Owner() bool { return j.lock != nil }
+func (j *journal) Owner() bool { return j.lock != nil }
 
-func (j *Journal) unlock() {
+func (j *journal) unlock() {
 	if j.lock != nil {
 		_ = j.lock.Close() // releases the flock
 		j.lock = nil
 	}
 }
 
-// Leftovers returns the records in the files found at Open, oldest first.
-// A torn last line (the process died mid-write) is skipped.
-func (j *Journal) Leftovers() ([][]byte, error) {
+// Leftovers returns the records in the files found at openJournal, oldest
+// first. A torn last line (the process died mid-write) is skipped.
+func (j *journal) Leftovers() ([][]byte, error) {
 	var recs [][]byte
 	for _, p := range j.leftovers {
 		data, err := os.ReadFile(p)
@@ -188,9 +168,9 @@ func (j *Journal) Leftovers() ([][]byte, error) {
 	return recs, nil
 }
 
-// DropLeftovers removes the files found at Open, once their records are
-// safe elsewhere.
-func (j *Journal) DropLeftovers() error {
+// DropLeftovers removes the files found at openJournal, once their records
+// are safe elsewhere.
+func (j *journal) DropLeftovers() error {
 	for _, p := range j.leftovers {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("journal: %w", err)
@@ -202,18 +182,18 @@ func (j *Journal) DropLeftovers() error {
 
 // Append writes rec, which must not contain a newline, as one record.
 // Once it returns, the record survives the process being killed.
-func (j *Journal) Append(rec []byte) (Ticket, error) {
+func (j *journal) Append(rec []byte) (ticket, error) {
 	if bytes.IndexByte(rec, '\n') >= 0 {
-		return Ticket{}, errors.New("journal: record contains a newline")
+		return ticket{}, errors.New("journal: record contains a newline")
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closed {
-		return Ticket{}, ErrClosed
+		return ticket{}, errJournalClosed
 	}
 	if j.cur == nil || j.cur.size >= segmentSize {
 		if err := j.rotate(); err != nil {
-			return Ticket{}, err
+			return ticket{}, err
 		}
 	}
 	j.buf = append(append(j.buf[:0], rec...), '\n')
@@ -225,18 +205,18 @@ func (j *Journal) Append(rec []byte) (Ticket, error) {
 		j.cur.sealed = true
 		j.retire(j.cur)
 		j.cur = nil
-		return Ticket{}, fmt.Errorf("journal: %w", err)
+		return ticket{}, fmt.Errorf("journal: %w", err)
 	}
 	if cap(j.buf) > 64<<10 {
 		j.buf = nil
 	}
 	j.cur.open++
 	j.pending++
-	return Ticket{j.cur}, nil
+	return ticket{j.cur}, nil
 }
 
 // rotate seals the open file and starts the next one.
-func (j *Journal) rotate() error {
+func (j *journal) rotate() error {
 	if j.cur != nil {
 		j.cur.sealed = true
 		j.retire(j.cur)
@@ -264,7 +244,7 @@ func (j *Journal) rotate() error {
 }
 
 // retire removes a sealed segment none of whose records is outstanding.
-func (j *Journal) retire(s *segment) {
+func (j *journal) retire(s *segment) {
 	if !s.sealed || s.open > 0 || s.f == nil {
 		return
 	}
@@ -274,7 +254,7 @@ func (j *Journal) retire(s *segment) {
 }
 
 // Done forgets t's record: it is settled, or safe elsewhere.
-func (j *Journal) Done(t Ticket) {
+func (j *journal) Done(t ticket) {
 	if t.s == nil {
 		return
 	}
@@ -296,7 +276,7 @@ func (j *Journal) Done(t Ticket) {
 // TruncateIdle empties the open file when none of its records is
 // outstanding, so settled records (with their usage details) do not
 // linger on a quiet node.
-func (j *Journal) TruncateIdle() {
+func (j *journal) TruncateIdle() {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if s := j.cur; s != nil && s.f != nil && s.open == 0 && s.size > 0 {
@@ -307,16 +287,16 @@ func (j *Journal) TruncateIdle() {
 }
 
 // Pending is the number of records not yet Done.
-func (j *Journal) Pending() int64 {
+func (j *journal) Pending() int64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.pending
 }
 
 // Close stops the journal. The open file is removed when none of its
-// records is outstanding; otherwise it stays, for the next Open's
+// records is outstanding; otherwise it stays, for the next openJournal's
 // Leftovers. Records Done after Close are forgotten, their file kept.
-func (j *Journal) Close() error {
+func (j *journal) Close() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closed {
@@ -339,11 +319,11 @@ func (j *Journal) Close() error {
 	return err
 }
 
-// WriteLeftover writes rec, fsynced, as a file of its own in dir that the
+// writeLeftover writes rec, fsynced, as a file of its own in dir that the
 // next journal to own prefix finds among its Leftovers: for a record that
-// outlived its journal (Append failed with ErrClosed) and could be put
+// outlived its journal (Append failed with errJournalClosed) and could be put
 // nowhere else.
-func WriteLeftover(dir, prefix string, rec []byte) error {
+func writeLeftover(dir, prefix string, rec []byte) error {
 	if bytes.IndexByte(rec, '\n') >= 0 {
 		return errors.New("journal: record contains a newline")
 	}
@@ -364,14 +344,4 @@ func WriteLeftover(dir, prefix string, rec []byte) error {
 		return fmt.Errorf("journal: %w", err)
 	}
 	return nil
-}
-
-// bestEffort forgives a chmod refused because the file is not ours
-// (EPERM) or the disk is read-only (EROFS): an operator's own setup that
-// worked before files were tightened keeps working.
-func bestEffort(err error) error {
-	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EROFS) {
-		return nil
-	}
-	return err
 }

@@ -1,4 +1,4 @@
-package spool
+package settle
 
 import (
 	"context"
@@ -9,14 +9,14 @@ import (
 	"time"
 )
 
-// fakeClock replaces time.After: it reports every wait the Replayer asks for
+// fakeClock replaces time.After: it reports every wait the replayer asks for
 // and fires only when the test says so.
 type fakeClock struct {
 	waits chan time.Duration
 	tick  chan time.Time
 }
 
-func newFakeClock(r *Replayer) *fakeClock {
+func newFakeClock(r *replayer) *fakeClock {
 	c := &fakeClock{waits: make(chan time.Duration, 100), tick: make(chan time.Time)}
 	r.after = func(d time.Duration) <-chan time.Time {
 		c.waits <- d
@@ -32,7 +32,7 @@ func (c *fakeClock) expectWait(t *testing.T, want time.Duration) {
 	}
 }
 
-func stopT(t *testing.T, r *Replayer) {
+func stopT(t *testing.T, r *replayer) {
 	t.Helper()
 	if err := r.Stop(context.Background()); err != nil {
 		t.Fatal(err)
@@ -40,9 +40,9 @@ func stopT(t *testing.T, r *Replayer) {
 }
 
 func TestReplayerKick(t *testing.T) {
-	s := openT(t, filepath.Join(t.TempDir(), "spool"))
+	s := openSpoolT(t, filepath.Join(t.TempDir(), "spool"))
 	applied := make(chan string, 10)
-	r := NewReplayer(s, func(_ context.Context, e Entry) error {
+	r := newReplayer(s, func(_ context.Context, e spoolEntry) error {
 		applied <- e.ID
 		return nil
 	}, 0, nil)
@@ -67,13 +67,13 @@ func TestReplayerKick(t *testing.T) {
 }
 
 func TestReplayerBackoff(t *testing.T) {
-	s := openT(t, filepath.Join(t.TempDir(), "spool"))
+	s := openSpoolT(t, filepath.Join(t.TempDir(), "spool"))
 	appendT(t, s, 0, 3)
 
 	const fails = 6
 	calls := 0
 	var got []string
-	r := NewReplayer(s, func(_ context.Context, e Entry) error {
+	r := newReplayer(s, func(_ context.Context, e spoolEntry) error {
 		calls++
 		if calls <= fails {
 			return errors.New("redis down")
@@ -103,11 +103,11 @@ func TestReplayerBackoff(t *testing.T) {
 }
 
 func TestReplayerStopWaitsForApplyInFlight(t *testing.T) {
-	s := openT(t, filepath.Join(t.TempDir(), "spool"))
+	s := openSpoolT(t, filepath.Join(t.TempDir(), "spool"))
 	appendT(t, s, 0, 3)
 	inFlight, release := make(chan struct{}), make(chan struct{})
 	var applyErr error
-	r := NewReplayer(s, func(ctx context.Context, e Entry) error {
+	r := newReplayer(s, func(ctx context.Context, e spoolEntry) error {
 		close(inFlight)
 		<-release
 		applyErr = ctx.Err()
@@ -130,10 +130,10 @@ func TestReplayerStopWaitsForApplyInFlight(t *testing.T) {
 }
 
 func TestReplayerStopDeadlineAbortsApply(t *testing.T) {
-	s := openT(t, filepath.Join(t.TempDir(), "spool"))
+	s := openSpoolT(t, filepath.Join(t.TempDir(), "spool"))
 	appendT(t, s, 0, 1)
 	inFlight, aborted := make(chan struct{}), make(chan struct{})
-	r := NewReplayer(s, func(ctx context.Context, e Entry) error {
+	r := newReplayer(s, func(ctx context.Context, e spoolEntry) error {
 		close(inFlight)
 		<-ctx.Done()
 		close(aborted)
@@ -154,14 +154,14 @@ func TestReplayerStopDeadlineAbortsApply(t *testing.T) {
 }
 
 func TestReplayerStopWithoutStart(t *testing.T) {
-	s := openT(t, filepath.Join(t.TempDir(), "spool"))
-	r := NewReplayer(s, func(context.Context, Entry) error { return nil }, 0, nil)
+	s := openSpoolT(t, filepath.Join(t.TempDir(), "spool"))
+	r := newReplayer(s, func(context.Context, spoolEntry) error { return nil }, 0, nil)
 	stopT(t, r)
 	r.Start() // after Stop: no-op
 	stopT(t, r)
 }
 
-func TestBackoff(t *testing.T) {
+func TestBackoffDoublesToACap(t *testing.T) {
 	for _, c := range []struct {
 		interval time.Duration
 		fails    int
