@@ -17,6 +17,7 @@ import (
 const (
 	keyPrefix         = "ait:key:"
 	UsageStream       = "ait:usage"
+	UsageField        = "r" // the field of a usage stream entry holding the record's JSON
 	RevocationChannel = "ait:revocations"
 )
 

@@ -125,7 +125,8 @@ return ok
 //
 // KEYS: acct, holds, holdamt, usage stream, expired-hold trace, tpm window
 // ("" for none), replay marker. ARGV: request id, −cost, record, mode,
-// tokens. Returns 1 when applied, 0 when a replay found it already done.
+// tokens, the stream's record field (UsageField). Returns 1 when applied,
+// 0 when a replay found it already done.
 var settleScript = redis.NewScript(`
 local amt = redis.call('HGET', KEYS[3], ARGV[1])
 if amt then
@@ -144,6 +145,6 @@ if KEYS[6] ~= '' then
   redis.call('INCRBY', KEYS[6], ARGV[5])
   redis.call('PEXPIRE', KEYS[6], 120000)
 end
-redis.call('XADD', KEYS[4], '*', 'r', ARGV[3])
+redis.call('XADD', KEYS[4], '*', ARGV[6], ARGV[3])
 return 1
 `)

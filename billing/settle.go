@@ -64,5 +64,5 @@ func settleParams(g Grant, cost money.Nanos, tokens int64, record []byte, mode S
 	}
 	return []string{acctKey(g.User), holdsKey(g.User), holdAmtKey(g.User), UsageStream, expiredKey(g.User), window,
 			replayKey(g.User, g.RequestID)},
-		[]any{g.RequestID, strconv.FormatInt(-int64(cost), 10), record, string(mode), tokens}
+		[]any{g.RequestID, strconv.FormatInt(-int64(cost), 10), record, string(mode), tokens, UsageField}
 }

@@ -224,6 +224,7 @@ func (l *ledgerConn) start() error {
 	l.store = store
 	l.flusher = usagelog.NewFlusher(l.redis.client, store, usagelog.FlusherConfig{
 		Stream:   billing.UsageStream,
+		Field:    billing.UsageField,
 		Group:    ledgerGroup,
 		Consumer: "ledger-" + l.path,
 		Interval: l.interval,

@@ -147,10 +147,10 @@ func (f *Flusher) store(ctx context.Context, b batch) (int, error) {
 // a reject carrying its raw value; the log gets the entry ID and the reason
 // only, never the content.
 func (f *Flusher) decode(m redis.XMessage) (Record, *reject) {
-	raw, ok := m.Values[RecordField].(string)
+	raw, ok := m.Values[f.cfg.Field].(string)
 	if !ok {
 		b, _ := json.Marshal(m.Values)
-		return Record{}, f.rejected(m.ID, string(b), "missing field "+RecordField)
+		return Record{}, f.rejected(m.ID, string(b), "missing field "+f.cfg.Field)
 	}
 	r, err := decodeRecord(raw)
 	if err != nil {

@@ -339,11 +339,11 @@ func TestUsageClamped(t *testing.T) {
 		if got := bytes.Contains(b, []byte(`"usage_clamped":true`)); got != r.Clamped {
 			t.Fatalf("%s: %s", r.RequestID, b)
 		}
-		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: testStream, Values: []any{RecordField, b}}).Err(); err != nil {
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: testStream, Values: []any{testField, b}}).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Group: "g", Consumer: "c"}, nil)
+	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c"}, nil)
 	if n, err := f.FlushNow(ctx); err != nil || n != 2 {
 		t.Fatalf("FlushNow = %d, %v", n, err)
 	}

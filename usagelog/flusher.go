@@ -12,14 +12,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// RecordField is the field of a usage stream entry that holds the JSON of
-// a Record.
-const RecordField = "r"
-
 // Flusher defaults and timings.
 const (
-	// DefaultStream is the usage stream read when FlusherConfig.Stream is empty.
-	DefaultStream = "aitoken:usage"
 	// DefaultGroup is the consumer group used when FlusherConfig.Group is empty.
 	DefaultGroup = "usagelog"
 	// DefaultInterval is the read block time when FlusherConfig.Interval is 0.
@@ -41,9 +35,10 @@ const (
 
 // FlusherConfig configures a Flusher.
 type FlusherConfig struct {
-	// Stream is the Redis stream producers XADD usage records to.
-	// Default: "aitoken:usage".
-	Stream string
+	// Stream is the Redis stream producers XADD usage records to, and
+	// Field the entry field that holds a Record's JSON. Both required:
+	// the producer's layout (package billing) names them.
+	Stream, Field string
 	// Group is the consumer group the flusher reads with. Default: "usagelog".
 	Group string
 	// Consumer names this reader within the group; it must be stable across
@@ -65,7 +60,7 @@ type FlusherConfig struct {
 	Linger time.Duration
 }
 
-// Flusher reads records (field "r" holds the JSON of a Record) from a Redis
+// Flusher reads records (FlusherConfig.Field holds the JSON of a Record) from a Redis
 // stream with a consumer group, inserts a batch in one SQLite transaction,
 // commits, then XACKs and XDELs the entries. Crash-safe: an entry is either
 // pending in the stream or in SQLite, never neither, and never stored twice
@@ -92,8 +87,8 @@ type Flusher struct {
 // NewFlusher returns a Flusher that moves records from rdb into s. It does
 // nothing until Start or FlushNow. A nil log discards messages.
 func NewFlusher(rdb redis.UniversalClient, s *Store, cfg FlusherConfig, log *zap.Logger) *Flusher {
-	if cfg.Stream == "" {
-		cfg.Stream = DefaultStream
+	if cfg.Stream == "" || cfg.Field == "" {
+		panic("usagelog: FlusherConfig needs the usage stream and its record field")
 	}
 	if cfg.Group == "" {
 		cfg.Group = DefaultGroup

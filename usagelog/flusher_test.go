@@ -13,7 +13,11 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-const testStream = "test:usage"
+// The test stream and the field that holds a record.
+const (
+	testStream = "test:usage"
+	testField  = "r"
+)
 
 // xadd writes records to the stream as producers do.
 func xadd(tb testing.TB, rdb *redis.Client, recs ...Record) {
@@ -25,7 +29,7 @@ func xadd(tb testing.TB, rdb *redis.Client, recs ...Record) {
 			if err != nil {
 				return err
 			}
-			p.XAdd(ctx, &redis.XAddArgs{Stream: testStream, Values: []any{RecordField, b}})
+			p.XAdd(ctx, &redis.XAddArgs{Stream: testStream, Values: []any{testField, b}})
 		}
 		return nil
 	})
@@ -62,7 +66,7 @@ func TestFlusherMovesEachRecordOnce(t *testing.T) {
 	ctx := context.Background()
 	rdb, _ := startRedis(t)
 	s := openStore(t)
-	cfg := FlusherConfig{Stream: testStream, Group: "g", Consumer: "c1", Batch: 7}
+	cfg := FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1", Batch: 7}
 
 	// Written before the group exists: must not be skipped.
 	recs := records("a", 50)
@@ -118,7 +122,7 @@ func TestFlusherRejectsMalformedEntries(t *testing.T) {
 	rdb, _ := startRedis(t)
 	s := openStore(t)
 	core, logs := observer.New(zap.DebugLevel)
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Group: "g", Consumer: "c1"}, zap.New(core))
+	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1"}, zap.New(core))
 
 	const secret = "sk-SECRET-do-not-log"
 	noID := rec("", "u1", time.Now())
@@ -127,7 +131,7 @@ func TestFlusherRejectsMalformedEntries(t *testing.T) {
 	raws := []string{`{"request_id":"x1","cost":"` + secret, string(noIDJSON)}
 	xadd(t, rdb, rec("good-1", "u1", time.Now()))
 	for _, raw := range raws {
-		rdb.XAdd(ctx, &redis.XAddArgs{Stream: testStream, Values: []any{RecordField, raw}})
+		rdb.XAdd(ctx, &redis.XAddArgs{Stream: testStream, Values: []any{testField, raw}})
 	}
 	rdb.XAdd(ctx, &redis.XAddArgs{Stream: testStream, Values: []any{"other", secret}})
 	xadd(t, rdb, rec("good-2", "u1", time.Now()))
@@ -185,7 +189,7 @@ func TestFlusherRunsAndStopDrains(t *testing.T) {
 	ctx := context.Background()
 	rdb, _ := startRedis(t)
 	s := openStore(t)
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Group: "g", Consumer: "c1",
+	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1",
 		Interval: 50 * time.Millisecond, Batch: 100}, zap.NewNop())
 
 	xadd(t, rdb, records("before", 120)...) // before Start: picked up from "0"
@@ -228,7 +232,7 @@ func TestFlusherClaimsIdleEntries(t *testing.T) {
 	s := openStore(t)
 
 	// Consumer "dead" read entries and vanished.
-	dead := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Group: "g", Consumer: "dead"}, nil)
+	dead := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "dead"}, nil)
 	if err := dead.ensureGroup(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +241,7 @@ func TestFlusherClaimsIdleEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Group: "g", Consumer: "c1",
+	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1",
 		Interval: 20 * time.Millisecond, Batch: 10}, nil)
 	f.claimIdle = 100 * time.Millisecond
 	f.Start()
@@ -251,7 +255,7 @@ func TestFlusherRecoversFromLostGroup(t *testing.T) {
 	ctx := context.Background()
 	rdb, _ := startRedis(t)
 	s := openStore(t)
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Group: "g", Consumer: "c1",
+	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1",
 		Interval: 20 * time.Millisecond}, nil)
 	f.Start()
 	defer f.Stop(ctx)
@@ -271,7 +275,7 @@ func TestFlusherBacksOffWhileRedisIsDown(t *testing.T) {
 	rdb, tr := startRedis(t)
 	s := openStore(t)
 	core, logs := observer.New(zap.WarnLevel)
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Group: "g", Consumer: "c1",
+	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1",
 		Interval: 20 * time.Millisecond}, zap.New(core))
 	f.Start()
 	defer f.Stop(ctx)
@@ -320,7 +324,7 @@ func BenchmarkFlush(b *testing.B) {
 	ctx := context.Background()
 	rdb, _ := startRedis(b)
 	s := openStore(b)
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Group: "g", Consumer: "c1", Batch: 1000}, nil)
+	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1", Batch: 1000}, nil)
 	const perOp = 10_000
 	rows := 0
 	var spent time.Duration

@@ -13,7 +13,7 @@ import (
 
 // Record is one metered request: what was used, what it cost, and how it
 // went. Its JSON is the usage record the admin API returns, and also what producers put
-// in the usage stream (field RecordField). Content is never part of it.
+// in the usage stream (FlusherConfig.Field). Content is never part of it.
 type Record struct {
 	// RequestID is unique per request; the usage table is keyed by it, so a
 	// record delivered twice is stored once.

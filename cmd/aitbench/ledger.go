@@ -58,7 +58,7 @@ func fillStream(ctx context.Context, rdb *redis.Client, n int) error {
 				if err != nil {
 					return err
 				}
-				p.XAdd(ctx, &redis.XAddArgs{Stream: billing.UsageStream, Values: []any{usagelog.RecordField, b}})
+				p.XAdd(ctx, &redis.XAddArgs{Stream: billing.UsageStream, Values: []any{billing.UsageField, b}})
 			}
 			return nil
 		})
@@ -92,7 +92,7 @@ func ledgerFlush(ctx context.Context, redisAddr, dir string, n int) (float64, er
 	}
 	defer store.Close()
 	f := usagelog.NewFlusher(rdb, store, usagelog.FlusherConfig{
-		Stream: billing.UsageStream, Group: "ledger", Consumer: "aitbench", Interval: time.Second,
+		Stream: billing.UsageStream, Field: billing.UsageField, Group: "ledger", Consumer: "aitbench", Interval: time.Second,
 	}, nil)
 
 	start := time.Now()
