@@ -66,12 +66,13 @@ func isRefusal(err error) bool {
 		errors.Is(err, billing.ErrInsufficientQuota) || errors.Is(err, billing.ErrRateLimited)
 }
 
-// refuse answers a request Authorize refused.
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error, model string) {
+// answerAuthError answers a request whose admission failed with err (a
+// refusal of Authorize, or the client gone).
+func (h *Handler) answerAuthError(w http.ResponseWriter, r *http.Request, err error, model string) {
 	if r.Context().Err() != nil {
 		// The client left while its key was being checked: not a Redis
 		// failure.
-		h.deny(w, errClientClosed, model)
+		h.writeRefusal(w, errClientClosed, model)
 		return
 	}
 	var rl *billing.RateLimitError
@@ -89,15 +90,15 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error, mode
 			hd.Set("X-Ratelimit-Reset-Requests", formatReset(rl.Reset))
 		}
 		metrics.rateLimited.WithLabelValues(rl.Kind).Inc()
-		h.deny(w, errRateLimited(rl), model)
+		h.writeRefusal(w, errRateLimited(rl), model)
 		return
 	}
-	h.deny(w, h.authError(err, model), model)
+	h.writeRefusal(w, h.authError(err, model), model)
 }
 
-// deny answers a request refused before it was forwarded, and counts it
+// writeRefusal answers a request refused before it was forwarded, and counts it
 // under the price pattern of the request's model (or "").
-func (h *Handler) deny(w http.ResponseWriter, e *apiError, model string) {
+func (h *Handler) writeRefusal(w http.ResponseWriter, e *apiError, model string) {
 	countRefusal(h.app.prices.Pattern(model), e)
 	e.write(w)
 }

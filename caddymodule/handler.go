@@ -190,7 +190,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	defer h.app.inflight.end()
 	if err := h.app.ready(); err != nil {
 		h.log.Error("aitoken state not ready", zap.Error(err))
-		h.deny(w, errUnavailable, "")
+		h.writeRefusal(w, errUnavailable, "")
 		return nil
 	}
 
@@ -199,7 +199,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	secret := keyFromRequest(r)
 	if secret == "" {
-		h.deny(w, errMissingKey, "")
+		h.writeRefusal(w, errMissingKey, "")
 		return nil
 	}
 	keyHash := billing.HashKey(secret)
@@ -217,39 +217,39 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.ContentLength > h.MaxRequestBody || r.ContentLength < 0 || r.ContentLength > smallBody {
 		// A large body is read only for a key that exists.
 		if _, err := h.checkKey(r, keyHash); err != nil {
-			h.refuse(w, r, err, "")
+			h.answerAuthError(w, r, err, "")
 			return nil
 		}
 		if r.ContentLength > h.MaxRequestBody {
-			h.deny(w, errTooLarge, "")
+			h.writeRefusal(w, errTooLarge, "")
 			return nil
 		}
 	}
 	req, price, reqErr := h.readRequest(r, format)
 	if reqErr != nil {
 		if reqErr == errClientClosed {
-			h.deny(w, reqErr, "")
+			h.writeRefusal(w, reqErr, "")
 			return nil
 		}
 		// Authenticate first, so a bad key is a 401 whatever the body.
 		if _, err := h.checkKey(r, keyHash); err != nil &&
 			!errors.Is(err, billing.ErrModelNotAllowed) {
-			h.refuse(w, r, err, "")
+			h.answerAuthError(w, r, err, "")
 			return nil
 		}
-		h.deny(w, reqErr, "")
+		h.writeRefusal(w, reqErr, "")
 		return nil
 	}
 
 	if e := checkBetas(r.Header); e != nil {
-		h.deny(w, e, req.Model)
+		h.writeRefusal(w, e, req.Model)
 		return nil
 	}
 	choices := max(req.Choices, 1)
 	tokens := req.InputEstimate + h.outputLimit(req)*choices // counted against tpm now
 	hold, err := price.Hold(req.InputEstimate, h.outputLimit(req)*choices)
 	if err != nil {
-		h.deny(w, errQuota, req.Model)
+		h.writeRefusal(w, errQuota, req.Model)
 		return nil
 	}
 	// What the request can cost at most (Bill's bounds): the hold grows
@@ -262,7 +262,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		KeyHash: keyHash, Model: req.Model, Hold: hold, HoldUpTo: upTo, Tokens: tokens, RequestID: requestID, ClientIP: clientAddr(r),
 	})
 	if err != nil {
-		h.refuse(w, r, err, req.Model)
+		h.answerAuthError(w, r, err, req.Model)
 		return nil
 	}
 	setRateHeaders(w.Header(), g.Limits)

@@ -27,7 +27,7 @@ func (h *Handler) serveUnmetered(w http.ResponseWriter, r *http.Request, next ca
 	}
 	g, err := h.checkKey(r, keyHash)
 	if err != nil {
-		h.refuse(w, r, err, "")
+		h.answerAuthError(w, r, err, "")
 		return nil
 	}
 	h.setIdentity(r, g, "")
@@ -42,7 +42,7 @@ func (h *Handler) serveUnmetered(w http.ResponseWriter, r *http.Request, next ca
 		prepareUpstream(r)
 		return next.ServeHTTP(w, r)
 	}
-	h.deny(w, errUnsupportedEndpoint(r.Method, r.URL.Path), "")
+	h.writeRefusal(w, errUnsupportedEndpoint(r.Method, r.URL.Path), "")
 	return nil
 }
 
@@ -103,7 +103,7 @@ func (h *Handler) serveModels(w http.ResponseWriter, key billing.KeyRecord, id s
 	var v any
 	if one {
 		if !slices.Contains(models, id) {
-			h.deny(w, errModelNotFound(id), "")
+			h.writeRefusal(w, errModelNotFound(id), "")
 			return
 		}
 		v = modelObject(id)
