@@ -10,14 +10,15 @@ import (
 const module = "github.com/cnaitoken/caddy-aitoken"
 
 // layers ranks the product packages: a package may import only packages
-// of a lower rank. Caddy glue on top; the workflows that keep the ledger
-// and Redis in step; the Stripe rules and the settlement pipeline; the
-// state (Redis accounts, the SQLite ledger); the pure leaves.
+// of a lower rank. Caddy glue on top; the customers' dashboard; the
+// workflows that keep the ledger and Redis in step; the Stripe rules and
+// the settlement pipeline; the state (Redis accounts, the SQLite ledger);
+// the pure leaves.
 var layers = map[string]int{
-	"":              6, // the root: registers the modules
-	"caddymodule":   5,
+	"":              7, // the root: registers the modules
+	"caddymodule":   6,
+	"dashboard":     5,
 	"accounting":    4,
-	"dashboard":     4,
 	"payments":      3,
 	"settle":        3,
 	"billing":       2,
