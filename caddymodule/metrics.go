@@ -165,7 +165,7 @@ func (redisHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proce
 		observeRedis(ctx, "pipeline", start, nil)
 		op := redisOp(ctx, "pipeline")
 		for _, c := range cmds {
-			if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) {
+			if isRedisFailure(c.Err()) {
 				metrics.redisErrors.WithLabelValues(op).Inc()
 			}
 		}
@@ -185,9 +185,18 @@ func redisOp(ctx context.Context, cmd string) string {
 func observeRedis(ctx context.Context, cmd string, start time.Time, err error) {
 	op := redisOp(ctx, cmd)
 	metrics.redisTime.WithLabelValues(op).Observe(time.Since(start).Seconds())
-	if err != nil && !errors.Is(err, redis.Nil) {
+	if isRedisFailure(err) {
 		metrics.redisErrors.WithLabelValues(op).Inc()
 	}
+}
+
+// isRedisFailure tells the errors redis_errors_total counts from benign
+// replies: a missing key (redis.Nil), a script Redis has not cached yet
+// (NOSCRIPT: the script is sent again at once) and a consumer group that
+// already exists (BUSYGROUP).
+func isRedisFailure(err error) bool {
+	return err != nil && !errors.Is(err, redis.Nil) &&
+		!redis.HasErrorPrefix(err, "NOSCRIPT") && !redis.HasErrorPrefix(err, "BUSYGROUP")
 }
 
 // stripeEventType is the type label for a Stripe event: the types the

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -116,6 +117,12 @@ func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redis
 		// with the whole DialTimeout, so an unreachable host would hold a
 		// request for 2 attempts × 5 dials × 2s before its 503.
 		uo.DialerRetries = 1
+		// No CLIENT SETINFO and no CLIENT MAINT_NOTIFICATIONS on connect:
+		// Redis before 7.2 (and any Redis for the second, a Redis
+		// Enterprise feature) answers them with errors, which would count
+		// as Redis failures.
+		uo.DisableIdentity = true
+		uo.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 		if sentinel != nil {
 			uo.MasterName = sentinel.Master
 			uo.Addrs = sentinel.Addrs
