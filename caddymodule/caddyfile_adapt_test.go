@@ -309,3 +309,18 @@ func lineDiff(want, got string) string {
 	}
 	return sb.String()
 }
+
+// Without UPSTREAM (a reload from a shell that lacks it), adapting the
+// example fails and says what is missing, instead of leaving a
+// reverse_proxy with no upstream.
+func TestCaddyfileExampleNeedsUpstream(t *testing.T) {
+	t.Setenv("UPSTREAM", "")
+	os.Unsetenv("UPSTREAM")
+	b, err := os.ReadFile("../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := adapt(string(b), "Caddyfile.example"); err == nil || !strings.Contains(err.Error(), "export-UPSTREAM-first") {
+		t.Fatalf("adapted without UPSTREAM: err %v\n%s", err, got)
+	}
+}

@@ -61,7 +61,9 @@ if [ -z "${REDIS_URL:-}" ]; then
 	scripts/ensure-deps.sh redis
 	port="$(freeport)"
 	mkdir -p "$RUN_DIR/redis"
-	redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+	# setsid: a Ctrl-C in the terminal reaches caddy alone; the backends
+	# are stopped after it (cleanup), so caddy drains into a live Redis.
+	setsid redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
 		--dir "$RUN_DIR/redis" --logfile redis.log --daemonize no &
 	pids+=("$!")
 	wait_port "$port" "$!" "redis-server (log: $RUN_DIR/redis/redis.log)"
@@ -72,7 +74,7 @@ fi
 if [ -z "${UPSTREAM:-}" ]; then
 	go build -o "$RUN_DIR/bin/mockupstream" ./cmd/mockupstream
 	port="$(freeport)"
-	"$RUN_DIR/bin/mockupstream" -addr "127.0.0.1:$port" >"$RUN_DIR/mockupstream.log" 2>&1 &
+	setsid "$RUN_DIR/bin/mockupstream" -addr "127.0.0.1:$port" >"$RUN_DIR/mockupstream.log" 2>&1 &
 	pids+=("$!")
 	wait_port "$port" "$!" "mockupstream (log: $RUN_DIR/mockupstream.log)"
 	export UPSTREAM="http://127.0.0.1:$port"
@@ -81,6 +83,14 @@ fi
 
 export AITOKEN_DB="${AITOKEN_DB:-./$RUN_DIR/ledger.db}"
 echo "run: ledger $AITOKEN_DB"
+
+cat <<EOF
+
+To apply an edited $CONFIG without stopping, from another shell in this directory
+({\$UPSTREAM} is read when the file is adapted, so the reloading shell needs it):
+
+  UPSTREAM=$UPSTREAM $CADDY reload --config $CONFIG --adapter caddyfile
+EOF
 
 cat <<'EOF'
 
