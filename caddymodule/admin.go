@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/cnaitoken/caddy-aitoken/accounting"
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
@@ -105,6 +106,12 @@ func adminErr(status int, msg string) error {
 // badField is a 400 whose message starts with the offending field's name.
 func badField(field, format string, args ...any) error {
 	return adminErr(http.StatusBadRequest, field+": "+fmt.Sprintf(format, args...))
+}
+
+// redisBehind answers a change the ledger took and Redis did not: done
+// says what the ledger has ("credit recorded", ...).
+func redisBehind(done string, re *accounting.RedisError) error {
+	return adminErr(http.StatusServiceUnavailable, done+" in the ledger but redis is unavailable; run reconcile: "+re.Err.Error())
 }
 
 func notFound(what, id string) error {

@@ -111,7 +111,7 @@ func deleteKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	case errors.Is(err, usagelog.ErrNotFound):
 		return notFound("key", id)
 	case errors.As(err, &re):
-		return adminErr(http.StatusServiceUnavailable, "key revoked in the ledger but redis is unavailable; run reconcile: "+re.Err.Error())
+		return redisBehind("key revoked", re)
 	case err != nil:
 		return err
 	}

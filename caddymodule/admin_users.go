@@ -60,7 +60,7 @@ func postUser(app *App, w http.ResponseWriter, r *http.Request) error {
 	case errors.Is(err, usagelog.ErrExists):
 		return adminErr(http.StatusConflict, "id: user "+strconv.Quote(in.ID)+" already exists")
 	case errors.As(err, &re):
-		return adminErr(http.StatusServiceUnavailable, "user stored in the ledger but redis is unavailable; run reconcile: "+re.Err.Error())
+		return redisBehind("user stored", re)
 	case err != nil:
 		return err
 	}
@@ -130,7 +130,7 @@ func postCredit(app *App, w http.ResponseWriter, r *http.Request) error {
 	case errors.Is(err, usagelog.ErrNotFound):
 		return notFound("user", id)
 	case errors.As(err, &re):
-		return adminErr(http.StatusServiceUnavailable, "credit recorded in the ledger but redis is unavailable; run reconcile: "+re.Err.Error())
+		return redisBehind("credit recorded", re)
 	case err != nil:
 		return err
 	}
