@@ -2,6 +2,7 @@ package accounting
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
@@ -55,4 +56,26 @@ func (b *Books) RevokeKey(ctx context.Context, id string) (usagelog.Key, error) 
 		return k, &RedisError{err}
 	}
 	return k, nil
+}
+
+// UpdateKey stores k's name, models, limits, allowed IPs and expiry for the
+// active key k.ID in the ledger, then in Redis, which tells every node at
+// once, and returns the key as stored. An unknown key gives
+// usagelog.ErrNotFound, a revoked one usagelog.ErrKeyRevoked. If Redis
+// fails, the ledger has the change and the error is a *RedisError: the old
+// settings may still apply until the update is repeated.
+func (b *Books) UpdateKey(ctx context.Context, k usagelog.Key) (usagelog.Key, error) {
+	stored, err := b.store.UpdateKey(ctx, k)
+	if err != nil {
+		return usagelog.Key{}, err
+	}
+	if err := b.accounts.UpdateKey(ctx, stored.Hash, keyRecord(stored, true)); err != nil {
+		if errors.Is(err, billing.ErrInvalidKey) {
+			// Revoked in Redis while active in the ledger: a revocation
+			// that is on its way; the key no longer works either way.
+			return stored, nil
+		}
+		return stored, &RedisError{err}
+	}
+	return stored, nil
 }

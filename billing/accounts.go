@@ -66,6 +66,11 @@ func (a *Accounts) PutKey(ctx context.Context, hash string, k KeyRecord) error {
 }
 
 func (a *Accounts) putKey(ctx context.Context, c redis.Cmdable, hash string, k KeyRecord) error {
+	return c.HSet(ctx, keyRecordKey(hash), keyFields(k)...).Err()
+}
+
+// keyFields is k as the field/value pairs of its Redis hash.
+func keyFields(k KeyRecord) []any {
 	status := "revoked"
 	if k.Active {
 		status = "active"
@@ -83,9 +88,8 @@ func (a *Accounts) putKey(ctx context.Context, c redis.Cmdable, hash string, k K
 		ips = "," + strings.Join(k.AllowedIPs, ",") + ","
 		bits = "," + strings.Join(prefixBitsList(k.AllowedIPs), ",") + ","
 	}
-	return c.HSet(ctx, keyRecordKey(hash),
-		"id", k.ID, "user", k.User, "status", status, "models", models, "expires", exp,
-		"rpm", max(k.RPM, 0), "tpm", max(k.TPM, 0), "ips", ips, "ipbits", bits).Err()
+	return []any{"id", k.ID, "user", k.User, "status", status, "models", models, "expires", exp,
+		"rpm", max(k.RPM, 0), "tpm", max(k.TPM, 0), "ips", ips, "ipbits", bits}
 }
 
 // RevokeKey marks the key revoked and tells every node at once.
@@ -94,6 +98,30 @@ func (a *Accounts) RevokeKey(ctx context.Context, hash string) error {
 	pipe.HSet(ctx, keyRecordKey(hash), "status", "revoked")
 	pipe.Publish(ctx, RevocationChannel, hash)
 	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// updateKeyScript rewrites an active key's record and tells every node to
+// drop its cached copy; a revoked or unknown key is left alone.
+// KEYS: the key record. ARGV: the notice channel, the key hash, then the
+// record's field/value pairs.
+var updateKeyScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'status') ~= 'active' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+`)
+
+// UpdateKey rewrites the record of the active key hash with k (models,
+// limits, allowed IPs, expiry) and tells every node, as a revocation does.
+// A key Redis has as revoked, or not at all, gives ErrInvalidKey.
+func (a *Accounts) UpdateKey(ctx context.Context, hash string, k KeyRecord) error {
+	k.Active = true
+	args := append([]any{RevocationChannel, hash}, keyFields(k)...)
+	n, err := updateKeyScript.Run(ctx, a.rdb, []string{keyRecordKey(hash)}, args...).Int()
+	if err == nil && n == 0 {
+		err = ErrInvalidKey
+	}
 	return err
 }
 

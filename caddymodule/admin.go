@@ -50,6 +50,7 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 		"POST /aitoken/keys":               postKey,
 		"GET /aitoken/keys":                listKeys,
 		"DELETE /aitoken/keys/{id}":        deleteKey,
+		"PATCH /aitoken/keys/{id}":         patchKey,
 		"GET /aitoken/usage":               listUsage,
 		"GET /aitoken/usage/summary":       getUsageSummary,
 		"GET /aitoken/payments":            listPaymentPages,

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
@@ -35,26 +36,9 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	if in.User == "" {
 		return badField("user", "required")
 	}
-	if len(in.Name) > 200 {
-		return badField("name", "longer than 200 characters")
-	}
-	for _, m := range in.Models {
-		if _, ok := app.prices.Lookup(m); !ok {
-			return badField("models", "%q has no price", m)
-		}
-	}
-	if in.RPM < 0 {
-		return badField("rpm", "must be 0 (unlimited) or a positive number of requests per minute")
-	}
-	if in.TPM < 0 {
-		return badField("tpm", "must be 0 (unlimited) or a positive number of tokens per minute")
-	}
-	if in.ExpiresAt != nil && !in.ExpiresAt.After(time.Now()) {
-		return badField("expires_at", "must be in the future")
-	}
-	allowedIPs, err := billing.NormalizeAllowedIPs(in.AllowedIPs)
-	if err != nil {
-		return badField("allowed_ips", "%v", err)
+	k := usagelog.Key{Name: in.Name, Models: in.Models, RPM: in.RPM, TPM: in.TPM, AllowedIPs: in.AllowedIPs, ExpiresAt: in.ExpiresAt}
+	if err := app.checkKeySettings(&k); err != nil {
+		return err
 	}
 	userNotFound := adminErr(http.StatusBadRequest, "user: "+strconv.Quote(in.User)+" not found")
 	u, err := app.ledger.store.GetUser(r.Context(), in.User)
@@ -67,8 +51,8 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	if u.Status != usagelog.UserActive {
 		return badField("user", "user %q is %s", in.User, u.Status)
 	}
-	k, secret, err := app.books().IssueKey(r.Context(), usagelog.Key{UserID: u.ID, Name: in.Name, Models: in.Models,
-		RPM: in.RPM, TPM: in.TPM, AllowedIPs: allowedIPs, ExpiresAt: in.ExpiresAt})
+	k.UserID = u.ID
+	k, secret, err := app.books().IssueKey(r.Context(), k)
 	var re *accounting.RedisError
 	switch {
 	case errors.Is(err, usagelog.ErrNotFound): // erased since
@@ -79,6 +63,104 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusCreated, keyView{Key: k, Secret: secret})
+	return nil
+}
+
+// checkKeySettings checks a key's name, models, limits, allowed IPs and
+// expiry, as given to create or update it, and normalises its allowed IPs.
+func (app *App) checkKeySettings(k *usagelog.Key) error {
+	if len(k.Name) > 200 {
+		return badField("name", "longer than 200 characters")
+	}
+	for _, m := range k.Models {
+		if _, ok := app.prices.Lookup(m); !ok {
+			return badField("models", "%q has no price", m)
+		}
+	}
+	if k.RPM < 0 {
+		return badField("rpm", "must be 0 (unlimited) or a positive number of requests per minute")
+	}
+	if k.TPM < 0 {
+		return badField("tpm", "must be 0 (unlimited) or a positive number of tokens per minute")
+	}
+	if k.ExpiresAt != nil && !k.ExpiresAt.After(time.Now()) {
+		return badField("expires_at", "must be in the future")
+	}
+	ips, err := billing.NormalizeAllowedIPs(k.AllowedIPs)
+	if err != nil {
+		return badField("allowed_ips", "%v", err)
+	}
+	k.AllowedIPs = ips
+	return nil
+}
+
+// patchKey changes the fields given of an active key: name, models, rpm,
+// tpm, allowed_ips and expires_at (null: never expires). Every node sees
+// the change at once (accounting.Books.UpdateKey).
+func patchKey(app *App, w http.ResponseWriter, r *http.Request) error {
+	var in struct {
+		Name       *string         `json:"name"`
+		Models     *[]string       `json:"models"`
+		RPM        *int64          `json:"rpm"`
+		TPM        *int64          `json:"tpm"`
+		AllowedIPs *[]string       `json:"allowed_ips"`
+		ExpiresAt  json.RawMessage `json:"expires_at"`
+	}
+	if err := decodeBody(r, &in); err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	k, err := app.ledger.store.GetKey(r.Context(), id)
+	if errors.Is(err, usagelog.ErrNotFound) {
+		return notFound("key", id)
+	}
+	if err != nil {
+		return err
+	}
+	if k.Status != usagelog.KeyActive {
+		return adminErr(http.StatusConflict, "key "+strconv.Quote(id)+" is revoked: it cannot be changed")
+	}
+	if in.Name != nil {
+		k.Name = *in.Name
+	}
+	if in.Models != nil {
+		k.Models = *in.Models
+	}
+	if in.RPM != nil {
+		k.RPM = *in.RPM
+	}
+	if in.TPM != nil {
+		k.TPM = *in.TPM
+	}
+	if in.AllowedIPs != nil {
+		k.AllowedIPs = *in.AllowedIPs
+	}
+	if len(in.ExpiresAt) > 0 {
+		k.ExpiresAt = nil
+		if string(in.ExpiresAt) != "null" {
+			var t time.Time
+			if err := json.Unmarshal(in.ExpiresAt, &t); err != nil {
+				return badField("expires_at", "want an RFC 3339 time or null")
+			}
+			k.ExpiresAt = &t
+		}
+	}
+	if err := app.checkKeySettings(&k); err != nil {
+		return err
+	}
+	k, err = app.books().UpdateKey(r.Context(), k)
+	var re *accounting.RedisError
+	switch {
+	case errors.Is(err, usagelog.ErrNotFound):
+		return notFound("key", id)
+	case errors.Is(err, usagelog.ErrKeyRevoked):
+		return adminErr(http.StatusConflict, "key "+strconv.Quote(id)+" is revoked: it cannot be changed")
+	case errors.As(err, &re):
+		return redisBehind("key updated", re)
+	case err != nil:
+		return err
+	}
+	writeJSON(w, http.StatusOK, k)
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -102,8 +103,8 @@ func buildCLI(cmd *cobra.Command) {
 		}}
 	credit.Flags().StringVar(&reason, "reason", "", "Why (kept in the ledger)")
 
-	keys := &cobra.Command{Use: "keys", Short: "Create, list and revoke API keys"}
-	var kname, models, expires string
+	keys := &cobra.Command{Use: "keys", Short: "Create, list, update and revoke API keys"}
+	var kname, models, expires, allowedIPs string
 	var rpm, tpm int64
 	kcreate := &cobra.Command{Use: "create USER", Short: "Mint a key (the secret is shown once)", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, a []string) error {
@@ -114,6 +115,9 @@ func buildCLI(cmd *cobra.Command) {
 			if expires != "" {
 				body["expires_at"] = expires
 			}
+			if allowedIPs != "" {
+				body["allowed_ips"] = strings.Split(allowedIPs, ",")
+			}
 			return o.call("POST", "/aitoken/keys", body, printObject)
 		}}
 	kcreate.Flags().StringVar(&kname, "name", "", "A name for the key")
@@ -121,6 +125,44 @@ func buildCLI(cmd *cobra.Command) {
 	kcreate.Flags().Int64Var(&rpm, "rpm", 0, "Requests per minute (0: unlimited)")
 	kcreate.Flags().Int64Var(&tpm, "tpm", 0, "Tokens per minute (0: unlimited)")
 	kcreate.Flags().StringVar(&expires, "expires", "", "Expiry time, RFC 3339")
+	kcreate.Flags().StringVar(&allowedIPs, "allowed-ips", "", "Comma-separated client IPs or CIDR ranges the key may be used from (default: any)")
+	kupdate := &cobra.Command{Use: "update KEY_ID", Short: "Change a key's name, models, limits, allowed IPs or expiry (only the flags given)",
+		Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, a []string) error {
+			body := map[string]any{}
+			f := c.Flags()
+			if f.Changed("name") {
+				body["name"] = kname
+			}
+			if f.Changed("models") {
+				body["models"] = splitList(models)
+			}
+			if f.Changed("rpm") {
+				body["rpm"] = rpm
+			}
+			if f.Changed("tpm") {
+				body["tpm"] = tpm
+			}
+			if f.Changed("allowed-ips") {
+				body["allowed_ips"] = splitList(allowedIPs)
+			}
+			if f.Changed("expires") {
+				body["expires_at"] = expires
+				if expires == "never" {
+					body["expires_at"] = nil
+				}
+			}
+			if len(body) == 0 {
+				return errors.New("nothing to change: give at least one of --name, --models, --rpm, --tpm, --allowed-ips, --expires")
+			}
+			return o.call("PATCH", "/aitoken/keys/"+url.PathEscape(a[0]), body, printObject)
+		}}
+	kupdate.Flags().StringVar(&kname, "name", "", "A name for the key")
+	kupdate.Flags().StringVar(&models, "models", "", "Comma-separated models the key may use (empty: all)")
+	kupdate.Flags().Int64Var(&rpm, "rpm", 0, "Requests per minute (0: unlimited)")
+	kupdate.Flags().Int64Var(&tpm, "tpm", 0, "Tokens per minute (0: unlimited)")
+	kupdate.Flags().StringVar(&allowedIPs, "allowed-ips", "", "Comma-separated client IPs or CIDR ranges (empty: any)")
+	kupdate.Flags().StringVar(&expires, "expires", "", "Expiry time, RFC 3339, or never")
 	klist := &cobra.Command{Use: "list USER", Short: "List a user's keys", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, a []string) error {
 			return o.call("GET", "/aitoken/keys?user="+url.QueryEscape(a[0]), nil, printObject)
@@ -129,7 +171,7 @@ func buildCLI(cmd *cobra.Command) {
 		RunE: func(c *cobra.Command, a []string) error {
 			return o.call("DELETE", "/aitoken/keys/"+url.PathEscape(a[0]), nil, printObject)
 		}}
-	keys.AddCommand(kcreate, klist, krevoke)
+	keys.AddCommand(kcreate, klist, kupdate, krevoke)
 
 	var q struct{ user, key, model, from, to, limit, before string }
 	usage := &cobra.Command{Use: "usage", Short: "List usage records; usage summary adds them up", Args: cobra.NoArgs,
@@ -182,6 +224,14 @@ func buildCLI(cmd *cobra.Command) {
 	rec.Flags().BoolVar(&apply, "apply", false, "Rebuild Redis balances and keys from the ledger")
 
 	cmd.AddCommand(users, credit, keys, usage, payments, audit, rec)
+}
+
+// splitList splits a comma-separated flag; empty gives an empty list.
+func splitList(s string) []string {
+	if s == "" {
+		return []string{}
+	}
+	return strings.Split(s, ",")
 }
 
 // query encodes the non-empty parameters.

@@ -144,6 +144,45 @@ func (s *Store) RevokeKey(ctx context.Context, id string, at time.Time) (Key, er
 	return k, nil
 }
 
+// ErrKeyRevoked is an update of a revoked key: it stays as it was.
+var ErrKeyRevoked = errors.New("key is revoked")
+
+// UpdateKey stores the name, models, limits, allowed IPs and expiry of the
+// active key k.ID and returns the key as stored. An unknown key gives
+// ErrNotFound, a revoked one ErrKeyRevoked.
+func (s *Store) UpdateKey(ctx context.Context, k Key) (Key, error) {
+	models, err := encodeList(k.Models)
+	if err != nil {
+		return Key{}, err
+	}
+	ips, err := encodeList(k.AllowedIPs)
+	if err != nil {
+		return Key{}, err
+	}
+	var out Key
+	err = inTx(ctx, s.wr, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE keys SET name = ?, models = ?, rpm = ?, tpm = ?, allowed_ips = ?, expires_at = ?
+			WHERE id = ? AND status = 'active'`, k.Name, models, k.RPM, k.TPM, ips, nullNanos(k.ExpiresAt), k.ID)
+		if err != nil {
+			return err
+		}
+		if out, err = getKey(ctx, tx, k.ID); err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrKeyRevoked
+		}
+		return nil
+	})
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrKeyRevoked) {
+		return Key{}, fmt.Errorf("key %s: %w", k.ID, err)
+	}
+	if err != nil {
+		return Key{}, fmt.Errorf("update key: %w", err)
+	}
+	return out, nil
+}
+
 // querier is what *sql.DB and *sql.Tx have in common.
 type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
