@@ -20,7 +20,6 @@ type DaySpend struct {
 	Requests int64
 }
 
-
 // DailySpend returns what user spent per UTC day and model on the usage
 // rows stored in [from, to), ordered by day then model. It reads the rows
 // through the (user_id, time) index.
