@@ -222,7 +222,8 @@ type UsageQuery struct {
 	Limit int
 	// Before is a cursor: the request_id of the last record of the previous
 	// page. Only records older than it (by time, then request_id) are
-	// returned. An unknown request_id gives ErrNotFound.
+	// returned. An unknown request_id (or, with User, one of another
+	// user) gives ErrNotFound.
 	Before string
 }
 
@@ -274,7 +275,10 @@ func (s *Store) ListUsage(ctx context.Context, q UsageQuery) ([]Record, error) {
 	}
 	if q.Before != "" {
 		var t int64
-		err := s.rd.QueryRowContext(ctx, `SELECT time FROM usage WHERE request_id = ?`, q.Before).Scan(&t)
+		// With a user, the cursor must be one of the user's rows: another
+		// user's request_id is unknown here, and tells nothing of its time.
+		err := s.rd.QueryRowContext(ctx, `SELECT time FROM usage WHERE request_id = ?1 AND (?2 = '' OR user_id = ?2)`,
+			q.Before, q.User).Scan(&t)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, fmt.Errorf("usage cursor %s: %w", q.Before, ErrNotFound)
 		}
