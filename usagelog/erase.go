@@ -72,7 +72,8 @@ func (s *Store) EraseUser(ctx context.Context, id string, at time.Time) (Erasure
 			}
 			return err
 		}
-		if err := exec(nil, `UPDATE users SET email = '', name = '', status = 'deleted' WHERE id = ?`, id); err != nil {
+		if err := exec(nil, `UPDATE users SET email = '', name = '', status = 'deleted',
+			password_hash = '', email_verified_at = NULL WHERE id = ?`, id); err != nil {
 			return err
 		}
 		if err := exec(&e.KeysRevoked, `UPDATE keys SET status = 'revoked', revoked_at = ?

@@ -175,4 +175,18 @@ CREATE INDEX payments_updated ON payments (updated_at);
 	`
 ALTER TABLE usage ADD COLUMN usage_clamped INTEGER NOT NULL DEFAULT 0;
 `,
+	// 5: the customers' dashboard. password_hash is a PHC argon2id string
+	// ('' for users that cannot sign in: made by the admin API); a
+	// verified email has email_verified_at; ip_logging = 0 keeps the
+	// client IP out of the user's usage rows (applied as rows are
+	// inserted, through the small partial index users_no_ip). Emails are
+	// unique, ignoring case, among the active users that can sign in only:
+	// admin-made users may share an email, as they always could.
+	`
+ALTER TABLE users ADD COLUMN password_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE users ADD COLUMN email_verified_at INTEGER;
+ALTER TABLE users ADD COLUMN ip_logging INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX users_no_ip ON users (id) WHERE ip_logging = 0;
+CREATE UNIQUE INDEX users_login_email ON users (lower(email)) WHERE password_hash != '' AND status = 'active';
+`,
 }

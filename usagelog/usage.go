@@ -63,7 +63,8 @@ type Record struct {
 	DurationMS int64 `json:"duration_ms"`
 	// TTFTMS is the time to the first response byte, in milliseconds.
 	TTFTMS int64 `json:"ttft_ms"`
-	// ClientIP is the client's address; empty when log_client_ip is off.
+	// ClientIP is the client's address; empty when log_client_ip is off,
+	// and stored empty for a user who opted out (see noIPUsers).
 	ClientIP string `json:"client_ip"`
 }
 
@@ -141,6 +142,16 @@ func (s *Store) insertBatch(ctx context.Context, recs []Record, rejects []reject
 	}
 	inserted := 0
 	err := inTx(ctx, s.wr, func(tx *sql.Tx) error {
+		var noIP map[string]bool
+		for i := range recs {
+			if recs[i].ClientIP != "" {
+				var err error
+				if noIP, err = noIPUsers(ctx, tx); err != nil {
+					return err
+				}
+				break
+			}
+		}
 		var full *sql.Stmt // prepared once per batch, used for every full chunk
 		args := make([]any, 0, insertChunk*usageColumnCount)
 		for rest := recs; len(rest) > 0; {
@@ -149,10 +160,14 @@ func (s *Store) insertBatch(ctx context.Context, recs []Record, rejects []reject
 			args = args[:0]
 			for i := range chunk {
 				r := &chunk[i]
+				ip := r.ClientIP
+				if noIP[r.User] {
+					ip = "" // the user opted out (or was erased): see noIPUsers
+				}
 				args = append(args, r.RequestID, unixNanos(r.Time), r.User, r.KeyID, r.Model,
 					r.Endpoint, r.Stream, r.Status, r.Outcome, r.InputTokens, r.CachedInputTokens,
 					r.CacheWriteTokens, r.OutputTokens, r.ReasoningTokens, int64(r.Cost), r.Currency,
-					r.Estimated, r.DurationMS, r.TTFTMS, r.ClientIP, r.Clamped)
+					r.Estimated, r.DurationMS, r.TTFTMS, ip, r.Clamped)
 			}
 			var (
 				res sql.Result
@@ -207,7 +222,8 @@ type UsageQuery struct {
 	Limit int
 	// Before is a cursor: the request_id of the last record of the previous
 	// page. Only records older than it (by time, then request_id) are
-	// returned. An unknown request_id gives ErrNotFound.
+	// returned. An unknown request_id (or, with User, one of another
+	// user) gives ErrNotFound.
 	Before string
 }
 
@@ -259,7 +275,10 @@ func (s *Store) ListUsage(ctx context.Context, q UsageQuery) ([]Record, error) {
 	}
 	if q.Before != "" {
 		var t int64
-		err := s.rd.QueryRowContext(ctx, `SELECT time FROM usage WHERE request_id = ?`, q.Before).Scan(&t)
+		// With a user, the cursor must be one of the user's rows: another
+		// user's request_id is unknown here, and tells nothing of its time.
+		err := s.rd.QueryRowContext(ctx, `SELECT time FROM usage WHERE request_id = ?1 AND (?2 = '' OR user_id = ?2)`,
+			q.Before, q.User).Scan(&t)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, fmt.Errorf("usage cursor %s: %w", q.Before, ErrNotFound)
 		}

@@ -31,6 +31,10 @@ type User struct {
 	Status string `json:"status"`
 	// CreatedAt is when the user was created, in UTC. Default: now.
 	CreatedAt time.Time `json:"created_at"`
+	// PasswordHash, when set, lets the user sign in to the dashboard: a
+	// PHC argon2id string, never shown. Its email must then be unique
+	// (ignoring case) among such users, or CreateUser reports ErrExists.
+	PasswordHash string `json:"-"`
 }
 
 // CreateUser stores u, filling in the ID, status and creation time when they
@@ -51,9 +55,12 @@ func (s *Store) CreateUser(ctx context.Context, u User) (User, error) {
 	}
 	u.CreatedAt = fromNanos(unixNanos(u.CreatedAt))
 	_, err := s.wr.ExecContext(ctx,
-		`INSERT INTO users (id, email, name, status, created_at) VALUES (?, ?, ?, ?, ?)`,
-		u.ID, u.Email, u.Name, u.Status, unixNanos(u.CreatedAt))
+		`INSERT INTO users (id, email, name, status, created_at, password_hash) VALUES (?, ?, ?, ?, ?, ?)`,
+		u.ID, u.Email, u.Name, u.Status, unixNanos(u.CreatedAt), u.PasswordHash)
 	if isDuplicate(err) {
+		if u.PasswordHash != "" && emailTaken(ctx, s.wr, u.Email) {
+			return User{}, fmt.Errorf("email %q: %w", u.Email, ErrExists)
+		}
 		return User{}, fmt.Errorf("user %s: %w", u.ID, ErrExists)
 	}
 	if err != nil {

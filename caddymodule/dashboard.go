@@ -1,0 +1,131 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/cnaitoken/caddy-aitoken/dashboard"
+)
+
+func init() {
+	caddy.RegisterModule(Dashboard{})
+}
+
+// Dashboard serves the customers' web dashboard (package dashboard):
+// sign-up and sign-in, balance and spend, API keys, usage, the account and
+// its sessions. It needs the ledger: the aitoken app's database.
+type Dashboard struct {
+	// Prefix is the path the dashboard is mounted under; pages and links
+	// live below it. Default: "/dashboard". "/" for a site of its own.
+	Prefix string `json:"prefix,omitempty"`
+	// Signup is who may create an account: "open" (anyone), "invite" or
+	// "closed" (accounts come from the admin API). Invite needs emailed
+	// links, which this version does not send: it behaves as closed.
+	// Default: "open".
+	Signup string `json:"signup,omitempty"`
+	// SessionIdle ends a session not used for this long. Default: 2h.
+	SessionIdle caddy.Duration `json:"session_idle,omitempty"`
+	// SessionLifetime ends a session this long after sign-in, used or
+	// not. Default: 7 days.
+	SessionLifetime caddy.Duration `json:"session_lifetime,omitempty"`
+	// PrivacyPolicyFile is an HTML fragment served at /privacy, read at
+	// each view (never at provision time). Default: a short notice.
+	PrivacyPolicyFile string `json:"privacy_policy_file,omitempty"`
+
+	app *App
+	d   *dashboard.Dashboard
+}
+
+// CaddyModule returns the Caddy module information.
+func (Dashboard) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.aitoken_dashboard",
+		New: func() caddy.Module { return new(Dashboard) },
+	}
+}
+
+// Provision finds the aitoken app and builds the pages. It opens nothing:
+// the ledger and Redis are reached at the first request.
+func (h *Dashboard) Provision(ctx caddy.Context) error {
+	appIface, err := ctx.AppIfConfigured("aitoken")
+	if err != nil {
+		return errors.New("aitoken_dashboard needs the aitoken global option: " + err.Error())
+	}
+	h.app = appIface.(*App)
+	if h.Prefix == "" {
+		h.Prefix = "/dashboard"
+	}
+	if h.SessionIdle == 0 {
+		h.SessionIdle = caddy.Duration(2 * time.Hour)
+	}
+	if h.SessionLifetime == 0 {
+		h.SessionLifetime = caddy.Duration(7 * 24 * time.Hour)
+	}
+	if h.Signup == "" {
+		h.Signup = dashboard.SignupOpen
+	}
+	signup := h.Signup
+	if signup == dashboard.SignupInvite {
+		signup = dashboard.SignupClosed
+	}
+	h.d, err = dashboard.New(dashboard.Config{
+		Prefix: h.Prefix, Signup: signup, SessionIdle: time.Duration(h.SessionIdle),
+		SessionLifetime: time.Duration(h.SessionLifetime), PrivacyPolicyFile: h.PrivacyPolicyFile,
+		Currency: h.app.Currency,
+		ClientIP: func(r *http.Request) string {
+			if a := clientAddr(r); a.IsValid() {
+				return a.String()
+			}
+			return ""
+		},
+	}, h.backend, ctx.Logger())
+	return err
+}
+
+// Validate checks the options.
+func (h *Dashboard) Validate() error {
+	switch h.Signup {
+	case dashboard.SignupOpen, dashboard.SignupInvite, dashboard.SignupClosed:
+	default:
+		return fmt.Errorf("aitoken_dashboard: signup %q: want open, invite or closed", h.Signup)
+	}
+	if h.app.Database == "" {
+		return errors.New("aitoken_dashboard needs the ledger: set database in the aitoken global option")
+	}
+	if h.SessionIdle < 0 || h.SessionLifetime < 0 || h.SessionIdle > h.SessionLifetime {
+		return errors.New("aitoken_dashboard: session_idle must be positive and at most session_lifetime")
+	}
+	return nil
+}
+
+// backend opens (once, shared) the ledger and Redis for a request.
+func (h *Dashboard) backend() (dashboard.Backend, error) {
+	if err := h.app.ready(); err != nil {
+		return dashboard.Backend{}, err
+	}
+	if h.app.ledger == nil {
+		return dashboard.Backend{}, errors.New("no ledger on this node")
+	}
+	return dashboard.Backend{Store: h.app.ledger.store, Books: h.app.books(), Accounts: h.app.accounts,
+		Redis: h.app.accounts.Client()}, nil
+}
+
+// ServeHTTP serves the dashboard's pages.
+func (h *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	h.app.inflight.begin()
+	defer h.app.inflight.end()
+	h.d.ServeHTTP(w, r)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Dashboard)(nil)
+	_ caddy.Validator             = (*Dashboard)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Dashboard)(nil)
+)
