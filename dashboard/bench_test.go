@@ -18,8 +18,7 @@ import (
 
 // BenchmarkPages times the overview and usage pages of a customer with
 // 100,000 usage rows spread over the last year (the default retention),
-// through the real Caddy, and reports the p95 of each. Run it under
-// flock /tmp/aitoken-caddy.lock:
+// through the real Caddy, and reports the p95 of each:
 //
 //	go test -run '^$' -bench Pages ./dashboard/
 func BenchmarkPages(b *testing.B) {

@@ -19,21 +19,33 @@ import (
 
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	_ "github.com/cnaitoken/caddy-aitoken/caddymodule"
+	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
 // The tests run one real Caddy (caddytest shares it per binary) with the
-// dashboard at /dashboard, a real redis-server and a ledger file. Run them
-// under flock /tmp/aitoken-caddy.lock: the ports are fixed.
-const base = "http://localhost:9080/dashboard"
+// dashboard at /dashboard, a real redis-server and a ledger file, on free
+// ports of their own (other packages' tests may run a Caddy meanwhile).
+var base string
 
 var env struct {
-	redis *testredis.Server
-	dir   string
+	redis                      *testredis.Server
+	dir                        string
+	adminPort, http, httpsPort int
 }
 
 func TestMain(m *testing.M) {
+	for _, p := range []*int{&env.adminPort, &env.http, &env.httpsPort} {
+		port, err := freeport.Port()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "no free port:", err)
+			os.Exit(1)
+		}
+		*p = port
+	}
+	caddytest.Default.AdminPort = env.adminPort
+	base = fmt.Sprintf("http://localhost:%d/dashboard", env.http)
 	srv, stop := testredis.StartMain()
 	env.redis = srv
 	env.dir, _ = os.MkdirTemp("", "aitoken-dash-")
@@ -51,9 +63,9 @@ func caddyfile() string {
 	_ = os.WriteFile(policy, []byte("<p>Our policy: test.</p>"), 0o600)
 	return fmt.Sprintf(`{
 	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
+	admin localhost:%d
+	http_port %d
+	https_port %d
 	aitoken {
 		redis %s
 		database %s
@@ -62,14 +74,15 @@ func caddyfile() string {
 		price test-model input 1.00 output 2.00
 	}
 }
-http://localhost:9080 {
+http://localhost:%d {
 	handle /dashboard/* {
 		aitoken_dashboard {
 			privacy_policy_file %s
 		}
 	}
 }
-`, env.redis.URL(), ledgerPath(), filepath.Join(env.dir, "spool"), policy)
+`, env.adminPort, env.http, env.httpsPort, env.redis.URL(), ledgerPath(), filepath.Join(env.dir, "spool"),
+		env.http, policy)
 }
 
 func startCaddy(t *testing.T) {
