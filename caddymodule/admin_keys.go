@@ -39,8 +39,8 @@ func postKey(app *App, w http.ResponseWriter, r *http.Request) error {
 		return badField("name", "longer than 200 characters")
 	}
 	for _, m := range in.Models {
-		if _, ok := app.prices.Lookup(m); !ok {
-			return badField("models", "%q has no price", m)
+		if _, ok := app.prices.Lookup(m); !ok && !app.aliases.has(m) {
+			return badField("models", "%q has no price and is no alias", m)
 		}
 	}
 	if in.RPM < 0 {
