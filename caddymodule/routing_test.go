@@ -244,4 +244,3 @@ func TestHealthCheckSkipsFailingUpstream(t *testing.T) {
 		t.Fatalf("usage row %+v", recs[0])
 	}
 }
-
