@@ -73,8 +73,8 @@ func (app *App) checkKeySettings(k *usagelog.Key) error {
 		return badField("name", "longer than 200 characters")
 	}
 	for _, m := range k.Models {
-		if _, ok := app.prices.Lookup(m); !ok {
-			return badField("models", "%q has no price", m)
+		if _, ok := app.prices.Lookup(m); !ok && !app.aliases.has(m) {
+			return badField("models", "%q has no price and is no alias", m)
 		}
 	}
 	if k.RPM < 0 {

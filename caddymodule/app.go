@@ -91,6 +91,7 @@ type App struct {
 	LogClientIP *bool `json:"log_client_ip,omitempty"`
 
 	prices   *money.PriceTable
+	aliases  aliasNames // the model aliases of this config's handlers
 	accounts *billing.Accounts
 	redis    *redisConn
 	ledger   *ledgerConn // nil on gateway-only nodes

@@ -229,6 +229,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		on_redis_error deny|allow
 //		inject_stream_usage on|off
 //		passthrough <path-pattern...>
+//		alias <customer-model> <provider-model>
 //		on_client_gone finish|cancel [<timeout>]
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -293,6 +294,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.Passthrough = append(h.Passthrough, args...)
+		case "alias":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			if _, dup := h.Aliases[args[0]]; dup {
+				return d.Errf("alias %q given twice", args[0])
+			}
+			if h.Aliases == nil {
+				h.Aliases = make(map[string]string)
+			}
+			h.Aliases[args[0]] = args[1]
 		case "on_client_gone":
 			args := d.RemainingArgs()
 			if len(args) == 0 || len(args) > 2 {

@@ -162,6 +162,10 @@ func TestCaddyfileAdaptErrors(t *testing.T) {
 			`'aitoken': on_redis_error "retry": want deny or allow, at Caddyfile:7`},
 		{"inject_stream_usage bad", handler("\t\tinject_stream_usage yes"),
 			`'aitoken': inject_stream_usage "yes": want on or off, at Caddyfile:7`},
+		{"alias one name", handler("\t\talias deepseek-chat"),
+			`'aitoken': wrong argument count or unexpected line ending after 'deepseek-chat', at Caddyfile:7`},
+		{"alias twice", handler("\t\talias a m\n\t\talias a n"),
+			`'aitoken': alias "a" given twice, at Caddyfile:8`},
 		{"passthrough missing", handler("\t\tpassthrough"),
 			`'aitoken': wrong argument count or unexpected line ending after 'passthrough', at Caddyfile:7`},
 		{"on_client_gone missing", handler("\t\ton_client_gone"),
@@ -220,7 +224,8 @@ func TestCaddyfileExampleAdapts(t *testing.T) {
 	if a := cfg.Apps.AIToken; a == nil || a.Redis != "{env.REDIS_URL}" || len(a.Prices) == 0 {
 		t.Fatalf("the aitoken app did not reach the JSON:\n%s", got)
 	}
-	for _, h := range []string{`"handler": "aitoken"`, `"handler": "aitoken_account"`, `"dial": "127.0.0.1:9000"`} {
+	for _, h := range []string{`"handler": "aitoken"`, `"handler": "aitoken_account"`, `"dial": "127.0.0.1:9000"`,
+		`"deepseek-chat": "deepseek-v4-flash"`} {
 		if !strings.Contains(got, h) {
 			t.Errorf("no %s in the adapted JSON:\n%s", h, got)
 		}

@@ -42,6 +42,14 @@ var env struct {
 	// closedAddr is a loopback address nothing listens on: an upstream
 	// that cannot be reached.
 	closedAddr string
+	// closedAddr2 is another, for the failover route alone (Caddy shares
+	// an address's failure count between routes).
+	closedAddr2 string
+	// mock2 behind upstream2 is a second provider (routing tests);
+	// failing answers 500 to everything, health checks included.
+	mock2     *mockupstream.Server
+	upstream2 *httptest.Server
+	failing   *httptest.Server
 }
 
 func TestMain(m *testing.M) {
@@ -49,14 +57,22 @@ func TestMain(m *testing.M) {
 	env.redis = srv
 	env.mock = mockupstream.New()
 	env.upstream = httptest.NewServer(countHits(env.mock))
+	env.mock2 = mockupstream.New()
+	env.upstream2 = httptest.NewServer(env.mock2)
+	env.failing = httptest.NewServer(failingUpstream())
 	if port, err := freeport.Port(); err == nil {
 		env.closedAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	}
+	if port, err := freeport.Port(); err == nil {
+		env.closedAddr2 = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	}
 	env.dir, _ = os.MkdirTemp("", "aitoken-test-")
 	stopStripe := startStripeEnv()
 	code := m.Run()
 	stopStripe()
 	env.upstream.Close()
+	env.upstream2.Close()
+	env.failing.Close()
 	stop()
 	os.RemoveAll(env.dir)
 	os.Exit(code)
@@ -135,10 +151,39 @@ http://localhost:9080 {
 		}
 		reverse_proxy %s
 	}
+	route /routed/v1/* {
+		uri strip_prefix /routed
+		aitoken {
+			alias cheap-model other-model
+			alias pre-alias test-model
+		}
+		@second vars {http.vars.aitoken.model} other-model
+		reverse_proxy @second %[13]s
+		reverse_proxy %[5]s
+	}
+	route /lb/v1/* {
+		uri strip_prefix /lb
+		aitoken
+		reverse_proxy %[15]s %[13]s {
+			lb_policy first
+			lb_try_duration 3s
+			lb_try_interval 20ms
+			fail_duration 100ms
+		}
+	}
+	route /hc/v1/* {
+		uri strip_prefix /hc
+		aitoken
+		reverse_proxy %[14]s %[13]s {
+			lb_policy first
+			health_uri /v1/models
+			health_interval 50ms
+		}
+	}
 	route /down/v1/* {
 		uri strip_prefix /down
 		aitoken
-		reverse_proxy %s {
+		reverse_proxy %[12]s {
 			fail_duration 1m
 			max_fails 1
 		}
@@ -146,7 +191,8 @@ http://localhost:9080 {
 }
 `, env.redis.URL(), filepath.Join(env.dir, "ledger.db"), flush, spoolDir(),
 		env.upstream.URL, env.upstream.URL, env.upstream.URL, env.upstream.URL,
-		env.upstream.URL, env.upstream.URL, env.upstream.URL, env.closedAddr)) + httpsSite()
+		env.upstream.URL, env.upstream.URL, env.upstream.URL, env.closedAddr,
+		env.upstream2.URL, env.failing.URL, env.closedAddr2)) + httpsSite()
 }
 
 // spoolDir is where the gateway spools settlements Redis could not take

@@ -79,6 +79,14 @@ type Handler struct {
 	// row's outcome is client_gone either way. Default: "finish".
 	OnClientGone string `json:"on_client_gone,omitempty"`
 
+	// Aliases maps a model name customers use to the provider model the
+	// upstream is asked for (e.g. "deepseek-chat": "deepseek-v4-flash"):
+	// the body's model field is rewritten once, and the usage row records
+	// the provider model. The price is the alias name's own price line if
+	// there is one, else the provider model's. The route's models and a
+	// key's models restrict the customer-facing name. Default: none.
+	Aliases map[string]string `json:"aliases,omitempty"`
+
 	// ClientGoneTimeout bounds how long the upstream is still read after
 	// the client went away (on_client_gone finish). Default: 2m.
 	ClientGoneTimeout caddy.Duration `json:"client_gone_timeout,omitempty"`
@@ -120,6 +128,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("the aitoken handler needs the aitoken global option (prices, redis): %v", err)
 	}
 	h.app = appIface.(*App)
+	h.app.aliases.add(h.Aliases)
 	if h.MaxRequestBody <= 0 {
 		h.MaxRequestBody = defaultMaxRequestBody
 	}
@@ -170,8 +179,11 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("passthrough %q: want a path pattern such as /v1/files*", p)
 		}
 	}
+	if err := h.validateAliases(); err != nil {
+		return err
+	}
 	for _, m := range h.Models {
-		if _, ok := h.app.prices.Lookup(m); !ok {
+		if _, ok := h.priceOf(m); !ok {
 			return fmt.Errorf("models: %q has no price in the aitoken global option", m)
 		}
 	}
@@ -267,6 +279,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	setRateHeaders(w.Header(), g.Limits)
 
+	if provider, ok := h.aliasOf(req.Model); ok {
+		caddyhttp.SetVar(r.Context(), "aitoken.requested_model", req.Model)
+		req.Rename(provider)
+	}
 	h.setIdentity(r, g, req.Model)
 	setBody(r, req.Body)
 	prepareUpstream(r)
@@ -399,7 +415,7 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 	case err != nil:
 		return nil, money.Price{}, errInvalidRequest("the request body is not a valid JSON object", "")
 	}
-	price, ok := h.app.prices.Lookup(req.Model)
+	price, ok := h.priceOf(req.Model)
 	if !ok {
 		return nil, money.Price{}, errModelNotFound(req.Model)
 	}

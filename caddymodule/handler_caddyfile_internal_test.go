@@ -47,6 +47,9 @@ func TestHandlerValidateRefusesBadOptions(t *testing.T) {
 	for _, h := range []*Handler{
 		{OnRedisError: "deny", OnClientGone: "drop"},
 		{OnRedisError: "deny", OnClientGone: "finish", Passthrough: []string{"v1/files"}},
+		// An alias must lead to a priced model, under another name.
+		{OnRedisError: "deny", OnClientGone: "finish", Aliases: map[string]string{"cheap": "unpriced"}},
+		{OnRedisError: "deny", OnClientGone: "finish", Aliases: map[string]string{"m": "m"}},
 	} {
 		h.app = &App{}
 		if err := h.Validate(); err == nil {

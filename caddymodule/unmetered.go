@@ -69,20 +69,28 @@ func modelsPath(p, raw string) (id string, one, ok bool) {
 }
 
 // visibleModels lists the models a key may use on this route: the route's
-// models (default: every exactly priced model), narrowed to the key's own
-// list when it has one. A key's model that only a wildcard price covers is
-// listed too.
+// models (default: every exactly priced model and every alias), narrowed
+// to the key's own list when it has one. A key's model that only a
+// wildcard price covers is listed too.
 func (h *Handler) visibleModels(key billing.KeyRecord) []string {
 	route := h.Models
 	if len(route) == 0 {
 		route = h.app.prices.Models()
+		if len(h.Aliases) > 0 {
+			route = slices.Clone(route)
+			for name := range h.Aliases {
+				route = append(route, name)
+			}
+			slices.Sort(route)
+			route = slices.Compact(route)
+		}
 	}
 	if len(key.Models) == 0 {
 		return slices.Clone(route)
 	}
 	var out []string
 	for _, m := range key.Models {
-		if _, priced := h.app.prices.Lookup(m); !priced {
+		if _, priced := h.priceOf(m); !priced {
 			continue
 		}
 		if h.models != nil {

@@ -43,6 +43,9 @@ type Request struct {
 	InputEstimate int64
 	// Body is the body to send upstream: the original slice when unchanged.
 	Body []byte
+
+	// modelAt and modelLen locate the raw "model" value in Body.
+	modelAt, modelLen int
 }
 
 // Errors from ParseRequest. A refused field is a *FieldError.
@@ -236,12 +239,14 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 	if err != nil {
 		return nil, err
 	}
+	modelAt := offsetIn(body, vals[fModel])
 
 	model, err := readModel(vals[fModel])
 	if err != nil {
 		return nil, err
 	}
-	r := &Request{Format: f, Model: model, Body: body, Choices: 1, MediaParts: media}
+	r := &Request{Format: f, Model: model, Body: body, Choices: 1, MediaParts: media,
+		modelAt: modelAt, modelLen: len(vals[fModel])}
 	var ok bool
 	if r.Stream, ok = readBool(vals[fStream]); !ok {
 		return nil, &FieldError{Field: "stream", Reason: "must be true, false or null"}
@@ -313,6 +318,7 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 		out = append(out, body[:open]...)
 		out = append(out, injectedOptions...)
 		r.Body = append(out, body[open:]...)
+		r.modelAt += len(injectedOptions) // the model comes after the brace
 		return r, nil
 	}
 	streamOpts := vals[fStreamOptions]
@@ -321,7 +327,51 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 	out = append(out, body[:optsStart]...)
 	out = append(out, patched...)
 	r.Body = append(out, body[optsStart+len(streamOpts):]...)
+	if r.modelAt > optsStart {
+		r.modelAt += len(patched) - len(streamOpts)
+	}
 	return r, nil
+}
+
+// offsetIn is where sub, a subslice of body, starts in body.
+func offsetIn(body, sub []byte) int { return cap(body) - cap(sub) }
+
+// Rename makes the request ask the upstream for model name instead of the
+// one the client named (an alias's provider model): the raw "model" value
+// in Body is replaced by name as a JSON string, every other byte is kept,
+// and Model becomes name. The body is still read once: the field is
+// replaced where ParseRequest found it, and it was refused there if it
+// appeared twice or in another letter case. Body is copied, never changed
+// in place. name must be a non-empty model name; Rename to the same name
+// does nothing.
+func (r *Request) Rename(name string) {
+	if name == r.Model || r.modelLen == 0 {
+		return
+	}
+	end := r.modelAt + r.modelLen
+	out := make([]byte, 0, len(r.Body)-r.modelLen+len(name)+2)
+	out = append(out, r.Body[:r.modelAt]...)
+	out = appendJSONString(out, name)
+	r.modelLen = len(out) - r.modelAt
+	r.Body = append(out, r.Body[end:]...)
+	r.Model = name
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			dst = append(dst, '\\', c)
+		case c < 0x20:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return append(dst, '"')
 }
 
 // readFields walks the members of the object body (valid JSON) like
