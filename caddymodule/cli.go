@@ -37,8 +37,10 @@ Commands:
                                                   every key; payment records are kept
   credit USER AMOUNT [--reason R]                 credit (negative debits), e.g. 10.00
   keys create USER [--name N] [--models a,b] [--rpm N] [--tpm N] [--expires RFC3339]
-                                                  mint a key; the secret is printed once
+                 [--allowed-ips a,b]              mint a key; the secret is printed once
   keys list USER                                  keys without secrets
+  keys update KEY_ID [--name N] [--models a,b] [--rpm N] [--tpm N] [--allowed-ips a,b]
+                 [--expires RFC3339|never]        change only the settings given
   keys revoke KEY_ID                              revoke on every node
   usage [--user U] [--key K] [--model M] [--from T] [--to T] [--limit N] [--before REQUEST_ID]
                                                   usage records, newest first (a table)
@@ -51,7 +53,11 @@ Commands:
                                                   --apply rebuilds Redis from the ledger
 
 Output is human-readable; --json prints the admin API's JSON. Exit status is
-0 on success and 1 on any error (the message goes to stderr).`,
+0 on success and 1 on any error (the message goes to stderr), an unknown
+command included.
+
+Every command, flag and admin route: docs/reference.md in the caddy-aitoken
+repository (https://github.com/cnaitoken/caddy-aitoken).`,
 		CobraFunc: buildCLI,
 	})
 }
@@ -71,6 +77,7 @@ func buildCLI(cmd *cobra.Command) {
 	cmd.PersistentFlags().BoolVar(&o.json, "json", false, "Print the admin API's JSON")
 	cmd.SilenceUsage = true
 	cmd.PersistentPreRun = func(c *cobra.Command, _ []string) { o.out = c.OutOrStdout() }
+	cmd.Args, cmd.RunE = cobra.ArbitraryArgs, unknownCommand
 
 	users := &cobra.Command{Use: "users", Short: "Create, show, export and delete users"}
 	var id, email, name string
@@ -93,6 +100,7 @@ func buildCLI(cmd *cobra.Command) {
 		RunE: func(c *cobra.Command, a []string) error {
 			return o.call("DELETE", "/aitoken/users/"+url.PathEscape(a[0]), nil, printErasure)
 		}}
+	users.Args, users.RunE = cobra.ArbitraryArgs, unknownCommand
 	users.AddCommand(create, show, export, del)
 
 	var reason string
@@ -171,6 +179,7 @@ func buildCLI(cmd *cobra.Command) {
 		RunE: func(c *cobra.Command, a []string) error {
 			return o.call("DELETE", "/aitoken/keys/"+url.PathEscape(a[0]), nil, printObject)
 		}}
+	keys.Args, keys.RunE = cobra.ArbitraryArgs, unknownCommand
 	keys.AddCommand(kcreate, klist, kupdate, krevoke)
 
 	var q struct{ user, key, model, from, to, limit, before string }
@@ -224,6 +233,16 @@ func buildCLI(cmd *cobra.Command) {
 	rec.Flags().BoolVar(&apply, "apply", false, "Rebuild Redis balances and keys from the ledger")
 
 	cmd.AddCommand(users, credit, keys, usage, payments, audit, rec)
+}
+
+// unknownCommand runs for a command group (aitoken, users, keys) given
+// no known subcommand: with none it prints the help, with another word it
+// fails, so a typo never exits 0.
+func unknownCommand(c *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return c.Help()
+	}
+	return fmt.Errorf("unknown command %q for %q; see %q", args[0], c.CommandPath(), c.CommandPath()+" --help")
 }
 
 // splitList splits a comma-separated flag; empty gives an empty list.
