@@ -43,6 +43,7 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 	a.mux = http.NewServeMux()
 	for pattern, h := range map[string]adminFunc{
 		"POST /aitoken/users":              postUser,
+		"GET /aitoken/users":               listUsers,
 		"GET /aitoken/users/{id}":          getUser,
 		"DELETE /aitoken/users/{id}":       deleteUser,
 		"GET /aitoken/users/{id}/export":   getUserExport,

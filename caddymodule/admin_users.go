@@ -72,6 +72,34 @@ func postUser(app *App, w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// listUsers answers GET /aitoken/users?email=&status=&limit=&cursor=: a
+// page of users in ID order (without balances: GET one for those), and
+// the cursor of the next page when there may be one.
+func listUsers(app *App, w http.ResponseWriter, r *http.Request) error {
+	if err := onlyParams(r, "email", "status", "limit", "cursor"); err != nil {
+		return err
+	}
+	qv := r.URL.Query()
+	q := usagelog.UserQuery{Email: qv.Get("email"), Status: qv.Get("status"), After: qv.Get("cursor")}
+	if q.Status != "" && q.Status != usagelog.UserActive && q.Status != usagelog.UserDeleted {
+		return badField("status", "want active or deleted")
+	}
+	var err error
+	if q.Limit, err = parseLimit(qv.Get("limit"), 100); err != nil {
+		return err
+	}
+	users, err := app.ledger.store.ListUsers(r.Context(), q)
+	if err != nil {
+		return err
+	}
+	resp := map[string]any{"users": users}
+	if len(users) == q.Limit {
+		resp["next"] = users[len(users)-1].ID
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
 func getUser(app *App, w http.ResponseWriter, r *http.Request) error {
 	u, err := app.ledger.store.GetUser(r.Context(), r.PathValue("id"))
 	if errors.Is(err, usagelog.ErrNotFound) {

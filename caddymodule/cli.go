@@ -30,6 +30,8 @@ as for "caddy reload" (the --config file's admin address, else localhost:2019).
 
 Commands:
   users create [--id ID] [--email E] [--name N]   create a user
+  users list [--email E] [--status S] [--limit N] [--cursor ID]
+                                                  users in id order (a table)
   users show USER                                 balance, held, currency, status
   users export USER                               everything held about the user, one JSON
                                                   document (redirect it to a file)
@@ -100,8 +102,18 @@ func buildCLI(cmd *cobra.Command) {
 		RunE: func(c *cobra.Command, a []string) error {
 			return o.call("DELETE", "/aitoken/users/"+url.PathEscape(a[0]), nil, printErasure)
 		}}
+	var lq struct{ email, status, limit, cursor string }
+	list := &cobra.Command{Use: "list", Short: "List users (a page; --cursor for the next)", Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return o.call("GET", "/aitoken/users?"+query(map[string]string{"email": lq.email, "status": lq.status,
+				"limit": lq.limit, "cursor": lq.cursor}), nil, printUsers)
+		}}
+	list.Flags().StringVar(&lq.email, "email", "", "Only users with this email (any letter case)")
+	list.Flags().StringVar(&lq.status, "status", "", "Only active or deleted users")
+	list.Flags().StringVar(&lq.limit, "limit", "", "Page size (default 100, at most 1000)")
+	list.Flags().StringVar(&lq.cursor, "cursor", "", "Page cursor: the id printed as next by the previous page")
 	users.Args, users.RunE = cobra.ArbitraryArgs, unknownCommand
-	users.AddCommand(create, show, export, del)
+	users.AddCommand(create, list, show, export, del)
 
 	var reason string
 	credit := &cobra.Command{Use: "credit USER AMOUNT", Short: "Credit a user (negative debits)", Args: cobra.ExactArgs(2),
@@ -415,6 +427,35 @@ func printSummary(w io.Writer, b []byte) error {
 	t := out.Total
 	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%d\t%d\t%d\t%s\n", t.Requests, t.Input, t.Cached, t.Output, t.Reasoning, t.Cost)
 	return tw.Flush()
+}
+
+func printUsers(w io.Writer, b []byte) error {
+	var out struct {
+		Users []struct {
+			ID        string `json:"id"`
+			Email     string `json:"email"`
+			Name      string `json:"name"`
+			Status    string `json:"status"`
+			CreatedAt string `json:"created_at"`
+		} `json:"users"`
+		Next string `json:"next"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tEMAIL\tNAME\tSTATUS\tCREATED")
+	for _, u := range out.Users {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", u.ID, u.Email, u.Name, u.Status, u.CreatedAt)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if out.Next != "" {
+		_, err := fmt.Fprintf(w, "more: --cursor %s\n", out.Next)
+		return err
+	}
+	return nil
 }
 
 func printPayments(w io.Writer, b []byte) error {
