@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -20,17 +21,20 @@ import (
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	_ "github.com/cnaitoken/caddy-aitoken/caddymodule"
 	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
+	"github.com/cnaitoken/caddy-aitoken/internal/mockupstream"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
 // The tests run one real Caddy (caddytest shares it per binary) with the
-// dashboard at /dashboard, a real redis-server and a ledger file, on free
-// ports of their own (other packages' tests may run a Caddy meanwhile).
+// dashboard at /dashboard and the metered API at /v1 in front of the mock
+// provider, a real redis-server and a ledger file, on free ports of their
+// own (other packages' tests may run a Caddy meanwhile).
 var base string
 
 var env struct {
 	redis                      *testredis.Server
+	upstream                   *httptest.Server
 	dir                        string
 	adminPort, http, httpsPort int
 }
@@ -48,8 +52,10 @@ func TestMain(m *testing.M) {
 	base = fmt.Sprintf("http://localhost:%d/dashboard", env.http)
 	srv, stop := testredis.StartMain()
 	env.redis = srv
+	env.upstream = httptest.NewServer(mockupstream.New())
 	env.dir, _ = os.MkdirTemp("", "aitoken-dash-")
 	code := m.Run()
+	env.upstream.Close()
 	stop()
 	os.RemoveAll(env.dir)
 	os.Exit(code)
@@ -80,9 +86,13 @@ http://localhost:%d {
 			privacy_policy_file %s
 		}
 	}
+	route /v1/* {
+		aitoken
+		reverse_proxy %s
+	}
 }
 `, env.adminPort, env.http, env.httpsPort, env.redis.URL(), ledgerPath(), filepath.Join(env.dir, "spool"),
-		env.http, policy)
+		env.http, policy, env.upstream.URL)
 }
 
 func startCaddy(t *testing.T) {
