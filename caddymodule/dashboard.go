@@ -73,10 +73,19 @@ func (h *Dashboard) Provision(ctx caddy.Context) error {
 	if signup == dashboard.SignupInvite {
 		signup = dashboard.SignupClosed
 	}
+	var topups *dashboard.Topups
+	if sc := h.app.Stripe; sc != nil {
+		if err := sc.provision(h.app.log); err != nil {
+			return err
+		}
+		if sc.api != nil {
+			topups = &dashboard.Topups{API: sc.api, Policy: sc.policy()}
+		}
+	}
 	h.d, err = dashboard.New(dashboard.Config{
 		Prefix: h.Prefix, Signup: signup, SessionIdle: time.Duration(h.SessionIdle),
 		SessionLifetime: time.Duration(h.SessionLifetime), PrivacyPolicyFile: h.PrivacyPolicyFile,
-		Currency: h.app.Currency,
+		Currency: h.app.Currency, Topups: topups,
 		ClientIP: func(r *http.Request) string {
 			if a := clientAddr(r); a.IsValid() {
 				return a.String()

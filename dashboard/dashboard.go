@@ -51,6 +51,9 @@ type Config struct {
 	PrivacyPolicyFile string
 	// Currency is the balances' currency code.
 	Currency string
+	// Topups starts top-ups from the billing page; nil when the gateway
+	// takes no card payments.
+	Topups *Topups
 	// ClientIP returns the client's address (behind trusted proxies), or
 	// "" for the connection's.
 	ClientIP func(*http.Request) string
@@ -189,6 +192,8 @@ func (d *Dashboard) routes() http.Handler {
 	mux.HandleFunc("POST /keys", d.handle(true, d.createKey))
 	mux.HandleFunc("POST /keys/{id}/revoke", d.handle(true, d.revokeKey))
 	mux.HandleFunc("GET /usage", d.handle(true, d.usage))
+	mux.HandleFunc("GET /billing", d.handle(true, d.billingPage))
+	mux.HandleFunc("POST /billing/topup", d.handle(true, d.topup))
 	mux.HandleFunc("GET /account", d.handle(true, d.accountPage))
 	mux.HandleFunc("POST /account/name", d.handle(true, d.setName))
 	mux.HandleFunc("POST /account/password", d.handle(true, d.setPassword))

@@ -9,13 +9,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cnaitoken/caddy-aitoken/accounting"
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
 // funcs are the templates' helpers.
 var funcs = template.FuncMap{
-	"amount": func(n money.Nanos) string { return trimAmount(n) },
+	"amount": accounting.FormatAmount,
 	"when": func(t any) string {
 		switch v := t.(type) {
 		case time.Time:
@@ -29,17 +30,6 @@ var funcs = template.FuncMap{
 	},
 	"join":   strings.Join,
 	"device": device,
-}
-
-// trimAmount writes n with at least two decimals and no trailing zeros
-// beyond them.
-func trimAmount(n money.Nanos) string {
-	s := strings.TrimRight(n.String(), "0")
-	whole, frac, _ := strings.Cut(s, ".")
-	for len(frac) < 2 {
-		frac += "0"
-	}
-	return whole + "." + frac
 }
 
 type overviewData struct {
