@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -54,6 +55,13 @@ type Config struct {
 	// Topups starts top-ups from the billing page; nil when the gateway
 	// takes no card payments.
 	Topups *Topups
+	// SMTP, when set, mails the links that verify emails, reset
+	// passwords and let invited users claim their accounts.
+	SMTP *SMTP
+	// BaseURL is the dashboard's absolute address in mailed links, such
+	// as "https://example.com/dashboard"; "" takes the request's scheme
+	// and host.
+	BaseURL string
 	// ClientIP returns the client's address (behind trusted proxies), or
 	// "" for the connection's.
 	ClientIP func(*http.Request) string
@@ -76,7 +84,11 @@ type Dashboard struct {
 	log     *zap.Logger
 	pages   map[string]*template.Template
 	handler http.Handler
+	mailWG  sync.WaitGroup // messages being sent
 }
+
+// Wait waits for the messages being sent.
+func (d *Dashboard) Wait() { d.mailWG.Wait() }
 
 //go:embed templates/*.html
 var templateFS embed.FS
@@ -200,6 +212,18 @@ func (d *Dashboard) routes() http.Handler {
 	mux.HandleFunc("POST /account/ip-logging", d.handle(true, d.setIPLogging))
 	mux.HandleFunc("GET /account/export", d.handle(true, d.export))
 	mux.HandleFunc("POST /account/delete", d.handle(true, d.deleteAccount))
+	mux.HandleFunc("POST /account/email", d.handle(true, d.changeEmail))
+	if d.cfg.SMTP != nil {
+		mux.HandleFunc("GET /forgot", d.handle(false, d.forgotPage))
+		mux.HandleFunc("POST /forgot", d.handle(false, d.forgot))
+		mux.HandleFunc("GET /reset", d.handle(false, d.linkPage(linkReset)))
+		mux.HandleFunc("POST /reset", d.handle(false, d.reset))
+		mux.HandleFunc("GET /verify", d.handle(false, d.linkPage(linkVerify)))
+		mux.HandleFunc("POST /verify", d.handle(false, d.verify))
+		mux.HandleFunc("POST /verify/resend", d.handle(true, d.resendVerify))
+		mux.HandleFunc("GET /claim", d.handle(false, d.linkPage(linkClaim)))
+		mux.HandleFunc("POST /claim", d.handle(false, d.claim))
+	}
 	mux.HandleFunc("GET /sessions", d.handle(true, d.sessionsPage))
 	mux.HandleFunc("POST /sessions/{id}/end", d.handle(true, d.endSessionPage))
 	var h http.Handler = http.NewCrossOriginProtection().Handler(mux)
