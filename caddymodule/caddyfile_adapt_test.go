@@ -224,8 +224,8 @@ func TestCaddyfileExampleAdapts(t *testing.T) {
 	if a := cfg.Apps.AIToken; a == nil || a.Redis != "{env.REDIS_URL}" || len(a.Prices) == 0 {
 		t.Fatalf("the aitoken app did not reach the JSON:\n%s", got)
 	}
-	for _, h := range []string{`"handler": "aitoken"`, `"handler": "aitoken_account"`, `"dial": "127.0.0.1:9000"`,
-		`"deepseek-chat": "deepseek-v4-flash"`} {
+	for _, h := range []string{`"handler": "aitoken"`, `"handler": "aitoken_account"`, `"handler": "aitoken_dashboard"`,
+		`"dial": "127.0.0.1:9000"`, `"deepseek-chat": "deepseek-v4-flash"`} {
 		if !strings.Contains(got, h) {
 			t.Errorf("no %s in the adapted JSON:\n%s", h, got)
 		}

@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -21,6 +23,14 @@ func init() {
 //		session_idle        <duration>        # default 2h
 //		session_lifetime    <duration>        # default 7d
 //		privacy_policy_file <path>
+//		base_url            <url>             # default: the request's
+//		smtp {
+//			host     <host>
+//			port     <port>                   # default 587
+//			username <user>
+//			password <password>               # {env.*} or {file.*}
+//			from     <address>
+//		}
 //	}
 func parseDashboard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	m := new(Dashboard)
@@ -62,6 +72,43 @@ func parseDashboard(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 		case "privacy_policy_file":
 			if err := oneArg(d, &m.PrivacyPolicyFile); err != nil {
 				return nil, err
+			}
+		case "base_url":
+			if err := oneArg(d, &m.BaseURL); err != nil {
+				return nil, err
+			}
+		case "smtp":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			m.SMTP = new(DashboardSMTP)
+			for d.NextBlock(1) {
+				sub := d.Val()
+				var v string
+				if err := oneArg(d, &v); err != nil {
+					return nil, err
+				}
+				switch sub {
+				case "host":
+					m.SMTP.Host = v
+				case "port":
+					p, err := strconv.Atoi(v)
+					if err != nil || p < 1 || p > 65535 {
+						return nil, d.Errf("smtp port %q: want a number from 1 to 65535", v)
+					}
+					m.SMTP.Port = p
+				case "username":
+					m.SMTP.Username = v
+				case "password":
+					m.SMTP.Password = v
+				case "from":
+					m.SMTP.From = v
+				default:
+					return nil, d.Errf("unknown smtp option %q", sub)
+				}
+			}
+			if m.SMTP.Host == "" || m.SMTP.From == "" {
+				return nil, d.Err("smtp needs host and from")
 			}
 		default:
 			return nil, d.Errf("unknown aitoken_dashboard option %q", d.Val())

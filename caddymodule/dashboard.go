@@ -23,10 +23,10 @@ type Dashboard struct {
 	// Prefix is the path the dashboard is mounted under; pages and links
 	// live below it. Default: "/dashboard". "/" for a site of its own.
 	Prefix string `json:"prefix,omitempty"`
-	// Signup is who may create an account: "open" (anyone), "invite" or
-	// "closed" (accounts come from the admin API). Invite needs emailed
-	// links, which this version does not send: it behaves as closed.
-	// Default: "open".
+	// Signup is who may create an account: "open" (anyone), "invite" (a
+	// user an admin made with an email claims it by a link mailed there;
+	// needs smtp, and behaves as closed without it) or "closed" (accounts
+	// come from the admin API alone). Default: "open".
 	Signup string `json:"signup,omitempty"`
 	// SessionIdle ends a session not used for this long. Default: 2h.
 	SessionIdle caddy.Duration `json:"session_idle,omitempty"`
@@ -36,9 +36,33 @@ type Dashboard struct {
 	// PrivacyPolicyFile is an HTML fragment served at /privacy, read at
 	// each view (never at provision time). Default: a short notice.
 	PrivacyPolicyFile string `json:"privacy_policy_file,omitempty"`
+	// SMTP is the mail server of the emailed links (email verification,
+	// password reset, change of email, invitations). Without it, none is
+	// sent: emails are not verified and passwords are reset by an admin.
+	SMTP *DashboardSMTP `json:"smtp,omitempty"`
+	// BaseURL is the dashboard's absolute address in mailed links, e.g.
+	// "https://example.com/dashboard". Default: the request's scheme and
+	// host, which the site's address bounds; set it on a site that
+	// answers any host.
+	BaseURL string `json:"base_url,omitempty"`
 
 	app *App
 	d   *dashboard.Dashboard
+}
+
+// DashboardSMTP is the dashboard's mail server.
+type DashboardSMTP struct {
+	// Host is the server's name or address. Required.
+	Host string `json:"host,omitempty"`
+	// Port is the server's port: 465 speaks TLS from the start, any other
+	// uses STARTTLS when the server offers it. Default: 587.
+	Port int `json:"port,omitempty"`
+	// Username and Password authenticate, when set. Give the password as
+	// an {env.*} or {file.*} placeholder: it is resolved at provision time.
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+	// From is the sender, e.g. "Example <noreply@example.com>". Required.
+	From string `json:"from,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -69,14 +93,35 @@ func (h *Dashboard) Provision(ctx caddy.Context) error {
 	if h.Signup == "" {
 		h.Signup = dashboard.SignupOpen
 	}
+	var smtp *dashboard.SMTP
+	if c := h.SMTP; c != nil {
+		repl := caddy.NewReplacer()
+		smtp = &dashboard.SMTP{Host: repl.ReplaceKnown(c.Host, ""), Port: c.Port, From: c.From,
+			Username: repl.ReplaceKnown(c.Username, "")}
+		if smtp.Password, err = repl.ReplaceOrErr(c.Password, true, true); err != nil {
+			return fmt.Errorf("aitoken_dashboard smtp password: %v", err)
+		}
+		if smtp.Port == 0 {
+			smtp.Port = 587
+		}
+	}
 	signup := h.Signup
-	if signup == dashboard.SignupInvite {
+	if signup == dashboard.SignupInvite && smtp == nil {
 		signup = dashboard.SignupClosed
+	}
+	var topups *dashboard.Topups
+	if sc := h.app.Stripe; sc != nil {
+		if err := sc.provision(h.app.log); err != nil {
+			return err
+		}
+		if sc.api != nil {
+			topups = &dashboard.Topups{API: sc.api, Policy: sc.policy()}
+		}
 	}
 	h.d, err = dashboard.New(dashboard.Config{
 		Prefix: h.Prefix, Signup: signup, SessionIdle: time.Duration(h.SessionIdle),
 		SessionLifetime: time.Duration(h.SessionLifetime), PrivacyPolicyFile: h.PrivacyPolicyFile,
-		Currency: h.app.Currency,
+		Currency: h.app.Currency, Topups: topups, SMTP: smtp, BaseURL: h.BaseURL,
 		ClientIP: func(r *http.Request) string {
 			if a := clientAddr(r); a.IsValid() {
 				return a.String()
@@ -96,6 +141,9 @@ func (h *Dashboard) Validate() error {
 	}
 	if h.app.Database == "" {
 		return errors.New("aitoken_dashboard needs the ledger: set database in the aitoken global option")
+	}
+	if c := h.SMTP; c != nil && (c.Host == "" || c.From == "" || c.Port < 0 || c.Port > 65535) {
+		return errors.New("aitoken_dashboard: smtp needs host and from, and a port from 1 to 65535")
 	}
 	if h.SessionIdle < 0 || h.SessionLifetime < 0 || h.SessionIdle > h.SessionLifetime {
 		return errors.New("aitoken_dashboard: session_idle must be positive and at most session_lifetime")
@@ -123,8 +171,17 @@ func (h *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	return nil
 }
 
+// Cleanup waits for the mails being sent.
+func (h *Dashboard) Cleanup() error {
+	if h.d != nil {
+		h.d.Wait()
+	}
+	return nil
+}
+
 // Interface guards
 var (
+	_ caddy.CleanerUpper          = (*Dashboard)(nil)
 	_ caddy.Provisioner           = (*Dashboard)(nil)
 	_ caddy.Validator             = (*Dashboard)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Dashboard)(nil)

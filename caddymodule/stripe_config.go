@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/cnaitoken/caddy-aitoken/accounting"
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
 )
 
@@ -88,6 +89,13 @@ const (
 	stripeAPITimeout     = 30 * time.Second
 )
 
+// policy is the top-up policy of the stripe block.
+func (c *StripeConfig) policy() accounting.TopupPolicy {
+	n, win := c.topupLimit()
+	return accounting.TopupPolicy{Min: c.MinTopup, Max: c.MaxTopup, Sessions: n, Window: win,
+		SuccessURL: c.SuccessURL, CancelURL: c.CancelURL}
+}
+
 // topupLimit returns how many top-ups a key may start per window (0: no
 // limit) and the window.
 func (c *StripeConfig) topupLimit() (int, time.Duration) {
@@ -112,10 +120,10 @@ func (c *StripeConfig) checkLimits() error {
 		c.MaxTopup = max(defaultMaxTopup, c.MinTopup)
 	}
 	if !c.MinTopup.InRange() || !c.MaxTopup.InRange() {
-		return fmt.Errorf("stripe min_topup and max_topup: at most %s", trimAmount(money.MaxNanos))
+		return fmt.Errorf("stripe min_topup and max_topup: at most %s", accounting.FormatAmount(money.MaxNanos))
 	}
 	if c.MaxTopup < c.MinTopup {
-		return fmt.Errorf("stripe max_topup %s is below min_topup %s", trimAmount(c.MaxTopup), trimAmount(c.MinTopup))
+		return fmt.Errorf("stripe max_topup %s is below min_topup %s", accounting.FormatAmount(c.MaxTopup), accounting.FormatAmount(c.MinTopup))
 	}
 	if c.TopupRate != nil {
 		if c.TopupRate.Sessions > maxTopupSessions {

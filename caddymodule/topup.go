@@ -10,18 +10,19 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/cnaitoken/caddy-aitoken/accounting"
 	"github.com/cnaitoken/caddy-aitoken/billing"
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/payments"
-	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
 // This file is the account API's top-up: POST /v1/account/topup, bounded
 // by min_topup/max_topup and a per-key rate, answered with a Stripe
-// Checkout URL. The session itself is made by payments.NewCheckoutSession.
+// Checkout URL. The bounds, the rate and the ledger record are the workflow
+// of accounting (CheckTopup, AllowTopup, StartTopup), shared with the
+// dashboard.
 
 // topupResponse is the answer to POST /v1/account/topup.
 type topupResponse struct {
@@ -33,24 +34,6 @@ type topupResponse struct {
 	Amount   money.Nanos `json:"amount"`
 	Currency string      `json:"currency"`
 }
-
-// topupRateScript counts a key's top-ups in a fixed window (KEYS[1], ARGV[1]
-// the window in ms) and returns the count with this one and the ms left in
-// the window.
-var topupRateScript = redis.NewScript(`
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-	redis.call('PEXPIRE', KEYS[1], ARGV[1])
-	ttl = tonumber(ARGV[1])
-end
-return {n, ttl}
-`)
-
-// topupRateKey names the counter of a key's top-ups, under its user's hash
-// tag like the account's other keys.
-func topupRateKey(user, keyID string) string { return "ait:{" + user + "}:topups:" + keyID }
 
 // errTopupRate refuses a top-up over the key's limit.
 func errTopupRate(limit int, win, reset time.Duration) *apiError {
@@ -75,25 +58,20 @@ func shortDuration(d time.Duration) string {
 // answers 429 with Retry-After (or 503 when Redis cannot count it) and
 // returns false.
 func (h *AccountAPI) topupAllowed(w http.ResponseWriter, ctx context.Context, sc *StripeConfig, g billing.Grant) bool {
-	limit, win := sc.topupLimit()
-	if limit == 0 {
-		return true
-	}
-	res, err := topupRateScript.Run(ctx, h.app.accounts.Client(), []string{topupRateKey(g.User, g.KeyID)},
-		win.Milliseconds()).Int64Slice()
-	if err != nil || len(res) != 2 {
+	p := sc.policy()
+	ok, reset, err := accounting.AllowTopup(ctx, h.app.accounts.Client(), accounting.TopupCounterKey(g.User, g.KeyID), p)
+	if err != nil {
 		h.log.Error("redis unavailable; top-up refused", zap.String("key_id", g.KeyID), zap.Error(err))
 		errUnavailable.write(w)
 		return false
 	}
-	if res[0] <= int64(limit) {
+	if ok {
 		return true
 	}
-	reset := time.Duration(res[1]) * time.Millisecond
 	h.log.Info("top-up refused: the key's top-up rate limit is reached",
-		zap.String("key_id", g.KeyID), zap.Int("limit", limit), zap.Duration("window", win))
+		zap.String("key_id", g.KeyID), zap.Int("limit", p.Sessions), zap.Duration("window", p.Window))
 	w.Header().Set("Retry-After", strconv.FormatInt(max(int64((reset+time.Second-1)/time.Second), 1), 10))
-	errTopupRate(limit, win, reset).write(w)
+	errTopupRate(p.Sessions, p.Window, reset).write(w)
 	return false
 }
 
@@ -144,16 +122,14 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Gra
 		return
 	}
 	amount := *in.Amount
-	if amount < sc.MinTopup {
-		errInvalidRequest("amount must be at least "+trimAmount(sc.MinTopup)+" "+cur, "amount").write(w)
+	p := sc.policy()
+	minor, err := accounting.CheckTopup(amount, cur, p)
+	var be *accounting.TopupBoundError
+	switch {
+	case errors.As(err, &be):
+		errInvalidRequest(be.Error()+" "+cur, "amount").write(w)
 		return
-	}
-	if amount > sc.MaxTopup {
-		errInvalidRequest("amount must be at most "+trimAmount(sc.MaxTopup)+" "+cur, "amount").write(w)
-		return
-	}
-	minor, err := payments.NanosToMinor(amount, cur)
-	if err != nil {
+	case err != nil:
 		errInvalidRequest("amount has more decimal places than "+cur+" allows", "amount").write(w)
 		return
 	}
@@ -164,45 +140,21 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Gra
 
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), stripeAPITimeout+5*time.Second)
 	defer cancel()
-	store := h.app.ledger.store
-	t := &usagelog.Payment{TopupID: billing.NewID("tu_"), User: user, AmountMinor: minor, Currency: cur}
-	if err := store.CreateTopup(ctx, t); err != nil {
-		h.log.Error("recording a top-up failed", zap.String("user", user), zap.Error(err))
-		errUnavailable.write(w)
-		return
-	}
-	s, err := payments.NewCheckoutSession(ctx, sc.api, payments.Topup{ID: t.TopupID, User: user, AmountMinor: minor,
-		Currency: cur, SuccessURL: sc.SuccessURL, CancelURL: sc.CancelURL})
+	t, err := h.app.books().StartTopup(ctx, sc.api, user, minor, cur, p)
 	if err != nil {
-		if ferr := store.TopupFailed(ctx, t.TopupID); ferr != nil {
-			h.log.Error("recording a failed top-up", zap.String("topup_id", t.TopupID), zap.Error(ferr))
-		}
 		var ae *payments.AmountError
-		if errors.As(err, &ae) {
+		switch {
+		case errors.As(err, &ae):
 			errInvalidRequest(ae.Error(), "amount").write(w)
-			return
+		case t.ID == "":
+			h.log.Error("recording a top-up failed", zap.String("user", user), zap.Error(err))
+			errUnavailable.write(w)
+		default:
+			h.log.Error("creating a Stripe Checkout Session failed",
+				zap.String("user", user), zap.String("topup_id", t.ID), zap.Error(err))
+			errPaymentProvider.write(w)
 		}
-		h.log.Error("creating a Stripe Checkout Session failed",
-			zap.String("user", user), zap.String("topup_id", t.TopupID), zap.Error(err))
-		errPaymentProvider.write(w)
 		return
 	}
-	if err := store.TopupOpened(ctx, t.TopupID, s.ID, s.PaymentIntent); err != nil {
-		// The webhook finds the top-up by its metadata, or makes one.
-		h.log.Error("recording a top-up's Checkout Session failed",
-			zap.String("topup_id", t.TopupID), zap.String("session", s.ID), zap.Error(err))
-	}
-	h.log.Info("top-up started", zap.String("user", user), zap.String("topup_id", t.TopupID),
-		zap.String("session", s.ID), zap.String("amount", payments.FormatMinor(minor, cur)+" "+cur))
-	writeJSON(w, http.StatusOK, topupResponse{CheckoutURL: s.URL, ID: s.ID, TopupID: t.TopupID, Amount: amount, Currency: cur})
-}
-
-// trimAmount writes n without trailing zeros past two places ("5.00").
-func trimAmount(n money.Nanos) string {
-	s := strings.TrimRight(n.String(), "0")
-	whole, frac, _ := strings.Cut(s, ".")
-	for len(frac) < 2 {
-		frac += "0"
-	}
-	return whole + "." + frac
+	writeJSON(w, http.StatusOK, topupResponse{CheckoutURL: t.Session.URL, ID: t.Session.ID, TopupID: t.ID, Amount: amount, Currency: cur})
 }

@@ -12,6 +12,7 @@ import (
 
 type accountData struct {
 	Login usagelog.Login
+	Mail  bool // emails are verified by mailed links
 }
 
 func (d *Dashboard) accountPage(w http.ResponseWriter, rq *request) {
@@ -24,7 +25,7 @@ func (d *Dashboard) renderAccount(w http.ResponseWriter, rq *request, status int
 		d.fail(w, rq, "reading the account", err)
 		return
 	}
-	v := view{Data: accountData{Login: l}}
+	v := view{Data: accountData{Login: l, Mail: d.cfg.SMTP != nil}}
 	if flash != "" {
 		v.Flash = rq.t(flash)
 	}

@@ -16,10 +16,18 @@ import (
 type authForm struct {
 	Email, Name string
 	Open        bool // sign-up is open
+	Invite      bool // sign-up mails invited users a link
+	Forgot      bool // a reset link can be mailed
+}
+
+// authForm is the empty form of the sign-in and sign-up pages.
+func (d *Dashboard) authForm() authForm {
+	return authForm{Open: d.cfg.Signup == SignupOpen, Invite: d.cfg.Signup == SignupInvite && d.cfg.SMTP != nil,
+		Forgot: d.cfg.SMTP != nil}
 }
 
 func (d *Dashboard) signupPage(w http.ResponseWriter, rq *request) {
-	d.render(w, rq, http.StatusOK, "signup", view{Data: authForm{Open: d.cfg.Signup == SignupOpen}})
+	d.render(w, rq, http.StatusOK, "signup", view{Data: d.authForm()})
 }
 
 func (d *Dashboard) loginPage(w http.ResponseWriter, rq *request) {
@@ -27,7 +35,7 @@ func (d *Dashboard) loginPage(w http.ResponseWriter, rq *request) {
 		d.redirect(w, rq.Request, "/")
 		return
 	}
-	d.render(w, rq, http.StatusOK, "login", view{Data: authForm{Open: d.cfg.Signup == SignupOpen}})
+	d.render(w, rq, http.StatusOK, "login", view{Data: d.authForm()})
 }
 
 // validEmail is a light check: the mailbox proves the rest.
@@ -38,8 +46,12 @@ func validEmail(s string) bool {
 
 func (d *Dashboard) signup(w http.ResponseWriter, rq *request) {
 	r := rq.Request
-	form := authForm{Email: strings.TrimSpace(r.PostFormValue("email")), Name: strings.TrimSpace(r.PostFormValue("name")),
-		Open: d.cfg.Signup == SignupOpen}
+	if d.cfg.Signup == SignupInvite && d.cfg.SMTP != nil {
+		d.invite(w, rq)
+		return
+	}
+	form := d.authForm()
+	form.Email, form.Name = strings.TrimSpace(r.PostFormValue("email")), strings.TrimSpace(r.PostFormValue("name"))
 	again := func(msg string) {
 		d.render(w, rq, http.StatusBadRequest, "signup", view{Error: rq.t(msg), Data: form})
 	}
@@ -85,6 +97,12 @@ func (d *Dashboard) signup(w http.ResponseWriter, rq *request) {
 		return
 	}
 	d.log.Info("dashboard: sign-up", zap.String("user", u.ID))
+	if d.cfg.SMTP != nil {
+		if err := d.sendVerify(rq, u.ID, u.Email); err != nil {
+			// The keys page offers to send it again.
+			d.log.Error("dashboard: a verification link not sent", zap.String("user", u.ID), zap.Error(err))
+		}
+	}
 	if err := d.newSession(r.Context(), w, r, rq.b.Redis, u.ID, langCodes[rq.lang]); err != nil {
 		d.fail(w, rq, "starting a session", err)
 		return
@@ -94,7 +112,8 @@ func (d *Dashboard) signup(w http.ResponseWriter, rq *request) {
 
 func (d *Dashboard) login(w http.ResponseWriter, rq *request) {
 	r := rq.Request
-	form := authForm{Email: strings.TrimSpace(r.PostFormValue("email")), Open: d.cfg.Signup == SignupOpen}
+	form := d.authForm()
+	form.Email = strings.TrimSpace(r.PostFormValue("email"))
 	password := r.PostFormValue("password")
 	if !secureEnough(r) {
 		d.render(w, rq, http.StatusBadRequest, "login", view{Error: rq.t("error.https"), Data: form})

@@ -22,7 +22,7 @@ import (
 //
 //	go test -run '^$' -bench Pages ./dashboard/
 func BenchmarkPages(b *testing.B) {
-	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile()), nil)
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile(setup{})), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

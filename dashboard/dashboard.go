@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -51,6 +52,16 @@ type Config struct {
 	PrivacyPolicyFile string
 	// Currency is the balances' currency code.
 	Currency string
+	// Topups starts top-ups from the billing page; nil when the gateway
+	// takes no card payments.
+	Topups *Topups
+	// SMTP, when set, mails the links that verify emails, reset
+	// passwords and let invited users claim their accounts.
+	SMTP *SMTP
+	// BaseURL is the dashboard's absolute address in mailed links, such
+	// as "https://example.com/dashboard"; "" takes the request's scheme
+	// and host.
+	BaseURL string
 	// ClientIP returns the client's address (behind trusted proxies), or
 	// "" for the connection's.
 	ClientIP func(*http.Request) string
@@ -73,7 +84,11 @@ type Dashboard struct {
 	log     *zap.Logger
 	pages   map[string]*template.Template
 	handler http.Handler
+	mailWG  sync.WaitGroup // messages being sent
 }
+
+// Wait waits for the messages being sent.
+func (d *Dashboard) Wait() { d.mailWG.Wait() }
 
 //go:embed templates/*.html
 var templateFS embed.FS
@@ -189,12 +204,26 @@ func (d *Dashboard) routes() http.Handler {
 	mux.HandleFunc("POST /keys", d.handle(true, d.createKey))
 	mux.HandleFunc("POST /keys/{id}/revoke", d.handle(true, d.revokeKey))
 	mux.HandleFunc("GET /usage", d.handle(true, d.usage))
+	mux.HandleFunc("GET /billing", d.handle(true, d.billingPage))
+	mux.HandleFunc("POST /billing/topup", d.handle(true, d.topup))
 	mux.HandleFunc("GET /account", d.handle(true, d.accountPage))
 	mux.HandleFunc("POST /account/name", d.handle(true, d.setName))
 	mux.HandleFunc("POST /account/password", d.handle(true, d.setPassword))
 	mux.HandleFunc("POST /account/ip-logging", d.handle(true, d.setIPLogging))
 	mux.HandleFunc("GET /account/export", d.handle(true, d.export))
 	mux.HandleFunc("POST /account/delete", d.handle(true, d.deleteAccount))
+	mux.HandleFunc("POST /account/email", d.handle(true, d.changeEmail))
+	if d.cfg.SMTP != nil {
+		mux.HandleFunc("GET /forgot", d.handle(false, d.forgotPage))
+		mux.HandleFunc("POST /forgot", d.handle(false, d.forgot))
+		mux.HandleFunc("GET /reset", d.handle(false, d.linkPage(linkReset)))
+		mux.HandleFunc("POST /reset", d.handle(false, d.reset))
+		mux.HandleFunc("GET /verify", d.handle(false, d.linkPage(linkVerify)))
+		mux.HandleFunc("POST /verify", d.handle(false, d.verify))
+		mux.HandleFunc("POST /verify/resend", d.handle(true, d.resendVerify))
+		mux.HandleFunc("GET /claim", d.handle(false, d.linkPage(linkClaim)))
+		mux.HandleFunc("POST /claim", d.handle(false, d.claim))
+	}
 	mux.HandleFunc("GET /sessions", d.handle(true, d.sessionsPage))
 	mux.HandleFunc("POST /sessions/{id}/end", d.handle(true, d.endSessionPage))
 	var h http.Handler = http.NewCrossOriginProtection().Handler(mux)

@@ -22,6 +22,7 @@ import (
 	_ "github.com/cnaitoken/caddy-aitoken/caddymodule"
 	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
 	"github.com/cnaitoken/caddy-aitoken/internal/mockupstream"
+	"github.com/cnaitoken/caddy-aitoken/internal/stripemock"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
@@ -37,10 +38,13 @@ var env struct {
 	upstream                   *httptest.Server
 	dir                        string
 	adminPort, http, httpsPort int
+	stripeHTTP                 int
+	stripe                     *stripemock.Mock
+	stripeErr                  error // why stripe-mock is not running
 }
 
 func TestMain(m *testing.M) {
-	for _, p := range []*int{&env.adminPort, &env.http, &env.httpsPort} {
+	for _, p := range []*int{&env.adminPort, &env.http, &env.httpsPort, &env.stripeHTTP} {
 		port, err := freeport.Port()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "no free port:", err)
@@ -50,6 +54,9 @@ func TestMain(m *testing.M) {
 	}
 	caddytest.Default.AdminPort = env.adminPort
 	base = fmt.Sprintf("http://localhost:%d/dashboard", env.http)
+	os.Setenv("AITOKEN_TEST_STRIPE_KEY", testStripeKey)
+	os.Setenv("AITOKEN_TEST_WEBHOOK_SECRET", testWebhookSecret)
+	env.stripe, env.stripeErr = stripemock.Start(env.stripeHTTP, freeport.Must())
 	srv, stop := testredis.StartMain()
 	env.redis = srv
 	env.upstream = httptest.NewServer(mockupstream.New())
@@ -57,16 +64,43 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	env.upstream.Close()
 	stop()
+	if env.stripe != nil {
+		env.stripe.Stop()
+	}
 	os.RemoveAll(env.dir)
 	os.Exit(code)
 }
 
 func ledgerPath() string { return filepath.Join(env.dir, "ledger.db") }
 
+// setup is what a test's Caddy runs with beyond the common config.
+type setup struct {
+	noStripe bool   // leave out the stripe block
+	smtp     string // the dashboard's smtp block, if any
+	signup   string // the dashboard's signup mode, if not the default
+}
+
 // caddyfile is the test Caddy's configuration.
-func caddyfile() string {
+func caddyfile(o setup) string {
 	policy := filepath.Join(env.dir, "privacy.html")
 	_ = os.WriteFile(policy, []byte("<p>Our policy: test.</p>"), 0o600)
+	stripe, webhook := "", ""
+	if !o.noStripe {
+		webhook = "handle /stripe/webhook {\n\t\taitoken_stripe\n\t}"
+		stripe = fmt.Sprintf(`stripe {
+			secret_key     {env.AITOKEN_TEST_STRIPE_KEY}
+			webhook_secret {env.AITOKEN_TEST_WEBHOOK_SECRET}
+			success_url    http://localhost:%d/dashboard/billing
+			min_topup      5.00
+			max_topup      500.00
+			topup_rate     3 1h
+			api_base       http://127.0.0.1:%d
+		}`, env.http, env.stripeHTTP)
+	}
+	extra := o.smtp
+	if o.signup != "" {
+		extra += "\n\t\t\tsignup " + o.signup
+	}
 	return fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:%d
@@ -78,12 +112,15 @@ func caddyfile() string {
 		spool_dir %s
 		flush_interval 50ms
 		price test-model input 1.00 output 2.00
+		%s
 	}
 }
 http://localhost:%d {
+	%s
 	handle /dashboard/* {
 		aitoken_dashboard {
 			privacy_policy_file %s
+			%s
 		}
 	}
 	route /v1/* {
@@ -92,12 +129,14 @@ http://localhost:%d {
 	}
 }
 `, env.adminPort, env.http, env.httpsPort, env.redis.URL(), ledgerPath(), filepath.Join(env.dir, "spool"),
-		env.http, policy, env.upstream.URL)
+		stripe, env.http, webhook, policy, extra, env.upstream.URL)
 }
 
-func startCaddy(t *testing.T) {
+func startCaddy(t *testing.T) { startCaddyWith(t, setup{}) }
+
+func startCaddyWith(t *testing.T, o setup) {
 	t.Helper()
-	caddytest.NewTester(t).InitServer(caddyfile(), "caddyfile")
+	caddytest.NewTester(t).InitServer(caddyfile(o), "caddyfile")
 }
 
 var seq atomic.Int64

@@ -9,13 +9,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cnaitoken/caddy-aitoken/accounting"
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
 // funcs are the templates' helpers.
 var funcs = template.FuncMap{
-	"amount": func(n money.Nanos) string { return trimAmount(n) },
+	"amount": accounting.FormatAmount,
 	"when": func(t any) string {
 		switch v := t.(type) {
 		case time.Time:
@@ -29,17 +30,6 @@ var funcs = template.FuncMap{
 	},
 	"join":   strings.Join,
 	"device": device,
-}
-
-// trimAmount writes n with at least two decimals and no trailing zeros
-// beyond them.
-func trimAmount(n money.Nanos) string {
-	s := strings.TrimRight(n.String(), "0")
-	whole, frac, _ := strings.Cut(s, ".")
-	for len(frac) < 2 {
-		frac += "0"
-	}
-	return whole + "." + frac
 }
 
 type overviewData struct {
@@ -95,6 +85,7 @@ type keysData struct {
 	Secret   string
 	Created  usagelog.Key
 	CanMint  bool
+	Sent     bool // a verification link was just sent
 	Form     keyForm
 	Currency string
 }
@@ -112,6 +103,14 @@ func (d *Dashboard) renderKeys(w http.ResponseWriter, rq *request, status int, v
 		return
 	}
 	v.Keys, v.CanMint = keys, true
+	if d.cfg.SMTP != nil {
+		l, err := rq.b.Store.GetLogin(rq.Context(), rq.s.User)
+		if err != nil {
+			d.fail(w, rq, "reading the account", err)
+			return
+		}
+		v.CanMint = l.EmailVerifiedAt != nil
+	}
 	errText := ""
 	if msg != "" {
 		errText = rq.t(msg)
@@ -124,6 +123,17 @@ func (d *Dashboard) createKey(w http.ResponseWriter, rq *request) {
 	f := keyForm{Name: strings.TrimSpace(r.PostFormValue("name")), Models: r.PostFormValue("models"),
 		RPM: r.PostFormValue("rpm"), TPM: r.PostFormValue("tpm"), Expires: r.PostFormValue("expires")}
 	bad := func(msg string) { d.renderKeys(w, rq, http.StatusBadRequest, keysData{Form: f}, msg) }
+	if d.cfg.SMTP != nil {
+		l, err := rq.b.Store.GetLogin(r.Context(), rq.s.User)
+		if err != nil {
+			d.fail(w, rq, "reading the account", err)
+			return
+		}
+		if l.EmailVerifiedAt == nil {
+			d.renderKeys(w, rq, http.StatusForbidden, keysData{Form: f}, "keys.unverified")
+			return
+		}
+	}
 	k := usagelog.Key{UserID: rq.s.User, Name: f.Name}
 	if len(k.Name) > 100 {
 		bad("keys.bad_name")

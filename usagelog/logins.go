@@ -178,3 +178,42 @@ func noIPUsers(ctx context.Context, tx *sql.Tx) (map[string]bool, error) {
 	}
 	return out, rows.Err()
 }
+
+// InvitedByEmail returns the active user with email (compared ignoring
+// case) who cannot sign in yet: one an admin made, with no password (the
+// oldest, if admins made several). Any other gives ErrNotFound.
+func (s *Store) InvitedByEmail(ctx context.Context, email string) (User, error) {
+	l, err := scanLogin(s.rd.QueryRowContext(ctx, `SELECT `+loginColumns+` FROM users
+		WHERE lower(email) = lower(?) AND password_hash = '' AND status = 'active'
+		ORDER BY created_at, id LIMIT 1`, strings.TrimSpace(email)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return User{}, fmt.Errorf("invited %q: %w", email, ErrNotFound)
+	}
+	if err != nil {
+		return User{}, fmt.Errorf("invited by email: %w", err)
+	}
+	return l.User, nil
+}
+
+// ClaimInvite gives the invited user id (still with email and no password)
+// its password hash, its name when name is not empty, and marks the email
+// verified at; otherwise ErrNotFound.
+func (s *Store) ClaimInvite(ctx context.Context, id, email, hash, name string, at time.Time) error {
+	if hash == "" {
+		return fmt.Errorf("empty password hash: %w", ErrInvalid)
+	}
+	res, err := s.wr.ExecContext(ctx, `UPDATE users SET password_hash = ?, email_verified_at = ?,
+			name = CASE WHEN ? = '' THEN name ELSE ? END
+		WHERE id = ? AND status = 'active' AND password_hash = '' AND lower(email) = lower(?)`,
+		hash, unixNanos(at), name, name, id, email)
+	if isDuplicate(err) {
+		return fmt.Errorf("email %q: %w", email, ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("claim invite: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return fmt.Errorf("invited user %s: %w", id, ErrNotFound)
+	}
+	return nil
+}

@@ -132,3 +132,35 @@ func TestDailySpendAndSpend(t *testing.T) {
 		t.Fatalf("Spend = %d, %v; want 157", n, err)
 	}
 }
+
+func TestClaimInvite(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	inv, err := s.CreateUser(ctx, User{Email: "inv@example.com", Name: "Admin's name"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.InvitedByEmail(ctx, "nobody@example.com"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown email: %v", err)
+	}
+	u, err := s.InvitedByEmail(ctx, "INV@example.com")
+	if err != nil || u.ID != inv.ID {
+		t.Fatalf("InvitedByEmail = %+v, %v", u, err)
+	}
+	if err := s.ClaimInvite(ctx, inv.ID, "other@example.com", "$argon2id$x", "", time.Now()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("claim with a stale email: %v", err)
+	}
+	if err := s.ClaimInvite(ctx, inv.ID, "inv@example.com", "$argon2id$x", "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	l, err := s.LoginByEmail(ctx, "inv@example.com")
+	if err != nil || l.User.ID != inv.ID || l.User.Name != "Admin's name" || l.EmailVerifiedAt == nil {
+		t.Fatalf("after the claim: %+v, %v", l, err)
+	}
+	if err := s.ClaimInvite(ctx, inv.ID, "inv@example.com", "$argon2id$y", "", time.Now()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second claim: %v", err)
+	}
+	if _, err := s.InvitedByEmail(ctx, "inv@example.com"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a claimed user is still invited: %v", err)
+	}
+}

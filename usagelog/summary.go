@@ -192,3 +192,15 @@ func (s *Store) PaymentsPage(ctx context.Context, q PaymentQuery) ([]Payment, er
 	query += ` ORDER BY created_at DESC, id DESC LIMIT ?`
 	return queryPayments(ctx, s.rd, query, append(args, limit)...)
 }
+
+// GetPayment returns the payment with row ID id, or ErrNotFound.
+func (s *Store) GetPayment(ctx context.Context, id int64) (Payment, error) {
+	p, err := scanPayment(s.rd.QueryRowContext(ctx, `SELECT `+paymentCols+` FROM payments WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Payment{}, fmt.Errorf("payment %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Payment{}, fmt.Errorf("get payment: %w", err)
+	}
+	return p, nil
+}
