@@ -185,7 +185,7 @@ func buildCLI(cmd *cobra.Command) {
 	kupdate.Flags().StringVar(&expires, "expires", "", "Expiry time, RFC 3339, or never")
 	klist := &cobra.Command{Use: "list USER", Short: "List a user's keys", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, a []string) error {
-			return o.call("GET", "/aitoken/keys?user="+url.QueryEscape(a[0]), nil, printObject)
+			return o.call("GET", "/aitoken/keys?user="+url.QueryEscape(a[0]), nil, printKeys)
 		}}
 	krevoke := &cobra.Command{Use: "revoke KEY_ID", Short: "Revoke a key", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, a []string) error {
@@ -321,14 +321,73 @@ func (o *cliOpts) adminAddress() (string, error) {
 	return caddycmd.DetermineAdminAPIAddress("", cfg, o.config, o.adapter)
 }
 
+// printObject prints a JSON object as "field  value" lines in its own
+// order; a list or object value is shown compact, a string unquoted.
 func printObject(w io.Writer, b []byte) error {
-	var buf bytes.Buffer
-	if err := json.Indent(&buf, b, "", "  "); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		_, err = w.Write(b)
 		return err
 	}
-	_, err := fmt.Fprintln(w, buf.String())
-	return err
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return err
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", tok, plainValue(v))
+	}
+	return tw.Flush()
+}
+
+// plainValue is v for a human: a string without its quotes, null as "-",
+// anything else as compact JSON.
+func plainValue(v json.RawMessage) string {
+	var s string
+	if json.Unmarshal(v, &s) == nil {
+		return s
+	}
+	if string(v) == "null" {
+		return "-"
+	}
+	var buf bytes.Buffer
+	if json.Compact(&buf, v) != nil {
+		return string(v)
+	}
+	return buf.String()
+}
+
+// printKeys prints a user's keys as a table.
+func printKeys(w io.Writer, b []byte) error {
+	var out struct {
+		Keys []struct {
+			ID         string   `json:"id"`
+			Name       string   `json:"name"`
+			Prefix     string   `json:"prefix"`
+			Status     string   `json:"status"`
+			Models     []string `json:"models"`
+			RPM        int64    `json:"rpm"`
+			TPM        int64    `json:"tpm"`
+			AllowedIPs []string `json:"allowed_ips"`
+			ExpiresAt  string   `json:"expires_at"`
+			CreatedAt  string   `json:"created_at"`
+		} `json:"keys"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return err
+	}
+	list := func(l []string) string { return cmp.Or(strings.Join(l, ","), "any") }
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tPREFIX\tSTATUS\tMODELS\tRPM\tTPM\tALLOWED IPS\tEXPIRES\tCREATED")
+	for _, k := range out.Keys {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", k.ID, k.Name, k.Prefix, k.Status, list(k.Models),
+			k.RPM, k.TPM, list(k.AllowedIPs), cmp.Or(k.ExpiresAt, "never"), k.CreatedAt)
+	}
+	return tw.Flush()
 }
 
 func printUsage(w io.Writer, b []byte) error {

@@ -3,6 +3,7 @@ package caddymodule_test
 import (
 	"encoding/json"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -114,6 +115,15 @@ func TestKeyUpdateCLI(t *testing.T) {
 	}
 	if json.Unmarshal([]byte(out), &after); len(after.IPs) != 0 {
 		t.Fatalf("--allowed-ips \"\" should allow any address: %s", out)
+	}
+	// Without --json: a table, and "field  value" lines for one object.
+	if out, err := caddymodule.RunCLI(t, "keys", "list", u.ID, "--address", addr); err != nil ||
+		!strings.Contains(out, "ALLOWED IPS") || !strings.Contains(out, k.ID) {
+		t.Fatalf("keys list: %v\n%s", err, out)
+	}
+	if out, err := caddymodule.RunCLI(t, "keys", "update", k.ID, "--name", "cli", "--address", addr); err != nil ||
+		!regexp.MustCompile(`(?m)^name +cli$`).MatchString(out) || !regexp.MustCompile(`(?m)^rpm +7$`).MatchString(out) {
+		t.Fatalf("keys update: %v\n%s", err, out)
 	}
 	if _, err := caddymodule.RunCLI(t, "keys", "update", k.ID, "--address", addr); err == nil {
 		t.Fatal("keys update with no flag: no error")

@@ -3,6 +3,7 @@ package caddymodule_test
 import (
 	"context"
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -89,7 +90,7 @@ func TestCLIUsersKeysCredit(t *testing.T) {
 	}
 	var u userResp
 	json.Unmarshal([]byte(out), &u)
-	if out, err := caddymodule.RunCLI(t, "credit", u.ID, "2.50", "--address", addr); err != nil || !strings.Contains(out, `"balance": "2.500000000"`) {
+	if out, err := caddymodule.RunCLI(t, "credit", u.ID, "2.50", "--address", addr); err != nil || !regexp.MustCompile(`(?m)^balance +2\.500000000$`).MatchString(out) {
 		t.Fatalf("credit: %v %s", err, out)
 	}
 	if _, err := caddymodule.RunCLI(t, "credit", u.ID, "abc", "--address", addr); err == nil {
