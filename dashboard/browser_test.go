@@ -14,12 +14,14 @@ import (
 	"time"
 
 	cdpbrowser "github.com/chromedp/cdproto/browser"
+	"github.com/chromedp/cdproto/fetch"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
 	"github.com/cnaitoken/caddy-aitoken/internal/browser"
+	"github.com/cnaitoken/caddy-aitoken/internal/smtpcapture"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
 
@@ -37,23 +39,34 @@ const (
 	callCost   = "0.000022"
 )
 
+// The top-up of the journey: a preset button of the billing page, and the
+// balance after it and after the call.
+const (
+	topupAmount = "20.00"
+	topupMinor  = 2000
+	afterCall   = "19.999978" // 20.00 - callCost
+)
+
 // TestBrowserCustomerJourney walks one customer through the dashboard in a
-// real headless chromium, from sign-up to the deletion of the account,
-// with a billed API call made by the official OpenAI client in between.
-// Every page is checked for console errors, CSP violations and cookies
-// other than the session's; the signed-in pages are also checked on a
-// phone's viewport.
+// real headless chromium, from sign-up and the emailed verification link,
+// through a top-up by Stripe Checkout (stripe-mock and a signed webhook),
+// to the deletion of the account, with a billed API call made by the
+// official OpenAI client in between. Every page is checked for console
+// errors, CSP violations and cookies other than the session's; the
+// signed-in pages are also checked on a phone's viewport.
 func TestBrowserCustomerJourney(t *testing.T) {
-	startCaddy(t)
+	if env.stripeErr != nil {
+		t.Fatalf("this test needs stripe-mock: %v", env.stripeErr)
+	}
+	mail := startMail(t, "")
 	j := newJourney(t, browser.Start(t))
 
 	j.signUp()
-	// Email verification by an emailed link will be checked here.
+	j.keysRefused()
+	j.verifyEmail(mail)
 	j.signOut()
 	j.signIn(j.b)
-	// Until a top-up through Stripe Checkout on /billing can be checked
-	// here, the operator credits the account, as the admin API allows.
-	j.creditByOperator("1.00")
+	j.topUp()
 	secret := j.createKey("laptop")
 	j.callAPI(secret)
 	j.checkUsage()
@@ -170,13 +183,153 @@ func (j *journey) signIn(b *browser.Browser) {
 	}
 }
 
-// creditByOperator credits the account through the admin API.
-func (j *journey) creditByOperator(amount string) {
+// keysRefused checks that the keys page of an unverified account offers
+// no key but the verification link again, and that a post minting one
+// anyway is refused.
+func (j *journey) keysRefused() {
 	j.t.Helper()
-	body := `{"amount":"` + amount + `","reason":"browser test"}`
-	if st, b := adminCall(j.t, "POST", "/aitoken/users/"+j.user+"/credits", body); st != http.StatusOK {
-		j.t.Fatalf("credit: %d %s", st, b)
+	j.visit(j.b, "/keys", true)
+	if text := j.b.Text("main"); !strings.Contains(text, "first verify your email") {
+		j.t.Fatalf("the keys page of an unverified account says %q", text)
 	}
+	if n := browser.Eval[int](j.b, `document.querySelectorAll('form[action="/dashboard/keys"]').length`); n != 0 {
+		j.t.Fatal("the keys page of an unverified account offers to create a key")
+	}
+	// The 403 is the point, and the browser logs it.
+	j.expected = append(j.expected, "network: Failed to load resource: the server responded with a status of 403 (Forbidden) ("+base+"/keys)")
+	st := browser.Eval[int](j.b, `fetch("`+base+`/keys", {method: "POST",
+		body: new URLSearchParams({name: "early", models: "`+callModel+`"})}).then(r => r.status)`)
+	if st != http.StatusForbidden {
+		j.t.Fatalf("an unverified account's post to /keys answered %d, want 403", st)
+	}
+	j.checkPage(j.b, "POST /keys unverified", true)
+}
+
+// verifyEmail reads the verification mail, opens its link and submits the
+// form it leads to.
+func (j *journey) verifyEmail(mail *smtpcapture.Server) {
+	j.t.Helper()
+	msg := mail.Next(j.t, mailWait)
+	if len(msg.To) != 1 || msg.To[0] != j.email || msg.Subject != "Verify your email" {
+		j.t.Fatalf("verification mail to %v: %q", msg.To, msg.Subject)
+	}
+	j.visit(j.b, linkPath(j.t, msg, "verify"), true)
+	if text := j.b.Text("main"); !strings.Contains(text, j.email) {
+		j.t.Fatalf("the verification page says %q, want the email", text)
+	}
+	j.submit(j.b, "/verify", true)
+	if text := j.b.Text("main"); !strings.Contains(text, "Your email is verified") {
+		j.t.Fatalf("after verifying, the page says %q", text)
+	}
+}
+
+// checkoutHost is where Stripe (and stripe-mock) sends a customer to pay.
+const checkoutHost = "https://checkout.stripe.com/"
+
+// topUp pays with a preset button of the billing page: the browser is sent
+// to Stripe Checkout, which a stand-in page answers (stripe-mock renders no
+// page and the test must not reach the real Stripe); Stripe's signed
+// webhook then says the session is paid, and the billing page shows the
+// balance risen by the amount.
+func (j *journey) topUp() {
+	j.t.Helper()
+	j.visit(j.b, "/billing", true)
+	if bal := j.b.Text(".tiles .tile strong"); bal != "0.00 USD" {
+		j.t.Fatalf("the balance before the top-up is %q, want 0.00 USD", bal)
+	}
+	hops := j.standInCheckout()
+	j.b.Submit(`form[action="/dashboard/billing/topup"] button[value="` + topupAmount + `"]`)
+	// The stand-in sets no cookie and logs nothing: the checks hold as on
+	// the dashboard's pages.
+	j.checkPage(j.b, "POST /billing/topup", true)
+	ps := userPayments(j.t, j.user)
+	if len(ps) != 1 || ps[0].Status != "open" || ps[0].AmountMinor != topupMinor || !strings.HasPrefix(ps[0].SessionID, "cs_") {
+		j.t.Fatalf("the top-up's record: %+v", ps)
+	}
+	p := ps[0]
+	loc := j.b.Location()
+	if !strings.HasPrefix(loc, checkoutHost) {
+		j.t.Fatalf("after the top-up the browser is at %s, want Stripe Checkout", loc)
+	}
+	select {
+	case hop := <-hops:
+		if hop.from != base+"/billing/topup" || hop.status != http.StatusSeeOther || hop.to != loc {
+			j.t.Fatalf("the top-up redirected from %s with %d to %s, want a 303 from /billing/topup to %s", hop.from, hop.status, hop.to, loc)
+		}
+	default:
+		j.t.Fatal("the browser reached Stripe Checkout by no redirect")
+	}
+
+	obj := map[string]any{"id": p.SessionID, "object": "checkout.session", "mode": "payment", "client_reference_id": j.user,
+		"payment_status": "paid", "status": "complete", "amount_total": topupMinor, "currency": "usd",
+		"payment_intent": "pi_" + p.SessionID, "metadata": map[string]any{"user": j.user, "topup_id": p.TopupID}}
+	if st, outcome := sendWebhook(j.t, "checkout.session.completed", obj); st != http.StatusOK || outcome != "credited" {
+		j.t.Fatalf("webhook: %d %q", st, outcome)
+	}
+	j.visit(j.b, "/billing", true)
+	if bal := j.b.Text(".tiles .tile strong"); bal != topupAmount+" USD" {
+		j.t.Fatalf("the balance after the top-up is %q, want %s USD", bal, topupAmount)
+	}
+	rows := browser.Eval[[][]string](j.b, `[...document.querySelectorAll("main tbody tr")].map(
+		tr => [...tr.cells].map(td => td.textContent.trim()))`)
+	// date, kind, amount, credited, status
+	if len(rows) != 1 || len(rows[0]) != 5 || rows[0][2] != topupAmount+" USD" || rows[0][3] != topupAmount+" USD" || rows[0][4] != "paid" {
+		j.t.Fatalf("payments on the billing page: %q, want the paid top-up", rows)
+	}
+}
+
+// redirect is one redirect the browser followed.
+type redirect struct {
+	from, to string
+	status   int64
+}
+
+// standInCheckout makes the tab answer every request to Stripe Checkout
+// with a blank page of its own, until the test ends, and returns the
+// redirects the browser follows to it.
+func (j *journey) standInCheckout() <-chan redirect {
+	j.t.Helper()
+	ctx, cancel := context.WithCancel(j.b.Context())
+	j.t.Cleanup(cancel)
+	paused := make(chan fetch.RequestID, 16)
+	hops := make(chan redirect, 16)
+	// The listener runs on chromedp's reading goroutine: no commands there,
+	// and no blocking (the buffers outlast any page of the test).
+	if err := chromedp.Listen(ctx, func(ev any) {
+		switch ev := ev.(type) {
+		case *fetch.EventRequestPaused:
+			select {
+			case paused <- ev.RequestID:
+			default:
+			}
+		case *network.EventRequestWillBeSent:
+			if r := ev.RedirectResponse; r != nil && strings.HasPrefix(ev.Request.URL, checkoutHost) {
+				select {
+				case hops <- redirect{from: r.URL, to: ev.Request.URL, status: r.Status}:
+				default:
+				}
+			}
+		}
+	}); err != nil {
+		j.t.Fatalf("listening for Stripe Checkout: %v", err)
+	}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case id := <-paused:
+				_, _ = chromedp.Call(ctx, fetch.FulfillRequest, fetch.FulfillRequestParams{RequestID: id, ResponseCode: http.StatusOK,
+					ResponseHeaders: []*fetch.HeaderEntry{{Name: "Content-Type", Value: "text/html; charset=utf-8"}},
+					Body:            []byte("<!doctype html><title>Stripe Checkout (stand-in)</title><p>Pay here.</p>")})
+			}
+		}
+	}()
+	if _, err := chromedp.Call(ctx, fetch.Enable, fetch.EnableParams{
+		Patterns: []*fetch.RequestPattern{{URLPattern: checkoutHost + "*"}}}); err != nil {
+		j.t.Fatalf("intercepting Stripe Checkout: %v", err)
+	}
+	return hops
 }
 
 // createKey mints a key for the model on the keys page and returns the
@@ -268,8 +421,8 @@ func (j *journey) checkUsage() {
 func (j *journey) checkOverview() {
 	j.t.Helper()
 	j.visit(j.b, "/", true)
-	if tiles := j.b.Text(".tiles"); !strings.Contains(tiles, "0.999978") {
-		j.t.Fatalf("overview tiles %q, want a balance of 1.00 - %s", tiles, callCost)
+	if tiles := j.b.Text(".tiles"); !strings.Contains(tiles, afterCall) {
+		j.t.Fatalf("overview tiles %q, want a balance of %s - %s", tiles, topupAmount, callCost)
 	}
 	bars := browser.Eval[int](j.b, `(() => {
 		const li = [...document.querySelectorAll(".legend li")].find(li => li.textContent.startsWith("`+callModel+`:"));

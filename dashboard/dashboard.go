@@ -136,7 +136,9 @@ func New(cfg Config, backend func() (Backend, error), log *zap.Logger) (*Dashboa
 // page carries.
 func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
-	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+	// form-action also governs where a form post may be redirected: the
+	// top-up answers 303 to Stripe Checkout, which the browser must reach.
+	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self' https://checkout.stripe.com; base-uri 'none'")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "same-origin")
 	h.Set("X-Content-Type-Options", "nosniff")
