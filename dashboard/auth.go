@@ -35,7 +35,11 @@ func (d *Dashboard) loginPage(w http.ResponseWriter, rq *request) {
 		d.redirect(w, rq.Request, "/")
 		return
 	}
-	d.render(w, rq, http.StatusOK, "login", view{Data: d.authForm()})
+	v := view{Data: d.authForm()}
+	if rq.URL.Query().Get("sent") == "1" {
+		v.Flash = rq.t("signup.sent")
+	}
+	d.render(w, rq, http.StatusOK, "login", v)
 }
 
 // validEmail is a light check: the mailbox proves the rest.
@@ -84,6 +88,16 @@ func (d *Dashboard) signup(w http.ResponseWriter, rq *request) {
 	u, err := rq.b.Books.CreateUser(r.Context(), usagelog.User{Email: form.Email, Name: form.Name, PasswordHash: hash})
 	var re *accounting.RedisError
 	switch {
+	case errors.Is(err, usagelog.ErrExists) && d.cfg.SMTP != nil:
+		// The mailbox hears of it; the page answers as for a new account,
+		// so it tells nobody which emails have one.
+		if l, lerr := rq.b.Store.LoginByEmail(r.Context(), form.Email); lerr == nil {
+			if ok, _ := d.allowMail(rq, l.User.ID); ok {
+				d.sendLink(rq, form.Email, "exists", d.baseURL(r)+"/login")
+			}
+		}
+		d.redirect(w, r, "/login?sent=1")
+		return
 	case errors.Is(err, usagelog.ErrExists):
 		// Without a mailbox to write to, the page cannot hide that the
 		// email has an account; it says no more than that.
@@ -98,10 +112,12 @@ func (d *Dashboard) signup(w http.ResponseWriter, rq *request) {
 	}
 	d.log.Info("dashboard: sign-up", zap.String("user", u.ID))
 	if d.cfg.SMTP != nil {
+		// Signed in only after this: a known email gets the same answer.
 		if err := d.sendVerify(rq, u.ID, u.Email); err != nil {
-			// The keys page offers to send it again.
 			d.log.Error("dashboard: a verification link not sent", zap.String("user", u.ID), zap.Error(err))
 		}
+		d.redirect(w, r, "/login?sent=1")
+		return
 	}
 	if err := d.newSession(r.Context(), w, r, rq.b.Redis, u.ID, langCodes[rq.lang]); err != nil {
 		d.fail(w, rq, "starting a session", err)

@@ -64,13 +64,27 @@ func TestVerifyResetAndChangeEmailByMail(t *testing.T) {
 	srv := startMail(t, "")
 	email := fmt.Sprintf("mail%d-%d@example.com", time.Now().UnixNano(), seq.Add(1))
 	c := newClient(t)
-	resp, _ := c.do("POST", "/signup", url.Values{"email": {email}, "password": {"correct horse battery"}, "adult": {"on"}})
-	if resp.StatusCode != http.StatusSeeOther {
-		t.Fatalf("sign-up: %d", resp.StatusCode)
+	signup := url.Values{"email": {email}, "password": {"correct horse battery"}, "adult": {"on"}}
+	resp, _ := c.do("POST", "/signup", signup)
+	if resp.StatusCode != http.StatusSeeOther || len(c.jar.Cookies(resp.Request.URL)) != 0 {
+		t.Fatalf("sign-up: %d, cookies %v (with SMTP it signs in only after the answer a known email gets too)",
+			resp.StatusCode, c.jar.Cookies(resp.Request.URL))
 	}
 	msg := srv.Next(t, mailWait)
 	if msg.To[0] != email || msg.Subject != "Verify your email" || msg.AuthUser != "mailer" {
 		t.Fatalf("verification mail %v %q as %q", msg.To, msg.Subject, msg.AuthUser)
+	}
+	// The same email again: the same answer, and a mail to the mailbox.
+	again, _ := newClient(t).do("POST", "/signup", signup)
+	if again.StatusCode != resp.StatusCode || again.Header.Get("Location") != resp.Header.Get("Location") {
+		t.Fatalf("sign-up with a known email: %d %q, a new one: %d %q", again.StatusCode, again.Header.Get("Location"),
+			resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if m := srv.Next(t, mailWait); m.To[0] != email || m.Subject != "Your account" || !strings.Contains(m.Text, "/login") {
+		t.Fatalf("mail for a known email at sign-up: %v %q", m.To, m.Subject)
+	}
+	if resp, _ := c.do("POST", "/login", url.Values{"email": {email}, "password": {"correct horse battery"}}); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in after sign-up: %d", resp.StatusCode)
 	}
 	linkPath(t, msg, "verify")
 	c.do("POST", "/verify/resend", url.Values{})

@@ -31,6 +31,7 @@ var catalogue = map[language.Tag]map[string]string{
 		"signup.bad_password":   "The password must have 10 to 256 characters.",
 		"signup.bad_name":       "The name is too long (200 characters at most).",
 		"signup.taken":          "An account with this email already exists. Sign in instead.",
+		"signup.sent":           "We sent a message to that address. Open its link to verify the email, then sign in.",
 
 		"overview.balance": "Balance", "overview.held": "Held for requests in progress",
 		"overview.today": "Spent today (UTC)", "overview.month": "Spent this month (UTC)",
@@ -99,6 +100,8 @@ var catalogue = map[language.Tag]map[string]string{
 		"account.email_taken": "Another account already uses this email.",
 		"mail.verify.subject": "Verify your email",
 		"mail.verify.body":    "Hello,\n\nOpen this link to verify your email for your AI token account:\n\n{link}\n\nThe link works once, within 24 hours. If you did not ask for it, ignore this message.\n",
+		"mail.exists.subject": "Your account",
+		"mail.exists.body":    "Hello,\n\nSomeone (we hope you) tried to create an AI token account with this email, which already has one. To use it, sign in here:\n\n{link}\n\nIf you forgot the password, reset it from that page. If it was not you, ignore this message.\n",
 		"mail.reset.subject":  "Reset your password",
 		"mail.reset.body":     "Hello,\n\nSomeone (we hope you) asked to reset the password of your AI token account. Open this link to choose a new one:\n\n{link}\n\nThe link works once, within 30 minutes. If you did not ask for it, ignore this message: your password stays as it is.\n",
 		"mail.claim.subject":  "Set up your account",
@@ -148,6 +151,7 @@ var catalogue = map[language.Tag]map[string]string{
 		"signup.bad_password":   "密码长度须为 10 到 256 个字符。",
 		"signup.bad_name":       "名称过长（最多 200 个字符）。",
 		"signup.taken":          "该邮箱已注册，请直接登录。",
+		"signup.sent":           "我们已向该地址发送邮件。请打开邮件中的链接验证邮箱，然后登录。",
 
 		"overview.balance": "余额", "overview.held": "进行中请求的冻结金额",
 		"overview.today": "今日消费（UTC）", "overview.month": "本月消费（UTC）",
@@ -234,6 +238,8 @@ var catalogue = map[language.Tag]map[string]string{
 		"account.email_taken": "该邮箱已被其他账户使用。",
 		"mail.verify.subject": "验证您的邮箱",
 		"mail.verify.body":    "您好：\n\n请打开以下链接，验证您 AI 令牌账户的邮箱：\n\n{link}\n\n链接仅可使用一次，24 小时内有效。如非本人操作，请忽略本邮件。\n",
+		"mail.exists.subject": "您的账户",
+		"mail.exists.body":    "您好：\n\n有人（希望是您）尝试用此邮箱注册 AI token 账户，但该邮箱已有账户。请在此登录：\n\n{link}\n\n如果忘记密码，可在该页面重置。如果不是您本人操作，请忽略此邮件。\n",
 		"mail.reset.subject":  "重置您的密码",
 		"mail.reset.body":     "您好：\n\n有人（希望是您本人）申请重置您 AI 令牌账户的密码。请打开以下链接设置新密码：\n\n{link}\n\n链接仅可使用一次，30 分钟内有效。如非本人操作，请忽略本邮件，您的密码不会改变。\n",
 		"mail.claim.subject":  "设置您的账户",
