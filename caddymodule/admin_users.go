@@ -64,11 +64,16 @@ func postUser(app *App, w http.ResponseWriter, r *http.Request) error {
 	case err != nil:
 		return err
 	}
+	return app.writeUser(w, r, http.StatusCreated, u)
+}
+
+// writeUser answers with u, its balance and held amount included.
+func (app *App) writeUser(w http.ResponseWriter, r *http.Request, status int, u usagelog.User) error {
 	v, err := app.userView(r, u)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, v)
+	writeJSON(w, status, v)
 	return nil
 }
 
@@ -108,12 +113,7 @@ func getUser(app *App, w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	v, err := app.userView(r, u)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, v)
-	return nil
+	return app.writeUser(w, r, http.StatusOK, u)
 }
 
 // postCredit credits (or, with a negative amount, debits) a user: the
@@ -162,12 +162,7 @@ func postCredit(app *App, w http.ResponseWriter, r *http.Request) error {
 	case err != nil:
 		return err
 	}
-	v, err := app.userView(r, u)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, v)
-	return nil
+	return app.writeUser(w, r, http.StatusOK, u)
 }
 
 // erasureView is the answer to DELETE /aitoken/users/{id}.
