@@ -21,6 +21,7 @@ var layers = map[string]int{
 	"accounting":    4,
 	"payments":      3,
 	"settle":        3,
+	"lease":         3,
 	"billing":       2,
 	"usagelog":      2,
 	"meter":         1,

@@ -183,6 +183,9 @@ type Grant struct {
 	// NoHold is set on a request admitted while Redis was unreachable
 	// (on_redis_error allow): nothing was reserved for it.
 	NoHold bool
+	// Lease names the balance lease Hold was taken from, on this node
+	// ("" when Hold is a hold in Redis).
+	Lease string
 }
 
 // Authorize admits a request in one round trip: the key must exist, be
@@ -301,7 +304,7 @@ func (a *Accounts) Seed(ctx context.Context, balances map[string]money.Nanos, ke
 	}
 	for user, bal := range balances {
 		pipe.HSet(ctx, acctKey(user), "balance", int64(money.ClampNanos(bal)), "held", 0)
-		pipe.Del(ctx, holdsKey(user), holdAmtKey(user))
+		pipe.Del(ctx, holdsKey(user), holdAmtKey(user), leasesKey(user), leaseDeadlinesKey(user))
 		if err := flush(); err != nil {
 			return err
 		}

@@ -31,8 +31,11 @@ if (amt > 0 and bal + amt > lim) or (amt < 0 and bal + amt < -lim) then return -
 // atomic step, so a crash can leave neither half alone. A credit that would
 // take the balance out of range changes nothing.
 //
+// A debit tells every node to give back its lease on the account (the
+// recall notice), so none goes on admitting on money that is gone.
+//
 // KEYS: acct, applied. ARGV: ledger entry id, amount (nanos, signed),
-// MaxNanos. Returns 1 when applied, 0 when it had been already, -1 when
+// MaxNanos, the recall channel, the user. Returns 1 when applied, 0 when it had been already, -1 when
 // refused as out of range.
 var applyCreditScript = redis.NewScript(`
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
@@ -40,6 +43,7 @@ if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'held', 0)
+if amt < 0 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 `)
 
@@ -54,7 +58,7 @@ func (a *Accounts) ApplyCredit(ctx context.Context, user string, entryID int64, 
 		return fmt.Errorf("ledger entry %d: %w", entryID, err)
 	}
 	n, err := applyCreditScript.Run(ctx, a.rdb, []string{acctKey(user), appliedKey(user)},
-		strconv.FormatInt(entryID, 10), strconv.FormatInt(int64(amount), 10), int64(money.MaxNanos)).Int64()
+		strconv.FormatInt(entryID, 10), strconv.FormatInt(int64(amount), 10), int64(money.MaxNanos), RecallChannel, user).Int64()
 	if err == nil && n < 0 {
 		err = fmt.Errorf("ledger entry %d: %w", entryID, money.ErrAmountRange)
 	}
@@ -70,13 +74,17 @@ func (a *Accounts) CreditApplied(ctx context.Context, user string, entryID int64
 // creditScript adds an amount to a balance unless that takes the balance
 // out of range (see creditRangeLua).
 //
-// KEYS: acct. ARGV: unused, amount (nanos, signed), MaxNanos.
+// A debit sends the recall notice, as applyCreditScript does.
+//
+// KEYS: acct. ARGV: unused, amount (nanos, signed), MaxNanos, the recall
+// channel, the user.
 // Returns the new balance as a string (a Lua number would round it), or
 // -1 when refused.
 var creditScript = redis.NewScript(`
 ` + creditRangeLua + `
 redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'held', 0)
+if amt < 0 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return redis.call('HGET', KEYS[1], 'balance')
 `)
 
@@ -88,7 +96,7 @@ func (a *Accounts) Credit(ctx context.Context, user string, amount money.Nanos) 
 		return 0, err
 	}
 	res, err := creditScript.Run(ctx, a.rdb, []string{acctKey(user)},
-		"", strconv.FormatInt(int64(amount), 10), int64(money.MaxNanos)).Result()
+		"", strconv.FormatInt(int64(amount), 10), int64(money.MaxNanos), RecallChannel, user).Result()
 	if err != nil {
 		return 0, err
 	}
@@ -103,13 +111,22 @@ func (a *Accounts) Credit(ctx context.Context, user string, amount money.Nanos) 
 	return 0, fmt.Errorf("credit: unexpected reply %v", res)
 }
 
-// Balance returns the balance of user and the sum of its live holds.
+// Balance returns the balance of user and what its requests in flight
+// hold in Redis. Balance leases (see TakeLease) are held too, but are not
+// part of held here: they are the nodes' reserve, not requests.
 func (a *Accounts) Balance(ctx context.Context, user string) (balance, held money.Nanos, err error) {
-	v, err := a.rdb.HMGet(ctx, acctKey(user), "balance", "held").Result()
-	if err != nil {
+	pipe := a.rdb.Pipeline()
+	acct := pipe.HMGet(ctx, acctKey(user), "balance", "held")
+	leases := pipe.HVals(ctx, leasesKey(user))
+	if _, err := pipe.Exec(ctx); err != nil {
 		return 0, 0, err
 	}
-	return money.Nanos(intField(v[0])), money.Nanos(intField(v[1])), nil
+	v := acct.Val()
+	var leased int64
+	for _, s := range leases.Val() {
+		leased += max(atoi(s), 0)
+	}
+	return money.Nanos(intField(v[0])), money.Nanos(max(intField(v[1])-leased, 0)), nil
 }
 
 func intField(v any) int64 {

@@ -12,18 +12,26 @@ import (
 //	ait:{<user>}:acct        HASH  balance, held (nanos)
 //	ait:{<user>}:holds       ZSET  request id → hold deadline (unix ms)
 //	ait:{<user>}:holdamt     HASH  request id → held nanos
+//	ait:{<user>}:leases      HASH  lease id → nanos the lease may still spend (counted in held)
+//	ait:{<user>}:ldl         ZSET  lease id → lease deadline (unix ms, Redis' clock)
+//	ait:{<user>}:lseq:<id>   HASH  settlements of lease id applied: "wm" (all up to it) and later numbers
 //	ait:usage                STREAM usage records (field "r": JSON), read by the ledger flusher
-//	ait:revocations          PUB/SUB key hashes revoked
+//	ait:revocations          PUB/SUB key hashes revoked or changed
+//	ait:recalls              PUB/SUB users whose balance went down: nodes give their leases back
 const (
 	keyPrefix         = "ait:key:"
 	UsageStream       = "ait:usage"
 	UsageField        = "r" // the field of a usage stream entry holding the record's JSON
 	RevocationChannel = "ait:revocations"
+	RecallChannel     = "ait:recalls"
 )
 
-func acctKey(user string) string    { return "ait:{" + user + "}:acct" }
-func holdsKey(user string) string   { return "ait:{" + user + "}:holds" }
-func holdAmtKey(user string) string { return "ait:{" + user + "}:holdamt" }
+func acctKey(user string) string            { return "ait:{" + user + "}:acct" }
+func holdsKey(user string) string           { return "ait:{" + user + "}:holds" }
+func holdAmtKey(user string) string         { return "ait:{" + user + "}:holdamt" }
+func leasesKey(user string) string          { return "ait:{" + user + "}:leases" }
+func leaseDeadlinesKey(user string) string  { return "ait:{" + user + "}:ldl" }
+func leaseSeqKey(user, lease string) string { return "ait:{" + user + "}:lseq:" + lease }
 func keyRecordKey(hash string) string {
 	return keyPrefix + hash
 }

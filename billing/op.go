@@ -5,10 +5,13 @@ import "context"
 // opKey is the context key naming the operation a Redis round trip is for.
 type opKey struct{}
 
-// Operations of the request path, as labels of their Redis round trips.
+// Operations, as labels of their Redis round trips.
 const (
 	OpAuthorize = "authorize"
 	OpSettle    = "settle"
+	// OpLease labels the background work of balance leases (take, refill,
+	// renew, give back): never on a request's path.
+	OpLease = "lease"
 )
 
 // WithOp labels the Redis round trips made with ctx as op, for a client

@@ -58,7 +58,8 @@ func (a *Accounts) KeyStates(ctx context.Context, hashes []string) (map[string]b
 	return out, nil
 }
 
-// SetBalance sets the balance of user, keeping its live holds, and creates
+// SetBalance sets the balance of user, keeping its live holds, recalls the
+// nodes' leases (sized on the old balance), and creates
 // the account if Redis lost it. A balance outside ±MaxNanos is refused with
 // ErrAmountRange.
 func (a *Accounts) SetBalance(ctx context.Context, user string, balance money.Nanos) error {
@@ -68,6 +69,8 @@ func (a *Accounts) SetBalance(ctx context.Context, user string, balance money.Na
 	pipe := a.rdb.TxPipeline()
 	pipe.HSet(ctx, acctKey(user), "balance", int64(balance))
 	pipe.HSetNX(ctx, acctKey(user), "held", 0)
+	// The nodes' leases were sized on the old balance.
+	pipe.Publish(ctx, RecallChannel, user)
 	_, err := pipe.Exec(ctx)
 	return err
 }

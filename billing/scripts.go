@@ -4,7 +4,8 @@ import "github.com/redis/go-redis/v9"
 
 // authorizeScript checks the key, its expiry, its allowed_ips, its model
 // allowlist and its rpm/tpm windows, releases the account's expired holds
-// (remembering them for late settlements), and reserves the new hold if the
+// (remembering them for late settlements) and expired balance leases, and
+// reserves the new hold if the
 // available balance (balance − held) covers it.
 //
 // allowed_ips is checked first after the key itself, before anything is
@@ -77,6 +78,15 @@ if ARGV[3] == 'check' then return ok end
 local acct = 'ait:{' .. user .. '}:acct'
 local holds = 'ait:{' .. user .. '}:holds'
 local amts = 'ait:{' .. user .. '}:holdamt'
+local leases, ldl = 'ait:{' .. user .. '}:leases', 'ait:{' .. user .. '}:ldl'
+local st = redis.call('TIME')
+local snow = tonumber(st[1]) * 1000 + math.floor(tonumber(st[2]) / 1000)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', ldl, '-inf', snow, 'LIMIT', 0, 64)) do
+  local amt = redis.call('HGET', leases, id)
+  if amt and tonumber(amt) > 0 then redis.call('HINCRBY', acct, 'held', '-' .. amt) end
+  redis.call('HDEL', leases, id)
+  redis.call('ZREM', ldl, id)
+end
 local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, 64)
 if #expired > 0 then
   local trace = 'ait:{' .. user .. '}:expired'

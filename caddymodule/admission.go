@@ -22,21 +22,18 @@ import (
 // This file admits a request: the key, the client address, Authorize
 // (with on_redis_error allow), and the answers to what it refuses.
 
-// authorize runs Authorize; with on_redis_error allow it remembers keys
-// Redis confirmed and, when Redis cannot be reached, admits a remembered
-// key without a hold.
+// authorize runs Authorize and remembers the keys Redis confirmed; with
+// on_redis_error allow, when Redis cannot be reached, it admits a
+// remembered key without a hold.
 func (h *Handler) authorize(ctx context.Context, req billing.AuthRequest) (billing.Grant, error) {
 	g, err := h.app.accounts.Authorize(billing.WithOp(ctx, billing.OpAuthorize), req)
-	if h.OnRedisError != "allow" {
-		return g, err
-	}
 	now := time.Now()
 	cache := h.app.redis.keys
-	switch {
-	case err == nil:
+	if err == nil && g.Key.ID != "" {
+		// The key's next requests may be admitted from memory.
 		cache.put(req.KeyHash, g.Key, now)
-		return g, nil
-	case isRefusal(err):
+	}
+	if h.OnRedisError != "allow" || err == nil || isRefusal(err) {
 		return g, err
 	}
 	rec, ok := cache.get(req.KeyHash, now)

@@ -5,6 +5,7 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
+	"github.com/cnaitoken/caddy-aitoken/lease"
 )
 
 func init() {
@@ -89,6 +91,19 @@ type App struct {
 	// LogClientIP, when false, keeps the client IP out of usage records.
 	// Default: true.
 	LogClientIP *bool `json:"log_client_ip,omitempty"`
+
+	// LeaseMax is the most of one customer's available balance a node
+	// reserves ahead (a balance lease) to admit that customer's requests
+	// from memory, with no Redis round trip; 0 turns leases off, and every
+	// request then reserves its hold in Redis. Leases never let requests
+	// overdraw: what a node leased is held from the balance like a hold.
+	// Default: 5.00.
+	LeaseMax *money.Nanos `json:"lease_max,omitempty"`
+
+	// LeaseNodes is how many gateway nodes may lease one customer's
+	// balance at once: a node's lease is at most the available balance
+	// divided by it. Default: 4.
+	LeaseNodes int `json:"lease_nodes,omitempty"`
 
 	prices   *money.PriceTable
 	aliases  aliasNames // the model aliases of this config's handlers
@@ -234,8 +249,26 @@ func (a *App) Validate() error {
 	if a.PaymentRetention != 0 && a.PaymentRetention < caddy.Duration(minRetention) {
 		return fmt.Errorf("payment_retention %s: want at least %s", time.Duration(a.PaymentRetention), minRetention)
 	}
+	if a.LeaseMax != nil && (*a.LeaseMax < 0 || *a.LeaseMax > money.MaxNanos) {
+		return fmt.Errorf("lease_max %s: want 0 (off) up to %s", *a.LeaseMax, money.MaxNanos)
+	}
+	if a.LeaseNodes < 0 || a.LeaseNodes > maxLeaseNodes {
+		return fmt.Errorf("lease_nodes %d: want 1 to %d", a.LeaseNodes, maxLeaseNodes)
+	}
 	return nil
 }
+
+// leaseSizes is lease_max (0: off) and lease_nodes, with their defaults.
+func (a *App) leaseSizes() (money.Nanos, int64) {
+	maxLease := lease.DefaultMax
+	if a.LeaseMax != nil {
+		maxLease = *a.LeaseMax
+	}
+	return maxLease, int64(cmp.Or(a.LeaseNodes, lease.DefaultShare))
+}
+
+// maxLeaseNodes bounds lease_nodes.
+const maxLeaseNodes = 1000
 
 // keepClientIP reports whether usage records may hold the client's IP
 // (log_client_ip, default on).
@@ -251,6 +284,7 @@ func (a *App) Start() error {
 	if err := a.ready(); err != nil {
 		return err
 	}
+	a.redis.leases.SetSizes(a.leaseSizes())
 	activeApp.Store(a)
 	if a.ledger != nil {
 		a.loops.Go(func() { runRetention(a.ctx, a.retentionJob()) })

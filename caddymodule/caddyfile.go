@@ -124,6 +124,26 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				a.PaymentRetention = caddy.Duration(dur)
 			}
+		case "lease_max":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			n, err := money.ParseNanos(v)
+			if err != nil || n < 0 {
+				return d.Errf("lease_max %q: want an amount like 5.00, or 0 to turn leases off", v)
+			}
+			a.LeaseMax = &n
+		case "lease_nodes":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > maxLeaseNodes {
+				return d.Errf("lease_nodes %q: want a whole number from 1 to %d", v, maxLeaseNodes)
+			}
+			a.LeaseNodes = n
 		case "log_client_ip":
 			on, err := onOff(d)
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
+	"github.com/cnaitoken/caddy-aitoken/lease"
 	"github.com/cnaitoken/caddy-aitoken/meter"
 	"github.com/cnaitoken/caddy-aitoken/settle"
 )
@@ -19,7 +20,7 @@ import (
 // finish closes the meter, reads how the exchange ended, has it billed,
 // sets the log fields and metrics, and hands the settlement to the
 // pipeline.
-func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, req *meter.Request,
+func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, t lease.Ticket, req *meter.Request,
 	price money.Price, start time.Time, aborted bool) {
 	var out io.Writer = mw.client
 	if aborted || mw.compressed != nil || mw.unreadable {
@@ -93,8 +94,14 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, re
 	countRequest(h.app.prices.Pattern(req.Model), outcome, b.Tokens, b.Reasoning, b.Cost)
 
 	if err != nil {
+		if g.Lease != "" {
+			h.app.redis.leases.Release(t)
+		}
 		h.log.Error("encoding usage record", zap.String("request_id", g.RequestID), zap.Error(err))
 		return
+	}
+	if g.Lease != "" {
+		b.Record.Seq = h.app.redis.leases.Settle(t, b.Cost)
 	}
 	// The settlement is written ahead to the journal now, before the
 	// response's end leaves the handler, and applied in Redis after it.

@@ -270,9 +270,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		upTo = money.MaxNanos
 	}
-	g, err := h.authorize(r.Context(), billing.AuthRequest{
-		KeyHash: keyHash, Model: req.Model, Hold: hold, HoldUpTo: upTo, Tokens: tokens, RequestID: requestID, ClientIP: clientAddr(r),
-	})
+	g, ticket, local, err := h.admitLocal(r, keyHash, req.Model, requestID, hold, upTo)
+	if !local {
+		g, err = h.authorize(r.Context(), billing.AuthRequest{
+			KeyHash: keyHash, Model: req.Model, Hold: hold, HoldUpTo: upTo, Tokens: tokens, RequestID: requestID, ClientIP: clientAddr(r),
+		})
+		if errors.Is(err, billing.ErrInsufficientQuota) {
+			// What Redis has left may be in this node's lease, taken
+			// while the request was on its way.
+			if g2, t2, ok, err2 := h.admitLocal(r, keyHash, req.Model, requestID, hold, upTo); ok && err2 == nil {
+				g, ticket, err = g2, t2, nil
+			}
+		}
+	}
 	if err != nil {
 		h.answerAuthError(w, r, err, req.Model)
 		return nil
@@ -295,7 +305,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		defer release()
 		mw.upstream = up.Context()
 	}
-	if g.Hold > 0 {
+	if g.Hold > 0 && g.Lease == "" {
 		defer h.keepHold(g)()
 	}
 	start := time.Now()
@@ -303,7 +313,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	defer func() {
 		// On a mid-stream upstream failure reverse_proxy panics with
 		// http.ErrAbortHandler: settle anyway, and let the panic go on.
-		h.finish(r, mw, g, req, price, start, !finished)
+		h.finish(r, mw, g, ticket, req, price, start, !finished)
 	}()
 	err = next.ServeHTTP(mw, up)
 	finished = true

@@ -9,12 +9,15 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/lease"
 )
 
-// keyCache remembers recently seen key records so that, with
-// on_redis_error allow, a key Redis confirmed lately can still be served
-// while Redis is unreachable. A revocation notice on Redis pub/sub drops
-// the key at once on every node; entries also expire on their own.
+// keyCache remembers recently seen key records. A record fetched in the
+// last keyFresh admits the key's requests with no Redis round trip (with
+// a balance lease); with on_redis_error allow, one Redis confirmed in the
+// last keyCacheTTL is still served while Redis is unreachable. A
+// revocation or change notice on Redis pub/sub drops the key at once on
+// every node; entries also expire on their own.
 type keyCache struct {
 	mu      sync.RWMutex
 	entries map[string]cachedKey
@@ -22,12 +25,14 @@ type keyCache struct {
 
 type cachedKey struct {
 	rec   billing.KeyRecord
+	fresh time.Time // admits from memory until then
 	until time.Time
 }
 
 // Bounds of the key cache.
 const (
 	keyCacheTTL  = 10 * time.Minute
+	keyFresh     = time.Minute
 	keyCacheSize = 100_000
 )
 
@@ -38,6 +43,17 @@ func (c *keyCache) get(hash string, now time.Time) (billing.KeyRecord, bool) {
 	e, ok := c.entries[hash]
 	c.mu.RUnlock()
 	if !ok || now.After(e.until) {
+		return billing.KeyRecord{}, false
+	}
+	return e.rec, true
+}
+
+// fresh returns the record of hash if it was fetched in the last keyFresh.
+func (c *keyCache) fresh(hash string, now time.Time) (billing.KeyRecord, bool) {
+	c.mu.RLock()
+	e, ok := c.entries[hash]
+	c.mu.RUnlock()
+	if !ok || !now.Before(e.fresh) {
 		return billing.KeyRecord{}, false
 	}
 	return e.rec, true
@@ -55,7 +71,7 @@ func (c *keyCache) put(hash string, rec billing.KeyRecord, now time.Time) {
 			}
 		}
 	}
-	c.entries[hash] = cachedKey{rec: rec, until: now.Add(keyCacheTTL)}
+	c.entries[hash] = cachedKey{rec: rec, fresh: now.Add(keyFresh), until: now.Add(keyCacheTTL)}
 	c.mu.Unlock()
 }
 
@@ -71,12 +87,17 @@ func (c *keyCache) clear() {
 	c.mu.Unlock()
 }
 
-// listenRevocations drops revoked keys from the cache until ctx ends. When
-// the subscription breaks (notices may have been missed) the whole cache is
-// dropped.
-func (c *keyCache) listenRevocations(ctx context.Context, rdb redis.UniversalClient, log *zap.Logger) {
+// listenNotices drops revoked or changed keys from the cache, and recalls
+// the leases of accounts whose balance went down, until ctx ends. When the
+// subscription breaks (notices may have been missed) the whole cache is
+// dropped and every lease recalled.
+func (c *keyCache) listenNotices(ctx context.Context, rdb redis.UniversalClient, leases *lease.Book, log *zap.Logger) {
+	forget := func() {
+		c.clear()
+		leases.RecallAll()
+	}
 	for ctx.Err() == nil {
-		ps := rdb.Subscribe(ctx, billing.RevocationChannel)
+		ps := rdb.Subscribe(ctx, billing.RevocationChannel, billing.RecallChannel)
 		if _, err := ps.Receive(ctx); err != nil {
 			_ = ps.Close()
 			select {
@@ -85,9 +106,9 @@ func (c *keyCache) listenRevocations(ctx context.Context, rdb redis.UniversalCli
 			}
 			continue
 		}
-		c.clear() // notices sent while unsubscribed are lost
+		forget() // notices sent while unsubscribed are lost
 		// go-redis resubscribes by itself after a broken connection and
-		// then delivers a *redis.Subscription: clear on each.
+		// then delivers a *redis.Subscription: forget on each.
 		ch := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(5 * time.Second))
 	loop:
 		for {
@@ -100,16 +121,20 @@ func (c *keyCache) listenRevocations(ctx context.Context, rdb redis.UniversalCli
 				}
 				switch m := m.(type) {
 				case *redis.Message:
-					c.drop(m.Payload)
+					if m.Channel == billing.RecallChannel {
+						leases.Recall(m.Payload)
+					} else {
+						c.drop(m.Payload)
+					}
 				case *redis.Subscription:
-					c.clear()
+					forget()
 				}
 			}
 		}
 		_ = ps.Close()
 		if ctx.Err() == nil {
-			log.Warn("revocation subscription lost; key cache cleared")
-			c.clear()
+			log.Warn("notice subscription lost; key cache cleared and leases recalled")
+			forget()
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/cnaitoken/caddy-aitoken/accounting"
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/lease"
 	"github.com/cnaitoken/caddy-aitoken/settle"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
 )
@@ -35,8 +36,11 @@ type redisConn struct {
 	url      string
 	sentinel *SentinelConfig
 	client   redis.UniversalClient
-	// keys caches key records for on_redis_error allow.
+	// keys caches key records: a fresh one admits from memory, and with
+	// on_redis_error allow a recent one is served while Redis is down.
 	keys *keyCache
+	// leases admits returning customers from balance leases.
+	leases *lease.Book
 	log  *zap.Logger
 	// settlements carries usage settlements from the end of their
 	// response into Redis.
@@ -71,10 +75,15 @@ func (c *redisConn) start() error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
-	go c.keys.listenRevocations(ctx, c.client, c.log)
+	c.leases.Start()
+	go c.keys.listenNotices(ctx, c.client, c.leases, c.log)
 	c.ready.Store(true)
 	return nil
 }
+
+// leaseReturnTimeout bounds giving back the leases at shutdown; a lease
+// not given back expires in Redis.
+const leaseReturnTimeout = 5 * time.Second
 
 // Redis timeouts: nothing on the request path may hang on a stalled Redis.
 const (
@@ -138,8 +147,9 @@ func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redis
 			Spooled: func() { metrics.spooled.Inc() },
 			Lost:    func() { metrics.lost.Inc() },
 		}})
+		leases := lease.New(billing.NewAccounts(client), lease.Config{Log: log.Named("lease")})
 		return &redisConn{key: key, url: url, sentinel: sentinel, client: client, keys: newKeyCache(),
-			settlements: settlements, log: log}, nil
+			leases: leases, settlements: settlements, log: log}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -156,6 +166,11 @@ func (c *redisConn) Destruct() error {
 	if c.ready.Load() {
 		c.cancel()
 		c.settlements.Stop()
+		// Every settlement is in Redis (or spooled): what the leases have
+		// free goes back.
+		ctx, cancel := context.WithTimeout(context.Background(), leaseReturnTimeout)
+		c.leases.Stop(ctx)
+		cancel()
 	}
 	return c.client.Close()
 }

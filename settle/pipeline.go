@@ -206,8 +206,7 @@ func (p *Pipeline) Later(rec Record, ahead, done func()) {
 // it. It reports false when the record is in neither (the spool failed
 // too).
 func (p *Pipeline) settle(ctx context.Context, rec Record) bool {
-	_, err := billing.NewAccounts(p.client).Settle(billing.WithOp(ctx, billing.OpSettle),
-		rec.grant(), rec.Cost, rec.Tokens, rec.Usage, rec.mode(firstAttempt))
+	err := p.apply(billing.WithOp(ctx, billing.OpSettle), rec, firstAttempt)
 	return err == nil || p.spoolFailed(rec, err)
 }
 
@@ -260,6 +259,21 @@ func (p *Pipeline) replay(ctx context.Context, e spoolEntry) error {
 		p.log.Error("unreadable settlement in the spool; skipped", zap.String("request_id", e.ID), zap.Error(err))
 		return nil
 	}
-	_, err := billing.NewAccounts(p.client).Settle(ctx, rec.grant(), rec.Cost, rec.Tokens, rec.Usage, rec.replayMode())
+	return p.apply(ctx, rec, replayAttempt)
+}
+
+// apply applies one settlement: under its lease by its number, else with
+// the mode attempt a takes (a replay reads the mode written with it).
+func (p *Pipeline) apply(ctx context.Context, rec Record, a attempt) error {
+	accounts := billing.NewAccounts(p.client)
+	if rec.Lease != "" {
+		_, err := accounts.SettleLease(ctx, rec.User, rec.Lease, []billing.LeaseSettlement{rec.leaseSettlement()})
+		return err
+	}
+	mode := rec.mode(a)
+	if a == replayAttempt {
+		mode = rec.replayMode()
+	}
+	_, err := accounts.Settle(ctx, rec.grant(), rec.Cost, rec.Tokens, rec.Usage, mode)
 	return err
 }

@@ -24,6 +24,7 @@ const recordVersion = 1
 //	{"v":1,"request_id":"req_…","user":"usr_1","key_id":"key_1","hold":"0.000500000",
 //	 "tpm":5000,"no_hold":false,"cost":"0.000001234","tokens":17,"record":{…},"mode":"replay"}
 //
+// with "lease" and "seq" added for a request admitted from a balance lease,
 // and read from that or from the unversioned line written before versions
 // (a "grant" object with billing.Grant's Go field names), so journal and
 // spool files left by an older build are still replayed.
@@ -50,17 +51,28 @@ type Record struct {
 	Usage json.RawMessage `json:"record"`
 	// Mode is how a replay of the record applies it (see attempt).
 	Mode billing.SettleMode `json:"mode"`
+	// Lease names the balance lease the request was admitted from ("" for
+	// a hold in Redis); Seq numbers the settlement in it. A settlement
+	// under a lease applies once by its number, whatever the attempt.
+	Lease string `json:"lease,omitempty"`
+	Seq   int64  `json:"seq,omitempty"`
 }
 
 // recordOf is a Record of the grant g, with nothing yet to debit.
 func recordOf(g billing.Grant) Record {
-	return Record{RequestID: g.RequestID, User: g.User, KeyID: g.KeyID, Hold: g.Hold, TPM: g.Key.TPM, NoHold: g.NoHold}
+	return Record{RequestID: g.RequestID, User: g.User, KeyID: g.KeyID, Hold: g.Hold, TPM: g.Key.TPM, NoHold: g.NoHold,
+		Lease: g.Lease}
 }
 
 // grant is the part of a billing.Grant a settlement uses.
 func (r *Record) grant() billing.Grant {
 	return billing.Grant{KeyID: r.KeyID, User: r.User, RequestID: r.RequestID, Hold: r.Hold, NoHold: r.NoHold,
 		Key: billing.KeyRecord{ID: r.KeyID, User: r.User, TPM: r.TPM}}
+}
+
+// leaseSettlement is r as a settlement under its lease.
+func (r *Record) leaseSettlement() billing.LeaseSettlement {
+	return billing.LeaseSettlement{Seq: r.Seq, Cost: r.Cost, Record: r.Usage}
 }
 
 // attempt tells a settlement's first attempt from its replays.
@@ -132,6 +144,12 @@ func (r *Record) AppendJSON(b []byte) []byte {
 	}
 	b = append(b, `,"mode":`...)
 	b = jsonenc.AppendString(b, string(r.Mode))
+	if r.Lease != "" {
+		b = append(b, `,"lease":`...)
+		b = jsonenc.AppendString(b, r.Lease)
+		b = append(b, `,"seq":`...)
+		b = strconv.AppendInt(b, r.Seq, 10)
+	}
 	return append(b, '}')
 }
 

@@ -1,0 +1,173 @@
+package billing
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
+)
+
+func takeLease(t *testing.T, a *Accounts, lt LeaseTake) LeaseGrant {
+	t.Helper()
+	if lt.TTL == 0 {
+		lt.TTL = time.Minute
+	}
+	g, err := a.TakeLease(t.Context(), lt)
+	if err != nil {
+		t.Fatalf("TakeLease(%+v): %v", lt, err)
+	}
+	return g
+}
+
+// A lease is held like a hold, shared by Share, refused below Min, and
+// settled once per sequence number whatever the order or the replays.
+func TestLeaseTakeSettleReturn(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	credit(t, a, "u", 10*unit)
+
+	g := takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: 3 * unit, Min: unit / 100, Share: 4})
+	if g.Granted != 25*unit/10 || g.Total != g.Granted {
+		t.Fatalf("first lease = %+v; want 2.50 of 10.00 shared by 4", g)
+	}
+	wantRawHeld(t, a, "u", 10*unit, 25*unit/10)
+
+	// A refill of a lease Redis does not have is refused: the node must
+	// start a new one.
+	if _, err := a.TakeLease(ctx, LeaseTake{User: "u", ID: "n1.9", Want: 1, Share: 1, TTL: time.Minute, Refill: true}); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("refill of an unknown lease: %v; want ErrLeaseLost", err)
+	}
+	// Below Min, nothing.
+	credit(t, a, "v", unit/1000)
+	if g := takeLease(t, a, LeaseTake{User: "v", ID: "n1.2", Want: unit, Min: unit / 100, Share: 1}); g.Granted != 0 {
+		t.Fatalf("lease on 0.001 with min 0.01 = %+v; want none", g)
+	}
+	wantRawHeld(t, a, "v", unit/1000, 0)
+
+	// Settlements 2, 1, 2 (a replay), 3: three debits, the lease and held
+	// down by what they cost.
+	rec := []byte(`{"request_id":"r"}`)
+	steps := []struct {
+		seq  int64
+		want int64
+	}{{2, 1}, {1, 1}, {2, 0}, {3, 1}}
+	for _, s := range steps {
+		n, err := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: s.seq, Cost: unit / 10, Record: rec}})
+		if err != nil || n != s.want {
+			t.Fatalf("SettleLease seq %d = %d, %v; want %d applied", s.seq, n, err, s.want)
+		}
+	}
+	wantRawHeld(t, a, "u", 97*unit/10, 22*unit/10)
+	if n, _ := rdb.XLen(ctx, UsageStream).Result(); n != 3 {
+		t.Fatalf("usage stream has %d records; want 3", n)
+	}
+	// The marks collapse into the watermark.
+	if m, _ := rdb.HGetAll(ctx, leaseSeqKey("u", "n1.1")).Result(); len(m) != 1 || m["wm"] != "3" {
+		t.Fatalf("sequence marks = %v; want only wm 3", m)
+	}
+
+	// Give back 1.00, then all: held is back to 0, the lease gone.
+	if n, err := a.ReturnLease(ctx, "u", "n1.1", unit); err != nil || n != unit {
+		t.Fatalf("ReturnLease 1.00 = %s, %v", n, err)
+	}
+	if n, err := a.ReturnLease(ctx, "u", "n1.1", -1); err != nil || n != 12*unit/10 {
+		t.Fatalf("ReturnLease all = %s, %v; want 1.20", n, err)
+	}
+	wantRawHeld(t, a, "u", 97*unit/10, 0)
+	if st, _ := a.Leases(ctx, "u"); len(st.Leases) != 0 {
+		t.Fatalf("leases after giving all back: %v", st.Leases)
+	}
+	// A settlement arriving after its lease is gone still debits, once.
+	if n, _ := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: 4, Cost: unit, Record: rec}}); n != 1 {
+		t.Fatalf("late settlement applied %d times", n)
+	}
+	if n, _ := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: 4, Cost: unit, Record: rec}}); n != 0 {
+		t.Fatalf("replayed late settlement applied %d times", n)
+	}
+	wantRawHeld(t, a, "u", 87*unit/10, 0)
+}
+
+// A lease whose node stops renewing it expires: the next script on the
+// account releases it, and the balance is whole again.
+func TestLeaseExpires(t *testing.T) {
+	a, _ := newTestAccounts(t)
+	credit(t, a, "u", unit)
+	takeLease(t, a, LeaseTake{User: "u", ID: "dead.1", Want: unit, Share: 2, TTL: 50 * time.Millisecond})
+	wantRawHeld(t, a, "u", unit, unit/2)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		// Another node's take releases the expired lease first.
+		g := takeLease(t, a, LeaseTake{User: "u", ID: "live.1", Want: 0, Share: 1})
+		_ = g
+		held := intField(a.rdb.HGet(t.Context(), acctKey("u"), "held").Val())
+		if held == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dead node's lease never expired: held %d", held)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st, _ := a.Leases(t.Context(), "u"); len(st.Leases) != 0 {
+		t.Fatalf("leases left: %v", st.Leases)
+	}
+	// The per-request path releases them too.
+	hash := putActiveKey(t, a, "sk-exp", "k1", "u")
+	takeLease(t, a, LeaseTake{User: "u", ID: "dead.2", Want: unit, Share: 1, TTL: 50 * time.Millisecond})
+	for {
+		_, err := a.Authorize(t.Context(), AuthRequest{KeyHash: hash, Hold: unit, RequestID: "r1"})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrInsufficientQuota) || time.Now().After(deadline) {
+			t.Fatalf("Authorize after the lease's deadline: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A debit tells every node to give its lease back.
+func TestDebitPublishesRecall(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ps := rdb.Subscribe(t.Context(), RecallChannel)
+	defer ps.Close()
+	if _, err := ps.Receive(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	credit(t, a, "u", unit) // a credit: no recall
+	if err := a.ApplyCredit(t.Context(), "u", 7, -unit/2); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-ps.Channel():
+		if m.Payload != "u" {
+			t.Fatalf("recall for %q; want u", m.Payload)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no recall notice after a debit")
+	}
+	select {
+	case m := <-ps.Channel():
+		t.Fatalf("a second notice: %v", m)
+	default:
+	}
+}
+
+// unit is one currency unit in nanos.
+const unit money.Nanos = money.NanosPerUnit
+
+// wantRawHeld checks the balance and everything held (leases included).
+func wantRawHeld(t *testing.T, a *Accounts, user string, balance, held money.Nanos) {
+	t.Helper()
+	v, err := a.rdb.HMGet(t.Context(), acctKey(user), "balance", "held").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, h := money.Nanos(intField(v[0])), money.Nanos(intField(v[1])); b != balance || h != held {
+		t.Fatalf("%s: balance %s held %s; want %s and %s", user, b, h, balance, held)
+	}
+	if _, h, _ := a.Balance(t.Context(), user); h != 0 && held != 0 && h > held {
+		t.Fatalf("Balance's held %s is more than all held %s", h, held)
+	}
+}

@@ -1,0 +1,539 @@
+// Package lease admits a returning customer's requests from memory: a
+// node reserves a slice of the customer's available balance in Redis (a
+// balance lease) and takes each request's hold from it locally, with no
+// Redis round trip. Leases are refilled in the background before they
+// run out, renewed while in use, given back when the customer goes quiet,
+// when a recall notice says the account changed, and at shutdown; a lease
+// its node stops renewing expires in Redis. Money stays conserved on any
+// number of nodes: balance − Σ leases − Σ holds ≥ 0.
+package lease
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
+)
+
+// Config sizes and times a Book's leases.
+type Config struct {
+	// Min is the smallest lease worth taking: a customer whose share of
+	// the available balance is smaller is admitted with a hold per
+	// request in Redis.
+	Min money.Nanos
+	// Max is the largest lease one node holds for one customer.
+	Max money.Nanos
+	// Share divides a customer's available balance: one node's lease is at
+	// most available / Share, so that Share nodes can lease at once.
+	Share int64
+	// TTL is how long a lease lives in Redis unless renewed; a node that
+	// dies loses its leases after it. Renewals come well before.
+	TTL time.Duration
+	// Idle is how long a customer may go without a request before the
+	// lease is given back.
+	Idle time.Duration
+	// Log receives what goes wrong in the background.
+	Log *zap.Logger
+}
+
+// Defaults of Config.
+const (
+	DefaultShare = 4
+	DefaultTTL   = 30 * time.Second
+	DefaultIdle  = 15 * time.Second
+)
+
+// DefaultMin and DefaultMax bound a lease: 0.01 and 5.00 currency units.
+const (
+	DefaultMin money.Nanos = 10_000_000
+	DefaultMax money.Nanos = 5_000_000_000
+)
+
+// holdsPerLease is how many of a customer's largest recent holds a lease
+// is sized to cover at least, so that requests in flight at once are all
+// admitted locally.
+const holdsPerLease = 32
+
+// Redis round trips of the background work are bounded by this.
+const callTimeout = 2 * time.Second
+
+// Book holds this node's leases. Its methods are safe for concurrent use.
+type Book struct {
+	acc  *billing.Accounts
+	cfg  Config
+	node string
+	gens atomic.Int64
+
+	mu       sync.RWMutex
+	accounts map[string]*account
+	off      atomic.Bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	// bg guards stopped: once set, background work runs in line.
+	bg      sync.Mutex
+	stopped bool
+	stats   Stats
+}
+
+// account is one customer's state on this node; mu guards every field
+// and those of its leases.
+type account struct {
+	mu        sync.Mutex
+	user      string
+	cur       *Lease // the lease admitting now; nil when none
+	refilling bool
+	// retryAt holds off a new lease after one was refused (balance too
+	// small) or failed.
+	retryAt time.Time
+	lastUse time.Time
+	// maxHold is the largest hold asked for lately: leases cover
+	// holdsPerLease of them.
+	maxHold money.Nanos
+}
+
+// Lease is one lease generation of one customer on this node.
+type Lease struct {
+	// ID names the lease in Redis.
+	ID string
+	// free is what new holds may take.
+	free money.Nanos
+	// inflight counts requests admitted from it and not yet settled.
+	inflight int
+	// seq numbers its settlements (the last one given).
+	seq int64
+	// deadline is when the node stops trusting it (before Redis lets it
+	// expire); renewAt is when a renewal is asked for.
+	deadline, renewAt time.Time
+	// retired is set once it admits no more (recalled, idle, expired,
+	// lost): what its requests give back then goes back to Redis.
+	retired bool
+}
+
+// Ticket is a request admitted from a lease: the hold taken from it.
+type Ticket struct {
+	acct  *account
+	lease *Lease
+	// Hold is what the request took from the lease.
+	Hold money.Nanos
+}
+
+// LeaseID names the lease the ticket's hold came from ("" for none).
+func (t Ticket) LeaseID() string {
+	if t.lease == nil {
+		return ""
+	}
+	return t.lease.ID
+}
+
+// Stats counts what a Book did.
+type Stats struct {
+	// Admitted and Missed count requests admitted locally and those sent
+	// to Redis for a hold.
+	Admitted, Missed atomic.Int64
+	// Takes counts lease scripts (new, refill, renewal); Returns counts
+	// give-backs.
+	Takes, Returns atomic.Int64
+}
+
+// New returns a Book on acc. Start begins its background work.
+func New(acc *billing.Accounts, cfg Config) *Book {
+	if cfg.Min <= 0 {
+		cfg.Min = DefaultMin
+	}
+	if cfg.Max <= 0 {
+		cfg.Max = DefaultMax
+	}
+	cfg.Max = max(cfg.Max, cfg.Min)
+	if cfg.Share <= 0 {
+		cfg.Share = DefaultShare
+	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.Idle <= 0 {
+		cfg.Idle = DefaultIdle
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Book{acc: acc, cfg: cfg, node: hex.EncodeToString(b[:]), accounts: make(map[string]*account),
+		ctx: ctx, cancel: cancel}
+}
+
+// SetSizes changes the largest lease and the share (see Config); a max of
+// 0 turns leases off and recalls every lease. It takes effect for the
+// next lease taken.
+func (b *Book) SetSizes(maxLease money.Nanos, share int64) {
+	b.mu.Lock()
+	if maxLease > 0 {
+		b.cfg.Max = max(maxLease, b.cfg.Min)
+	}
+	if share > 0 {
+		b.cfg.Share = share
+	}
+	b.mu.Unlock()
+	if b.off.Swap(maxLease == 0) != (maxLease == 0) && maxLease == 0 {
+		b.RecallAll()
+	}
+}
+
+// sizes returns the lease sizes now.
+func (b *Book) sizes() (minLease, maxLease money.Nanos, share int64) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.cfg.Min, b.cfg.Max, b.cfg.Share
+}
+
+// Stats returns the Book's counters.
+func (b *Book) Stats() *Stats { return &b.stats }
+
+// background runs fn on its own goroutine, or at once after Stop.
+func (b *Book) background(fn func()) {
+	b.bg.Lock()
+	defer b.bg.Unlock()
+	if b.stopped {
+		fn()
+		return
+	}
+	b.wg.Go(fn)
+}
+
+// Start begins the janitor: it renews leases in use, and gives back those
+// of customers gone quiet.
+func (b *Book) Start() {
+	b.background(b.janitor)
+}
+
+// Stop ends the background work and gives every lease back (what
+// requests still in flight hold stays until they settle or the lease
+// expires).
+func (b *Book) Stop(ctx context.Context) {
+	b.bg.Lock()
+	b.stopped = true
+	b.bg.Unlock()
+	b.cancel()
+	b.wg.Wait()
+	b.mu.RLock()
+	accts := make([]*account, 0, len(b.accounts))
+	for _, a := range b.accounts {
+		accts = append(accts, a)
+	}
+	b.mu.RUnlock()
+	for _, a := range accts {
+		a.mu.Lock()
+		l, give := a.retire()
+		a.mu.Unlock()
+		if l != nil && give > 0 {
+			b.giveBack(ctx, a.user, l.ID, give)
+		}
+	}
+}
+
+// Admit takes a hold for a request of user from the node's lease: hold at
+// least, and as much more up to upTo as the lease has. It reports false
+// (nothing taken) when there is no live lease with enough in it; the
+// caller then reserves a hold in Redis, and a lease is asked for in the
+// background.
+func (b *Book) Admit(user string, hold, upTo money.Nanos) (Ticket, bool) {
+	if b.off.Load() {
+		return Ticket{}, false
+	}
+	a := b.account(user)
+	now := time.Now()
+	a.mu.Lock()
+	a.lastUse = now
+	a.maxHold = max(a.maxHold, upTo, hold)
+	l := a.cur
+	if l != nil && !now.Before(l.deadline) {
+		// Not renewed in time: Redis lets it expire soon.
+		if old, give := a.retire(); give > 0 {
+			b.background(func() { b.giveBack(b.ctx, user, old.ID, give) })
+		}
+		l = nil
+	}
+	if l == nil || l.free < hold {
+		b.wantLease(a, now)
+		a.mu.Unlock()
+		b.stats.Missed.Add(1)
+		return Ticket{}, false
+	}
+	h := max(min(upTo, l.free), hold)
+	l.free -= h
+	l.inflight++
+	if l.free < b.want(a)/2 || !now.Before(l.renewAt) {
+		b.wantLease(a, now)
+	}
+	a.mu.Unlock()
+	b.stats.Admitted.Add(1)
+	return Ticket{acct: a, lease: l, Hold: h}, true
+}
+
+// Settle ends the ticket's request, which cost cost, and returns the
+// settlement's sequence number in its lease: every number given must
+// reach SettleLease once, or the lease's later settlements wait in Redis
+// behind the gap.
+func (b *Book) Settle(t Ticket, cost money.Nanos) int64 {
+	a, l := t.acct, t.lease
+	a.mu.Lock()
+	l.inflight--
+	l.free += t.Hold - cost
+	l.seq++
+	seq := l.seq
+	give := b.leftover(l)
+	a.mu.Unlock()
+	if give > 0 {
+		b.background(func() { b.giveBack(b.ctx, a.user, l.ID, give) })
+	}
+	return seq
+}
+
+// Release ends the ticket's request without a settlement (nothing was
+// billed): its whole hold goes back to the lease.
+func (b *Book) Release(t Ticket) {
+	a, l := t.acct, t.lease
+	a.mu.Lock()
+	l.inflight--
+	l.free += t.Hold
+	give := b.leftover(l)
+	a.mu.Unlock()
+	if give > 0 {
+		b.background(func() { b.giveBack(b.ctx, a.user, l.ID, give) })
+	}
+}
+
+// leftover is what a retired lease with no request left in flight gives
+// back (a.mu held).
+func (b *Book) leftover(l *Lease) money.Nanos {
+	if !l.retired || l.inflight > 0 || l.free <= 0 {
+		return 0
+	}
+	give := l.free
+	l.free = 0
+	return give
+}
+
+// Recall retires user's lease and gives back what it has free: the
+// account changed (a debit, a refund, a dispute) and the next request
+// must see the new balance.
+func (b *Book) Recall(user string) {
+	b.mu.RLock()
+	a := b.accounts[user]
+	b.mu.RUnlock()
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	l, give := a.retire()
+	a.retryAt = time.Time{}
+	a.mu.Unlock()
+	if l != nil && give > 0 {
+		b.background(func() { b.giveBack(b.ctx, user, l.ID, give) })
+	}
+}
+
+// RecallAll recalls every lease (recall notices may have been missed).
+func (b *Book) RecallAll() {
+	b.mu.RLock()
+	users := make([]string, 0, len(b.accounts))
+	for u := range b.accounts {
+		users = append(users, u)
+	}
+	b.mu.RUnlock()
+	for _, u := range users {
+		b.Recall(u)
+	}
+}
+
+// retire stops a's lease from admitting and returns it with what it has
+// free to give back now; requests still in flight give back their part as
+// they settle (a.mu held).
+func (a *account) retire() (*Lease, money.Nanos) {
+	l := a.cur
+	if l == nil {
+		return nil, 0
+	}
+	a.cur = nil
+	l.retired = true
+	give := l.free
+	l.free = 0
+	return l, give
+}
+
+func (b *Book) account(user string) *account {
+	b.mu.RLock()
+	a := b.accounts[user]
+	b.mu.RUnlock()
+	if a != nil {
+		return a
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if a = b.accounts[user]; a == nil {
+		a = &account{user: user}
+		b.accounts[user] = a
+	}
+	return a
+}
+
+// want is the size a's lease should have (a.mu held).
+func (b *Book) want(a *account) money.Nanos {
+	minLease, maxLease, _ := b.sizes()
+	w := minLease
+	if a.maxHold > 0 && a.maxHold < maxLease/holdsPerLease {
+		w = max(w, a.maxHold*holdsPerLease)
+	} else if a.maxHold > 0 {
+		w = maxLease
+	}
+	return min(w, maxLease)
+}
+
+// wantLease starts a refill of a's lease in the background unless one is
+// running or a recent refusal holds it off (a.mu held).
+func (b *Book) wantLease(a *account, now time.Time) {
+	if a.refilling || now.Before(a.retryAt) || b.ctx.Err() != nil || b.off.Load() {
+		return
+	}
+	a.refilling = true
+	b.background(func() { b.refill(a) })
+}
+
+// refill tops a's lease up to its wanted size and renews its deadline, or
+// takes a new lease when a has none.
+func (b *Book) refill(a *account) {
+	a.mu.Lock()
+	l := a.cur
+	want := b.want(a)
+	minLease, _, share := b.sizes()
+	take := billing.LeaseTake{User: a.user, Min: minLease, Share: share, TTL: b.cfg.TTL}
+	if l != nil {
+		take.ID, take.Refill = l.ID, true
+		take.Want = max(want-l.free, 0)
+		take.Min = min(take.Min, take.Want)
+	} else {
+		take.ID = b.node + "." + strconv.FormatInt(b.gens.Add(1), 36)
+		take.Want = want
+		// A new lease worth taking covers half the holds it is sized
+		// for: a balance too small for that is served from Redis, where
+		// every request can use all of it.
+		take.Min = min(max(take.Min, want/2), want)
+	}
+	a.mu.Unlock()
+
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(b.ctx, callTimeout)
+	g, err := b.acc.TakeLease(billing.WithOp(ctx, billing.OpLease), take)
+	cancel()
+	b.stats.Takes.Add(1)
+
+	var give money.Nanos
+	a.mu.Lock()
+	a.refilling = false
+	switch {
+	case errors.Is(err, billing.ErrLeaseLost):
+		// Expired, or Redis lost its data: a new lease next time.
+		if a.cur == l {
+			a.retire()
+		}
+	case err != nil:
+		a.retryAt = time.Now().Add(time.Second)
+		if b.ctx.Err() == nil {
+			b.cfg.Log.Warn("taking a balance lease", zap.String("user", a.user), zap.Error(err))
+		}
+	case l == nil && g.Granted == 0:
+		// The balance is too small to share: holds in Redis for a while.
+		a.retryAt = time.Now().Add(b.cfg.TTL / 6)
+	case l == nil:
+		if a.cur == nil {
+			a.cur = &Lease{ID: take.ID, free: g.Granted}
+			l = a.cur
+		} else {
+			// A concurrent recall-and-take cannot happen (one refill at
+			// a time), but never keep an orphan in Redis.
+			give = g.Granted
+		}
+	case l.retired:
+		// Recalled while the refill ran: what it brought goes back.
+		give = g.Granted
+	default:
+		l.free += g.Granted
+	}
+	if l != nil && err == nil && !l.retired {
+		l.deadline = start.Add(b.cfg.TTL * 5 / 6)
+		l.renewAt = start.Add(b.cfg.TTL / 3)
+	}
+	a.mu.Unlock()
+	if give > 0 {
+		b.giveBack(b.ctx, a.user, take.ID, give)
+	}
+}
+
+// giveBack returns amount of lease id to the balance.
+func (b *Book) giveBack(ctx context.Context, user, id string, amount money.Nanos) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), callTimeout)
+	defer cancel()
+	b.stats.Returns.Add(1)
+	if _, err := b.acc.ReturnLease(billing.WithOp(ctx, billing.OpLease), user, id, amount); err != nil {
+		// It expires in Redis on its own.
+		b.cfg.Log.Warn("giving back a balance lease; it will expire", zap.String("user", user), zap.Error(err))
+	}
+}
+
+// janitor renews leases with requests in flight and gives back those of
+// customers gone quiet, until Stop.
+func (b *Book) janitor() {
+	tick := time.NewTicker(min(b.cfg.Idle/3, b.cfg.TTL/6))
+	defer tick.Stop()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case now := <-tick.C:
+			b.sweep(now)
+		}
+	}
+}
+
+// sweep is one round of the janitor.
+func (b *Book) sweep(now time.Time) {
+	b.mu.Lock()
+	accts := make([]*account, 0, len(b.accounts))
+	for u, a := range b.accounts {
+		a.mu.Lock()
+		if a.cur == nil && !a.refilling && now.Sub(a.lastUse) > 2*b.cfg.Idle {
+			delete(b.accounts, u)
+		} else {
+			accts = append(accts, a)
+		}
+		a.mu.Unlock()
+	}
+	b.mu.Unlock()
+	for _, a := range accts {
+		a.mu.Lock()
+		l := a.cur
+		switch {
+		case l == nil:
+		case l.inflight == 0 && now.Sub(a.lastUse) > b.cfg.Idle:
+			l, give := a.retire()
+			if give > 0 {
+				b.background(func() { b.giveBack(b.ctx, a.user, l.ID, give) })
+			}
+		case !now.Before(l.renewAt):
+			b.wantLease(a, now)
+		}
+		a.mu.Unlock()
+	}
+}

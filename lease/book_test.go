@@ -1,0 +1,239 @@
+package lease
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
+	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
+)
+
+const unit money.Nanos = money.NanosPerUnit
+
+func newAccounts(tb testing.TB) (*billing.Accounts, *redis.Client) {
+	tb.Helper()
+	srv := testredis.Start(tb)
+	opt, err := redis.ParseURL(srv.URL())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	tb.Cleanup(func() { _ = rdb.Close() })
+	return billing.NewAccounts(rdb), rdb
+}
+
+// balance reads user's balance and everything held (leases included)
+// straight from Redis.
+func balance(t *testing.T, acc *billing.Accounts, user string) (money.Nanos, money.Nanos) {
+	t.Helper()
+	v, err := acc.Client().HMGet(context.Background(), "ait:{"+user+"}:acct", "balance", "held").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := func(x any) money.Nanos {
+		s, _ := x.(string)
+		i, _ := strconv.ParseInt(s, 10, 64)
+		return money.Nanos(i)
+	}
+	return n(v[0]), n(v[1])
+}
+
+// leaseNow takes b's lease for user at once, as the background refill
+// does.
+func leaseNow(b *Book, user string) {
+	b.wg.Wait() // a refill already started
+	a := b.account(user)
+	a.mu.Lock()
+	a.refilling = true
+	a.mu.Unlock()
+	b.refill(a)
+}
+
+// settle applies a ticket's settlement in Redis, as the settlement
+// pipeline does.
+func settle(t *testing.T, b *Book, tk Ticket, cost money.Nanos) {
+	seq := b.Settle(tk, cost)
+	_, err := b.acc.SettleLease(context.Background(), tk.acct.user, tk.LeaseID(),
+		[]billing.LeaseSettlement{{Seq: seq, Cost: cost, Record: []byte(`{}`)}})
+	if err != nil {
+		t.Error(err)
+	}
+}
+
+// A returning customer is admitted from memory; a recall gives the lease
+// back and sends the next request to Redis; Stop gives everything back.
+func TestAdmitRecallStop(t *testing.T) {
+	acc, _ := newAccounts(t)
+	if _, err := acc.Credit(t.Context(), "u", 10*unit); err != nil {
+		t.Fatal(err)
+	}
+	b := New(acc, Config{Share: 1, Max: unit})
+	if _, ok := b.Admit("u", unit/10, unit/10); ok {
+		t.Fatal("admitted before any lease was taken")
+	}
+	leaseNow(b, "u")
+	if _, held := balance(t, acc, "u"); held != unit {
+		t.Fatalf("held after the lease = %s; want 1.00 (lease_max)", held)
+	}
+	tk, ok := b.Admit("u", unit/1000, unit/100)
+	if !ok || tk.Hold != unit/100 {
+		t.Fatalf("Admit = %+v, %v; want a hold of 0.01 (up to) from the lease", tk, ok)
+	}
+	settle(t, b, tk, unit/1000)
+	if bal, held := balance(t, acc, "u"); bal != 10*unit-unit/1000 || held != unit-unit/1000 {
+		t.Fatalf("after one settlement: balance %s held %s", bal, held)
+	}
+
+	in, ok := b.Admit("u", unit/1000, unit/1000) // stays in flight across the recall
+	if !ok {
+		t.Fatal("second Admit refused")
+	}
+	old := tk.LeaseID()
+	b.Recall("u")
+	if _, ok := b.Admit("u", unit/1000, unit/1000); ok {
+		t.Fatal("admitted from a recalled lease")
+	}
+	b.wg.Wait() // the recalled lease given back, a new one taken
+	st, _ := acc.Leases(t.Context(), "u")
+	if len(st.Leases) != 2 || st.Leases[old] != unit/1000 {
+		t.Fatalf("leases after the recall = %v; want %s holding only the request in flight (0.001), and a new one", st.Leases, old)
+	}
+	settle(t, b, in, unit/2000)
+	b.Stop(context.Background())
+	if bal, held := balance(t, acc, "u"); bal != 10*unit-unit/1000-unit/2000 || held != 0 {
+		t.Fatalf("after Stop: balance %s held %s; want 9.9985 and 0", bal, held)
+	}
+	if st, _ := acc.Leases(t.Context(), "u"); len(st.Leases) != 0 {
+		t.Fatalf("leases left after Stop: %v", st.Leases)
+	}
+}
+
+// Three nodes lease one small balance while many requests, each costing
+// up to its whole hold, run at once: balance − held never goes below 0,
+// the requests admitted never cost more than the balance, and after
+// Stop the balance is the credit minus exactly what was settled.
+func TestThreeNodesNeverOverdraw(t *testing.T) {
+	acc, _ := newAccounts(t)
+	ctx := t.Context()
+	const credit = unit // 1.00
+	if _, err := acc.Credit(ctx, "u", credit); err != nil {
+		t.Fatal(err)
+	}
+	key := billing.HashKey("sk-three")
+	if err := acc.PutKey(ctx, key, billing.KeyRecord{ID: "k", User: "u", Active: true}); err != nil {
+		t.Fatal(err)
+	}
+	nodes := make([]*Book, 3)
+	for i := range nodes {
+		nodes[i] = New(acc, Config{Share: 3, Min: unit / 100, Max: unit / 2})
+	}
+	var (
+		spent   atomic.Int64
+		stop    atomic.Bool
+		wg      sync.WaitGroup
+		sampler sync.WaitGroup
+		lowest  atomic.Int64
+	)
+	lowest.Store(int64(credit))
+	sampler.Go(func() {
+		for !stop.Load() {
+			bal, held := balance(t, acc, "u")
+			if v := int64(bal - held); v < lowest.Load() {
+				lowest.Store(v)
+			}
+		}
+	})
+	for w := range 60 {
+		wg.Go(func() {
+			b := nodes[w%3]
+			r := rand.New(rand.NewPCG(uint64(w), 7))
+			for i := range 200 {
+				hold := unit/1000 + money.Nanos(r.Int64N(int64(unit/100)))
+				tk, ok := b.Admit("u", hold, hold)
+				if !ok {
+					// A lease is asked for in the background; this request
+					// takes a hold in Redis, as the gateway does.
+					g, err := acc.Authorize(ctx, billing.AuthRequest{KeyHash: key, Hold: hold,
+						RequestID: fmt.Sprintf("r%d.%d", w, i)})
+					if err != nil {
+						continue // refused: the balance is spoken for
+					}
+					cost := g.Hold - money.Nanos(r.Int64N(int64(g.Hold)/2))
+					spent.Add(int64(cost))
+					if _, err := acc.Settle(ctx, g, cost, 0, []byte(`{}`), billing.SettleLive); err != nil {
+						t.Error(err)
+					}
+					continue
+				}
+				cost := tk.Hold - money.Nanos(r.Int64N(int64(tk.Hold)/2))
+				spent.Add(int64(cost))
+				settle(t, b, tk, cost)
+			}
+		})
+	}
+	wg.Wait()
+	for _, b := range nodes {
+		b.Stop(context.Background())
+	}
+	stop.Store(true)
+	sampler.Wait()
+	bal, held := balance(t, acc, "u")
+	if lowest.Load() < 0 {
+		t.Errorf("balance − held went down to %s", money.Nanos(lowest.Load()))
+	}
+	if bal != credit-money.Nanos(spent.Load()) || held != 0 {
+		t.Errorf("balance %s held %s; want %s and 0", bal, held, credit-money.Nanos(spent.Load()))
+	}
+	if bal < 0 {
+		t.Errorf("overdrawn: balance %s", bal)
+	}
+	if spent.Load() < int64(credit)/2 {
+		t.Errorf("only %s of 1.00 was spent: leases did not admit", money.Nanos(spent.Load()))
+	}
+	if st, _ := acc.Leases(ctx, "u"); len(st.Leases) != 0 {
+		t.Errorf("leases left: %v", st.Leases)
+	}
+	t.Logf("spent %s; admitted %d locally", money.Nanos(spent.Load()),
+		nodes[0].stats.Admitted.Load()+nodes[1].stats.Admitted.Load()+nodes[2].stats.Admitted.Load())
+}
+
+// A lease Redis lost (restarted empty, or expired) is noticed at the next
+// refill and replaced by a new one.
+func TestLostLeaseIsReplaced(t *testing.T) {
+	acc, rdb := newAccounts(t)
+	ctx := t.Context()
+	if _, err := acc.Credit(ctx, "u", unit); err != nil {
+		t.Fatal(err)
+	}
+	b := New(acc, Config{Share: 1, Max: unit / 2})
+	b.Admit("u", unit/10, unit/10)
+	leaseNow(b, "u")
+	first := b.account("u").cur.ID
+	if err := rdb.FlushDB(ctx).Err(); err != nil { // this test's own redis-server
+		t.Fatal(err)
+	}
+	if _, err := acc.Credit(ctx, "u", unit); err != nil { // reconcile re-seeds
+		t.Fatal(err)
+	}
+	leaseNow(b, "u") // the refill finds the lease gone
+	if b.account("u").cur != nil {
+		t.Fatal("a lost lease still admits")
+	}
+	leaseNow(b, "u")
+	cur := b.account("u").cur
+	if cur == nil || cur.ID == first {
+		t.Fatalf("no new lease after the loss: %+v", cur)
+	}
+	if _, held := balance(t, acc, "u"); held != unit/2 {
+		t.Fatalf("held = %s; want the new lease, 0.50", held)
+	}
+	b.Stop(context.Background())
+}

@@ -1,0 +1,114 @@
+package settle
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+)
+
+// Settlements under a lease, mixed with settlements of holds, go through
+// the workers in one script per lease and batch, each applied once: the
+// balance is debited their sum and the lease by what it covered.
+func TestLeaseSettlementsBatched(t *testing.T) {
+	const credit, n, cost = 1_000_000_000, 300, 1000
+	srv, rdb, acc, hash := fundedKey(t, "u3", credit)
+	ctx := context.Background()
+	g, err := acc.TakeLease(ctx, billing.LeaseTake{User: "u3", ID: "node.1", Want: 500_000, Share: 1, TTL: time.Minute})
+	if err != nil || g.Granted != 500_000 {
+		t.Fatalf("TakeLease = %+v, %v", g, err)
+	}
+	p, _ := startPipeline(t, srv, t.TempDir())
+	var wg sync.WaitGroup
+	for i := range n {
+		rec := Record{RequestID: fmt.Sprintf("req_l%d", i), User: "u3", KeyID: "k-u3", Hold: cost, Cost: cost,
+			Usage: json.RawMessage(fmt.Sprintf(`{"request_id":"req_l%d"}`, i)), Lease: "node.1", Seq: int64(i + 1)}
+		if i%10 == 0 { // a request that took a hold in Redis instead
+			hg, err := acc.Authorize(ctx, billing.AuthRequest{KeyHash: hash, Hold: cost, RequestID: rec.RequestID})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec = recordOf(hg)
+			rec.Cost, rec.Usage = cost, json.RawMessage(`{"request_id":"`+hg.RequestID+`"}`)
+		}
+		wg.Add(1)
+		p.Later(rec, nil, wg.Done)
+	}
+	wg.Wait()
+	bal, held, err := acc.Balance(ctx, "u3")
+	leased := int64(500_000 - (n-n/10)*cost)
+	if err != nil || bal != credit-n*cost || int64(held) != max(leased, 0) {
+		t.Fatalf("balance %d held %d (%v); want %d and %d", bal, held, err, credit-n*cost, max(leased, 0))
+	}
+	if got := rdb.XLen(ctx, billing.UsageStream).Val(); got != n {
+		t.Fatalf("usage stream holds %d records, want %d", got, n)
+	}
+	if p.Spooled() != 0 {
+		t.Fatalf("%d settlements went to the spool", p.Spooled())
+	}
+}
+
+// A lease settlement left in the journal by a killed process is applied
+// at the next start, once, even when the first attempt had applied it
+// before the kill.
+func TestLeaseJournalLeftoverAppliedOnce(t *testing.T) {
+	const credit = 1_000_000_000
+	srv, rdb, acc, _ := fundedKey(t, "u4", credit)
+	ctx := context.Background()
+	dir := t.TempDir()
+	if _, err := acc.TakeLease(ctx, billing.LeaseTake{User: "u4", ID: "node.2", Want: 100_000, Share: 1, TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	spath := spoolPath(dir, target(srv))
+	jr, err := openJournal(filepath.Dir(spath), journalPrefix(spath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, applied := range []bool{true, false} {
+		rec := Record{RequestID: fmt.Sprintf("req_j%d", i), User: "u4", Hold: 5000, Cost: 1234,
+			Usage: json.RawMessage(`{}`), Lease: "node.2", Seq: int64(i + 1)}
+		rec.Mode = rec.mode(replayAttempt)
+		if _, err := jr.Append(rec.AppendJSON(nil)); err != nil {
+			t.Fatal(err)
+		}
+		if applied { // the kill came after Redis applied it, before Done
+			if _, err := acc.SettleLease(ctx, "u4", "node.2", []billing.LeaseSettlement{rec.leaseSettlement()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := jr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		_, stop := startPipeline(t, srv, dir)
+		waitFor(t, func() bool {
+			bal, _, _ := acc.Balance(ctx, "u4")
+			return bal == credit-2*1234
+		})
+		stop()
+	}
+	if bal, held, _ := acc.Balance(ctx, "u4"); bal != credit-2*1234 || held != 100_000-2*1234 {
+		t.Fatalf("balance %d held %d; want %d and %d", bal, held, credit-2*1234, 100_000-2*1234)
+	}
+	if n := rdb.XLen(ctx, billing.UsageStream).Val(); n != 2 {
+		t.Fatalf("usage stream holds %d records, want 2", n)
+	}
+}
+
+// waitFor waits up to 10s for cond.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
