@@ -41,7 +41,7 @@ type redisConn struct {
 	keys *keyCache
 	// leases admits returning customers from balance leases.
 	leases *lease.Book
-	log  *zap.Logger
+	log    *zap.Logger
 	// settlements carries usage settlements from the end of their
 	// response into Redis.
 	settlements *settle.Pipeline

@@ -41,9 +41,11 @@ func TestLeaseSettlementsBatched(t *testing.T) {
 	}
 	wg.Wait()
 	bal, held, err := acc.Balance(ctx, "u3")
-	leased := int64(500_000 - (n-n/10)*cost)
-	if err != nil || bal != credit-n*cost || int64(held) != max(leased, 0) {
-		t.Fatalf("balance %d held %d (%v); want %d and %d", bal, held, err, credit-n*cost, max(leased, 0))
+	if err != nil || bal != credit-n*cost || held != 0 {
+		t.Fatalf("balance %d held %d (%v); want %d and 0", bal, held, err, credit-n*cost)
+	}
+	if st, _ := acc.Leases(ctx, "u3"); st.Leases["node.1"] != 500_000-(n-n/10)*cost {
+		t.Fatalf("lease left %s; want %d", st.Leases["node.1"], 500_000-(n-n/10)*cost)
 	}
 	if got := rdb.XLen(ctx, billing.UsageStream).Val(); got != n {
 		t.Fatalf("usage stream holds %d records, want %d", got, n)
@@ -93,8 +95,9 @@ func TestLeaseJournalLeftoverAppliedOnce(t *testing.T) {
 		})
 		stop()
 	}
-	if bal, held, _ := acc.Balance(ctx, "u4"); bal != credit-2*1234 || held != 100_000-2*1234 {
-		t.Fatalf("balance %d held %d; want %d and %d", bal, held, credit-2*1234, 100_000-2*1234)
+	st, _ := acc.Leases(ctx, "u4")
+	if bal, _, _ := acc.Balance(ctx, "u4"); bal != credit-2*1234 || st.Leases["node.2"] != 100_000-2*1234 {
+		t.Fatalf("balance %d lease %s; want %d and %d", bal, st.Leases["node.2"], credit-2*1234, 100_000-2*1234)
 	}
 	if n := rdb.XLen(ctx, billing.UsageStream).Val(); n != 2 {
 		t.Fatalf("usage stream holds %d records, want 2", n)
