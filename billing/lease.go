@@ -99,7 +99,7 @@ return string.format('%.0f', math.max(x, 0))
 //
 // KEYS: acct, leases, lease deadlines, usage stream, the lease's
 // sequence marks. ARGV: lease id, the stream's record field, then
-// (sequence, cost, record) for each settlement. Returns the number
+// (sequence, −cost, record) for each settlement. Returns the number
 // applied.
 var settleLeaseScript = redis.NewScript(`
 local wm = tonumber(redis.call('HGET', KEYS[5], 'wm') or '0') or 0
@@ -108,8 +108,8 @@ local covered, applied = 0, 0
 for i = 3, #ARGV, 3 do
   local seq = tonumber(ARGV[i])
   if seq > wm and redis.call('HSETNX', KEYS[5], ARGV[i], '1') == 1 then
-    redis.call('HINCRBY', KEYS[1], 'balance', '-' .. ARGV[i + 1])
-    local d = math.min(tonumber(ARGV[i + 1]), lease - covered)
+    redis.call('HINCRBY', KEYS[1], 'balance', ARGV[i + 1])
+    local d = math.min(-tonumber(ARGV[i + 1]), lease - covered)
     if d > 0 then covered = covered + d end
     redis.call('XADD', KEYS[4], '*', ARGV[2], ARGV[i + 2])
     applied = applied + 1
@@ -234,7 +234,7 @@ func settleLeaseParams(user, id string, s []LeaseSettlement) ([]string, []any, e
 		if x.Seq <= 0 || x.Cost < 0 || x.Cost > money.MaxNanos {
 			return nil, nil, fmt.Errorf("lease settlement %d: cost %d out of range", x.Seq, x.Cost)
 		}
-		args = append(args, x.Seq, int64(x.Cost), x.Record)
+		args = append(args, x.Seq, strconv.FormatInt(-int64(x.Cost), 10), x.Record)
 	}
 	return append(leaseKeys(user), UsageStream, leaseSeqKey(user, id)), args, nil
 }

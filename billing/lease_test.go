@@ -54,17 +54,23 @@ func TestLeaseTakeSettleReturn(t *testing.T) {
 	}{{2, 1}, {1, 1}, {2, 0}, {3, 1}}
 	for _, s := range steps {
 		n, err := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: s.seq, Cost: unit / 10, Record: rec}})
+		if s.seq == 3 { // a settlement that cost nothing is applied too
+			n2, err2 := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: 4, Cost: 0, Record: rec}})
+			if n2 != 1 || err2 != nil {
+				t.Fatalf("a free settlement: %d, %v", n2, err2)
+			}
+		}
 		if err != nil || n != s.want {
 			t.Fatalf("SettleLease seq %d = %d, %v; want %d applied", s.seq, n, err, s.want)
 		}
 	}
 	wantRawHeld(t, a, "u", 97*unit/10, 22*unit/10)
-	if n, _ := rdb.XLen(ctx, UsageStream).Result(); n != 3 {
-		t.Fatalf("usage stream has %d records; want 3", n)
+	if n, _ := rdb.XLen(ctx, UsageStream).Result(); n != 4 {
+		t.Fatalf("usage stream has %d records; want 4", n)
 	}
 	// The marks collapse into the watermark.
-	if m, _ := rdb.HGetAll(ctx, leaseSeqKey("u", "n1.1")).Result(); len(m) != 1 || m["wm"] != "3" {
-		t.Fatalf("sequence marks = %v; want only wm 3", m)
+	if m, _ := rdb.HGetAll(ctx, leaseSeqKey("u", "n1.1")).Result(); len(m) != 1 || m["wm"] != "4" {
+		t.Fatalf("sequence marks = %v; want only wm 4", m)
 	}
 
 	// Give back 1.00, then all: held is back to 0, the lease gone.
@@ -79,10 +85,10 @@ func TestLeaseTakeSettleReturn(t *testing.T) {
 		t.Fatalf("leases after giving all back: %v", st.Leases)
 	}
 	// A settlement arriving after its lease is gone still debits, once.
-	if n, _ := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: 4, Cost: unit, Record: rec}}); n != 1 {
+	if n, _ := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: 5, Cost: unit, Record: rec}}); n != 1 {
 		t.Fatalf("late settlement applied %d times", n)
 	}
-	if n, _ := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: 4, Cost: unit, Record: rec}}); n != 0 {
+	if n, _ := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: 5, Cost: unit, Record: rec}}); n != 0 {
 		t.Fatalf("replayed late settlement applied %d times", n)
 	}
 	wantRawHeld(t, a, "u", 87*unit/10, 0)

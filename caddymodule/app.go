@@ -105,6 +105,12 @@ type App struct {
 	// divided by it. Default: 4.
 	LeaseNodes int `json:"lease_nodes,omitempty"`
 
+	// LeaseTTL is how long a lease lives in Redis unless its node renews
+	// it (nodes renew a lease in use every third of it): after a node
+	// dies, its leases hold the customers' money this long at most.
+	// Default: 30s.
+	LeaseTTL caddy.Duration `json:"lease_ttl,omitempty"`
+
 	prices   *money.PriceTable
 	aliases  aliasNames // the model aliases of this config's handlers
 	accounts *billing.Accounts
@@ -252,6 +258,9 @@ func (a *App) Validate() error {
 	if a.LeaseMax != nil && (*a.LeaseMax < 0 || *a.LeaseMax > money.MaxNanos) {
 		return fmt.Errorf("lease_max %s: want 0 (off) up to %s", *a.LeaseMax, money.MaxNanos)
 	}
+	if a.LeaseTTL != 0 && (a.LeaseTTL < caddy.Duration(time.Second) || a.LeaseTTL > caddy.Duration(time.Hour)) {
+		return fmt.Errorf("lease_ttl %s: want 1s to 1h", time.Duration(a.LeaseTTL))
+	}
 	if a.LeaseNodes < 0 || a.LeaseNodes > maxLeaseNodes {
 		return fmt.Errorf("lease_nodes %d: want 1 to %d", a.LeaseNodes, maxLeaseNodes)
 	}
@@ -284,7 +293,8 @@ func (a *App) Start() error {
 	if err := a.ready(); err != nil {
 		return err
 	}
-	a.redis.leases.SetSizes(a.leaseSizes())
+	maxLease, share := a.leaseSizes()
+	a.redis.leases.SetSizes(maxLease, share, time.Duration(a.LeaseTTL))
 	activeApp.Store(a)
 	if a.ledger != nil {
 		a.loops.Go(func() { runRetention(a.ctx, a.retentionJob()) })

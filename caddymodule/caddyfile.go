@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/dustin/go-humanize"
 
@@ -134,6 +135,16 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("lease_max %q: want an amount like 5.00, or 0 to turn leases off", v)
 			}
 			a.LeaseMax = &n
+		case "lease_ttl":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur < time.Second || dur > time.Hour {
+				return d.Errf("lease_ttl %q: want a duration from 1s to 1h", v)
+			}
+			a.LeaseTTL = caddy.Duration(dur)
 		case "lease_nodes":
 			var v string
 			if err := oneArg(d, &v); err != nil {

@@ -174,11 +174,14 @@ func New(acc *billing.Accounts, cfg Config) *Book {
 		ctx: ctx, cancel: cancel}
 }
 
-// SetSizes changes the largest lease and the share (see Config); a max of
-// 0 turns leases off and recalls every lease. It takes effect for the
-// next lease taken.
-func (b *Book) SetSizes(maxLease money.Nanos, share int64) {
+// SetSizes changes the largest lease, the share and the TTL (see Config;
+// zero share or TTL keeps the one set); a max of 0 turns leases off and
+// recalls every lease. It takes effect for the next lease taken.
+func (b *Book) SetSizes(maxLease money.Nanos, share int64, ttl time.Duration) {
 	b.mu.Lock()
+	if ttl > 0 {
+		b.cfg.TTL = ttl
+	}
 	if maxLease > 0 {
 		b.cfg.Max = max(maxLease, b.cfg.Min)
 	}
@@ -196,6 +199,13 @@ func (b *Book) sizes() (minLease, maxLease money.Nanos, share int64) {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	return b.cfg.Min, b.cfg.Max, b.cfg.Share
+}
+
+// ttl returns the lease TTL now.
+func (b *Book) ttl() time.Duration {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.cfg.TTL
 }
 
 // Stats returns the Book's counters.
@@ -418,7 +428,8 @@ func (b *Book) refill(a *account) {
 	l := a.cur
 	want := b.want(a)
 	minLease, _, share := b.sizes()
-	take := billing.LeaseTake{User: a.user, Min: minLease, Share: share, TTL: b.cfg.TTL}
+	ttl := b.ttl()
+	take := billing.LeaseTake{User: a.user, Min: minLease, Share: share, TTL: ttl}
 	if l != nil {
 		take.ID, take.Refill = l.ID, true
 		take.Want = max(want-l.free, 0)
@@ -455,7 +466,7 @@ func (b *Book) refill(a *account) {
 		}
 	case l == nil && g.Granted == 0:
 		// The balance is too small to share: holds in Redis for a while.
-		a.retryAt = time.Now().Add(b.cfg.TTL / 6)
+		a.retryAt = time.Now().Add(ttl / 6)
 	case l == nil:
 		if a.cur == nil {
 			a.cur = &Lease{ID: take.ID, free: g.Granted}
@@ -472,8 +483,8 @@ func (b *Book) refill(a *account) {
 		l.free += g.Granted
 	}
 	if l != nil && err == nil && !l.retired {
-		l.deadline = start.Add(b.cfg.TTL * 5 / 6)
-		l.renewAt = start.Add(b.cfg.TTL / 3)
+		l.deadline = start.Add(ttl * 5 / 6)
+		l.renewAt = start.Add(ttl / 3)
 	}
 	a.mu.Unlock()
 	if give > 0 {
@@ -495,7 +506,7 @@ func (b *Book) giveBack(ctx context.Context, user, id string, amount money.Nanos
 // janitor renews leases with requests in flight and gives back those of
 // customers gone quiet, until Stop.
 func (b *Book) janitor() {
-	tick := time.NewTicker(min(b.cfg.Idle/3, b.cfg.TTL/6))
+	tick := time.NewTicker(min(b.cfg.Idle/3, time.Second))
 	defer tick.Stop()
 	for {
 		select {
