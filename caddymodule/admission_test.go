@@ -9,9 +9,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
 func TestAmbiguousBodiesAreRefused(t *testing.T) {
@@ -38,6 +41,40 @@ func TestAmbiguousBodiesAreRefused(t *testing.T) {
 		}
 	}
 	if n := hits("ambiguous"); n != 0 {
+		t.Fatalf("an ambiguous body reached the upstream %d times", n)
+	}
+}
+
+// The output limits and best_of are read once as well, in the format that
+// honours them: given twice, in another letter case or as another type,
+// they are a 400 naming the field, and nothing reaches the upstream.
+func TestAmbiguousLimitsAreRefused(t *testing.T) {
+	gateway(t)
+	_, k := newAccount(t, "1.00", "")
+	const chat, responses, completions = "/v1/chat/completions", "/v1/responses", "/v1/completions"
+	msgs := `"messages":[{"role":"user","content":"hi"}]`
+	for _, c := range []struct{ path, body, param string }{
+		{chat, `{"model":"test-model","max_completion_tokens":10,"max_completion_tokens":100000,` + msgs + `}`, "max_completion_tokens"},
+		{chat, `{"model":"test-model","max_completion_tokens":10,"MAX_COMPLETION_TOKENS":100000,` + msgs + `}`, "max_completion_tokens"},
+		{chat, `{"model":"test-model","max_completion_tokens":"100000",` + msgs + `}`, "max_completion_tokens"},
+		{chat, `{"model":"test-model","max_completion_tokens":1e5,` + msgs + `}`, "max_completion_tokens"},
+		{responses, `{"model":"test-model","max_output_tokens":10,"max_output_tokens":100000,"input":"hi"}`, "max_output_tokens"},
+		{responses, `{"model":"test-model","max_output_tokens":10,"Max_Output_Tokens":100000,"input":"hi"}`, "max_output_tokens"},
+		{responses, `{"model":"test-model","max_output_tokens":"100000","input":"hi"}`, "max_output_tokens"},
+		{responses, `{"model":"test-model","max_output_tokens":100.0,"input":"hi"}`, "max_output_tokens"},
+		{completions, `{"model":"test-model","best_of":1,"best_of":20,"prompt":"hi"}`, "best_of"},
+		{completions, `{"model":"test-model","best_of":1,"BEST_OF":20,"prompt":"hi"}`, "best_of"},
+		{completions, `{"model":"test-model","best_of":"20","prompt":"hi"}`, "best_of"},
+		{completions, `{"model":"test-model","best_of":1.5,"prompt":"hi"}`, "best_of"},
+		{chat, `{"model":"test-model","best_of":1,"Best_Of":20,` + msgs + `}`, "best_of"},
+	} {
+		resp, body := post(t, c.path, k.Key, c.body, "X-Test-Tag", "ambiguous-limits")
+		apiErr(t, resp, body, http.StatusBadRequest, "invalid_request_error")
+		if !strings.Contains(string(body), `"param":"`+c.param+`"`) {
+			t.Fatalf("%s %s: error %s does not name %q", c.path, c.body, body, c.param)
+		}
+	}
+	if n := hits("ambiguous-limits"); n != 0 {
 		t.Fatalf("an ambiguous body reached the upstream %d times", n)
 	}
 }
@@ -81,6 +118,76 @@ func TestHoldsCoverEveryChoice(t *testing.T) {
 	rows := settled(t, u, 10_000_000, 1)
 	if r := row(t, rows, resp); r.OutputTokens != 200 || r.Estimated || r.Clamped {
 		t.Fatalf("row %+v, want 200 output tokens, exact", r)
+	}
+	if got := getUser(t, u.ID); mustNanos(t, got.Balance) < 0 {
+		t.Fatalf("balance overdrawn: %s", got.Balance)
+	}
+}
+
+// Image parts cost tokens their bytes do not show: each is held as 4000
+// input tokens. On a balance of 0.01 (10,000,000 nanos; test-model's input
+// costs 1,000 nanos a token, claude-test's 3,000), a request with two image
+// parts (8,000 tokens and its body) fits and one with three does not; in
+// every format a text request fits and the same request with twenty image
+// parts gets 402 without reaching the upstream.
+func TestHoldsCoverMediaParts(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "0.01", "")
+	parts := func(part string, n int) string {
+		return strings.Repeat(","+part, n)
+	}
+	chat := func(n int) string {
+		return `{"model":"test-model","max_tokens":10,"messages":[{"role":"user","content":[{"type":"text","text":"What is in these pictures?"}` +
+			parts(`{"type":"image_url","image_url":{"url":"https://example.com/p.png"}}`, n) + `]}]}`
+	}
+	responses := func(n int) string {
+		return `{"model":"test-model","max_output_tokens":10,"input":[{"role":"user","content":[{"type":"input_text","text":"What is in these pictures?"}` +
+			parts(`{"type":"input_image","image_url":"https://example.com/p.png"}`, n) + `]}]}`
+	}
+	messages := func(n int) string {
+		return `{"model":"claude-test","max_tokens":10,"messages":[{"role":"user","content":[{"type":"text","text":"What is in these pictures?"}` +
+			parts(`{"type":"image","source":{"type":"url","url":"https://example.com/p.png"}}`, n) + `]}]}`
+	}
+	send := func(path, body string) (*http.Response, []byte) {
+		t.Helper()
+		if path == "/v1/messages" {
+			return post(t, path, "", body, "X-Api-Key", k.Key, "X-Test-Tag", "media")
+		}
+		return post(t, path, k.Key, body, "X-Test-Tag", "media")
+	}
+	for _, c := range []struct {
+		path, body string
+	}{
+		{"/v1/chat/completions", chat(3)},
+		{"/v1/chat/completions", chat(20)},
+		{"/v1/responses", responses(20)},
+		{"/v1/messages", messages(20)},
+	} {
+		resp, b := send(c.path, c.body)
+		apiErr(t, resp, b, http.StatusPaymentRequired, "insufficient_quota")
+	}
+	if n := hits("media"); n != 0 {
+		t.Fatalf("%d requests over the balance reached the upstream", n)
+	}
+	// One at a time: an admitted request with media parts may hold all the
+	// balance until it settles.
+	admitted := 0
+	for _, c := range []struct {
+		path, body string
+	}{
+		{"/v1/chat/completions", chat(0)},
+		{"/v1/chat/completions", chat(2)},
+		{"/v1/responses", responses(0)},
+		{"/v1/messages", messages(0)},
+	} {
+		if resp, b := send(c.path, c.body); resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s %.80s…: %d %s, want 200", c.path, c.body, resp.StatusCode, b)
+		}
+		admitted++
+		waitUsage(t, u.ID, admitted)
+	}
+	if n := hits("media"); n != admitted {
+		t.Fatalf("%d requests reached the upstream, want %d", n, admitted)
 	}
 	if got := getUser(t, u.ID); mustNanos(t, got.Balance) < 0 {
 		t.Fatalf("balance overdrawn: %s", got.Balance)
@@ -179,10 +286,31 @@ func TestKeyCheckedBeforeALargeBody(t *testing.T) {
 	apiErr(t, resp, b, http.StatusUnauthorized, "invalid_api_key")
 }
 
+// A client that leaves mid-body (a small body read whole, a large one after
+// the key check) is counted as client_closed_request, not as Redis being
+// unavailable, and no "redis unavailable" line reaches the log.
 func TestClientLeavingMidBodyIsNotARedisError(t *testing.T) {
-	gateway(t)
+	dir := t.TempDir()
+	accessLog, caddyLog := filepath.Join(dir, "access.log"), filepath.Join(dir, "caddy.log")
+	tc := caddytest.NewTester(t)
+	restore := func() {
+		startOnce.Lock()
+		defer startOnce.Unlock()
+		tc.InitServer(config("50ms"), "caddyfile")
+	}
+	startOnce.Lock()
+	tc.InitServer(loggedConfig(accessLog, caddyLog, env.upstream.URL, env.closedAddr), "caddyfile")
+	startOnce.Unlock()
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			restore()
+		}
+	})
+
 	_, k := newAccount(t, "1.00", "")
 	before := scrape(t)
+	var probes []string
 	for _, c := range []struct {
 		path   string
 		length int
@@ -191,8 +319,10 @@ func TestClientLeavingMidBodyIsNotARedisError(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: localhost:9080\r\nAuthorization: Bearer %s\r\n"+
-			"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n{\"model\":\"test-model\"", c.path, k.Key, c.length)
+		p := nextProbe()
+		probes = append(probes, p)
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: localhost:9080\r\nAuthorization: Bearer %s\r\nX-Log-Probe: %s\r\n"+
+			"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n{\"model\":\"test-model\"", c.path, k.Key, p, c.length)
 		conn.Close()
 	}
 	deadline := time.Now().Add(15 * time.Second)
@@ -205,12 +335,31 @@ func TestClientLeavingMidBodyIsNotARedisError(t *testing.T) {
 			t.Fatalf("a client leaving mid-body was counted as service_unavailable %v times", unavailable)
 		}
 		if closed == 2 {
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("client_closed_request counted %v times, want 2", closed)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Both requests were logged, as answered 499.
+	for p, e := range accessLines(t, accessLog, probes) {
+		if e["status"] != float64(499) {
+			t.Fatalf("%s: access line with status %v, want 499", p, e["status"])
+		}
+	}
+	// Stop the logged config, so its last lines are written, and read
+	// every line of the default log (DEBUG and up).
+	restore()
+	restored = true
+	lines, _, tail := readLog(t, caddyLog)
+	if len(lines) == 0 {
+		t.Fatal("the default log is empty")
+	}
+	for _, line := range append(lines, tail) {
+		if strings.Contains(line, "redis unavailable") {
+			t.Fatalf("a client leaving mid-body was logged as a Redis failure:\n%s", line)
+		}
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,6 +51,11 @@ var env struct {
 	mock2     *mockupstream.Server
 	upstream2 *httptest.Server
 	failing   *httptest.Server
+	// silent accepts connections and reads them, but never answers: an
+	// upstream that times out (the /slow route waits 200ms for headers).
+	silent net.Listener
+	// silentConns counts the connections silent accepted.
+	silentConns atomic.Int64
 }
 
 func TestMain(m *testing.M) {
@@ -66,16 +72,47 @@ func TestMain(m *testing.M) {
 	if port, err := freeport.Port(); err == nil {
 		env.closedAddr2 = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	}
+	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		env.silent = ln
+		go silentUpstream(ln)
+	}
 	env.dir, _ = os.MkdirTemp("", "aitoken-test-")
 	stopStripe := startStripeEnv()
 	code := m.Run()
 	stopStripe()
+	if env.silent != nil {
+		env.silent.Close()
+	}
 	env.upstream.Close()
 	env.upstream2.Close()
 	env.failing.Close()
 	stop()
 	os.RemoveAll(env.dir)
 	os.Exit(code)
+}
+
+// silentUpstream accepts connections on ln and reads what comes, never
+// answering, until the peer closes the connection.
+func silentUpstream(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		env.silentConns.Add(1)
+		go func() {
+			_, _ = io.Copy(io.Discard, c)
+			c.Close()
+		}()
+	}
+}
+
+// silentAddr is the address of env.silent.
+func silentAddr() string {
+	if env.silent == nil {
+		return "127.0.0.1:1"
+	}
+	return env.silent.Addr().String()
 }
 
 // config is the gateway's Caddyfile; flush varies it for reload tests.
@@ -188,11 +225,20 @@ http://localhost:9080 {
 			max_fails 1
 		}
 	}
+	route /slow/v1/* {
+		uri strip_prefix /slow
+		aitoken
+		reverse_proxy %[16]s {
+			transport http {
+				response_header_timeout 200ms
+			}
+		}
+	}
 }
 `, env.redis.URL(), filepath.Join(env.dir, "ledger.db"), flush, spoolDir(),
 		env.upstream.URL, env.upstream.URL, env.upstream.URL, env.upstream.URL,
 		env.upstream.URL, env.upstream.URL, env.upstream.URL, env.closedAddr,
-		env.upstream2.URL, env.failing.URL, env.closedAddr2)) + httpsSite()
+		env.upstream2.URL, env.failing.URL, env.closedAddr2, silentAddr())) + httpsSite()
 }
 
 // spoolDir is where the gateway spools settlements Redis could not take

@@ -50,6 +50,52 @@ func TestUnreachableUpstreamIsA5xx(t *testing.T) {
 	}
 }
 
+// An upstream that takes the request and never answers: reverse_proxy's
+// response_header_timeout ends the wait, and the client gets 504
+// upstream_timeout in OpenAI's shape (JSON and stream requests alike), so an
+// SDK raises and may retry. Nothing is billed; the rows say the upstream gave
+// no response (outcome upstream_unreachable) and, by their status, that it
+// timed out.
+func TestUpstreamTimeoutIsA504(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "1.00", "")
+	accepted := env.silentConns.Load()
+	c := client(k.Key, option.WithBaseURL(gatewayURL+"/slow/v1/"))
+	ctx := context.Background()
+
+	_, err := c.Chat.Completions.New(ctx, chatParams("test-model"))
+	var apiE *openai.Error
+	if !errors.As(err, &apiE) || apiE.StatusCode != http.StatusGatewayTimeout || apiE.Code != "upstream_timeout" ||
+		apiE.Type != "server_error" || apiE.Message == "" {
+		t.Fatalf("silent upstream: %v, want 504 upstream_timeout", err)
+	}
+	stream := c.Chat.Completions.NewStreaming(ctx, chatParams("test-model"))
+	for stream.Next() {
+		t.Fatal("a chunk from a silent upstream")
+	}
+	if !errors.As(stream.Err(), &apiE) || apiE.StatusCode != http.StatusGatewayTimeout || apiE.Code != "upstream_timeout" {
+		t.Fatalf("stream from a silent upstream: %v, want 504 upstream_timeout", stream.Err())
+	}
+	resp, b := post(t, "/slow/v1/messages", "", `{"model":"claude-test","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`,
+		"X-Api-Key", k.Key)
+	apiErr(t, resp, b, http.StatusGatewayTimeout, "upstream_timeout")
+	// Each request reached the upstream, which accepted it: the 504 is its
+	// silence, not a refused connection.
+	if n := env.silentConns.Load() - accepted; n < 3 {
+		t.Fatalf("the silent upstream accepted %d connections, want 3", n)
+	}
+
+	for _, r := range waitUsage(t, u.ID, 3) {
+		if r.Status != http.StatusGatewayTimeout || r.Outcome != "upstream_unreachable" || r.Cost != "0.000000000" ||
+			r.InputTokens != 0 || r.OutputTokens != 0 {
+			t.Fatalf("row %+v, want status 504, outcome upstream_unreachable, nothing billed", r)
+		}
+	}
+	if got := getUser(t, u.ID); got.Balance != "1.000000000" || got.Held != "0.000000000" {
+		t.Fatalf("account after timeouts: %+v", got)
+	}
+}
+
 func TestLongStreamLineKeepsMetering(t *testing.T) {
 	gateway(t)
 	u, k := newAccount(t, "1.00", "")
