@@ -39,6 +39,7 @@ type nodeConfig struct {
 	dir       string // storage, spool, HOME, log
 	database  string // "" for a gateway-only node
 	redisDB   int    // database number on the shared redis-server
+	extra     string // more aitoken global options, one per line
 	logShown  atomic.Bool
 	started   bool // once started, restarts keep the ports
 }
@@ -93,7 +94,7 @@ func (n *nodeConfig) caddyfile() string {
 %s		spool_dir %s
 		price test-model input 1.00 cached_input 0.10 output 2.00
 		flush_interval 100ms
-	}
+%s	}
 }
 
 http://127.0.0.1:%d {
@@ -103,7 +104,7 @@ http://127.0.0.1:%d {
 	}
 }
 `, n.adminPort, filepath.Join(n.dir, "storage"), fmt.Sprintf("redis://%s/%d", redisSrv.Addr, n.redisDB), db, filepath.Join(n.dir, "spool"),
-		n.httpPort, upstreamURL)
+		n.extra, n.httpPort, upstreamURL)
 }
 
 // caddyProc is one running caddy process.
