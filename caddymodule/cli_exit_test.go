@@ -145,15 +145,20 @@ func TestCLIExitStatus(t *testing.T) {
 		want string
 	}{
 		{[]string{"users", "list", "--limit", "1"}, 0, ""},
-		{[]string{"credit", "bob", "abc"}, 1, `amount \"abc\": want a decimal like 10.00 or -2.50`},
+		{[]string{"users", "show", "a", "b"}, 1, `unexpected argument "b" (usage: caddy aitoken users show USER [flags])`},
+		{[]string{"credit", "bob", "abc"}, 1, `amount "abc": want a decimal like 10.00 or -2.50`},
 		{[]string{"credit", "bob"}, 1, `missing AMOUNT (usage: caddy aitoken credit USER AMOUNT [flags])`},
-		{[]string{"keys", "create", "bob", "--rpm", "x"}, 1, `--rpm \"x\": want a whole number`},
-		{[]string{"credit", "nobody-here", "1.00"}, 1, `user \"nobody-here\" not found`},
-		{[]string{"bogus"}, 1, `unknown command \"bogus\"`},
+		{[]string{"keys", "create", "bob", "--rpm", "x"}, 1, `--rpm "x": want a whole number`},
+		{[]string{"credit", "nobody-here", "1.00"}, 1, `user "nobody-here" not found`},
+		{[]string{"bogus"}, 1, `unknown command "bogus" for "caddy aitoken"; see "caddy aitoken --help"`},
 	} {
 		stderr, code := runCaddy(t, append(c.args, "--address", addr)...)
-		if code != c.code || !strings.Contains(stderr, c.want) {
-			t.Errorf("%v: exit %d, want %d; stderr %q lacks %q", c.args, code, c.code, stderr, c.want)
+		want := ""
+		if c.want != "" {
+			want = "Error: " + c.want + "\n"
+		}
+		if code != c.code || stderr != want {
+			t.Errorf("%v: exit %d, want %d; stderr %q, want %q", c.args, code, c.code, stderr, want)
 		}
 	}
 }
