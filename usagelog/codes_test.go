@@ -258,3 +258,41 @@ func TestCodesStoredHashedExportedKept(t *testing.T) {
 		}
 	}
 }
+
+// The retention job deletes codes with the payment records: redeemed,
+// voided or expired before the cutoff; an unused code that never expires
+// stays.
+func TestPurgeCodes(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t)
+	if _, err := s.CreateUser(ctx, User{ID: "u"}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	soon := now.Add(time.Hour)
+	mintOne(t, s, "redeemed", "aitc-r", money.NanosPerUnit, nil)
+	mintOne(t, s, "void", "aitc-v", money.NanosPerUnit, nil)
+	mintOne(t, s, "expiring", "aitc-e", money.NanosPerUnit, &soon)
+	mintOne(t, s, "open", "aitc-o", money.NanosPerUnit, nil)
+	if _, _, err := s.RedeemCode(ctx, hashOf("aitc-r"), "u", now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.VoidCode(ctx, "void", now); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Purge(ctx, time.Time{}, now.Add(-time.Hour), now)
+	if err != nil || res.Codes != 0 {
+		t.Fatalf("cutoff before all: %+v %v", res, err)
+	}
+	res, err = s.Purge(ctx, time.Time{}, now.Add(2*time.Hour), now)
+	if err != nil || res.Codes != 3 || res.AuditID == 0 {
+		t.Fatalf("cutoff after all: %+v %v", res, err)
+	}
+	left, err := s.ListCodes(ctx, CodeQuery{})
+	if err != nil || len(left) != 1 || left[0].ID != "open" {
+		t.Fatalf("left %v %v", left, err)
+	}
+	if bal, _ := s.LedgerBalance(ctx, "u"); bal != money.NanosPerUnit {
+		t.Fatalf("the purge moved the balance: %s", bal)
+	}
+}
