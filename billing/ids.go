@@ -40,11 +40,14 @@ const keyAlphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 
 // NewKeySecret returns a fresh API key: "sk-ait-" and 40 base62 characters
 // (about 238 bits from crypto/rand).
-func NewKeySecret() string {
-	b := make([]byte, 0, 47)
-	b = append(b, "sk-ait-"...)
+func NewKeySecret() string { return randomSecret("sk-ait-", 40) }
+
+// randomSecret is prefix and n base62 characters from crypto/rand.
+func randomSecret(prefix string, n int) string {
+	b := make([]byte, 0, len(prefix)+n)
+	b = append(b, prefix...)
 	max := big.NewInt(int64(len(keyAlphabet)))
-	for range 40 {
+	for range n {
 		n, err := rand.Int(rand.Reader, max)
 		if err != nil {
 			panic(err) // crypto/rand never fails on supported platforms
@@ -53,6 +56,16 @@ func NewKeySecret() string {
 	}
 	return string(b)
 }
+
+// CodePrefix starts every prepaid code, so a customer (and a secret
+// scanner) can tell one from an API key.
+const CodePrefix = "aitc-"
+
+// NewCodeSecret returns a fresh prepaid code: CodePrefix and 32 base62
+// characters (about 190 bits from crypto/rand), so guessing one is
+// hopeless even without the rate limit on failed redeems. Like a key, it
+// is stored only as HashKey of it.
+func NewCodeSecret() string { return randomSecret(CodePrefix, 32) }
 
 // NewID returns a random identifier with the given prefix and 16 hex digits.
 func NewID(prefix string) string {

@@ -27,6 +27,7 @@ func init() {
 //
 //	GET  /v1/account                  balance, held, currency
 //	POST /v1/account/topup            a Stripe Checkout Session
+//	POST /v1/account/redeem           redeem a prepaid code
 //	GET  /v1/account/usage            the caller's usage records, newest first
 //	GET  /v1/account/export           everything held about the caller, as one JSON document
 //	GET  /v1/dashboard/billing/subscription   OpenAI's legacy billing pair, which
@@ -126,6 +127,7 @@ var accountRoutes = map[string]struct {
 }{
 	"/v1/account":          {http.MethodGet, func(h *AccountAPI, w http.ResponseWriter, r *http.Request, g billing.Grant) { h.account(w, r, g.User) }},
 	"/v1/account/topup":    {http.MethodPost, (*AccountAPI).topup},
+	"/v1/account/redeem":   {http.MethodPost, (*AccountAPI).redeem},
 	"/v1/account/usage":    {http.MethodGet, (*AccountAPI).usage},
 	"/v1/account/export":   {http.MethodGet, (*AccountAPI).export},
 	"legacy:subscription":  {http.MethodGet, (*AccountAPI).legacySubscription},

@@ -24,7 +24,7 @@ func init() {
 
 // AdminAPI serves the aitoken admin endpoints under /aitoken/ on Caddy's
 // admin listener: users (export, erasure), credits, keys, usage, payments,
-// the audit trail and reconciliation. It reaches the ledger
+// prepaid codes, the audit trail and reconciliation. It reaches the ledger
 // through the running aitoken app; it holds no state of its own.
 type AdminAPI struct {
 	mux *http.ServeMux
@@ -57,6 +57,9 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 		"GET /aitoken/payments":            listPaymentPages,
 		"GET /aitoken/audit":               listAudit,
 		"POST /aitoken/reconcile":          postReconcile,
+		"POST /aitoken/codes":              postCodes,
+		"GET /aitoken/codes":               listCodes,
+		"DELETE /aitoken/codes/{id}":       deleteCode,
 	} {
 		a.mux.Handle(pattern, h)
 	}

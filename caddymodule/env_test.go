@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
@@ -59,6 +60,15 @@ var env struct {
 }
 
 func TestMain(m *testing.M) {
+	if args := os.Getenv(cliEnv); args != "" { // runCaddy's child: be `caddy`
+		var a []string
+		if err := json.Unmarshal([]byte(args), &a); err != nil {
+			os.Exit(3)
+		}
+		os.Args = append([]string{"caddy"}, a...)
+		caddycmd.Main()
+		os.Exit(0)
+	}
 	srv, stop := testredis.StartMain()
 	env.redis = srv
 	env.mock = mockupstream.New()

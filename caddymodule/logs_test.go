@@ -428,6 +428,29 @@ func TestLogs(t *testing.T) {
 		t.Logf("no stripe-mock (%v): the top-up, which sends the Stripe key, is not part of this run", stripeEnv.err)
 	}
 
+	// Prepaid codes: minted (the admin answer holds them), one redeemed,
+	// one redeemed twice, and a guess; none may reach a log.
+	var minted struct {
+		Codes []struct {
+			Code string `json:"code"`
+		} `json:"codes"`
+	}
+	if st := admin(t, "POST", "/aitoken/codes", `{"amount":"1.00","count":2}`, &minted); st != http.StatusCreated || len(minted.Codes) != 2 {
+		t.Fatalf("mint: %d", st)
+	}
+	guess := "aitc-" + strings.Repeat("G5", 16)
+	for _, c := range append(minted.Codes, struct {
+		Code string `json:"code"`
+	}{guess}) {
+		scan.secret("a prepaid code", c.Code, len("aitc-"))
+	}
+	for i, code := range []string{minted.Codes[0].Code, minted.Codes[0].Code, guess, minted.Codes[1].Code} {
+		want := []int{http.StatusOK, http.StatusConflict, http.StatusBadRequest, http.StatusOK}[i]
+		if r, b := post(t, "/v1/account/redeem", k.Key, `{"code":"`+code+`"}`, "X-Log-Probe", probe()); r.StatusCode != want {
+			t.Fatalf("redeem %d: %d %s, want %d", i, r.StatusCode, b, want)
+		}
+	}
+
 	// (a) The access-log lines of the metered requests.
 	lines := accessLines(t, accessLog, probes)
 	// The ledger's rows: u's three answered requests and two 502s, ua's one.

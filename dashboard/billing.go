@@ -62,6 +62,12 @@ func (d *Dashboard) billingPage(w http.ResponseWriter, rq *request) {
 // renderBilling shows the billing page, with the amount typed in and an
 // error message key.
 func (d *Dashboard) renderBilling(w http.ResponseWriter, rq *request, status int, amount, msg string, args ...string) {
+	d.renderBillingFlash(w, rq, status, amount, "", msg, args...)
+}
+
+// renderBillingFlash is renderBilling with a message of success (already
+// translated).
+func (d *Dashboard) renderBillingFlash(w http.ResponseWriter, rq *request, status int, amount, flash, msg string, args ...string) {
 	ctx, user := rq.Context(), rq.s.User
 	v := billingData{Currency: d.cfg.Currency, Amount: amount, Enabled: d.cfg.Topups != nil}
 	if v.Enabled {
@@ -121,7 +127,7 @@ func (d *Dashboard) renderBilling(w http.ResponseWriter, rq *request, status int
 			errText = strings.ReplaceAll(errText, args[i], args[i+1])
 		}
 	}
-	d.render(w, rq, status, "billing", view{Data: v, Error: errText})
+	d.render(w, rq, status, "billing", view{Data: v, Error: errText, Flash: flash})
 }
 
 // topup starts a top-up and sends the browser to Stripe Checkout.

@@ -20,6 +20,7 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/internal/browser"
 	"github.com/cnaitoken/caddy-aitoken/internal/smtpcapture"
 	"github.com/cnaitoken/caddy-aitoken/usagelog"
@@ -73,6 +74,7 @@ func TestBrowserCustomerJourney(t *testing.T) {
 	j.checkOverview()
 	j.screenshots()
 	j.checkPhone()
+	j.redeemCode()
 	j.downloadExport()
 	j.deleteAccount()
 	j.signInFails()
@@ -282,6 +284,33 @@ func (j *journey) topUp() {
 	if len(rows) != 1 || len(rows[0]) != 5 || rows[0][2] != topupAmount+" USD" || rows[0][3] != topupAmount+" USD" || rows[0][4] != "paid" {
 		j.t.Fatalf("payments on the billing page: %q, want the paid top-up", rows)
 	}
+}
+
+// redeemCode redeems a prepaid code through the billing page's form: the
+// page says so and the balance tile shows it.
+func (j *journey) redeemCode() {
+	j.t.Helper()
+	code := mintCodes(j.t, "5.00", 1)[0]
+	j.visit(j.b, "/billing", true)
+	before := mustParse(j.t, strings.TrimSuffix(j.b.Text(".tiles .tile strong"), " USD"))
+	j.b.Fill("code", code)
+	j.submit(j.b, "/billing/redeem", true)
+	if flash := j.b.Text(".flash"); flash != "Code redeemed: 5.00 USD added to your balance." {
+		j.t.Fatalf("after the redeem the page says %q", flash)
+	}
+	if after := mustParse(j.t, strings.TrimSuffix(j.b.Text(".tiles .tile strong"), " USD")); after != before+5*money.NanosPerUnit {
+		j.t.Fatalf("the balance went from %s to %s, want 5.00 more", before, after)
+	}
+}
+
+// mustParse reads an amount the dashboard shows.
+func mustParse(t *testing.T, s string) money.Nanos {
+	t.Helper()
+	n, err := money.ParseNanos(s)
+	if err != nil {
+		t.Fatalf("amount %q: %v", s, err)
+	}
+	return n
 }
 
 // redirect is one redirect the browser followed.

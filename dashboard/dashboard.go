@@ -208,6 +208,7 @@ func (d *Dashboard) routes() http.Handler {
 	mux.HandleFunc("GET /usage", d.handle(true, d.usage))
 	mux.HandleFunc("GET /billing", d.handle(true, d.billingPage))
 	mux.HandleFunc("POST /billing/topup", d.handle(true, d.topup))
+	mux.HandleFunc("POST /billing/redeem", d.handle(true, d.redeem))
 	mux.HandleFunc("GET /account", d.handle(true, d.accountPage))
 	mux.HandleFunc("POST /account/name", d.handle(true, d.setName))
 	mux.HandleFunc("POST /account/password", d.handle(true, d.setPassword))

@@ -26,6 +26,9 @@ type Erasure struct {
 	// PaymentsKept is how many payment records remain, as the law
 	// requires.
 	PaymentsKept int64 `json:"payments_kept"`
+	// CodesKept is how many prepaid codes the user redeemed: like
+	// payments, they are kept.
+	CodesKept int64 `json:"codes_kept"`
 	// AuditID is the audit entry recorded; 0 when nothing changed.
 	AuditID int64 `json:"audit_id,omitempty"`
 	// Keys are all the user's keys (now revoked), so that the caller can
@@ -38,10 +41,10 @@ type Erasure struct {
 // is revoked at time at, and every key's name and allowed IPs are cleared;
 // usage rows keep the user ID (their cost is the user's balance) but lose
 // the client IP; unreadable usage stream entries naming the user are
-// deleted; payments and ledger entries are kept. An audit entry records
-// the erasure. Erasing an erased user again finishes what is left and
-// records an entry only when it changed something. An unknown user gives
-// ErrNotFound.
+// deleted; payments, redeemed prepaid codes and ledger entries are kept.
+// An audit entry records the erasure. Erasing an erased user again
+// finishes what is left and records an entry only when it changed
+// something. An unknown user gives ErrNotFound.
 func (s *Store) EraseUser(ctx context.Context, id string, at time.Time) (Erasure, error) {
 	if at.IsZero() {
 		at = time.Now()
@@ -97,6 +100,10 @@ func (s *Store) EraseUser(ctx context.Context, id string, at time.Time) (Erasure
 			Scan(&e.PaymentsKept); err != nil {
 			return err
 		}
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM codes WHERE redeemed_by = ?`, id).
+			Scan(&e.CodesKept); err != nil {
+			return err
+		}
 		if e.Keys, err = queryKeys(ctx, tx, `SELECT `+keyColumns+` FROM keys WHERE user_id = ? ORDER BY created_at, id`, id); err != nil {
 			return err
 		}
@@ -109,6 +116,7 @@ func (s *Store) EraseUser(ctx context.Context, id string, at time.Time) (Erasure
 			"usage_rows_anonymised": e.UsageAnonymised,
 			"usage_rejects_deleted": e.RejectsDeleted,
 			"payments_kept":         e.PaymentsKept,
+			"codes_kept":            e.CodesKept,
 		})
 		return err
 	})

@@ -80,6 +80,9 @@ type Export struct {
 	Ledger []LedgerRow `json:"ledger"`
 	// Payments are the Stripe top-ups, refunds and disputes, newest first.
 	Payments []Payment `json:"payments"`
+	// Codes are the prepaid codes the user redeemed, newest first (never
+	// their secrets, which are not stored).
+	Codes []Code `json:"codes"`
 	// Audit is what was done to the user's data (erasure, exports), newest
 	// first.
 	Audit []AuditEntry `json:"audit"`
@@ -124,6 +127,9 @@ func (s *Store) ExportUser(ctx context.Context, id string, now time.Time, w io.W
 		ORDER BY created_at DESC, id DESC`, id); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
+	if doc.Codes, err = redeemedCodes(ctx, tx, id, now); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
 	if doc.Audit, err = listAudit(ctx, tx, AuditQuery{User: id, Limit: -1}); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
@@ -138,6 +144,9 @@ func (s *Store) ExportUser(ctx context.Context, id string, now time.Time, w io.W
 	}
 	if doc.Audit == nil {
 		doc.Audit = []AuditEntry{}
+	}
+	if doc.Codes == nil {
+		doc.Codes = []Code{}
 	}
 	head, err := json.Marshal(doc)
 	if err != nil {

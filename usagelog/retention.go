@@ -42,19 +42,23 @@ type PurgeResult struct {
 	Charges  int64 `json:"stripe_charges"`
 	Disputes int64 `json:"stripe_disputes"`
 	Events   int64 `json:"stripe_events"`
+	// Codes is how many prepaid codes were deleted: redeemed or voided,
+	// or expired unused, before the payments cutoff.
+	Codes int64 `json:"codes"`
 	// AuditID is the audit entry recorded; 0 when nothing was deleted.
 	AuditID int64 `json:"audit_id,omitempty"`
 }
 
 // Deleted reports whether the run deleted anything.
 func (r PurgeResult) Deleted() bool {
-	return r.UsageRows+r.Rejects+r.Payments+r.Charges+r.Disputes+r.Events > 0
+	return r.UsageRows+r.Rejects+r.Payments+r.Charges+r.Disputes+r.Events+r.Codes > 0
 }
 
 // Purge is the retention job. It deletes the usage rows older than
 // usageBefore and the unreadable stream entries received before it, and
 // the payment records (payments, Stripe charges and disputes, by last
-// change; Stripe event IDs, by receipt) older than paymentsBefore. A zero
+// change; Stripe event IDs, by receipt; prepaid codes by redemption,
+// voiding or expiry) older than paymentsBefore. A zero
 // cutoff skips its part. now is the time written on the entries it makes.
 //
 // Balances never move: a balance is ledger entries minus usage cost, so
@@ -100,6 +104,8 @@ func (s *Store) Purge(ctx context.Context, usageBefore, paymentsBefore, now time
 				{&res.Charges, `DELETE FROM stripe_charges WHERE updated_at < ?`},
 				{&res.Disputes, `DELETE FROM stripe_disputes WHERE updated_at < ?`},
 				{&res.Events, `DELETE FROM stripe_events WHERE received_at < ?`},
+				{&res.Codes, `DELETE FROM codes WHERE COALESCE(redeemed_at, voided_at, expires_at) < ?
+					AND (status != 'unused' OR expires_at IS NOT NULL)`},
 			} {
 				if err := del(d.n, d.query, cut); err != nil {
 					return err

@@ -189,4 +189,25 @@ ALTER TABLE users ADD COLUMN ip_logging INTEGER NOT NULL DEFAULT 1;
 CREATE INDEX users_no_ip ON users (id) WHERE ip_logging = 0;
 CREATE UNIQUE INDEX users_login_email ON users (lower(email)) WHERE password_hash != '' AND status = 'active';
 `,
+	// 6: prepaid codes. A code is stored as the SHA-256 of its secret
+	// only. Its status is unused, redeemed or void; an unused code past
+	// expires_at is shown as expired. Redeeming sets redeemed_by and
+	// redeemed_at and writes the ledger entry "code:<id>" in the same
+	// transaction. Codes are payment records: an erasure keeps them.
+	`
+CREATE TABLE codes (
+	id          TEXT PRIMARY KEY,
+	hash        TEXT NOT NULL UNIQUE,
+	amount      INTEGER NOT NULL CHECK (amount > 0),
+	note        TEXT NOT NULL DEFAULT '',
+	status      TEXT NOT NULL DEFAULT 'unused' CHECK (status IN ('unused', 'redeemed', 'void')),
+	expires_at  INTEGER,
+	created_at  INTEGER NOT NULL,
+	redeemed_by TEXT REFERENCES users (id),
+	redeemed_at INTEGER,
+	voided_at   INTEGER
+);
+CREATE INDEX codes_created ON codes (created_at, id);
+CREATE INDEX codes_redeemed_by ON codes (redeemed_by) WHERE redeemed_by IS NOT NULL;
+`,
 }
