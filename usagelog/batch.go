@@ -14,32 +14,29 @@ import (
 )
 
 // decodeShard is the fewest entries worth a goroutine of their own. JSON
-// decoding is a large share of a flush (a third of the insert's cost per
-// row), so a large batch is decoded on every core.
+// decoding is a large share of a flush, so a large batch is decoded on
+// every core.
 const decodeShard = 128
 
-// batch is a decoded read, ready to store.
+// batch is one or more decoded reads, ready to store in one transaction.
 type batch struct {
-	recs    []Record
+	recs    [][]Record // one part per read
 	rejects []reject
 	ids     []string // every entry read, deleted ones included, for XACK
 }
 
 // decodeAll decodes msgs into records and rejects, in stream order.
 func (f *Flusher) decodeAll(msgs []redis.XMessage) batch {
-	type decoded struct {
-		rec Record
-		rj  *reject
-		ok  bool // false: deleted while pending, only to ack
-	}
-	out := make([]decoded, len(msgs))
+	// Records are decoded in place, then the few entries that are not
+	// records (rejected, or deleted while pending: only to ack) are
+	// squeezed out.
+	recs := make([]Record, len(msgs))
+	rejects := make([]*reject, len(msgs))
 	decodeRange := func(lo, hi int) {
 		for i := lo; i < hi; i++ {
-			if msgs[i].Values == nil {
-				continue
+			if msgs[i].Values != nil {
+				recs[i], rejects[i] = f.decode(msgs[i])
 			}
-			out[i].rec, out[i].rj = f.decode(msgs[i])
-			out[i].ok = true
 		}
 	}
 	workers := min(runtime.GOMAXPROCS(0), len(msgs)/decodeShard)
@@ -54,32 +51,41 @@ func (f *Flusher) decodeAll(msgs []redis.XMessage) batch {
 		wg.Wait()
 	}
 
-	b := batch{recs: make([]Record, 0, len(msgs)), ids: make([]string, len(msgs))}
-	for i, d := range out {
+	b := batch{ids: make([]string, len(msgs))}
+	kept := 0
+	for i := range msgs {
 		b.ids[i] = msgs[i].ID
 		switch {
-		case !d.ok:
-		case d.rj != nil:
-			b.rejects = append(b.rejects, *d.rj)
+		case msgs[i].Values == nil:
+		case rejects[i] != nil:
+			b.rejects = append(b.rejects, *rejects[i])
 		default:
-			b.recs = append(b.recs, d.rec)
+			if kept != i {
+				recs[kept] = recs[i]
+			}
+			kept++
 		}
 	}
+	clear(recs[kept:])
+	b.recs = [][]Record{recs[:kept]}
 	return b
 }
 
+// mergeBatches is the most batches, already read and decoded, that pump
+// stores in one transaction when SQLite falls behind: a commit, and each
+// index page it writes again, costs far more than a row, so a backlog is
+// worked off in fewer, larger transactions.
+const mergeBatches = 4
+
 // pump stores the batches read returns until read returns none, more is
-// false, or an error occurs. Reading and decoding the next batch overlap
+// false, or an error occurs. Reading and decoding the next batches overlap
 // with storing the current one: SQLite and Redis each work while the other
-// does. Entries read but not stored when pump fails stay pending in the
-// stream, for drainPending.
+// does, and the batches that are ready when a transaction starts go into
+// it together (at most mergeBatches). Entries read but not stored when
+// pump fails stay pending in the stream, for drainPending.
 func (f *Flusher) pump(ctx context.Context, read func(context.Context) (msgs []redis.XMessage, more bool, err error)) (int, error) {
-	type decoded struct {
-		b   batch
-		err error
-	}
 	ctx, cancel := context.WithCancel(ctx)
-	ch := make(chan decoded, 1)
+	ch := make(chan decoded, mergeBatches-1)
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }() // no reader outlives pump
 	wg.Go(func() {
@@ -109,13 +115,52 @@ func (f *Flusher) pump(ctx context.Context, read func(context.Context) (msgs []r
 		if d.err != nil {
 			return total, d.err
 		}
-		n, err := f.store(ctx, d.b)
+		b, readErr := gather(d.b, ch)
+		n, err := f.store(ctx, b)
 		total += n
 		if err != nil {
 			return total, err
 		}
+		if readErr != nil {
+			return total, readErr
+		}
 	}
 	return total, nil
+}
+
+// decoded is what pump's reader hands on: a batch, or the error that
+// ended reading.
+type decoded struct {
+	b   batch
+	err error
+}
+
+// gather adds to b the batches waiting in ch, without waiting for more,
+// up to mergeBatches in all. A read error met on the way is returned, to
+// be reported once b is stored.
+func gather(b batch, ch <-chan decoded) (batch, error) {
+	for range mergeBatches - 1 {
+		select {
+		case d, ok := <-ch:
+			if !ok {
+				return b, nil
+			}
+			if d.err != nil {
+				return b, d.err
+			}
+			b.add(d.b)
+		default:
+			return b, nil
+		}
+	}
+	return b, nil
+}
+
+// add appends o to b, to be stored in the same transaction.
+func (b *batch) add(o batch) {
+	b.recs = append(b.recs, o.recs...) // the records are not copied
+	b.rejects = append(b.rejects, o.rejects...)
+	b.ids = append(b.ids, o.ids...)
 }
 
 // store writes one batch in one transaction, then acknowledges and deletes

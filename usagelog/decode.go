@@ -5,16 +5,15 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
-
-	"github.com/tidwall/gjson"
 )
 
 // decodeRecord reads a Record from JSON with the result and errors of
 // encoding/json, several times faster for the shape producers write: a flat
 // object with the known keys, plain strings and integers. Decoding is a
 // large share of a flush, so this matters for the ledger's throughput.
-// Anything else (escapes, nulls, unknown or differently cased keys, floats)
-// is left to encoding/json; FuzzDecodeRecord checks the two agree.
+// Anything else (escapes, nulls, nested values, unknown or differently
+// cased keys, floats where integers go) is left to encoding/json;
+// FuzzDecodeRecord checks the two agree.
 func decodeRecord(raw string) (Record, error) {
 	if r, ok := fastDecode(raw); ok {
 		return r, nil
@@ -24,26 +23,158 @@ func decodeRecord(raw string) (Record, error) {
 	return r, err
 }
 
+// fastDecode reads raw in one pass if it is a JSON object whose keys are
+// Record's exact names and whose values are strings without escapes,
+// numbers or booleans, and every value fits its field as encoding/json
+// would put it there. Otherwise it reports false.
 func fastDecode(raw string) (Record, bool) {
-	if !gjson.Valid(raw) {
-		return Record{}, false
-	}
-	obj := gjson.Parse(raw)
-	if !obj.IsObject() {
-		return Record{}, false
-	}
 	var r Record
-	ok := true
-	obj.ForEach(func(k, v gjson.Result) bool {
-		ok = !strings.Contains(k.Raw, `\`) && r.set(k.Str, v)
-		return ok
-	})
-	return r, ok
+	i := skipSpace(raw, 0)
+	if i == len(raw) || raw[i] != '{' {
+		return Record{}, false
+	}
+	i = skipSpace(raw, i+1)
+	if i < len(raw) && raw[i] == '}' {
+		return r, skipSpace(raw, i+1) == len(raw)
+	}
+	for {
+		key, j, ok := scanValue(raw, i)
+		if !ok || key.kind != '"' {
+			return Record{}, false
+		}
+		i = skipSpace(raw, j)
+		if i == len(raw) || raw[i] != ':' {
+			return Record{}, false
+		}
+		v, j, ok := scanValue(raw, skipSpace(raw, i+1))
+		if !ok || !r.set(key.text, v) {
+			return Record{}, false
+		}
+		i = skipSpace(raw, j)
+		if i == len(raw) {
+			return Record{}, false
+		}
+		switch raw[i] {
+		case ',':
+			i = skipSpace(raw, i+1)
+		case '}':
+			return r, skipSpace(raw, i+1) == len(raw)
+		default:
+			return Record{}, false
+		}
+	}
+}
+
+// jsonValue is a scalar JSON value as it appears in the input.
+type jsonValue struct {
+	kind  byte   // '"' string, '0' number, 't' true, 'f' false
+	raw   string // the value's text, quotes included
+	text  string // a string's content (it has no escapes), a number's text
+	ascii bool   // the string is all ASCII, so valid UTF-8
+}
+
+// plainASCII holds the bytes a string can hold as they are, ASCII only: all
+// but the quote, the backslash and control characters.
+var plainASCII = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// skipSpace returns the index of the first byte at or after i in s that is
+// not JSON whitespace.
+func skipSpace(s string, i int) int {
+	for i < len(s) && (s[i] == ' ' || s[i] == '\n' || s[i] == '\t' || s[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// scanValue reads the scalar value that starts at s[i] and returns it with
+// the index just after it. It reports false for anything it does not take:
+// a string with an escape or a control character, a malformed number,
+// null, an object or an array.
+func scanValue(s string, i int) (jsonValue, int, bool) {
+	if i == len(s) {
+		return jsonValue{}, i, false
+	}
+	start := i
+	switch c := s[i]; {
+	case c == '"':
+		ascii := true
+		for i++; i < len(s); i++ {
+			if plainASCII[s[i]] {
+				continue
+			}
+			switch c := s[i]; {
+			case c == '"':
+				return jsonValue{kind: '"', raw: s[start : i+1], text: s[start+1 : i], ascii: ascii}, i + 1, true
+			case c == '\\' || c < 0x20:
+				return jsonValue{}, i, false
+			default:
+				ascii = false
+			}
+		}
+		return jsonValue{}, i, false
+	case c == '-' || '0' <= c && c <= '9':
+		end, ok := scanNumber(s, i)
+		return jsonValue{kind: '0', raw: s[start:end], text: s[start:end]}, end, ok
+	case c == 't' && strings.HasPrefix(s[i:], "true"):
+		return jsonValue{kind: 't', raw: s[i : i+4]}, i + 4, true
+	case c == 'f' && strings.HasPrefix(s[i:], "false"):
+		return jsonValue{kind: 'f', raw: s[i : i+5]}, i + 5, true
+	}
+	return jsonValue{}, i, false
+}
+
+// scanNumber returns the index just after the JSON number that starts at
+// s[i], and false if there is none: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+func scanNumber(s string, i int) (int, bool) {
+	if i < len(s) && s[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(s) && s[i] == '0':
+		i++
+	case i < len(s) && '1' <= s[i] && s[i] <= '9':
+		i = digits(s, i)
+	default:
+		return i, false
+	}
+	if i < len(s) && s[i] == '.' {
+		j := digits(s, i+1)
+		if j == i+1 {
+			return j, false
+		}
+		i = j
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		j := digits(s, i)
+		if j == i {
+			return j, false
+		}
+		i = j
+	}
+	return i, true
+}
+
+// digits returns the index of the first byte at or after i in s that is
+// not an ASCII digit.
+func digits(s string, i int) int {
+	for i < len(s) && '0' <= s[i] && s[i] <= '9' {
+		i++
+	}
+	return i
 }
 
 // set stores v in the field named by key and reports whether it could do
 // so exactly as encoding/json would.
-func (r *Record) set(key string, v gjson.Result) bool {
+func (r *Record) set(key string, v jsonValue) bool {
 	switch key {
 	case "request_id":
 		return plainString(v, &r.RequestID)
@@ -81,7 +212,7 @@ func (r *Record) set(key string, v gjson.Result) bool {
 		return integer(v, &r.ReasoningTokens)
 	case "cost":
 		// encoding/json hands a Unmarshaler the raw value, quotes included.
-		return (v.Type == gjson.String || v.Type == gjson.Number) && r.Cost.UnmarshalJSON([]byte(v.Raw)) == nil
+		return (v.kind == '"' || v.kind == '0') && r.Cost.UnmarshalJSON([]byte(v.raw)) == nil
 	case "currency":
 		return plainString(v, &r.Currency)
 	case "estimated":
@@ -98,21 +229,21 @@ func (r *Record) set(key string, v gjson.Result) bool {
 	return false
 }
 
-// plainString accepts a string without escapes in valid UTF-8, whose value
-// is its raw text.
-func plainString(v gjson.Result, dst *string) bool {
-	if v.Type != gjson.String || strings.Contains(v.Raw, `\`) || !utf8.ValidString(v.Str) {
+// plainString accepts a string (scanValue took it: no escapes) in valid
+// UTF-8, whose value is its raw text.
+func plainString(v jsonValue, dst *string) bool {
+	if v.kind != '"' || !v.ascii && !utf8.ValidString(v.text) {
 		return false
 	}
-	*dst = v.Str
+	*dst = v.text
 	return true
 }
 
-func integer(v gjson.Result, dst *int64) bool {
-	if v.Type != gjson.Number {
+func integer(v jsonValue, dst *int64) bool {
+	if v.kind != '0' {
 		return false
 	}
-	n, err := strconv.ParseInt(v.Raw, 10, 64)
+	n, err := strconv.ParseInt(v.text, 10, 64)
 	if err != nil {
 		return false
 	}
@@ -120,11 +251,11 @@ func integer(v gjson.Result, dst *int64) bool {
 	return true
 }
 
-func boolean(v gjson.Result, dst *bool) bool {
-	switch v.Type {
-	case gjson.True:
+func boolean(v jsonValue, dst *bool) bool {
+	switch v.kind {
+	case 't':
 		*dst = true
-	case gjson.False:
+	case 'f':
 		*dst = false
 	default:
 		return false

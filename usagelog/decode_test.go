@@ -23,6 +23,9 @@ func decodeSeeds() []string {
 		`{"request_id":"a","estimated":false,"usage_clamped":true,"cost":"9007199.254740991"}`,
 		`{"usage_clamped":null,"cost":"9007199.254740992"}`, `{"usage_clamped":1}`, `{"usage_clamped":"true"}`,
 		`[1,2]`, `"x"`, `null`, `{`, ``, `{"a":"b"}x`, " {\"user\":\"\xff\"} ",
+		`{"request_id":"r","user":"é","model":"模型","time":"2026-01-02T03:04:05Z"}`, "{\"request_id\":\"a\tb\"}",
+		`{"status":01}`, `{"input_tokens":-}`, `{"cost":1.}`, `{"cost":1e}`, `{"cost":-0.5e+2}`, `{"stream":tru}`,
+		` { "user" : "u" , "stream" : true } `, `{}`, `{"user":"u",}`, `{"user" "u"}`,
 	}
 }
 

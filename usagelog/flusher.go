@@ -49,8 +49,10 @@ type FlusherConfig struct {
 	// are stored as soon as they arrive); between such reads the flusher
 	// notices Stop and looks for idle entries. Default: 1s.
 	Interval time.Duration
-	// Batch is the largest number of entries read at once and stored in
-	// one transaction. Default: 1000.
+	// Batch is the largest number of entries read at once. A read is
+	// stored in one transaction, together with the reads already made
+	// when the flusher lags behind (at most 4 in one transaction): a
+	// commit costs far more than a row. Default: 1000.
 	Batch int
 	// Linger is how long the flusher lets records gather after a read that
 	// did not fill a batch, so that under steady load each transaction

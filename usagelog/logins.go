@@ -149,36 +149,6 @@ func (s *Store) SetIPLogging(ctx context.Context, id string, on bool) error {
 	})
 }
 
-// noIPUsers returns the users who opted out of IP logging (erased users'
-// late rows are ScrubErased's). It reads the partial index users_no_ip, which holds only them.
-//
-// The opt-out is applied here, as rows are inserted, rather than when the
-// gateway writes the record: the gateway would need the flag on every key
-// record in Redis, rewritten on each change, while this costs one small
-// indexed read per batch, in the batch's own transaction (so a change is
-// never half seen), and nothing per request. Until the batch is stored the
-// record, with its IP, lives only in the usage stream and the settlement
-// journal, as every record does.
-func noIPUsers(ctx context.Context, tx *sql.Tx) (map[string]bool, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT id FROM users INDEXED BY users_no_ip WHERE ip_logging = 0`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out map[string]bool
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		if out == nil {
-			out = make(map[string]bool)
-		}
-		out[id] = true
-	}
-	return out, rows.Err()
-}
-
 // InvitedByEmail returns the active user with email (compared ignoring
 // case) who cannot sign in yet: one an admin made, with no password (the
 // oldest, if admins made several). Any other gives ErrNotFound.

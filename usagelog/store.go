@@ -42,8 +42,9 @@ const readConns = 4
 // SQLITE_BUSY retries); queries use a separate read-only pool so that they
 // never wait behind the flusher. A Store is safe for concurrent use.
 type Store struct {
-	wr *sql.DB // writer: MaxOpenConns 1, BEGIN IMMEDIATE
-	rd *sql.DB // readers: query_only
+	wr  *sql.DB // writer: MaxOpenConns 1, BEGIN IMMEDIATE
+	rd  *sql.DB // readers: query_only
+	ins usageInserts
 }
 
 // Open opens (creating if needed) the SQLite database at path and brings its
@@ -150,7 +151,7 @@ func tighten(f *os.File) error {
 // Close closes both connection pools. It does not wait for a Flusher: stop
 // the Flusher first.
 func (s *Store) Close() error {
-	return errors.Join(s.rd.Close(), s.wr.Close())
+	return errors.Join(s.closeInserts(), s.rd.Close(), s.wr.Close())
 }
 
 // migrate applies the migrations not yet recorded in schema_migrations, each

@@ -202,7 +202,8 @@ func TestListUsageLimits(t *testing.T) {
 }
 
 // BenchmarkInsertUsage measures InsertUsage with 1000-row batches, the
-// flusher's default batch, and reports rows per second.
+// flusher's default batch, and reports rows per second and the CPU time
+// spent per row.
 func BenchmarkInsertUsage(b *testing.B) {
 	ctx := context.Background()
 	s := openStore(b)
@@ -210,15 +211,19 @@ func BenchmarkInsertUsage(b *testing.B) {
 	recs := make([]Record, batch)
 	now := time.Now()
 	rows := 0
+	var cpu time.Duration
 	for i := 0; b.Loop(); i++ {
 		for j := range recs {
 			recs[j] = rec(fmt.Sprintf("req-%d-%d", i, j), fmt.Sprintf("u%d", j%50), now.Add(time.Duration(rows+j)))
 		}
+		cpu0 := cpuTime()
 		n, err := s.InsertUsage(ctx, recs)
+		cpu += cpuTime() - cpu0
 		if err != nil || n != batch {
 			b.Fatalf("inserted %d, %v", n, err)
 		}
 		rows += n
 	}
 	b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(rows), "cpu-ns/row")
 }

@@ -1,0 +1,92 @@
+package usagelog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+)
+
+// readBatch is a decoded read of one record, for gather.
+func readBatch(id string) decoded {
+	return decoded{b: batch{recs: [][]Record{{{RequestID: id}}}, ids: []string{id}}}
+}
+
+func batchIDs(b batch) string {
+	return fmt.Sprint(b.ids, len(b.recs))
+}
+
+func TestGatherTakesReadyBatchesUpToTheLimit(t *testing.T) {
+	ch := make(chan decoded, 8)
+	for _, id := range []string{"2", "3", "4", "5"} {
+		ch <- readBatch(id)
+	}
+	b, err := gather(readBatch("1").b, ch)
+	if err != nil || batchIDs(b) != "[1 2 3 4] 4" {
+		t.Errorf("gather = %s, %v; want 4 batches, the most in one transaction", batchIDs(b), err)
+	}
+	// Nothing more waiting: gather does not wait for it.
+	b, err = gather((<-ch).b, ch)
+	if err != nil || batchIDs(b) != "[5] 1" {
+		t.Errorf("gather = %s, %v; want the last batch alone", batchIDs(b), err)
+	}
+
+	// A read error after a batch: the batches before it are kept, the
+	// error comes back to be reported after they are stored.
+	boom := errors.New("boom")
+	ch <- readBatch("2")
+	ch <- decoded{err: boom}
+	b, err = gather(readBatch("1").b, ch)
+	if !errors.Is(err, boom) || batchIDs(b) != "[1 2] 2" {
+		t.Errorf("gather = %s, %v; want batches 1 and 2 and the read error", batchIDs(b), err)
+	}
+
+	ch <- readBatch("2")
+	close(ch)
+	b, err = gather(readBatch("1").b, ch)
+	if err != nil || batchIDs(b) != "[1 2] 2" {
+		t.Errorf("gather on a closed channel = %s, %v", batchIDs(b), err)
+	}
+}
+
+// TestFlusherFailedTransactionLeavesEntriesPending makes SQLite refuse one
+// record in the middle of a stream flushed in small, merged batches: every
+// record must then be either stored (and gone from the stream) or still in
+// the stream, never both and never neither; once the cause is gone, a
+// flush stores each record once.
+func TestFlusherFailedTransactionLeavesEntriesPending(t *testing.T) {
+	ctx := context.Background()
+	rdb, _ := startRedis(t)
+	s := openStore(t)
+	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1", Batch: 10}, nil)
+	recs := records("a", 300)
+	recs[201].RequestID = "boom"
+	xadd(t, rdb, recs...)
+	if _, err := s.wr.ExecContext(ctx, `CREATE TRIGGER usage_boom BEFORE INSERT ON usage
+		WHEN NEW.request_id = 'boom' BEGIN SELECT RAISE(ABORT, 'boom'); END`); err != nil {
+		t.Fatal(err)
+	}
+
+	n, err := f.FlushNow(ctx)
+	if err == nil {
+		t.Fatal("FlushNow stored a record SQLite refused")
+	}
+	stored := countRows(t, s, "usage")
+	left := int(rdb.XLen(ctx, testStream).Val())
+	if stored != n || stored+left != len(recs) || stored > 200 {
+		t.Fatalf("after the failure: %d rows stored, FlushNow said %d, %d entries left in the stream; want %d in all, record 201 not reached",
+			stored, n, left, len(recs))
+	}
+
+	if _, err := s.wr.ExecContext(ctx, `DROP TRIGGER usage_boom`); err != nil {
+		t.Fatal(err)
+	}
+	m, err := f.FlushNow(ctx)
+	if err != nil || n+m != len(recs) {
+		t.Fatalf("FlushNow after the failure = %d, %v; want the other %d", m, err, len(recs)-n)
+	}
+	if got := countRows(t, s, "usage"); got != len(recs) {
+		t.Errorf("usage has %d rows, want %d", got, len(recs))
+	}
+	assertStreamEmpty(t, rdb, "g")
+}
