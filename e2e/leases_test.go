@@ -326,7 +326,7 @@ func TestRedisEmptiedMidLoadLeasesComeBack(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(300 * time.Millisecond) // load before the flush: not a timing assert
+	time.Sleep(300 * time.Millisecond)                              // load before the flush: not a timing assert
 	if err := rdb.FlushDB(context.Background()).Err(); err != nil { // this test's own database
 		t.Fatal(err)
 	}
