@@ -253,11 +253,11 @@ func (b *Book) Stop(ctx context.Context) {
 	}
 }
 
-// Admit takes a hold for a request of user from the node's lease: hold at
-// least, and as much more up to upTo as the lease has. It reports false
-// (nothing taken) when there is no live lease with enough in it; the
-// caller then reserves a hold in Redis, and a lease is asked for in the
-// background.
+// Admit takes a hold for a request of user from the node's lease: upTo,
+// the most the request can cost (hold is the least it needs, for callers
+// that take less elsewhere). It reports false (nothing taken) when there
+// is no live lease with upTo in it; the caller then reserves a hold in
+// Redis, and a lease is asked for in the background.
 func (b *Book) Admit(user string, hold, upTo money.Nanos) (Ticket, bool) {
 	if b.off.Load() {
 		return Ticket{}, false
@@ -275,13 +275,16 @@ func (b *Book) Admit(user string, hold, upTo money.Nanos) (Ticket, bool) {
 		}
 		l = nil
 	}
-	if l == nil || l.free < hold {
+	if l == nil || l.free < upTo || upTo < hold {
+		// A request that may cost more than the lease has goes to Redis,
+		// where its hold can grow to the whole available balance (as it
+		// would without leases): a lease never lets one overdraw more.
 		b.wantLease(a, now)
 		a.mu.Unlock()
 		b.stats.Missed.Add(1)
 		return Ticket{}, false
 	}
-	h := max(min(upTo, l.free), hold)
+	h := upTo
 	l.free -= h
 	l.inflight++
 	if l.free < b.want(a)/2 || !now.Before(l.renewAt) {
