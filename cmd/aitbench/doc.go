@@ -43,10 +43,20 @@ func writeReport(cfg config, res *results) error {
 	rows := res.rows()
 	b.WriteString(markdownTable(rows))
 	w("")
-	w("Redis round trips per aitoken request, by operation: %s.", opsLine(res.rtOps))
-	if res.rtt != nil {
-		w("Mean request-path Redis round trip as the gateway timed it in the latency phase: authorize %.3f ms, settle %.3f ms.",
-			res.rtt["authorize"], res.rtt["settle"])
+	w("Redis round trips per aitoken request in the JSON throughput windows, by operation: one customer: %s",
+		opsLine(res.json.rt.ops))
+	w("(scripts per request, INFO commandstats: %.3f).", res.json.scriptsPer)
+	if res.customers > 0 {
+		w("%s: %s (scripts per request: %.3f).", res.customersLabel(), opsLine(res.many.rt.ops), res.many.scriptsPer)
+	}
+	w("Redis round trips the gateway made in the latency phase, by operation: %s.", rttLine(res.rtt, res.latencyN))
+	w("In the SSE phase: %s.", rttLine(res.sseRTT, res.streams[metered]))
+	w("Warm-up: the bench customer was a returning one after %d round(s) of requests (%d requests).",
+		res.json.warm.rounds, res.json.warm.requests)
+	if res.customers > 0 {
+		w("The %s were minted in %s and were returning ones after %d round(s) of every key (%d requests;",
+			res.customersLabel(), res.setup.Round(time.Millisecond), res.many.warm.rounds, res.many.warm.requests)
+		w("the last round made %s request-path Redis round trips).", num(res.many.warm.last, 0))
 	}
 	w("Goroutines per open stream: bare %.2f, aitoken %.2f.",
 		res.mem[bare].goroutinesPerStream, res.mem[metered].goroutinesPerStream)
@@ -83,12 +93,24 @@ func writeReport(cfg config, res *results) error {
 	w("Keep-alive connections throughout (one pool per site, no compression). Before measuring, each")
 	w("site is loaded for %s and a few streams are read.", cfg.Warmup)
 	w("")
-	w("- **JSON throughput**: JSON (non-stream) responses of 5 deltas. %d closed-loop clients; windows of",
+	w("- **JSON throughput, one customer**: JSON (non-stream) responses of 5 deltas. %d closed-loop",
 		cfg.Concurrency)
-	w("  %s alternate bare, aitoken, then aitoken, bare, … for %d rounds (%d windows per site). A",
-		cfg.Duration, cfg.Rounds, cfg.Rounds)
-	w("  window ends when its last request completes; req/s = a site's requests / its windows' time.")
-	w("  Requests: bare %d, aitoken %d.", res.requests[bare], res.requests[metered])
+	w("  clients, all with the bench user's key; windows of %s alternate bare, aitoken, then aitoken,",
+		cfg.Duration)
+	w("  bare, … for %d rounds (%d windows per site). A window ends when its last request completes;",
+		cfg.Rounds, cfg.Rounds)
+	w("  req/s = a site's requests / its windows' time. Requests: bare %d, aitoken %d.",
+		res.json.requests[bare], res.json.requests[metered])
+	if res.customers > 0 {
+		w("- **JSON throughput, %s**: at setup, %d users are created through the admin API", res.customersLabel(), res.customers)
+		w("  (%d at once), each credited %s and given a key. The clients take the keys in turn,", mintConcurrency, customerCredit)
+		w("  round-robin, on both sites. Before measuring, every key is used once a round until a round")
+		w("  makes no request-path Redis round trip: a customer's first requests may pay one (the first")
+		w("  fetches the key record, the second asks for a balance lease in the background), so the")
+		w("  figure is for returning customers. Then, right after, %d round(s) of %s windows per site as", cfg.CustomerRounds, cfg.Duration)
+		w("  above, ending before the gateway's key records go stale (a minute after Redis confirmed")
+		w("  them). Requests: bare %d, aitoken %d.", res.many.requests[bare], res.many.requests[metered])
+	}
 	st := res.streamed
 	w("- **streamed throughput**: %d closed-loop clients (a pool of %d connections per site), each",
 		cfg.StreamConcurrency, cfg.StreamConcurrency)
@@ -107,20 +129,30 @@ func writeReport(cfg config, res *results) error {
 	w("- **latency**: %d requests per site, one at a time, alternating request by request (bare then",
 		res.latencyN)
 	w("  aitoken, then aitoken then bare); time from sending to the last body byte. Added = aitoken")
-	w("  percentile − bare percentile. Right after, %d sequential PINGs from this process to the same", res.latencyN/2)
-	w("  Redis (go-redis) give the machine's floor for one Redis round trip, which the aitoken route")
-	w("  pays once before forwarding (authorize); the settlement's trip is off the client's path.")
+	w("  percentile − bare percentile. Before it, and before the SSE phase, the bench customer is")
+	w("  made a returning one again (rounds of requests until one makes no request-path round trip),")
+	w("  so that both measure requests admitted from a balance lease. Right after, %d sequential", res.latencyN/2)
+	w("  PINGs from this process to the same Redis (go-redis) give the machine's floor for one Redis")
+	w("  round trip, which a request admitted in Redis (authorize) pays before forwarding; settlements")
+	w("  are off the client's path.")
 	w("- **SSE**: %d streams per site, %d in flight, alternating bare/aitoken stream by stream; the",
 		res.streams[bare], cfg.SSEConcurrency)
 	w("  mock sends a role chunk, then %d deltas with `X-Mock-Delay: %s` before each after the first.",
 		cfg.SSEDeltas, cfg.SSEDelay)
-	w("  First byte: request sent to first body byte. Chunk gap: time between consecutive content")
+	w("  Each stream is read past `[DONE]` to the end of its body, as SDKs do, so that its connection")
+	w("  carries the next stream (Go's client drops a connection whose body is closed unread, and the")
+	w("  next stream would pay a new one). First byte: request sent to first body byte; its p99 is")
+	w("  info, not judged: with %d streams in flight on %d cores it measures the scheduler (the latency",
+		cfg.SSEConcurrency, runtime.NumCPU())
+	w("  p99, one request at a time, holds the tail target). Chunk gap: time between consecutive content")
 	w("  deltas reaching the client (%d gaps per site); with no buffering it stays at the mock's delay.",
 		res.gaps[bare])
 	w("- **CPU per 1k requests**: utime+stime of the caddy process (`/proc/<pid>/stat`) over each site's")
 	w("  throughput windows, divided by the requests served in them. The ledger flusher's work for the")
 	w("  aitoken rows is in caddy too and is counted where it happens (mostly in aitoken windows).")
-	w("  Redis: `used_cpu_user + used_cpu_sys` of INFO cpu over the aitoken windows per aitoken request.")
+	w("  Redis: `used_cpu_user + used_cpu_sys` of INFO cpu over each site's windows per request (the")
+	w("  bare column is the background work that falls in bare windows). Caddy + Redis CPU per request,")
+	w("  µs: the two summed, per scenario: what the gateway's servers spend on a request, added over bare.")
 	w("  All processes: caddy + redis-server + mock upstream + the load generator. When the machine")
 	w("  is saturated (the load runs on the same cores), the throughput ratio follows this figure.")
 	w("  Caddy CPU per 1k streams: the same over the streamed throughput windows, per stream.")
@@ -134,10 +166,14 @@ func writeReport(cfg config, res *results) error {
 	w("  cost of a proxied stream, the bare column, is about a third `reverse_proxy`'s 32 KiB copy")
 	w("  buffer; the rest is goroutine stacks and the client and upstream connections' buffers.")
 	w("- **Redis round trips**: the gateway's `%s` (one per round trip, a", redisOpsMetric)
-	w("  pipeline counting once) over the throughput phase, after every authorized request settled,")
-	w("  divided by the aitoken requests. Request path: `authorize` + `settle`; all: every op")
-	w("  (background flusher included) except `metrics`, the state gauges our own scrapes read.")
-	w("  Cross-check: EVALSHA + EVAL calls in Redis `INFO commandstats` over the same span.")
+	w("  pipeline counting once), labelled by operation, over a scenario's throughput windows, after")
+	w("  every authorized request settled, divided by the aitoken requests. Request path: the round")
+	w("  trips made before the response, `authorize` (admission in Redis, which a request admitted")
+	w("  from a balance lease skips). Off the request path: `settle` (settlement batches, applied")
+	w("  after the response), `lease` (balance leases taken, refilled, renewed and given back in the")
+	w("  background) and the ledger flusher's (labelled by command, e.g. `xreadgroup`). All: every")
+	w("  op except `metrics`, the state gauges our own scrapes read. Cross-check: EVALSHA + EVAL calls")
+	w("  in Redis `INFO commandstats` over the same span.")
 	w("- **ledger flush**: in the harness process, %d records encoded as the gateway's settlement", cfg.LedgerRecords)
 	w("  writes them (JSON of `usagelog.Record` in field `r`) are XADDed to `%s` (pipelined, not", billing.UsageStream)
 	w("  timed) on a separate Redis database; then a `usagelog.Flusher` configured as the gateway's")
@@ -145,10 +181,10 @@ func writeReport(cfg config, res *results) error {
 	w("  is empty (entries are deleted only after their transaction commits) gives rows/s. The row")
 	w("  count in SQLite is checked afterwards.")
 	w("")
-	w("The two throughput rows measure different things. The JSON row uses a zero-latency mock with")
-	w("%d clients on a small machine (%d cores), so it saturates the CPU and measures CPU cost per",
+	w("The JSON and streamed throughput rows measure different things. The JSON rows use a zero-latency")
+	w("mock with %d clients on a small machine (%d cores), so they saturate the CPU and measure CPU cost",
 		cfg.Concurrency, runtime.NumCPU())
-	w("request: caddy and Redis share the cores with the load generator and the mock, and the ratio")
+	w("per request: caddy and Redis share the cores with the load generator and the mock, and the ratio")
 	w("follows the CPU rows. The streamed row paces responses like a model does and measures whether")
 	w("the gateway holds bare throughput at a fixed concurrency (%d streams in flight), chosen to", cfg.StreamConcurrency)
 	w("leave a 2-core machine below saturation; with more streams in flight the cores fill up and the")

@@ -38,9 +38,12 @@ type env struct {
 	exitErr  error         // caddy's exit status, valid after done
 
 	adminURL   string
-	bareURL    string // site with reverse_proxy only
-	aitokenURL string // site with aitoken before the same reverse_proxy
-	key        string // API key of the bench user
+	bareURL    string   // site with reverse_proxy only
+	aitokenURL string   // site with aitoken before the same reverse_proxy
+	key        string   // API key of the bench user
+	customers  []string // API keys of the many-customer scenario
+
+	adminClient *http.Client // keep-alive pool for the admin API
 }
 
 // repoRoot finds the module root (the directory whose go.mod declares this
@@ -99,7 +102,7 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 // startEnv starts redis-server, the mock provider and caddy, all on free
 // loopback ports, and mints the bench user's key.
 func startEnv(ctx context.Context, dir, caddyPath, mockPath string) (*env, error) {
-	e := &env{dir: dir}
+	e := &env{dir: dir, adminClient: newClient(32, 30*time.Second)}
 	rdir := filepath.Join(dir, "redis")
 	if err := os.MkdirAll(rdir, 0o755); err != nil {
 		return e, err

@@ -34,11 +34,14 @@ var (
 )
 
 // loader sends benchmark requests to either site over keep-alive
-// connections, one connection pool per site.
+// connections, one connection pool per site. Its requests take the keys
+// in turn, round-robin (the bench user's one key unless set otherwise).
 type loader struct {
 	e       *env
 	clients [2]*http.Client
 	urls    [2]string
+	keys    []string
+	next    atomic.Uint64
 }
 
 func newLoader(e *env, conns int) *loader {
@@ -46,7 +49,13 @@ func newLoader(e *env, conns int) *loader {
 		e:       e,
 		clients: [2]*http.Client{newClient(conns, time.Minute), newClient(conns, time.Minute)},
 		urls:    [2]string{e.bareURL, e.aitokenURL},
+		keys:    []string{e.key},
 	}
+}
+
+// key is the API key of the next request: the keys in turn.
+func (l *loader) key() string {
+	return l.keys[(l.next.Add(1)-1)%uint64(len(l.keys))]
 }
 
 // newClient is a keep-alive client that holds up to conns idle connections
@@ -69,7 +78,7 @@ func (l *loader) newRequest(ctx context.Context, m mode, body []byte, hdr map[st
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+l.e.key)
+	req.Header.Set("Authorization", "Bearer "+l.key())
 	req.Header.Set("Content-Type", "application/json")
 	for k, v := range hdr {
 		req.Header.Set(k, v)

@@ -6,7 +6,7 @@
 // table against the project's performance bars and writes it, with the
 // machine and the method, to docs/benchmarks.md.
 //
-//	go run ./cmd/aitbench            # full run, about 1.5 minutes on 2 cores
+//	go run ./cmd/aitbench            # full run, about 2 minutes on 2 cores
 //	go run ./cmd/aitbench -quick     # smoke run
 //
 // It builds ./internal/testcaddy and ./cmd/mockupstream, and starts its own
@@ -41,6 +41,10 @@ type config struct {
 	StreamConcurrency int
 	// Warmup is how long each site is loaded before measuring.
 	Warmup time.Duration
+	// Customers is how many customers the many-customer scenario mints
+	// (0 skips it); CustomerRounds is how many windows each site gets in
+	// it.
+	Customers, CustomerRounds int
 	// LatencyRequests is the number of sequential requests per site.
 	LatencyRequests int
 	// SSEStreams is the number of streams per site; SSEConcurrency of them
@@ -81,11 +85,15 @@ func main() {
 	rows := res.rows()
 	fmt.Println()
 	writeTable(os.Stdout, rows)
-	fmt.Printf("\nRedis round trips per aitoken request: %s\n", opsLine(res.rtOps))
-	if res.rtt != nil {
-		fmt.Printf("mean request-path round trip (latency phase): authorize %.3f ms, settle %.3f ms\n",
-			res.rtt["authorize"], res.rtt["settle"])
+	fmt.Printf("\nRedis round trips per aitoken request, one customer: %s; scripts %.3f\n",
+		opsLine(res.json.rt.ops), res.json.scriptsPer)
+	if res.customers > 0 {
+		fmt.Printf("Redis round trips per aitoken request, %s: %s; scripts %.3f\n",
+			res.customersLabel(), opsLine(res.many.rt.ops), res.many.scriptsPer)
+		fmt.Printf("minting the %s took %s\n", res.customersLabel(), res.setup.Round(time.Millisecond))
 	}
+	fmt.Printf("Redis round trips in the latency phase: %s\n", rttLine(res.rtt, res.latencyN))
+	fmt.Printf("Redis round trips in the SSE phase: %s\n", rttLine(res.sseRTT, res.streams[metered]))
 	st := res.streamed
 	fmt.Printf("streamed throughput: mean time per stream bare %.1f ms, aitoken %.1f ms; all processes used %.2f and %.2f of %d cores\n",
 		st.streamMs[bare], st.streamMs[metered], st.cores[bare], st.cores[metered], runtime.NumCPU())
@@ -101,6 +109,9 @@ func main() {
 	}
 }
 
+// mintConcurrency is how many customers are minted at once.
+const mintConcurrency = 16
+
 // parseFlags reads the flags; -quick changes the defaults of the flags not
 // given explicitly.
 func parseFlags(args []string) (config, bool) {
@@ -110,6 +121,8 @@ func parseFlags(args []string) (config, bool) {
 	fs.IntVar(&c.Rounds, "rounds", 6, "throughput windows per site (alternating bare/aitoken)")
 	fs.IntVar(&c.Concurrency, "concurrency", 16, "closed-loop clients in a throughput window")
 	fs.IntVar(&c.StreamConcurrency, "stream-concurrency", 16, "SSE streams in flight in a streamed throughput window (the default leaves a 2-core machine unsaturated)")
+	fs.IntVar(&c.Customers, "customers", 1000, "customers minted for the many-customer JSON throughput scenario, their keys used round-robin (0 skips it)")
+	fs.IntVar(&c.CustomerRounds, "customer-rounds", 3, "throughput windows per site in the many-customer scenario")
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "load per site before measuring")
 	fs.IntVar(&c.LatencyRequests, "latency-requests", 4000, "sequential requests per site for latency")
 	fs.IntVar(&c.SSEStreams, "sse-streams", 300, "SSE streams per site")
@@ -132,7 +145,7 @@ func parseFlags(args []string) (config, bool) {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		for name, v := range map[string]string{
-			"duration": "400ms", "rounds": "2", "warmup": "300ms", "latency-requests": "300",
+			"duration": "400ms", "rounds": "2", "customer-rounds": "1", "warmup": "300ms", "latency-requests": "300",
 			"sse-streams": "40", "stream-concurrency": "16", "streams": "100", "mem-rounds": "1", "ledger-records": "10000",
 		} {
 			if !set[name] {
@@ -176,6 +189,15 @@ func run(ctx context.Context, cfg config, logw io.Writer) (*results, error) {
 		return nil, err
 	}
 	res := &results{}
+	if cfg.Customers > 0 {
+		logf("minting %d customers through the admin API", cfg.Customers)
+		t := time.Now()
+		if e.customers, err = e.mintCustomers(ctx, cfg.Customers, mintConcurrency); err != nil {
+			return nil, fmt.Errorf("minting customers: %v%s", err, e.logTail())
+		}
+		res.setup = time.Since(t)
+		logf("minted %d customers in %s", cfg.Customers, res.setup.Round(time.Millisecond))
+	}
 	if err := measure(ctx, cfg, e, res, logf); err != nil {
 		return nil, fmt.Errorf("%v%s", err, e.logTail())
 	}

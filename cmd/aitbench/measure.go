@@ -11,9 +11,10 @@ import (
 )
 
 // measure runs the measurements against the running caddy, in order:
-// warm-up, JSON throughput (with CPU and Redis round trips), streamed
-// throughput, latency, SSE timing, memory per open stream and, when asked,
-// a CPU profile.
+// warm-up, JSON throughput with one customer and with many (with CPU and
+// Redis round trips), streamed throughput, latency, SSE timing, memory
+// per open stream and, when asked, a CPU profile. The latency and SSE
+// phases start with the bench customer a returning one.
 func measure(ctx context.Context, cfg config, e *env, res *results, logf func(string, ...any)) error {
 	l := newLoader(e, cfg.Concurrency)
 
@@ -26,58 +27,43 @@ func measure(ctx context.Context, cfg config, e *env, res *results, logf func(st
 	if _, err := l.sse(ctx, cfg.SSEConcurrency, cfg.SSEConcurrency, cfg.SSEDeltas, cfg.SSEDelay); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
-
-	ops0, err := e.settledOps(ctx)
-	if err != nil {
-		return err
+	returning := func(phase string) (warmResult, error) {
+		w, err := l.warmReturning(ctx, cfg.Concurrency)
+		if err != nil {
+			return w, fmt.Errorf("%s: warm-up: %w", phase, err)
+		}
+		if w.last != 0 && !math.IsNaN(w.last) {
+			logf("%s: the bench customer still made %.0f request-path Redis round trips in the last of %d warm-up rounds",
+				phase, w.last, w.rounds)
+		}
+		return w, nil
 	}
-	scripts0, err := redisScriptCalls(e.redis.Addr)
-	if err != nil {
+
+	var err error
+	if res.json.warm, err = returning("throughput"); err != nil {
 		return err
 	}
 	logf("throughput: %d rounds of %s per site, %d clients", cfg.Rounds, cfg.Duration, cfg.Concurrency)
-	tp, err := l.throughput(ctx, cfg.Concurrency, cfg.Rounds, cfg.Duration, l.doJSON)
-	if err != nil {
+	warm := res.json.warm
+	if res.json, err = measureJSON(ctx, l, cfg.Concurrency, cfg.Rounds, cfg.Duration); err != nil {
 		return fmt.Errorf("throughput: %w", err)
 	}
-	ops1, err := e.settledOps(ctx)
-	if err != nil {
-		return err
-	}
-	scripts1, err := redisScriptCalls(e.redis.Addr)
-	if err != nil {
-		return err
-	}
-	for _, m := range modes {
-		res.requests[m] = tp[m].requests
-		res.throughput[m] = float64(tp[m].requests) / tp[m].elapsed.Seconds()
-		res.cpuPer1k[m] = perThousand(tp[m].cpu.caddy, tp[m].requests)
-		res.totalPer1k[m] = perThousand(tp[m].cpu.total(), tp[m].requests)
-	}
-	n := float64(tp[metered].requests)
-	res.redisPer1k = perThousand(tp[metered].cpu.redis, tp[metered].requests)
-	res.scriptsPer = float64(scripts1-scripts0) / n
-	res.rtRequest, res.rtAll = math.NaN(), math.NaN()
-	if ops0 != nil && ops1 != nil {
-		res.rtOps = map[string]float64{}
-		var all float64
-		for op, v := range ops1 {
-			if op == "metrics" { // our own scrapes of /metrics
-				continue
-			}
-			d := (v - ops0[op]) / n
-			if d > 0 {
-				res.rtOps[op] = d
-			}
-			all += d
+	res.json.warm = warm
+
+	if len(e.customers) > 0 {
+		res.customers = len(e.customers)
+		if res.many, err = manyCustomers(ctx, cfg, e, e.customers, logf); err != nil {
+			return fmt.Errorf("%d customers: %w", len(e.customers), err)
 		}
-		res.rtRequest, res.rtAll = res.rtOps["authorize"]+res.rtOps["settle"], all
 	}
 
 	if res.streamed, err = streamedThroughput(ctx, cfg, e, logf); err != nil {
 		return fmt.Errorf("streamed throughput: %w", err)
 	}
 
+	if _, err := returning("latency"); err != nil {
+		return err
+	}
 	logf("latency: %d requests per site, one at a time, alternating", cfg.LatencyRequests)
 	before, err := e.scrape(ctx)
 	if err != nil {
@@ -91,7 +77,7 @@ func measure(ctx context.Context, cfg config, e *env, res *results, logf func(st
 	if err != nil {
 		return err
 	}
-	res.rtt = meanRoundTrips(before, after)
+	res.rtt = timeRoundTrips(before, after)
 	res.latencyN = cfg.LatencyRequests
 	if res.ping, err = pingFloor(ctx, e.redis.Addr, cfg.LatencyRequests/2); err != nil {
 		return fmt.Errorf("redis ping: %w", err)
@@ -100,11 +86,21 @@ func measure(ctx context.Context, cfg config, e *env, res *results, logf func(st
 		res.latency[m] = percentiles(lat[m])
 	}
 
+	if _, err := returning("SSE"); err != nil {
+		return err
+	}
 	logf("SSE: %d streams per site, %d at once, %d deltas %s apart", cfg.SSEStreams, cfg.SSEConcurrency, cfg.SSEDeltas, cfg.SSEDelay)
+	if before, err = e.scrape(ctx); err != nil {
+		return err
+	}
 	st, err := l.sse(ctx, cfg.SSEStreams, cfg.SSEConcurrency, cfg.SSEDeltas, cfg.SSEDelay)
 	if err != nil {
 		return fmt.Errorf("SSE: %w", err)
 	}
+	if after, err = e.scrape(ctx); err != nil {
+		return err
+	}
+	res.sseRTT = timeRoundTrips(before, after)
 	for _, m := range modes {
 		res.ttfb[m], res.gap[m] = percentiles(st[m].ttfb), percentiles(st[m].gaps)
 		res.streams[m], res.gaps[m] = len(st[m].ttfb), len(st[m].gaps)
@@ -140,53 +136,6 @@ func perThousand(cpu time.Duration, requests int64) float64 {
 		return math.NaN()
 	}
 	return float64(cpu) / float64(time.Millisecond) / float64(requests) * 1000
-}
-
-// meanRoundTrips is the mean duration in ms of the gateway's request-path
-// Redis round trips between two scrapes, by op; nil without the metric.
-func meanRoundTrips(before, after []sample) map[string]float64 {
-	n0, n1 := redisOps(before), redisOps(after)
-	t0, t1 := byOp(before, redisOpsTime), byOp(after, redisOpsTime)
-	if n1 == nil || t1 == nil {
-		return nil
-	}
-	m := map[string]float64{}
-	for _, op := range []string{"authorize", "settle"} {
-		if n := n1[op] - n0[op]; n > 0 {
-			m[op] = (t1[op] - t0[op]) / n * 1000
-		}
-	}
-	return m
-}
-
-// settledOps returns the gateway's Redis round trips by op once
-// settlement (which may finish after the response) has gone quiet: no
-// settlement in flight (when the gateway reports that gauge) and the
-// settle count unchanged over 50ms. It returns nil when the gateway does
-// not export the metric.
-func (e *env) settledOps(ctx context.Context) (map[string]float64, error) {
-	deadline := time.Now().Add(10 * time.Second)
-	var last map[string]float64
-	for {
-		ss, err := e.scrape(ctx)
-		if err != nil {
-			return nil, err
-		}
-		ops := redisOps(ss)
-		if ops == nil {
-			return nil, nil
-		}
-		inFlight, _ := value(ss, "aitoken_settlements_in_flight", nil)
-		if last != nil && ops["settle"] == last["settle"] && inFlight == 0 || time.Now().After(deadline) {
-			return ops, nil
-		}
-		last = ops
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // profile loads the aitoken site while caddy's admin API records a CPU

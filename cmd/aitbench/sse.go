@@ -86,6 +86,12 @@ func (l *loader) stream(ctx context.Context, m mode, deltas int, delay time.Dura
 	if !done || len(events) < deltas+1 {
 		return sseTiming{}, fmt.Errorf("%s stream: %d data events, done=%v; want the role chunk, %d deltas and [DONE]", m, len(events), done, deltas)
 	}
+	// Read on to the body's end, as SDKs do, so that the connection is
+	// kept for the next request: closing it earlier would make the
+	// transport drop the connection, and the next stream pay a new one.
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		return sseTiming{}, fmt.Errorf("%s stream: after [DONE]: %w", m, err)
+	}
 	t := sseTiming{ttfb: fb.first.Sub(start)}
 	for k := 2; k <= deltas; k++ {
 		t.gaps = append(t.gaps, events[k].Sub(events[k-1]))
