@@ -3,7 +3,7 @@
 GO ?= go
 CADDY ?= bin/caddy
 
-.PHONY: all build run test fuzz bench vet clean
+.PHONY: all build run test race fuzz bench vet clean
 
 all: build
 
@@ -15,9 +15,14 @@ build:
 run:
 	scripts/run.sh
 
-# Every test, with the race detector; tests start their own redis-server.
+# Every test (the concurrent packages under the race detector); tests start
+# their own redis-server.
 test:
 	scripts/test.sh
+
+# Every test, every package under the race detector (slower: Caddy is built twice).
+race:
+	RACE=all scripts/test.sh
 
 # The differential fuzz test of the request reader (meter.ParseRequest
 # against encoding/json and exact-key readings), for FUZZTIME (default 5m).

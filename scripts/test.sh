@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: go vet, then go test with the race detector. The tests
+# Runs every test: go vet, then go test (the concurrent packages with the
+# race detector; RACE=all for every package). The tests
 # start their own redis-server (internal/testredis) and stripe-mock on free
 # loopback ports. Extra arguments replace ./... (e.g. scripts/test.sh ./meter/...).
 set -euo pipefail
@@ -18,8 +19,35 @@ pkgs=("$@")
 echo "== go vet ${pkgs[*]}"
 go vet "${pkgs[@]}"
 
-echo "== go test -race ${pkgs[*]}"
-go test -race -count=1 -timeout 15m "${pkgs[@]}"
+# Build once: vet's build is reused by the tests without the race detector.
+# The packages whose own code runs concurrently on the request path (leases,
+# settlement workers, the Redis accounts, the ledger flusher) also run under
+# -race; they do not import Caddy, so that second build stays small.
+# RACE=all runs every package under -race (make race).
+race_pkgs=(./lease/... ./settle/... ./billing/... ./usagelog/...)
+if [ "${RACE:-}" = all ]; then
+	echo "== go test -race ${pkgs[*]}"
+	go test -race -count=1 -timeout 15m "${pkgs[@]}"
+else
+	mapfile -t all < <(go list "${pkgs[@]}")
+	mapfile -t racy < <(go list "${race_pkgs[@]}")
+	plain=()
+	for p in "${all[@]}"; do
+		[[ " ${racy[*]} " == *" $p "* ]] || plain+=("$p")
+	done
+	selected=()
+	for p in "${racy[@]}"; do
+		[[ " ${all[*]} " == *" $p "* ]] && selected+=("$p")
+	done
+	if [ ${#plain[@]} -gt 0 ]; then
+		echo "== go test (${#plain[@]} packages)"
+		go test -count=1 -timeout 15m "${plain[@]}"
+	fi
+	if [ ${#selected[@]} -gt 0 ]; then
+		echo "== go test -race ${selected[*]}"
+		go test -race -count=1 -timeout 15m "${selected[@]}"
+	fi
+fi
 
 # A short differential fuzz run of the request reader (one package at a
 # time: -fuzz takes one). `make fuzz` runs it longer. Skipped when the
