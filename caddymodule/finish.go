@@ -102,6 +102,11 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, t 
 	}
 	if g.Lease != "" {
 		b.Record.Seq = h.app.redis.leases.Settle(t, b.Cost)
+		if g.Key.TPM > 0 {
+			// Tokens beyond what admission counted, against this node's
+			// share of the key's tpm window.
+			h.app.redis.rates.Used(g.KeyID, b.Record.Tokens)
+		}
 	}
 	// The settlement is written ahead to the journal now, before the
 	// response's end leaves the handler, and applied in Redis after it.

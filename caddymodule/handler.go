@@ -270,7 +270,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		upTo = money.MaxNanos
 	}
-	g, ticket, local, err := h.admitLocal(r, keyHash, req.Model, requestID, hold, upTo)
+	g, ticket, local, err := h.admitLocal(r, keyHash, req.Model, requestID, hold, upTo, tokens)
 	if !local {
 		g, err = h.authorize(r.Context(), billing.AuthRequest{
 			KeyHash: keyHash, Model: req.Model, Hold: hold, HoldUpTo: upTo, Tokens: tokens, RequestID: requestID, ClientIP: clientAddr(r),
@@ -278,7 +278,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if errors.Is(err, billing.ErrInsufficientQuota) {
 			// What Redis has left may be in this node's lease, taken
 			// while the request was on its way.
-			if g2, t2, ok, err2 := h.admitLocal(r, keyHash, req.Model, requestID, hold, upTo); ok && err2 == nil {
+			if g2, t2, ok, err2 := h.admitLocal(r, keyHash, req.Model, requestID, hold, upTo, tokens); ok && err2 == nil {
 				g, ticket, err = g2, t2, nil
 			}
 		}

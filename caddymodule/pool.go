@@ -39,8 +39,10 @@ type redisConn struct {
 	// keys caches key records: a fresh one admits from memory, and with
 	// on_redis_error allow a recent one is served while Redis is down.
 	keys *keyCache
-	// leases admits returning customers from balance leases.
+	// leases admits returning customers from balance leases, and rates
+	// counts their keys' rpm/tpm from this node's share of each window.
 	leases *lease.Book
+	rates  *lease.Rates
 	log    *zap.Logger
 	// settlements carries usage settlements from the end of their
 	// response into Redis.
@@ -149,7 +151,7 @@ func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redis
 		}})
 		leases := lease.New(billing.NewAccounts(client), lease.Config{Log: log.Named("lease")})
 		return &redisConn{key: key, url: url, sentinel: sentinel, client: client, keys: newKeyCache(),
-			leases: leases, settlements: settlements, log: log}, nil
+			leases: leases, rates: lease.NewRates(billing.NewAccounts(client)), settlements: settlements, log: log}, nil
 	})
 	if err != nil {
 		return nil, err
