@@ -287,6 +287,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.answerAuthError(w, r, err, req.Model)
 		return nil
 	}
+	if g.Lease == "" && !g.NoHold {
+		h.app.redis.leases.Prime(g.User, upTo)
+	}
 	setRateHeaders(w.Header(), g.Limits)
 
 	if provider, ok := h.aliasOf(req.Model); ok {

@@ -295,6 +295,24 @@ func (b *Book) Admit(user string, hold, upTo money.Nanos) (Ticket, bool) {
 	return Ticket{acct: a, lease: l, Hold: h}, true
 }
 
+// Prime asks for user's lease in the background, sized for requests that
+// may cost upTo, after a request was admitted with a hold in Redis: the
+// customer's next request finds it.
+func (b *Book) Prime(user string, upTo money.Nanos) {
+	if b.off.Load() {
+		return
+	}
+	a := b.account(user)
+	now := time.Now()
+	a.mu.Lock()
+	a.lastUse = now
+	a.maxHold = max(a.maxHold, upTo)
+	if a.cur == nil {
+		b.wantLease(a, now)
+	}
+	a.mu.Unlock()
+}
+
 // Settle ends the ticket's request, which cost cost, and returns the
 // settlement's sequence number in its lease: every number given must
 // reach SettleLease once, or the lease's later settlements wait in Redis

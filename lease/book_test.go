@@ -237,3 +237,19 @@ func TestLostLeaseIsReplaced(t *testing.T) {
 	}
 	b.Stop(context.Background())
 }
+
+// A request admitted with a hold in Redis primes the customer's lease, so
+// the next one is admitted from memory.
+func TestPrimeTakesALease(t *testing.T) {
+	acc, _ := newAccounts(t)
+	if _, err := acc.Credit(t.Context(), "u", 10*unit); err != nil {
+		t.Fatal(err)
+	}
+	b := New(acc, Config{Share: 1, Max: unit})
+	b.Prime("u", unit/100)
+	b.wg.Wait()
+	if _, ok := b.Admit("u", unit/1000, unit/100); !ok {
+		t.Fatal("no lease after Prime")
+	}
+	b.Stop(context.Background())
+}
