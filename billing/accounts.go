@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -88,6 +89,8 @@ func keyFields(k KeyRecord) []any {
 		ips = "," + strings.Join(k.AllowedIPs, ",") + ","
 		bits = "," + strings.Join(prefixBitsList(k.AllowedIPs), ",") + ","
 	}
+	// ipbits is no longer read here; it is kept for nodes of an older
+	// build sharing this Redis, which check allowed_ips from it.
 	return []any{"id", k.ID, "user", k.User, "status", status, "models", models, "expires", exp,
 		"rpm", max(k.RPM, 0), "tpm", max(k.TPM, 0), "ips", ips, "ipbits", bits}
 }
@@ -164,6 +167,9 @@ type AuthRequest struct {
 	// ClientIP is checked against the key's allowed_ips. The zero Addr
 	// (unknown) is refused by a key that has allowed_ips.
 	ClientIP netip.Addr
+	// Key, when set, is the key's record as fetched lately (the node's
+	// cache): Authorize then does not read it again.
+	Key *KeyRecord
 }
 
 // Grant is an admitted request: who pays, and the hold to settle.
@@ -188,13 +194,15 @@ type Grant struct {
 	Lease string
 }
 
-// Authorize admits a request in one round trip: the key must exist, be
-// active and unexpired, allow the client IP, allow the model, be inside its rpm/tpm windows, and
-// (unless CheckOnly) the account's available balance must cover the hold,
-// which is then reserved and the request counted.
+// Authorize admits a request: the key must exist, be active and
+// unexpired, allow the client IP and the model, be inside its rpm/tpm
+// windows, and (unless CheckOnly) the account's available balance must
+// cover the hold, which is then reserved and the request counted. It
+// reads the key record (unless req.Key gives one fetched lately) and then
+// runs one script on the account's keys alone: two round trips for a new
+// key, one for a known one.
 func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error) {
 	now := time.Now()
-	hold := "check"
 	if !req.CheckOnly {
 		if req.RequestID == "" {
 			return Grant{}, errors.New("a hold needs a request id")
@@ -202,67 +210,102 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 		if req.Hold < 0 {
 			return Grant{}, fmt.Errorf("negative hold %d", req.Hold)
 		}
-		hold = strconv.FormatInt(int64(req.Hold), 10)
 	}
-	deadline := now.Add(a.HoldTTL).UnixMilli()
+	var rec KeyRecord
+	if req.Key != nil {
+		rec = *req.Key
+	} else {
+		var found bool
+		var err error
+		if rec, found, err = a.LookupKey(ctx, req.KeyHash); err != nil {
+			return Grant{}, err
+		} else if !found {
+			return Grant{}, ErrInvalidKey
+		}
+	}
+	g := Grant{RequestID: req.RequestID, KeyID: rec.ID, User: rec.User}
+	if err := checkKey(rec, req, now); errors.Is(err, ErrInvalidKey) {
+		return Grant{}, err // who owns a dead key is nobody's business
+	} else if err != nil {
+		return g, err
+	}
+	g.Key = rec
+	win := now.UnixMilli() / 60000
+	reset := (win+1)*60000 - now.UnixMilli()
+	if req.CheckOnly {
+		g.Limits = rateState(rec.RPM, rec.TPM, 0, 0, reset)
+		return g, nil
+	}
 	upto := ""
-	if !req.CheckOnly && req.HoldUpTo > req.Hold {
+	if req.HoldUpTo > req.Hold {
 		upto = strconv.FormatInt(int64(money.ClampNanos(req.HoldUpTo)), 10)
 	}
 	tokens := ""
-	if !req.CheckOnly && req.Tokens > 0 {
+	if req.Tokens > 0 {
 		tokens = strconv.FormatInt(req.Tokens, 10)
 	}
-	res, err := authorizeScript.Run(ctx, a.rdb, []string{keyRecordKey(req.KeyHash)},
-		req.Model, now.UnixMilli(), hold, req.RequestID, deadline, addrBits(req.ClientIP), upto, tokens).StringSlice()
+	u := rec.User
+	keys := []string{acctKey(u), holdsKey(u), holdAmtKey(u), expiredKey(u), leasesKey(u), leaseDeadlinesKey(u),
+		rateKey(u, rec.ID, now, "r"), rateKey(u, rec.ID, now, "t")}
+	res, err := holdScript.Run(ctx, a.rdb, keys, now.UnixMilli(), int64(req.Hold), req.RequestID,
+		now.Add(a.HoldTTL).UnixMilli(), upto, tokens, rec.RPM, rec.TPM).StringSlice()
 	if err != nil {
 		return Grant{}, err
 	}
-	g := Grant{RequestID: req.RequestID}
-	if len(res) >= 3 {
-		g.KeyID, g.User = res[1], res[2]
-	}
 	switch res[0] {
 	case "ok":
-		if !req.CheckOnly {
-			g.Hold = req.Hold
+		g.Limits = rateState(rec.RPM, rec.TPM, atoi(res[1]), atoi(res[2]), reset)
+		if rec.TPM > 0 {
+			g.TokensCounted = max(req.Tokens, 0)
 		}
-		if len(res) >= 10 {
-			g.Key = KeyRecord{ID: g.KeyID, User: g.User, Active: true, Models: splitModels(res[3]),
-				RPM: atoi(res[5]), TPM: atoi(res[6])}
-			if ms := atoi(res[4]); ms > 0 {
-				g.Key.ExpiresAt = time.UnixMilli(ms)
-			}
-			g.Limits = rateState(g.Key.RPM, g.Key.TPM, atoi(res[7]), atoi(res[8]), atoi(res[9]))
-			if g.Key.TPM > 0 && !req.CheckOnly {
-				g.TokensCounted = max(req.Tokens, 0)
-			}
-		}
-		if len(res) >= 11 {
-			g.Key.AllowedIPs = splitModels(res[10])
-		}
-		if len(res) >= 12 && !req.CheckOnly {
-			if n, err := strconv.ParseInt(res[11], 10, 64); err == nil {
-				g.Hold = money.Nanos(n)
-			}
-		}
+		g.Hold = money.Nanos(atoi(res[3]))
 		return g, nil
-	case "ip":
-		return g, ErrIPNotAllowed
-	case "model":
-		return g, ErrModelNotAllowed
 	case "quota":
 		return g, ErrInsufficientQuota
 	case "rate":
-		if len(res) < 7 {
-			return g, &RateLimitError{Kind: "requests"}
-		}
-		return g, &RateLimitError{Kind: res[3], Limit: atoi(res[4]), Reset: time.Duration(atoi(res[6])) * time.Millisecond}
+		return g, &RateLimitError{Kind: res[1], Limit: atoi(res[2]), Reset: time.Duration(reset) * time.Millisecond}
 	case "dup":
 		return Grant{}, fmt.Errorf("request id %q already holds a reservation", req.RequestID)
 	default:
-		return Grant{}, ErrInvalidKey
+		return Grant{}, fmt.Errorf("authorize: unexpected reply %v", res)
 	}
+}
+
+// checkKey is what Authorize checks of a key before touching the account:
+// active, unexpired, the client address allowed, the model allowed (a
+// name with a comma never is).
+func checkKey(rec KeyRecord, req AuthRequest, now time.Time) error {
+	switch {
+	case !rec.Active || rec.ID == "" || rec.User == "":
+		return ErrInvalidKey
+	case !rec.ExpiresAt.IsZero() && !now.Before(rec.ExpiresAt):
+		return ErrInvalidKey
+	case !IPAllowed(rec.AllowedIPs, req.ClientIP):
+		return ErrIPNotAllowed
+	case req.Model != "" && len(rec.Models) > 0 &&
+		(strings.Contains(req.Model, ",") || !slices.Contains(rec.Models, req.Model)):
+		return ErrModelNotAllowed
+	}
+	return nil
+}
+
+// LookupKey reads the record of the key with the given hash; found is false
+// when Redis has none.
+func (a *Accounts) LookupKey(ctx context.Context, hash string) (rec KeyRecord, found bool, err error) {
+	v, err := a.rdb.HMGet(ctx, keyRecordKey(hash), "id", "user", "status", "models", "expires", "rpm", "tpm", "ips").Result()
+	if err != nil {
+		return KeyRecord{}, false, err
+	}
+	str := func(i int) string { s, _ := v[i].(string); return s }
+	if v[0] == nil {
+		return KeyRecord{}, false, nil
+	}
+	rec = KeyRecord{ID: str(0), User: str(1), Active: str(2) == "active", Models: splitModels(str(3)),
+		RPM: max(atoi(str(5)), 0), TPM: max(atoi(str(6)), 0), AllowedIPs: splitModels(str(7))}
+	if ms := atoi(str(4)); ms > 0 {
+		rec.ExpiresAt = time.UnixMilli(ms)
+	}
+	return rec, true, nil
 }
 
 func atoi(s string) int64 {

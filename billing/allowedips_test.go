@@ -32,7 +32,7 @@ func TestNormalizeAllowedIPs(t *testing.T) {
 	}
 }
 
-// The script's string-prefix test and IPAllowed agree on every case.
+// Authorize refuses exactly the addresses outside a key's allowed_ips.
 func TestAuthorizeAllowedIPs(t *testing.T) {
 	a, _ := newTestAccounts(t)
 	ctx := t.Context()

@@ -26,9 +26,12 @@ import (
 // on_redis_error allow, when Redis cannot be reached, it admits a
 // remembered key without a hold.
 func (h *Handler) authorize(ctx context.Context, req billing.AuthRequest) (billing.Grant, error) {
-	g, err := h.app.accounts.Authorize(billing.WithOp(ctx, billing.OpAuthorize), req)
 	now := time.Now()
 	cache := h.app.redis.keys
+	if rec, ok := cache.fresh(req.KeyHash, now); ok {
+		req.Key = &rec // no second read of a key fetched lately
+	}
+	g, err := h.app.accounts.Authorize(billing.WithOp(ctx, billing.OpAuthorize), req)
 	if err == nil && g.Key.ID != "" {
 		// The key's next requests may be admitted from memory.
 		cache.put(req.KeyHash, g.Key, now)
