@@ -386,7 +386,9 @@ func TestAllowModeSpoolsAndReplays(t *testing.T) {
 		t.Fatalf("admitted request's answer: %s", admitted.body)
 	}
 	wantAnswer(t, "cached key, deny route", answers[1], http.StatusServiceUnavailable, "service_unavailable")
-	wantAnswer(t, "unknown key, allow route", answers[2], http.StatusServiceUnavailable, "service_unavailable")
+	// Writes are paused, reads are not: Redis can still tell a key it
+	// does not have.
+	wantAnswer(t, "unknown key, allow route", answers[2], http.StatusUnauthorized, "invalid_api_key")
 	wantAnswer(t, "valid key never seen here, allow route", answers[3], http.StatusServiceUnavailable, "service_unavailable")
 	for _, tag := range []string{"allow-deny-route", "allow-unknown", "allow-unseen"} {
 		if n := hits(tag); n != 0 {
