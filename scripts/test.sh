@@ -20,11 +20,11 @@ echo "== go vet ${pkgs[*]}"
 go vet "${pkgs[@]}"
 
 # Build once: vet's build is reused by the tests without the race detector.
-# The packages whose own code runs concurrently on the request path (leases
-# and rate shares, settlement workers, the Redis accounts) also run under
-# -race; they import neither Caddy nor SQLite, so that second build stays
-# small. RACE=all runs every package under -race (make race).
-race_pkgs=(./lease/... ./settle/... ./billing/...)
+# The packages whose own code runs concurrently (leases and rate shares,
+# settlement workers, the Redis accounts, the ledger flusher) also run under
+# -race; they do not import Caddy, so that second build stays smaller.
+# RACE=all runs every package under -race (make race).
+race_pkgs=(./lease/... ./settle/... ./billing/... ./usagelog/...)
 if [ "${RACE:-}" = all ]; then
 	echo "== go test -race ${pkgs[*]}"
 	go test -race -count=1 -timeout 15m "${pkgs[@]}"
