@@ -95,7 +95,8 @@ return string.format('%.0f', math.max(x, 0))
 // one: the balance is debited its cost, the part of the cost the lease
 // still covers leaves the lease and held, and its usage record is added
 // to the usage stream. A lease Redis no longer has (expired, returned)
-// covers nothing: the cost is debited from the balance alone.
+// covers nothing: the cost is debited from the balance alone. A lease
+// spent to zero is removed (its node takes a new one).
 //
 // KEYS: acct, leases, lease deadlines, usage stream, the lease's
 // sequence marks. ARGV: lease id, the stream's record field, then
@@ -118,7 +119,11 @@ end
 if covered > 0 then
   local s = string.format('%.0f', covered)
   redis.call('HINCRBY', KEYS[1], 'held', '-' .. s)
-  redis.call('HINCRBY', KEYS[2], ARGV[1], '-' .. s)
+  if redis.call('HINCRBY', KEYS[2], ARGV[1], '-' .. s) <= 0 then
+    -- spent (or given back) whole: gone; its node takes a new one
+    redis.call('HDEL', KEYS[2], ARGV[1])
+    redis.call('ZREM', KEYS[3], ARGV[1])
+  end
 end
 while redis.call('HDEL', KEYS[5], tostring(wm + 1)) == 1 do wm = wm + 1 end
 redis.call('HSET', KEYS[5], 'wm', wm)

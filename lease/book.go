@@ -98,6 +98,9 @@ type account struct {
 	// maxHold is the largest hold asked for lately: leases cover
 	// holdsPerLease of them.
 	maxHold money.Nanos
+	// recalls counts recalls: a lease taken while one came in may be
+	// sized on money that is gone, and goes back.
+	recalls int
 }
 
 // Lease is one lease generation of one customer on this node.
@@ -368,6 +371,7 @@ func (b *Book) Recall(user string) {
 	a.mu.Lock()
 	l, give := a.retire()
 	a.retryAt = time.Time{}
+	a.recalls++
 	a.mu.Unlock()
 	if l != nil && give > 0 {
 		b.background(func() { b.giveBack(b.ctx, user, l.ID, give) })

@@ -42,6 +42,7 @@ func (b *Book) wantLease(a *account, now time.Time) {
 func (b *Book) refill(a *account) {
 	a.mu.Lock()
 	l := a.cur
+	epoch := a.recalls
 	want := b.want(a)
 	minLease, _, share := b.sizes()
 	ttl := b.ttl()
@@ -83,6 +84,10 @@ func (b *Book) refill(a *account) {
 	case l == nil && g.Granted == 0:
 		// The balance is too small to share: holds in Redis for a while.
 		a.retryAt = time.Now().Add(ttl / 6)
+	case l == nil && a.recalls != epoch:
+		// A recall came in while the lease was taken: it may be sized
+		// on money that is gone.
+		give = g.Granted
 	case l == nil:
 		if a.cur == nil {
 			a.cur = &Lease{ID: take.ID, free: g.Granted}
