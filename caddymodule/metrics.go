@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -115,21 +117,112 @@ func registerMetrics(ctx caddy.Context) error {
 // countRequest records a forwarded request's outcome and what it billed.
 // model is a price table entry (PriceTable.Pattern): a configured name.
 func countRequest(model string, outcome meter.Outcome, t money.Tokens, reasoning int64, cost money.Nanos) {
-	metrics.requests.WithLabelValues(model, string(outcome)).Inc()
-	addTokens(model, "input", t.Input)
-	addTokens(model, "cached_input", t.CachedInput)
-	addTokens(model, "cache_write", t.CacheWrite)
-	addTokens(model, "output", t.Output)
-	addTokens(model, "reasoning", reasoning)
-	if cost > 0 {
-		metrics.cost.WithLabelValues(model).Add(float64(cost))
-	}
+	c := counters.of(model, outcome)
+	c.requests.Inc()
+	m := c.model
+	m.add(kindInput, t.Input)
+	m.add(kindCachedInput, t.CachedInput)
+	m.add(kindCacheWrite, t.CacheWrite)
+	m.add(kindOutput, t.Output)
+	m.add(kindReasoning, reasoning)
+	m.add(kindCost, int64(cost))
 }
 
-func addTokens(model, kind string, n int64) {
-	if n > 0 {
-		metrics.tokens.WithLabelValues(model, kind).Add(float64(n))
+// counters holds the series countRequest adds to, looked up by their
+// labels once per model and outcome rather than on every request. The
+// keys are bounded as the labels are: price table entries and outcomes.
+var counters requestCounters
+
+// requestCounters maps a model and outcome to their series. Lookups read
+// an immutable map; a new key copies it (once per key).
+type requestCounters struct {
+	mu sync.Mutex
+	m  atomic.Pointer[map[counterKey]*outcomeCounters]
+}
+
+type counterKey struct {
+	model   string
+	outcome meter.Outcome
+}
+
+// outcomeCounters are the series of one model and outcome.
+type outcomeCounters struct {
+	requests prometheus.Counter
+	model    *modelCounters
+}
+
+// modelCounters are the token and cost series of one model, each made on
+// its first addition (as WithLabelValues there would), so a model shows no
+// series of a kind it never billed.
+type modelCounters struct {
+	name   string
+	series [kindCount]atomic.Pointer[counterSeries]
+}
+
+type counterSeries struct{ prometheus.Counter }
+
+// The series of a modelCounters: tokens_total by kind, and cost.
+const (
+	kindInput = iota
+	kindCachedInput
+	kindCacheWrite
+	kindOutput
+	kindReasoning
+	kindCost
+	kindCount
+)
+
+var tokenKinds = [...]string{kindInput: "input", kindCachedInput: "cached_input", kindCacheWrite: "cache_write",
+	kindOutput: "output", kindReasoning: "reasoning"}
+
+// add adds n, if positive, to series kind.
+func (m *modelCounters) add(kind int, n int64) {
+	if n <= 0 {
+		return
 	}
+	s := m.series[kind].Load()
+	if s == nil {
+		// Two requests racing here get the same child: either may store it.
+		if kind == kindCost {
+			s = &counterSeries{metrics.cost.WithLabelValues(m.name)}
+		} else {
+			s = &counterSeries{metrics.tokens.WithLabelValues(m.name, tokenKinds[kind])}
+		}
+		m.series[kind].Store(s)
+	}
+	s.Add(float64(n))
+}
+
+// of returns the series of model and outcome.
+func (rc *requestCounters) of(model string, outcome meter.Outcome) *outcomeCounters {
+	k := counterKey{model, outcome}
+	if m := rc.m.Load(); m != nil {
+		if c, ok := (*m)[k]; ok {
+			return c
+		}
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	var mc *modelCounters
+	m := map[counterKey]*outcomeCounters{}
+	if old := rc.m.Load(); old != nil {
+		if c, ok := (*old)[k]; ok {
+			return c
+		}
+		for k2, c := range *old {
+			m[k2] = c
+			if k2.model == model {
+				mc = c.model
+			}
+		}
+	}
+	if mc == nil {
+		mc = &modelCounters{name: model}
+	}
+	c := &outcomeCounters{requests: metrics.requests.WithLabelValues(model, string(outcome)), model: mc}
+	m[k] = c
+	rc.m.Store(&m)
+	return c
 }
 
 // countClamped counts a usage report cut to what its request could produce.

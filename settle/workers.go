@@ -14,11 +14,23 @@ import (
 // workers apply journaled records in the background. Each sends whatever
 // has queued up as one pipeline, so under load many settlements share a
 // Redis round trip (and its syscalls); when idle, a record goes out alone
-// at once.
+// at once. Under load, lease settlements wait a little for company (see
+// linger), since a batch costs Redis and the gateway far less per record
+// than a pipeline each.
 type workers struct {
 	p    *Pipeline
 	jobs chan job
 	wg   sync.WaitGroup
+	// urgent is poked when a settlement that must not linger is queued.
+	urgent chan struct{}
+	// quit is closed by stop: a lingering worker sends at once.
+	quit chan struct{}
+	// gather is held by the worker gathering the next batch, so that one
+	// gathers while the other applies; last is when the last batch was
+	// taken (under gather).
+	gather sync.Mutex
+	last   time.Time
+	linger time.Duration
 
 	mu     sync.RWMutex // held for reading while enqueueing
 	closed bool
@@ -34,14 +46,26 @@ type job struct {
 
 // Worker sizes: workers in parallel, records per pipeline, and the queue
 // before enqueueing waits. Settlements under one lease share one script
-// per pipeline, so larger batches cost Redis less; a request admitted from
-// a lease never waits behind them, and one that takes a hold in Redis
-// waits at most one pipeline (~64 × a few µs).
+// per pipeline, so larger batches cost Redis less.
 const (
 	workerCount = 2
 	batchMax    = 64
 	queueSize   = 4096
 )
+
+// linger is the least time between two batches taken while settlements
+// keep coming: a lease settlement queued sooner after the last batch waits
+// for the rest of it, with whatever else arrives (no worker wakes for
+// them), and goes in one batch. Nobody waits for a lease settlement (the
+// lease accounted for its cost when it was taken), so this costs only
+// how soon Redis's balance and the usage stream show it. A settlement
+// that releases a hold in Redis never lingers, nor does a batch holding
+// one: a customer's next request may need that hold back. (A variable
+// for tests; a Pipeline takes it when it starts.)
+var linger = 2 * time.Millisecond
+
+// lingering, when set (by tests), is called as a worker starts to linger.
+var lingering func()
 
 // journalSweep is how often settled records are cleared from an idle
 // journal file.
@@ -49,7 +73,8 @@ const journalSweep = 5 * time.Second
 
 func startWorkers(p *Pipeline) *workers {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &workers{p: p, jobs: make(chan job, queueSize), cancel: cancel}
+	w := &workers{p: p, jobs: make(chan job, queueSize), urgent: make(chan struct{}, 1),
+		quit: make(chan struct{}), linger: linger, cancel: cancel}
 	for range workerCount {
 		w.wg.Go(w.work)
 	}
@@ -81,6 +106,12 @@ func (w *workers) enqueue(j job) bool {
 		return false
 	}
 	w.jobs <- j
+	if j.rec.Lease == "" {
+		select {
+		case w.urgent <- struct{}{}:
+		default:
+		}
+	}
 	return true
 }
 
@@ -90,6 +121,7 @@ func (w *workers) stop() {
 	if !w.closed {
 		w.closed = true
 		close(w.jobs)
+		close(w.quit)
 		w.cancel()
 	}
 	w.mu.Unlock()
@@ -98,23 +130,77 @@ func (w *workers) stop() {
 
 func (w *workers) work() {
 	batch := make([]job, 0, batchMax)
-	for j := range w.jobs {
-		batch = append(batch[:0], j)
-	more:
-		for len(batch) < batchMax {
-			select {
-			case j, ok := <-w.jobs:
-				if !ok {
-					break more
-				}
-				batch = append(batch, j)
-			default:
-				break more
-			}
+	var timer *time.Timer
+	for {
+		var ok bool
+		batch, ok = w.next(batch[:0], &timer)
+		if len(batch) > 0 {
+			w.apply(batch)
+			clear(batch)
 		}
-		w.apply(batch)
-		clear(batch)
+		if !ok {
+			return
+		}
 	}
+}
+
+// next gathers the next batch into batch: it waits for a job, takes what
+// else has queued, and lingers when it may. ok is false once the queue is
+// closed and empty.
+func (w *workers) next(batch []job, timer **time.Timer) (_ []job, ok bool) {
+	w.gather.Lock()
+	defer w.gather.Unlock()
+	j, ok := <-w.jobs
+	if !ok {
+		return batch, false
+	}
+	batch = w.drain(append(batch, j))
+	if wait := w.linger - time.Since(w.last); wait > 0 && len(batch) < batchMax && !holdsIn(batch) {
+		if *timer == nil {
+			*timer = time.NewTimer(wait)
+		} else {
+			(*timer).Reset(wait)
+		}
+		if lingering != nil {
+			lingering()
+		}
+		select {
+		case <-(*timer).C:
+		case <-w.urgent:
+		case <-w.quit:
+		}
+		(*timer).Stop()
+		batch = w.drain(batch)
+	}
+	w.last = time.Now()
+	return batch, true
+}
+
+// drain adds the queued jobs to batch, up to batchMax, without waiting.
+func (w *workers) drain(batch []job) []job {
+	for len(batch) < batchMax {
+		select {
+		case j, ok := <-w.jobs:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, j)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// holdsIn reports whether batch settles a hold in Redis (a request not
+// admitted from a lease).
+func holdsIn(batch []job) bool {
+	for _, j := range batch {
+		if j.rec.Lease == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // apply makes the first attempt of a batch in one pipeline: one script
