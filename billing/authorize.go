@@ -137,6 +137,17 @@ func (a *Accounts) Authorize(ctx context.Context, req AuthRequest) (Grant, error
 		return g, nil
 	case "quota":
 		return g, ErrInsufficientQuota
+	case "noacct":
+		// Redis lost its data. A key record taken from the node's copy
+		// may be gone with it: read it to tell which.
+		if req.Key != nil {
+			if _, found, err := a.LookupKey(ctx, req.KeyHash); err != nil {
+				return Grant{}, err
+			} else if !found {
+				return Grant{}, ErrInvalidKey
+			}
+		}
+		return g, ErrInsufficientQuota
 	case "rate":
 		return g, &RateLimitError{Kind: res[1], Limit: atoi(res[2]), Reset: time.Duration(reset) * time.Millisecond}
 	case "dup":

@@ -22,7 +22,8 @@ import "github.com/redis/go-redis/v9"
 // window holds tokens and these would pass the limit); rpm; tpm; window
 // reset (ms).
 // Returns {"ok", requests used, tokens used, hold reserved}, {"rate", kind,
-// limit, used}, {"quota"} or {"dup"}.
+// limit, used}, {"quota"}, {"noacct"} (Redis has no such account: it
+// lost its data) or {"dup"}.
 var holdScript = redis.NewScript(dropExpiredLeasesLua2 + `
 local now = tonumber(ARGV[1])
 local rpm, tpm = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -51,6 +52,7 @@ if #expired > 0 then
 end
 if redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return {'dup'} end
 local v = redis.call('HMGET', KEYS[1], 'balance', 'held')
+if not v[1] then return {'noacct'} end
 local bal = tonumber(v[1] or '0') or 0
 local held = tonumber(v[2] or '0') or 0
 local least = tonumber(ARGV[2])
