@@ -26,20 +26,23 @@ import (
 // must forget it and take a new one.
 var ErrLeaseLost = errors.New("balance lease no longer in redis")
 
-// dropExpiredLeasesLua releases (at most 64 of) the account's leases whose
-// deadline has passed: their amount leaves held. KEYS[1] acct, KEYS[2]
-// leases, KEYS[3] lease deadlines; the local now is Redis' own clock in
-// ms, so every node's leases expire by one clock.
-const dropExpiredLeasesLua = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 64)) do
-  local amt = redis.call('HGET', KEYS[2], id)
-  if amt and tonumber(amt) > 0 then redis.call('HINCRBY', KEYS[1], 'held', '-' .. amt) end
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('ZREM', KEYS[3], id)
+// dropExpiredLeasesLua is Lua that releases (at most 64 of) the account's
+// leases whose deadline has passed: their amount leaves held. acct, leases
+// and deadlines name the KEYS entries (e.g. "KEYS[1]") of the account, its
+// leases and their deadlines. Now is Redis' own clock in ms, so every
+// node's leases expire by one clock.
+func dropExpiredLeasesLua(acct, leases, deadlines string) string {
+	return `
+local lt = redis.call('TIME')
+local lnow = tonumber(lt[1]) * 1000 + math.floor(tonumber(lt[2]) / 1000)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', ` + deadlines + `, '-inf', lnow, 'LIMIT', 0, 64)) do
+  local amt = redis.call('HGET', ` + leases + `, id)
+  if amt and tonumber(amt) > 0 then redis.call('HINCRBY', ` + acct + `, 'held', '-' .. amt) end
+  redis.call('HDEL', ` + leases + `, id)
+  redis.call('ZREM', ` + deadlines + `, id)
 end
 `
+}
 
 // takeLeaseScript reserves up to want nanos of the available balance for
 // lease ARGV[1], refilling it (ARGV[5] "refill": it must still exist) or
@@ -51,7 +54,7 @@ end
 // KEYS: acct, leases, lease deadlines. Returns {"ok", granted, lease
 // amount now}, {"lost"} for a refill of a lease Redis no longer has, or
 // {"none"} when the account does not exist.
-var takeLeaseScript = redis.NewScript(dropExpiredLeasesLua + `
+var takeLeaseScript = redis.NewScript(dropExpiredLeasesLua("KEYS[1]", "KEYS[2]", "KEYS[3]") + `
 local cur = redis.call('HGET', KEYS[2], ARGV[1])
 if ARGV[5] == 'refill' and not cur then return {'lost'} end
 local v = redis.call('HMGET', KEYS[1], 'balance', 'held')
@@ -65,7 +68,7 @@ if grant > 0 then
   redis.call('HINCRBY', KEYS[1], 'held', g)
   total = redis.call('HINCRBY', KEYS[2], ARGV[1], g)
 end
-if cur or grant > 0 then redis.call('ZADD', KEYS[3], now + tonumber(ARGV[6]), ARGV[1]) end
+if cur or grant > 0 then redis.call('ZADD', KEYS[3], lnow + tonumber(ARGV[6]), ARGV[1]) end
 return {'ok', string.format('%.0f', grant), tostring(total)}
 `)
 

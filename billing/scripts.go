@@ -24,7 +24,7 @@ import "github.com/redis/go-redis/v9"
 // Returns {"ok", requests used, tokens used, hold reserved}, {"rate", kind,
 // limit, used}, {"quota"}, {"noacct"} (Redis has no such account: it
 // lost its data) or {"dup"}.
-var holdScript = redis.NewScript(dropExpiredLeasesLua2 + `
+var holdScript = redis.NewScript(dropExpiredLeasesLua("KEYS[1]", "KEYS[5]", "KEYS[6]") + `
 local now = tonumber(ARGV[1])
 local rpm, tpm = tonumber(ARGV[7]), tonumber(ARGV[8])
 local rused, tused = 0, 0
@@ -77,19 +77,6 @@ if tpm > 0 and want > 0 then
 end
 return {'ok', tostring(rused), tostring(tused), h}
 `)
-
-// dropExpiredLeasesLua2 is dropExpiredLeasesLua for a script whose acct,
-// leases and lease deadlines are KEYS[1], KEYS[5] and KEYS[6].
-const dropExpiredLeasesLua2 = `
-local lt = redis.call('TIME')
-local lnow = tonumber(lt[1]) * 1000 + math.floor(tonumber(lt[2]) / 1000)
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', lnow, 'LIMIT', 0, 64)) do
-  local amt = redis.call('HGET', KEYS[5], id)
-  if amt and tonumber(amt) > 0 then redis.call('HINCRBY', KEYS[1], 'held', '-' .. amt) end
-  redis.call('HDEL', KEYS[5], id)
-  redis.call('ZREM', KEYS[6], id)
-end
-`
 
 // settleScript releases exactly the request's own hold (if still there),
 // debits the real cost, counts its tokens in the key's tpm window and
