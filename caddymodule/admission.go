@@ -28,13 +28,14 @@ import (
 func (h *Handler) authorize(ctx context.Context, req billing.AuthRequest) (billing.Grant, error) {
 	now := time.Now()
 	cache := h.app.redis.keys
+	since := cache.epoch()
 	if rec, ok := cache.fresh(req.KeyHash, now); ok {
 		req.Key = &rec // no second read of a key fetched lately
 	}
 	g, err := h.app.accounts.Authorize(billing.WithOp(ctx, billing.OpAuthorize), req)
 	if err == nil && g.Key.ID != "" {
 		// The key's next requests may be admitted from memory.
-		cache.put(req.KeyHash, g.Key, now)
+		cache.put(req.KeyHash, g.Key, now, since)
 	}
 	if h.OnRedisError != "allow" || err == nil || isRefusal(err) {
 		return g, err

@@ -21,6 +21,9 @@ import (
 type keyCache struct {
 	mu      sync.RWMutex
 	entries map[string]cachedKey
+	// drops counts drops and clears: a record read before one may be the
+	// old one, and is not put (see put).
+	drops uint64
 }
 
 type cachedKey struct {
@@ -59,8 +62,23 @@ func (c *keyCache) fresh(hash string, now time.Time) (billing.KeyRecord, bool) {
 	return e.rec, true
 }
 
-func (c *keyCache) put(hash string, rec billing.KeyRecord, now time.Time) {
+// epoch is the drop count now, to pass to put for a record about to be
+// read from Redis.
+func (c *keyCache) epoch() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.drops
+}
+
+// put remembers rec, read from Redis after epoch returned since: if a
+// drop (a revocation or change notice) came in since, rec may predate the
+// change and is not kept.
+func (c *keyCache) put(hash string, rec billing.KeyRecord, now time.Time, since uint64) {
 	c.mu.Lock()
+	if c.drops != since {
+		c.mu.Unlock()
+		return
+	}
 	if len(c.entries) >= keyCacheSize {
 		for h, e := range c.entries { // evict what has expired, else anything
 			if now.After(e.until) || len(c.entries) >= keyCacheSize {
@@ -77,12 +95,14 @@ func (c *keyCache) put(hash string, rec billing.KeyRecord, now time.Time) {
 
 func (c *keyCache) drop(hash string) {
 	c.mu.Lock()
+	c.drops++
 	delete(c.entries, hash)
 	c.mu.Unlock()
 }
 
 func (c *keyCache) clear() {
 	c.mu.Lock()
+	c.drops++
 	clear(c.entries)
 	c.mu.Unlock()
 }
