@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -84,13 +83,8 @@ func (h *AccountAPI) redeem(w http.ResponseWriter, r *http.Request, g billing.Gr
 	var in struct {
 		Code *string `json:"code"`
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxAccountBody+1))
-	switch {
-	case err != nil:
-		errInvalidRequest("could not read the request body", "").write(w)
-		return
-	case len(body) > maxAccountBody:
-		errTooLarge.write(w)
+	body, ok := readAccountBody(w, r)
+	if !ok {
 		return
 	}
 	if err := json.Unmarshal(body, &in); err != nil {

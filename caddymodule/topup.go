@@ -93,13 +93,8 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Gra
 		// expects another currency is told, not charged in this one.
 		Currency *string `json:"currency"`
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxAccountBody+1))
-	switch {
-	case err != nil:
-		errInvalidRequest("could not read the request body", "").write(w)
-		return
-	case len(body) > maxAccountBody:
-		errTooLarge.write(w)
+	body, ok := readAccountBody(w, r)
+	if !ok {
 		return
 	}
 	if err := json.Unmarshal(body, &in); err != nil {
@@ -157,4 +152,20 @@ func (h *AccountAPI) topup(w http.ResponseWriter, r *http.Request, g billing.Gra
 		return
 	}
 	writeJSON(w, http.StatusOK, topupResponse{CheckoutURL: t.Session.URL, ID: t.Session.ID, TopupID: t.ID, Amount: amount, Currency: cur})
+}
+
+// readAccountBody reads an account API request's body, at most
+// maxAccountBody bytes; when it cannot, it answers the client and ok is
+// false.
+func readAccountBody(w http.ResponseWriter, r *http.Request) (body []byte, ok bool) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxAccountBody+1))
+	switch {
+	case err != nil:
+		errInvalidRequest("could not read the request body", "").write(w)
+		return nil, false
+	case len(body) > maxAccountBody:
+		errTooLarge.write(w)
+		return nil, false
+	}
+	return body, true
 }
