@@ -22,6 +22,8 @@ import (
 // pipeline.
 func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, t lease.Ticket, req *meter.Request,
 	price money.Price, start time.Time, aborted bool) {
+	// The response ends here at the latest, whatever happens below.
+	defer mw.release(!aborted)
 	var out io.Writer = mw.client
 	if aborted || mw.compressed != nil || mw.unreadable {
 		out = io.Discard
@@ -114,9 +116,7 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, t 
 	h.app.redis.settlements.Later(b.Record, func() {
 		// The client has the whole response now, not after the
 		// settlement is handed to a worker.
-		if !aborted && !mw.gone {
-			_ = http.NewResponseController(mw).Flush()
-		}
+		mw.release(!aborted)
 	}, h.app.settling.end)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,6 +39,15 @@ type meteredWriter struct {
 	compressed *compressedFeed
 	// unreadable is set when the body is in an encoding the meter cannot read.
 	unreadable bool
+	// left counts the bytes of a response of known length still to be
+	// sent to the client (-1 when the length is unknown). The last one is
+	// held back until the settlement is written ahead to the journal
+	// (release): a client that has the whole response has been billed,
+	// even if the process dies right after.
+	left     int64
+	holding  bool
+	held     [1]byte
+	released bool
 }
 
 func newMeteredWriter(w http.ResponseWriter, r *http.Request, req *meter.Request, cancelOnGone bool) *meteredWriter {
@@ -47,6 +57,7 @@ func newMeteredWriter(w http.ResponseWriter, r *http.Request, req *meter.Request
 		hiding:                req.InjectedUsage && !req.ClientWantsUsage,
 		clientCtx:             r.Context(),
 		cancelOnGone:          cancelOnGone,
+		left:                  -1,
 	}
 	m.client = clientSink{m}
 	return m
@@ -55,10 +66,35 @@ func newMeteredWriter(w http.ResponseWriter, r *http.Request, req *meter.Request
 // clientSink is where the meter sends the bytes for the client.
 type clientSink struct{ m *meteredWriter }
 
-// Write sends p to the client. Once the client is gone (its context ended
+// Write sends p to the client, holding back the last byte of a response
+// of known length (see meteredWriter.left).
+func (c clientSink) Write(p []byte) (int, error) {
+	m := c.m
+	if m.left < 0 || int64(len(p)) < m.left {
+		if m.left > 0 {
+			m.left -= int64(len(p))
+		}
+		return c.send(p)
+	}
+	if int64(len(p)) > m.left {
+		// More than the declared length: the server refuses the excess.
+		m.left = -1
+		return c.send(p)
+	}
+	last := len(p) - 1
+	m.left, m.holding, m.held[0] = 0, true, p[last]
+	n, err := c.send(p[:last])
+	if err != nil || n < last {
+		m.holding = false
+		return n, err
+	}
+	return len(p), nil
+}
+
+// send writes p to the client. Once the client is gone (its context ended
 // or a write failed) and the upstream is to be read to its end, it drops p
 // and reports success, so reverse_proxy keeps reading the upstream.
-func (c clientSink) Write(p []byte) (int, error) {
+func (c clientSink) send(p []byte) (int, error) {
 	m := c.m
 	if m.cancelOnGone {
 		return m.ResponseWriter.Write(p)
@@ -94,6 +130,8 @@ func (m *meteredWriter) WriteHeader(code int) {
 	if m.hiding {
 		// A hidden usage chunk changes the length.
 		m.Header().Del("Content-Length")
+	} else if n, err := strconv.ParseInt(m.Header().Get("Content-Length"), 10, 64); err == nil && n > 0 {
+		m.left = n
 	}
 	m.ResponseWriter.WriteHeader(code)
 }
@@ -117,6 +155,27 @@ func (m *meteredWriter) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// release sends the held last byte, if any, and flushes the response, when
+// send is set and the client is still there. It is called once the
+// settlement is in the journal, or settled without it, and again (doing
+// nothing more) when finish ends.
+func (m *meteredWriter) release(send bool) {
+	if !send || m.gone {
+		m.holding = false
+		return
+	}
+	if m.holding {
+		m.holding = false
+		if _, err := m.client.send(m.held[:]); err != nil {
+			return
+		}
+	}
+	if !m.released {
+		m.released = true
+		_ = http.NewResponseController(m).Flush()
+	}
 }
 
 // ReadFrom copies through Write, so the meter sees every byte.
