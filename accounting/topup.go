@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/stripe/stripe-go/v76/client"
+	checkoutsession "github.com/stripe/stripe-go/v76/checkout/session"
 	"go.uber.org/zap"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
@@ -133,7 +133,7 @@ type StartedTopup struct {
 // record it is the ledger's error; Stripe refusing the amount is a
 // *payments.AmountError; any other error is Stripe's, and the record is
 // marked failed.
-func (b *Books) StartTopup(ctx context.Context, api *client.API, user string, amountMinor int64, currency string, p TopupPolicy) (StartedTopup, error) {
+func (b *Books) StartTopup(ctx context.Context, api *checkoutsession.Client, user string, amountMinor int64, currency string, p TopupPolicy) (StartedTopup, error) {
 	t := &usagelog.Payment{TopupID: billing.NewID("tu_"), User: user, AmountMinor: amountMinor, Currency: currency}
 	if err := b.store.CreateTopup(ctx, t); err != nil {
 		return StartedTopup{}, fmt.Errorf("recording a top-up: %w", err)

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/stripe/stripe-go/v76"
-	"github.com/stripe/stripe-go/v76/client"
+	checkoutsession "github.com/stripe/stripe-go/v76/checkout/session"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -64,7 +64,7 @@ type StripeConfig struct {
 	err           error
 	secretKey     string
 	webhookSecret string
-	api           *client.API // nil without a secret key
+	api           *checkoutsession.Client // nil without a secret key
 }
 
 // TopupRate is a limit on the top-ups one API key starts: at most Sessions
@@ -190,11 +190,9 @@ func (c *StripeConfig) doProvision(log *zap.Logger) error {
 	if apiBase != "" {
 		cfg.URL = stripe.String(apiBase)
 	}
-	c.api = client.New(c.secretKey, &stripe.Backends{
-		API:     stripe.GetBackendWithConfig(stripe.APIBackend, cfg),
-		Connect: stripe.GetBackendWithConfig(stripe.ConnectBackend, &stripe.BackendConfig{HTTPClient: hc, LeveledLogger: logger}),
-		Uploads: stripe.GetBackendWithConfig(stripe.UploadsBackend, &stripe.BackendConfig{HTTPClient: hc, LeveledLogger: logger}),
-	})
+	// Checkout Sessions are the one Stripe API the gateway calls; its
+	// client alone keeps the rest of stripe-go out of the binary.
+	c.api = &checkoutsession.Client{B: stripe.GetBackendWithConfig(stripe.APIBackend, cfg), Key: c.secretKey}
 	return nil
 }
 

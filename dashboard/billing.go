@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/stripe/stripe-go/v76/client"
+	checkoutsession "github.com/stripe/stripe-go/v76/checkout/session"
 	"go.uber.org/zap"
 
 	"github.com/cnaitoken/caddy-aitoken/accounting"
@@ -21,7 +21,7 @@ import (
 // policy the account API's top-ups follow too.
 type Topups struct {
 	// API is the Stripe client.
-	API *client.API
+	API *checkoutsession.Client
 	// Policy bounds the amounts and their rate.
 	Policy accounting.TopupPolicy
 }

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/stripe/stripe-go/v76"
-	"github.com/stripe/stripe-go/v76/client"
+	checkoutsession "github.com/stripe/stripe-go/v76/checkout/session"
 )
 
 // Topup is a top-up to be paid through a Stripe Checkout Session.
@@ -56,7 +56,7 @@ func (e *AmountError) Unwrap() error { return e.Err }
 // bounded by ctx. The top-up's ID is the idempotency key, so a retry of the
 // same top-up makes no second session. A refusal of the amount is an
 // *AmountError; any other failure is Stripe's (or the network's) error.
-func NewCheckoutSession(ctx context.Context, api *client.API, t Topup) (CheckoutSession, error) {
+func NewCheckoutSession(ctx context.Context, api *checkoutsession.Client, t Topup) (CheckoutSession, error) {
 	label := FormatMinor(t.AmountMinor, t.Currency) + " " + t.Currency
 	params := &stripe.CheckoutSessionParams{
 		Mode:              stripe.String(string(stripe.CheckoutSessionModePayment)),
@@ -83,7 +83,7 @@ func NewCheckoutSession(ctx context.Context, api *client.API, t Topup) (Checkout
 	params.AddMetadata("topup_id", t.ID)
 	params.SetIdempotencyKey("topup-" + t.ID)
 	params.Context = ctx
-	s, err := api.CheckoutSessions.New(params)
+	s, err := api.New(params)
 	if err != nil {
 		var se *stripe.Error
 		// Param names the refused field, e.g.
