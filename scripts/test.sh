@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
-# Runs every test: go vet, then go test (the concurrent packages with the
-# race detector; RACE=all for every package). The tests
-# start their own redis-server (internal/testredis) and stripe-mock on free
+# Runs every test: go vet (every analyzer, as part of go test), then go
+# test, the concurrent packages also under the race detector (RACE=all:
+# every package), then a short differential fuzz run. The tests start
+# their own redis-server (internal/testredis) and stripe-mock on free
 # loopback ports. Extra arguments replace ./... (e.g. scripts/test.sh ./meter/...).
+#
+# On a fresh machine nearly all the time is compiling Caddy's dependency
+# tree once, so the script builds each package once per configuration and
+# overlaps what waits (downloads, apt-get, tests that wait on sockets)
+# with what computes:
+#   1. the system packages (ensure-deps.sh) and the Go modules are fetched
+#      at the same time;
+#   2. `go test -vet=all` runs the plain tests with go vet's full set of
+#      checks, each package vetted right after it is compiled, while the
+#      race-detector build of the concurrent packages runs beside it (a
+#      build of its own: nothing is compiled twice);
+#   3. the fuzz run starts when the plain tests are done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/ensure-deps.sh
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
 
 # stripe-mock is installed into GOBIN (or GOPATH/bin), which may not be on PATH.
 gobin="$(go env GOBIN)"
@@ -16,36 +30,63 @@ export PATH="$gobin:$PATH"
 pkgs=("$@")
 [ ${#pkgs[@]} -gt 0 ] || pkgs=(./...)
 
-echo "== go vet ${pkgs[*]}"
-go vet "${pkgs[@]}"
+# 1. System packages and Go modules, in parallel.
+scripts/ensure-deps.sh >"$logs/deps" 2>&1 &
+deps=$!
+go list -deps -test "${pkgs[@]}" >/dev/null
+if ! wait "$deps"; then
+	cat "$logs/deps" >&2
+	exit 1
+fi
+grep '^ensure-deps' "$logs/deps" || true
 
-# Build once: vet's build is reused by the tests without the race detector.
-# The packages whose own code runs concurrently (leases and rate shares,
-# settlement workers, the Redis accounts, the ledger flusher) also run under
-# -race; they do not import Caddy, so that second build stays smaller.
-# RACE=all runs every package under -race (make race).
-race_pkgs=(./lease/... ./settle/... ./billing/... ./usagelog/...)
+# run NAME CMD...: runs CMD in the background, its output kept in a file
+# and printed when it is done (so parallel runs do not interleave).
+run() {
+	local name="$1"
+	shift
+	("$@" >"$logs/$name" 2>&1; echo $? >"$logs/$name.rc") &
+}
+# report NAME PID: waits for a run and prints its output; fails with it.
+report() {
+	wait "$2" || true
+	cat "$logs/$1"
+	[ "$(cat "$logs/$1.rc")" = 0 ] || { echo "FAIL: $1" >&2; return 1; }
+}
+
 if [ "${RACE:-}" = all ]; then
-	echo "== go test -race ${pkgs[*]}"
-	go test -race -count=1 -timeout 15m "${pkgs[@]}"
+	echo "== go test -race -vet=all ${pkgs[*]}"
+	go test -race -vet=all -count=1 -timeout 15m "${pkgs[@]}"
 else
+	# The packages whose own code runs concurrently (leases and rate
+	# shares, settlement workers, the Redis accounts, the ledger flusher)
+	# run under -race; they do not import Caddy, so that build is small.
+	race_pkgs=(./lease/... ./settle/... ./billing/... ./usagelog/...)
 	mapfile -t all < <(go list "${pkgs[@]}")
 	mapfile -t racy < <(go list "${race_pkgs[@]}")
-	plain=()
+	plain=() selected=()
 	for p in "${all[@]}"; do
-		[[ " ${racy[*]} " == *" $p "* ]] || plain+=("$p")
+		if [[ " ${racy[*]} " == *" $p "* ]]; then
+			selected+=("$p")
+		else
+			plain+=("$p")
+		fi
 	done
-	selected=()
-	for p in "${racy[@]}"; do
-		[[ " ${all[*]} " == *" $p "* ]] && selected+=("$p")
-	done
+	status=0
+	if [ ${#selected[@]} -gt 0 ]; then
+		echo "== go test -race ${selected[*]} (in the background)"
+		run race go test -race -vet=off -count=1 -timeout 15m "${selected[@]}"
+		race=$!
+	fi
 	if [ ${#plain[@]} -gt 0 ]; then
-		echo "== go test (${#plain[@]} packages)"
-		go test -count=1 -timeout 15m "${plain[@]}"
+		echo "== go test -vet=all (${#plain[@]} packages)"
+		go test -vet=all -count=1 -timeout 15m "${plain[@]}" || status=1
 	fi
 	if [ ${#selected[@]} -gt 0 ]; then
-		echo "== go test -race ${selected[*]}"
-		go test -race -count=1 -timeout 15m "${selected[@]}"
+		# go vet for the race-tested packages: their dependencies' facts
+		# are in the cache from the run above.
+		echo "== go vet ${selected[*]}"
+		go vet "${selected[@]}" || status=1
 	fi
 fi
 
@@ -57,5 +98,17 @@ fi
 # ("context deadline exceeded").
 if [ $# -eq 0 ] || [[ " $* " == *" ./meter"* ]]; then
 	echo "== go test -fuzz FuzzRequestOneReading ./meter (${FUZZTIME:-200000x})"
-	go test -run '^$' -fuzz '^FuzzRequestOneReading$' -fuzztime "${FUZZTIME:-200000x}" ./meter
+	go test -vet=off -run '^$' -fuzz '^FuzzRequestOneReading$' -fuzztime "${FUZZTIME:-200000x}" ./meter || status=1
 fi
+
+if [ "${RACE:-}" != all ] && [ -n "${race:-}" ]; then
+	echo "== go test -race (output)"
+	report race "$race" || status=1
+fi
+
+if [ $# -eq 0 ] && out=$(gofmt -l .) && [ -n "$out" ]; then
+	echo "gofmt needed:"
+	echo "$out"
+	status=1
+fi
+exit "${status:-0}"
