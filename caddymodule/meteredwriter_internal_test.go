@@ -126,4 +126,3 @@ func TestMeteredWriterExcessNotHeld(t *testing.T) {
 		t.Fatalf("holding=%v body=%q", mw.holding, rec.Body.String())
 	}
 }
-
