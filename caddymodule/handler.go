@@ -303,9 +303,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	mw := newMeteredWriter(w, r, req, h.OnClientGone == onClientGoneCancel)
 	up := r
 	if h.OnClientGone == onClientGoneFinish {
-		var release func()
-		up, release = detachUpstream(r, time.Duration(h.ClientGoneTimeout))
-		defer release()
+		var d *detached
+		up, d = detachUpstream(r, time.Duration(h.ClientGoneTimeout))
+		defer d.release()
 		mw.upstream = up.Context()
 	}
 	if g.Hold > 0 && g.Lease == "" {

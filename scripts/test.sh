@@ -40,6 +40,12 @@ if ! wait "$deps"; then
 fi
 grep '^ensure-deps' "$logs/deps" || true
 
+# The official OpenAI and Anthropic SDKs, which the tests use as clients,
+# are the largest packages compiled: built without inlining they take half
+# the CPU (about 80 s less on a fresh 2-core machine). Only these
+# test-side clients are built so; the gateway's own code is not.
+sdk_flags=(-gcflags='github.com/openai/openai-go/v3/...=-l' -gcflags='github.com/anthropics/anthropic-sdk-go/v2/...=-l')
+
 # run NAME CMD...: runs CMD in the background, its output kept in a file
 # and printed when it is done (so parallel runs do not interleave).
 run() {
@@ -56,7 +62,7 @@ report() {
 
 if [ "${RACE:-}" = all ]; then
 	echo "== go test -race -vet=all ${pkgs[*]}"
-	go test -race -vet=all -count=1 -timeout 15m "${pkgs[@]}"
+	go test -race -vet=all "${sdk_flags[@]}" -count=1 -timeout 15m "${pkgs[@]}"
 else
 	# The packages whose own code runs concurrently (leases and rate
 	# shares, settlement workers, the Redis accounts, the ledger flusher)
@@ -80,7 +86,7 @@ else
 	fi
 	if [ ${#plain[@]} -gt 0 ]; then
 		echo "== go test -vet=all (${#plain[@]} packages)"
-		go test -vet=all -count=1 -timeout 15m "${plain[@]}" || status=1
+		go test -vet=all "${sdk_flags[@]}" -count=1 -timeout 15m "${plain[@]}" || status=1
 	fi
 	if [ ${#selected[@]} -gt 0 ]; then
 		# go vet for the race-tested packages: their dependencies' facts

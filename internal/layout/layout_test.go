@@ -1,4 +1,4 @@
-package aitoken
+package layout
 
 import (
 	"os/exec"
@@ -37,7 +37,7 @@ var leaves = []string{"meter", "billing/money", "jsonenc"}
 // leaves import nothing of ours, and product code never imports a test
 // kit (internal/) or a command (cmd/).
 func TestImportsPointDown(t *testing.T) {
-	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", "./...").Output()
+	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", module+"/...").Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)
 	}
