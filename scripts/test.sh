@@ -39,12 +39,14 @@ if ! wait "$deps"; then
 fi
 grep '^ensure-deps' "$logs/deps" || true
 
-# Third-party packages are compiled without inlining (-l): a third less
-# CPU for the same code, and they behave the same. This module's packages
-# and the standard library are compiled as for production; make build,
-# make run and make bench use the default flags throughout. GOFLAGS, so
-# that the caddy binaries the tests build share the compiled packages.
-export GOFLAGS="${GOFLAGS:+$GOFLAGS }-gcflags=all=-l -gcflags=std= -gcflags=github.com/cnaitoken/caddy-aitoken/...="
+# The test build is lighter than a production one, for the same code:
+# third-party and standard packages are compiled without inlining (-l: a
+# third less CPU, and they behave the same) and test binaries are linked
+# without DWARF debug data (-w). This module's packages and the runtime are
+# compiled as for production; make build, make run and make bench use the
+# default flags throughout. GOFLAGS, so that the caddy binaries the tests
+# build share the compiled packages.
+export GOFLAGS="${GOFLAGS:+$GOFLAGS }-gcflags=all=-l -gcflags=runtime= -gcflags=github.com/cnaitoken/caddy-aitoken/...= -ldflags=-w"
 
 # run NAME CMD...: runs CMD in the background, its output kept in a file
 # and printed when it is done (so parallel runs do not interleave).
