@@ -9,12 +9,13 @@
 # tree, so the script compiles each package once per configuration and
 # overlaps what waits (downloads, apt-get, tests waiting on sockets) with
 # what computes:
-#   1. the system packages (ensure-deps.sh) and the Go modules are fetched
-#      at the same time;
-#   2. the fuzz run and the race-detector build of the concurrent packages
-#      start in the background (builds of their own);
-#   3. `go test -vet=all` runs the plain tests with go vet's full set of
-#      checks, each package vetted as soon as it is compiled.
+#   1. the system packages (ensure-deps.sh) are installed while the Go
+#      modules are fetched and compiled; test binaries wait for them;
+#   2. `go test -vet=all` runs the plain tests with go vet's full set of
+#      checks, each package vetted as soon as it is compiled;
+#   3. the race-detector build of the concurrent packages and the fuzz
+#      run go on beside it (builds of their own), at a lower priority, so
+#      they fill the cores the plain run leaves idle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,15 +30,18 @@ export PATH="$gobin:$PATH"
 pkgs=("$@")
 [ ${#pkgs[@]} -gt 0 ] || pkgs=(./...)
 
-# 1. System packages and Go modules, in parallel.
-scripts/ensure-deps.sh >"$logs/deps" 2>&1 &
+# System packages (redis-server, chromium, stripe-mock) are installed
+# while the Go builds start; each test binary waits for them
+# (scripts/await-deps.sh, as go test -exec) before it runs.
+export AITOKEN_DEPS_RC="$logs/deps.rc"
+(
+	rc=0
+	scripts/ensure-deps.sh >"$logs/deps" 2>&1 || rc=$?
+	echo "$rc" >"$logs/deps.rc.tmp"
+	mv "$logs/deps.rc.tmp" "$AITOKEN_DEPS_RC"
+) &
 deps=$!
-go list -deps -test "${pkgs[@]}" >/dev/null
-if ! wait "$deps"; then
-	cat "$logs/deps" >&2
-	exit 1
-fi
-grep '^ensure-deps' "$logs/deps" || true
+await=(-exec "$PWD/scripts/await-deps.sh")
 
 # The test build is lighter than a production one, for the same code:
 # third-party and standard packages are compiled without inlining (-l: a
@@ -53,7 +57,11 @@ export GOFLAGS="${GOFLAGS:+$GOFLAGS }-gcflags=all=-l -gcflags=runtime= -gcflags=
 run() {
 	local name="$1"
 	shift
-	("$@" >"$logs/$name" 2>&1; echo $? >"$logs/$name.rc") &
+	(
+		rc=0
+		"$@" >"$logs/$name" 2>&1 || rc=$?
+		echo "$rc" >"$logs/$name.rc"
+	) &
 }
 # report NAME PID: waits for a run and prints its output; fails with it.
 report() {
@@ -72,13 +80,13 @@ status=0
 # reports as a failure ("context deadline exceeded").
 if [ $# -eq 0 ] || [[ " $* " == *" ./meter"* ]]; then
 	echo "== go test -fuzz FuzzRequestOneReading ./meter (${FUZZTIME:-200000x}, in the background)"
-	run fuzz go test -vet=off -run '^$' -fuzz '^FuzzRequestOneReading$' -fuzztime "${FUZZTIME:-200000x}" ./meter
+	run fuzz nice go test -vet=off -run '^$' -fuzz '^FuzzRequestOneReading$' -fuzztime "${FUZZTIME:-200000x}" ./meter
 	fuzz=$!
 fi
 
 if [ "${RACE:-}" = all ]; then
 	echo "== go test -race -vet=all ${pkgs[*]}"
-	go test -race -vet=all -count=1 -timeout 15m "${pkgs[@]}" || status=1
+	go test -race -vet=all "${await[@]}" -count=1 -timeout 15m "${pkgs[@]}" || status=1
 else
 	# The packages whose own code runs concurrently (leases and rate
 	# shares, settlement workers, the Redis accounts, the ledger flusher)
@@ -97,12 +105,12 @@ else
 	done
 	if [ ${#selected[@]} -gt 0 ]; then
 		echo "== go test -race ${selected[*]} (in the background)"
-		run race go test -race -vet=off -count=1 -timeout 15m "${selected[@]}"
+		run race nice go test -race -vet=off "${await[@]}" -count=1 -timeout 15m "${selected[@]}"
 		race=$!
 	fi
 	if [ ${#plain[@]} -gt 0 ]; then
 		echo "== go test -vet=all (${#plain[@]} packages)"
-		go test -vet=all -count=1 -timeout 15m "${plain[@]}" || status=1
+		go test -vet=all "${await[@]}" -count=1 -timeout 15m "${plain[@]}" || status=1
 	fi
 	if [ ${#selected[@]} -gt 0 ]; then
 		# go vet of the race-tested packages, as part of go test (no test
@@ -112,6 +120,14 @@ else
 	fi
 fi
 
+wait "$deps" || true
+if [ "$(cat "$AITOKEN_DEPS_RC")" != 0 ]; then
+	cat "$logs/deps" >&2
+	echo "FAIL: scripts/ensure-deps.sh" >&2
+	status=1
+else
+	grep '^ensure-deps' "$logs/deps" || true
+fi
 if [ -n "${fuzz:-}" ]; then
 	echo "== go test -fuzz (output)"
 	report fuzz "$fuzz" || status=1
