@@ -93,8 +93,8 @@ else
 	# run under -race, in the background: a build of its own, so nothing
 	# is compiled twice.
 	race_pkgs=(./lease/... ./settle/... ./billing/... ./usagelog/...)
-	mapfile -t all < <(go list "${pkgs[@]}")
-	mapfile -t racy < <(go list "${race_pkgs[@]}")
+	mapfile -t all < <(go list -find "${pkgs[@]}")
+	mapfile -t racy < <(go list -find "${race_pkgs[@]}")
 	plain=() selected=()
 	for p in "${all[@]}"; do
 		if [[ " ${racy[*]} " == *" $p "* ]]; then
