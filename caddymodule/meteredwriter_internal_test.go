@@ -24,26 +24,30 @@ func newTestMeteredWriter(t *testing.T, rec http.ResponseWriter, ctx context.Con
 	return newMeteredWriter(rec, r, req, false)
 }
 
-// writeInParts writes body to w as reverse_proxy does: several writes,
-// the last one ending the declared length.
-func writeInParts(t *testing.T, w http.ResponseWriter, body string) {
+// answer sends jsonAnswer through a new meteredWriter (with its
+// Content-Length when withLength) as reverse_proxy does: the header, then
+// several writes, the last one ending the body.
+func answer(t *testing.T, ctx context.Context, withLength bool) (*httptest.ResponseRecorder, *meteredWriter) {
 	t.Helper()
-	for _, part := range []string{body[:10], body[10:50], body[50:]} {
-		if n, err := w.Write([]byte(part)); err != nil || n != len(part) {
+	rec := httptest.NewRecorder()
+	mw := newTestMeteredWriter(t, rec, ctx)
+	mw.Header().Set("Content-Type", "application/json")
+	if withLength {
+		mw.Header().Set("Content-Length", strconv.Itoa(len(jsonAnswer)))
+	}
+	mw.WriteHeader(http.StatusOK)
+	for _, part := range []string{jsonAnswer[:10], jsonAnswer[10:50], jsonAnswer[50:]} {
+		if n, err := mw.Write([]byte(part)); err != nil || n != len(part) {
 			t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(part))
 		}
 	}
+	return rec, mw
 }
 
 // A response of known length reaches the client whole only when it is
 // released (once its settlement is in the journal).
 func TestMeteredWriterHoldsTheLastByte(t *testing.T) {
-	rec := httptest.NewRecorder()
-	mw := newTestMeteredWriter(t, rec, context.Background())
-	mw.Header().Set("Content-Type", "application/json")
-	mw.Header().Set("Content-Length", strconv.Itoa(len(jsonAnswer)))
-	mw.WriteHeader(http.StatusOK)
-	writeInParts(t, mw, jsonAnswer)
+	rec, mw := answer(t, context.Background(), true)
 
 	if got, want := rec.Body.String(), jsonAnswer[:len(jsonAnswer)-1]; got != want {
 		t.Fatalf("before release the client has %q; want all but the last byte", got)
@@ -71,11 +75,7 @@ func TestMeteredWriterHoldsTheLastByte(t *testing.T) {
 
 // A response of unknown length (a stream) is not held back.
 func TestMeteredWriterUnknownLengthNotHeld(t *testing.T) {
-	rec := httptest.NewRecorder()
-	mw := newTestMeteredWriter(t, rec, context.Background())
-	mw.Header().Set("Content-Type", "application/json")
-	mw.WriteHeader(http.StatusOK)
-	writeInParts(t, mw, jsonAnswer)
+	rec, mw := answer(t, context.Background(), false)
 	_ = mw.obs.Close(mw.client)
 	if got := rec.Body.String(); got != jsonAnswer {
 		t.Fatalf("client has %q; want the whole body without a release", got)
@@ -90,13 +90,9 @@ func TestMeteredWriterHeldByteDroppedWhenGone(t *testing.T) {
 		send bool
 	}{{"client gone", true, true}, {"aborted", false, false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := httptest.NewRecorder()
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			mw := newTestMeteredWriter(t, rec, ctx)
-			mw.Header().Set("Content-Length", strconv.Itoa(len(jsonAnswer)))
-			mw.WriteHeader(http.StatusOK)
-			writeInParts(t, mw, jsonAnswer)
+			rec, mw := answer(t, ctx, true)
 			if tc.gone {
 				cancel()
 				_, _ = mw.client.send([]byte{}) // the writer notices the client left
