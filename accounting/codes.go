@@ -169,8 +169,10 @@ type RedeemPolicy struct {
 var DefaultRedeemPolicy = RedeemPolicy{Failures: 10, Window: time.Hour}
 
 // RedeemCounterKey names the counter of a user's failed redeems through
-// one door, under the user's hash tag like the account's other keys.
-func RedeemCounterKey(user, door string) string { return "ait:{" + user + "}:redeem_failures:" + door }
+// one door, under the account's hash tag like its other keys.
+func RedeemCounterKey(user, door string) string {
+	return billing.AccountKey(user, "redeem_failures:"+door)
+}
 
 // redeemPeekScript returns a counter's value and the ms left in its
 // window (0, 0 when there is none).

@@ -165,7 +165,7 @@ func TestCreditRefusedLeavesNothing(t *testing.T) {
 	f := newFixture(t)
 	ctx := t.Context()
 	u := f.user()
-	if err := f.rdb.HSet(ctx, "ait:{"+u+"}:acct", "balance", int64(money.MaxNanos)-1, "held", 0).Err(); err != nil {
+	if err := f.rdb.HSet(ctx, billing.AccountKey(u, "acct"), "balance", int64(money.MaxNanos)-1, "held", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	_, err := f.books.Credit(ctx, u, 5, "")
@@ -217,7 +217,7 @@ func TestRepairSkipsRefusedEntry(t *testing.T) {
 		}
 	}
 	// Redis holds a balance for the first user that the ledger does not.
-	if err := f.rdb.HSet(ctx, "ait:{"+users[0]+"}:acct", "balance", int64(money.MaxNanos)-1, "held", 0).Err(); err != nil {
+	if err := f.rdb.HSet(ctx, billing.AccountKey(users[0], "acct"), "balance", int64(money.MaxNanos)-1, "held", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	n, err := f.books.RepairCredits(ctx)

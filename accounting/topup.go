@@ -96,9 +96,9 @@ return {n, ttl}
 `)
 
 // TopupCounterKey names the counter of the top-ups started through one
-// door of a user's (an API key's ID, say), under the user's hash tag like
+// door of a user's (an API key's ID, say), under the account's hash tag like
 // the account's other keys.
-func TopupCounterKey(user, door string) string { return "ait:{" + user + "}:topups:" + door }
+func TopupCounterKey(user, door string) string { return billing.AccountKey(user, "topups:"+door) }
 
 // AllowTopup counts a top-up against counter (a TopupCounterKey) and p's
 // rate. It returns ok = false over the limit, with the time left in the

@@ -76,7 +76,7 @@ func holdIDs(t *testing.T, rdb *redis.Client, user string) (zset []string, amts 
 
 func streamLen(t *testing.T, rdb *redis.Client) int64 {
 	t.Helper()
-	n, err := rdb.XLen(t.Context(), UsageStream).Result()
+	n, err := UsageBacklog(t.Context(), rdb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +399,7 @@ func TestSettle(t *testing.T) {
 		t.Fatalf("after settling req_1: holds %v, amounts %v; want only req_2 → 2000", zset, amts)
 	}
 
-	msgs, err := rdb.XRange(ctx, UsageStream, "-", "+").Result()
+	msgs, err := rdb.XRange(ctx, UsageStreamOf("alice"), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -441,7 +441,7 @@ func TestSettleZeroCostAndBinaryRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantBalance(t, a, "alice", 100, 0)
-	msgs, err := rdb.XRange(ctx, UsageStream, "-", "+").Result()
+	msgs, err := rdb.XRange(ctx, UsageStreamOf("alice"), "-", "+").Result()
 	if err != nil || len(msgs) != 1 || msgs[0].Values["r"] != string(record) {
 		t.Fatalf("stream = %v, %v; want one entry with the exact record bytes", msgs, err)
 	}

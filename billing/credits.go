@@ -12,7 +12,7 @@ import (
 
 // appliedKey names the hash of ledger entries already applied to the
 // account's balance: ledger entry id → amount.
-func appliedKey(user string) string { return "ait:{" + user + "}:applied" }
+func appliedKey(user string) string { return AccountKey(user, "applied") }
 
 // creditRangeLua refuses (returns -1 from the script) a credit that would
 // take the balance out of [−MaxNanos, MaxNanos]: ARGV[2] is the amount,

@@ -244,7 +244,7 @@ func settleLeaseParams(user, id string, s []LeaseSettlement) ([]string, []any, e
 		}
 		args = append(args, x.Seq, strconv.FormatInt(-int64(x.Cost), 10), x.Record)
 	}
-	return append(leaseKeys(user), UsageStream, leaseSeqKey(user, id)), args, nil
+	return append(leaseKeys(user), UsageStreamOf(user), leaseSeqKey(user, id)), args, nil
 }
 
 // LeaseState is what Redis holds of an account's leases.

@@ -65,7 +65,7 @@ func TestLeaseTakeSettleReturn(t *testing.T) {
 		}
 	}
 	wantRawHeld(t, a, "u", 97*unit/10, 22*unit/10)
-	if n, _ := rdb.XLen(ctx, UsageStream).Result(); n != 4 {
+	if n, _ := UsageBacklog(ctx, rdb); n != 4 {
 		t.Fatalf("usage stream has %d records; want 4", n)
 	}
 	// The marks collapse into the watermark.

@@ -82,9 +82,10 @@ return {'ok', tostring(rused), tostring(tused), h}
 // debits the real cost, counts its tokens in the key's tpm window and
 // appends the usage record to the stream, all at once.
 //
-// KEYS: acct, holds, holdamt, usage stream, expired-hold trace, tpm window
-// ("" for none), replay marker. ARGV: request id, −cost, record, mode,
-// tokens, the stream's record field (UsageField). Returns 1 when applied,
+// KEYS: acct, holds, holdamt, the shard's usage stream, expired-hold
+// trace, tpm window (any key of the account when tokens is 0), replay
+// marker. ARGV: request id, −cost, record, mode, tokens (0 counts none),
+// the stream's record field (UsageField). Returns 1 when applied,
 // 0 when a replay found it already done.
 var settleScript = redis.NewScript(`
 local amt = redis.call('HGET', KEYS[3], ARGV[1])
@@ -100,7 +101,7 @@ elseif ARGV[4] == 'replay-nohold' then
   if not redis.call('SET', KEYS[7], '1', 'NX', 'PX', 604800000) then return 0 end
 end
 redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
-if KEYS[6] ~= '' then
+if ARGV[5] ~= '0' then
   redis.call('INCRBY', KEYS[6], ARGV[5])
   redis.call('PEXPIRE', KEYS[6], 120000)
 end

@@ -114,14 +114,14 @@ func TestSentinelFailover(t *testing.T) {
 
 	// Balance, key and usage survived; a new request holds and settles.
 	checkBalance(t, a, wantBal)
-	if n, err := rdb.XLen(ctx, UsageStream).Result(); err != nil || n != 1 {
+	if n, err := UsageBacklog(ctx, rdb); err != nil || n != 1 {
 		t.Fatalf("usage stream length = %d, %v; want 1", n, err)
 	}
 	cost2 := money.Nanos(750_000_000)
 	authorizeSettle(t, a, hash, "after", 3*money.Nanos(money.NanosPerUnit), cost2)
 	wantBal -= cost2
 	checkBalance(t, a, wantBal)
-	if n, err := rdb.XLen(ctx, UsageStream).Result(); err != nil || n != 2 {
+	if n, err := UsageBacklog(ctx, rdb); err != nil || n != 2 {
 		t.Fatalf("usage stream length = %d, %v; want 2", n, err)
 	}
 	t.Logf("done %s after the master was killed", time.Since(killed).Round(time.Millisecond))

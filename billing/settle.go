@@ -58,11 +58,16 @@ func settleParams(g Grant, cost money.Nanos, tokens int64, record []byte, mode S
 	if mode == "" {
 		mode = SettleLive
 	}
-	window := ""
+	acct := acctKey(g.User)
+	// With no tpm window to count in, the account key stands in for it (a
+	// key of the same slot) and no tokens are counted.
+	window := acct
 	if g.Key.TPM > 0 && tokens > 0 {
 		window = rateKey(g.User, g.KeyID, time.Now(), "t")
+	} else {
+		tokens = 0
 	}
-	return []string{acctKey(g.User), holdsKey(g.User), holdAmtKey(g.User), UsageStream, expiredKey(g.User), window,
+	return []string{acct, holdsKey(g.User), holdAmtKey(g.User), UsageStreamOf(g.User), expiredKey(g.User), window,
 			replayKey(g.User, g.RequestID)},
 		[]any{g.RequestID, strconv.FormatInt(-int64(cost), 10), record, string(mode), tokens, UsageField}
 }

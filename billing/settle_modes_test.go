@@ -126,7 +126,7 @@ func TestSettleReplayIsIdempotent(t *testing.T) {
 		}
 	}
 	wantBalance(t, a, "pat", 9_350, 1)
-	if n := rdb.XLen(ctx, UsageStream).Val(); n != 4 {
+	if n, _ := UsageBacklog(ctx, rdb); n != 4 {
 		t.Fatalf("usage stream has %d records, want 4 (p1, p2, p3, p5)", n)
 	}
 }

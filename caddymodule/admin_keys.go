@@ -160,6 +160,9 @@ func patchKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	case err != nil:
 		return err
 	}
+	// Other nodes drop the key on the change notice; this one at once, so
+	// the next request here sees the change whenever the notice arrives.
+	app.redis.keys.drop(k.Hash)
 	writeJSON(w, http.StatusOK, k)
 	return nil
 }
@@ -197,6 +200,7 @@ func deleteKey(app *App, w http.ResponseWriter, r *http.Request) error {
 	case err != nil:
 		return err
 	}
+	app.redis.keys.drop(k.Hash) // as in updateKey
 	writeJSON(w, http.StatusOK, k)
 	return nil
 }

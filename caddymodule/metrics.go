@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -325,17 +326,31 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.journal, prometheus.GaugeValue, float64(a.redis.settlements.Pending()))
 	ctx, cancel := context.WithTimeout(billing.WithOp(context.Background(), "metrics"), 500*time.Millisecond)
 	defer cancel()
-	groups, err := a.redis.client.XInfoGroups(ctx, billing.UsageStream).Result()
-	if err != nil {
-		return // no stream yet, or Redis unreachable: no sample rather than a wrong one
-	}
-	for _, g := range groups {
-		if g.Name != ledgerGroup {
-			continue
+	cmds, _ := a.redis.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, s := range billing.UsageStreams {
+			p.XInfoGroups(ctx, s)
 		}
-		if g.Lag >= 0 {
-			ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(g.Lag))
+		return nil
+	})
+	var lag, pending int64
+	for _, cmd := range cmds {
+		groups, err := cmd.(*redis.XInfoGroupsCmd).Result()
+		if err != nil {
+			return // no stream yet, or Redis unreachable: no sample rather than a wrong one
 		}
-		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(g.Pending))
+		i := slices.IndexFunc(groups, func(g redis.XInfoGroup) bool { return g.Name == ledgerGroup })
+		if i < 0 {
+			return
+		}
+		if groups[i].Lag < 0 { // Redis cannot tell (entries were deleted out of order)
+			lag = -1
+		} else if lag >= 0 {
+			lag += groups[i].Lag
+		}
+		pending += groups[i].Pending
 	}
+	if lag >= 0 {
+		ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(lag))
+	}
+	ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(pending))
 }

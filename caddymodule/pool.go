@@ -54,6 +54,57 @@ type redisConn struct {
 	ready  atomic.Bool
 	closed bool
 	cancel context.CancelFunc // ends the revocation listener
+
+	// migrateMu guards the key layout migration: migrated is set once
+	// Redis is known to be in the current layout, and a failed attempt is
+	// not tried again for migrateRetry (lastFail, failErr).
+	migrateMu sync.Mutex
+	migrated  atomic.Bool
+	lastFail  time.Time
+	failErr   error
+}
+
+// Key layout migration timings.
+const (
+	// migrateTimeout bounds one migration (a SCAN of the whole keyspace).
+	migrateTimeout = 5 * time.Minute
+	// migrateRetry is how long a failed migration's error is reported
+	// before it is tried again, so requests meeting an unreachable Redis
+	// at start do not each wait for a dial.
+	migrateRetry = time.Second
+)
+
+// migrate brings Redis to the current key layout (billing.MigrateLayout)
+// before anything on this node touches an account; afterwards it costs
+// nothing.
+func (c *redisConn) migrate() error {
+	if c.migrated.Load() {
+		return nil
+	}
+	c.migrateMu.Lock()
+	defer c.migrateMu.Unlock()
+	if c.migrated.Load() {
+		return nil
+	}
+	if c.failErr != nil && time.Since(c.lastFail) < migrateRetry {
+		return c.failErr
+	}
+	ctx, cancel := context.WithTimeout(billing.WithOp(context.Background(), "migrate"), migrateTimeout)
+	defer cancel()
+	m, err := billing.NewAccounts(c.client).MigrateLayout(ctx)
+	if m.Keys > 0 || m.Records > 0 {
+		c.log.Info("moved Redis to the current key layout", zap.Int("keys", m.Keys), zap.Int("usage_records", m.Records))
+	}
+	if len(m.Conflicts) > 0 {
+		c.log.Warn("old account keys left in place: their new names were taken (was a node of an earlier version still running?); compare with reconcile",
+			zap.Strings("keys", m.Conflicts))
+	}
+	if err != nil {
+		c.lastFail, c.failErr = time.Now(), fmt.Errorf("redis key layout: %w", err)
+		return c.failErr
+	}
+	c.migrated.Store(true)
+	return nil
 }
 
 // start starts the settlement pipeline (which takes up what stopped
@@ -71,6 +122,9 @@ func (c *redisConn) start() error {
 	}
 	if c.closed {
 		return errors.New("redis connection already closed")
+	}
+	if err := c.migrate(); err != nil {
+		return err
 	}
 	if err := c.settlements.Start(); err != nil {
 		return err
@@ -234,6 +288,9 @@ func (l *ledgerConn) start() error {
 	if l.closed {
 		return errors.New("ledger already closed")
 	}
+	if err := l.redis.migrate(); err != nil {
+		return err
+	}
 	store, err := usagelog.Open(l.path)
 	if err != nil {
 		return fmt.Errorf("database %s: %v", l.path, err)
@@ -247,7 +304,7 @@ func (l *ledgerConn) start() error {
 	}
 	l.store = store
 	l.flusher = usagelog.NewFlusher(l.redis.client, store, usagelog.FlusherConfig{
-		Stream:   billing.UsageStream,
+		Streams:  billing.UsageStreams,
 		Field:    billing.UsageField,
 		Group:    ledgerGroup,
 		Consumer: "ledger-" + l.path,

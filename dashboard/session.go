@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
 )
 
 // Sessions live in Redis, shared by every node: the cookie holds a random
@@ -21,7 +23,7 @@ import (
 // without use or SessionLifetime after sign-in, whichever comes first.
 //
 //	ait:dash_session:<sha256 hex>   hash: user, created, last (Unix ms), ua, ip, lang
-//	ait:{<user>}:dash_sessions      set of the user's session hashes
+//	ait:{#n}:<user>:dash_sessions   set of the user's session hashes (billing.AccountKey)
 
 // Cookie names: the __Host- prefix (Secure, Path=/, no Domain) on HTTPS;
 // plain HTTP is for localhost only.
@@ -51,7 +53,7 @@ func (s *session) ID() string { return s.hash[:16] }
 
 func sessionKey(hash string) string { return "ait:dash_session:" + hash }
 func userSessionsKey(user string) string {
-	return "ait:{" + user + "}:dash_sessions"
+	return billing.AccountKey(user, "dash_sessions")
 }
 
 func hashToken(token string) string {

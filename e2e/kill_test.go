@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
 )
 
 // Every completed test-model request reports 12 prompt and 5 completion
@@ -137,16 +140,16 @@ func TestKill9DuringLoadLosesNothing(t *testing.T) {
 			rows[u] = usageOf(t, node, u)
 			total += len(rows[u])
 		}
-		pending, err := rdb.XPending(context.Background(), "ait:usage", "ledger").Result()
+		pending, err := ledgerPending(rdb)
 		if err != nil {
 			t.Fatalf("XPENDING: %v", err)
 		}
-		if rep.InSync && total == prev && pending.Count == 0 {
+		if rep.InSync && total == prev && pending == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("ledger did not settle within %s: in_sync=%v accounts=%s rows=%d (before %d) pending=%d",
-				settleWithin, rep.InSync, joinRaw(rep.Accounts), total, prev, pending.Count)
+				settleWithin, rep.InSync, joinRaw(rep.Accounts), total, prev, pending)
 		}
 		prev = total
 		time.Sleep(150 * time.Millisecond)
@@ -200,7 +203,7 @@ func TestKill9DuringLoadLosesNothing(t *testing.T) {
 		if moved != sum {
 			t.Errorf("user %s: credits − balance = %d nanos, rows cost %d nanos (difference %d)", u, moved, sum, moved-sum)
 		}
-		holds, err := rdb.HGetAll(context.Background(), "ait:{"+u+"}:holdamt").Result()
+		holds, err := rdb.HGetAll(context.Background(), billing.AccountKey(u, "holdamt")).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -247,17 +250,36 @@ func joinRaw[T ~[]byte](v []T) string {
 	return "[" + strings.Join(s, ",") + "]"
 }
 
-// streamState describes what the ledger's consumer group has not finished:
-// entries read but not acknowledged, and entries not read yet.
+// streamState describes what the ledger's consumer group has not finished,
+// over all usage streams: entries read but not acknowledged, and entries
+// not read yet.
 func streamState(rdb *redis.Client) string {
-	groups, err := rdb.XInfoGroups(context.Background(), "ait:usage").Result()
-	if err != nil {
-		return err.Error()
-	}
-	for _, g := range groups {
-		if g.Name == "ledger" {
-			return fmt.Sprintf("%d read but not acked, %d not read yet", g.Pending, g.Lag)
+	var pending, lag int64
+	for _, s := range billing.UsageStreams {
+		groups, err := rdb.XInfoGroups(context.Background(), s).Result()
+		if err != nil {
+			return s + ": " + err.Error()
 		}
+		i := slices.IndexFunc(groups, func(g redis.XInfoGroup) bool { return g.Name == "ledger" })
+		if i < 0 {
+			return s + ": no ledger group"
+		}
+		pending += groups[i].Pending
+		lag += groups[i].Lag
 	}
-	return "no ledger group"
+	return fmt.Sprintf("%d read but not acked, %d not read yet", pending, lag)
+}
+
+// ledgerPending counts the entries of all usage streams the ledger's
+// consumer group read but did not acknowledge.
+func ledgerPending(rdb *redis.Client) (int64, error) {
+	var n int64
+	for _, s := range billing.UsageStreams {
+		p, err := rdb.XPending(context.Background(), s, "ledger").Result()
+		if err != nil {
+			return 0, err
+		}
+		n += p.Count
+	}
+	return n, nil
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
 )
 
 // rawAccount reads an account straight from Redis: the balance, all that
@@ -17,7 +19,7 @@ import (
 func rawAccount(t *testing.T, rdb *redis.Client, user string) (balance, held int64, leases map[string]string) {
 	t.Helper()
 	ctx := context.Background()
-	v, err := rdb.HMGet(ctx, "ait:{"+user+"}:acct", "balance", "held").Result()
+	v, err := rdb.HMGet(ctx, billing.AccountKey(user, "acct"), "balance", "held").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,7 +28,7 @@ func rawAccount(t *testing.T, rdb *redis.Client, user string) (balance, held int
 		n, _ := strconv.ParseInt(s, 10, 64)
 		return n
 	}
-	leases, err = rdb.HGetAll(ctx, "ait:{"+user+"}:leases").Result()
+	leases, err = rdb.HGetAll(ctx, billing.AccountKey(user, "leases")).Result()
 	if err != nil {
 		t.Fatal(err)
 	}

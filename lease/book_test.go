@@ -34,7 +34,7 @@ func newAccounts(tb testing.TB) (*billing.Accounts, *redis.Client) {
 // straight from Redis.
 func balance(t *testing.T, acc *billing.Accounts, user string) (money.Nanos, money.Nanos) {
 	t.Helper()
-	v, err := acc.Client().HMGet(context.Background(), "ait:{"+user+"}:acct", "balance", "held").Result()
+	v, err := acc.Client().HMGet(context.Background(), billing.AccountKey(user, "acct"), "balance", "held").Result()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,7 +47,7 @@ func TestLeaseSettlementsBatched(t *testing.T) {
 	if st, _ := acc.Leases(ctx, "u3"); st.Leases["node.1"] != 500_000-(n-n/10)*cost {
 		t.Fatalf("lease left %s; want %d", st.Leases["node.1"], 500_000-(n-n/10)*cost)
 	}
-	if got := rdb.XLen(ctx, billing.UsageStream).Val(); got != n {
+	if got, _ := billing.UsageBacklog(ctx, rdb); got != n {
 		t.Fatalf("usage stream holds %d records, want %d", got, n)
 	}
 	if p.Spooled() != 0 {
@@ -99,7 +99,7 @@ func TestLeaseJournalLeftoverAppliedOnce(t *testing.T) {
 	if bal, _, _ := acc.Balance(ctx, "u4"); bal != credit-2*1234 || st.Leases["node.2"] != 100_000-2*1234 {
 		t.Fatalf("balance %d lease %s; want %d and %d", bal, st.Leases["node.2"], credit-2*1234, 100_000-2*1234)
 	}
-	if n := rdb.XLen(ctx, billing.UsageStream).Val(); n != 2 {
+	if n, _ := billing.UsageBacklog(ctx, rdb); n != 2 {
 		t.Fatalf("usage stream holds %d records, want 2", n)
 	}
 }

@@ -121,7 +121,7 @@ func TestJournalLeftoverIsSettledAtStart(t *testing.T) {
 	for range 2 { // a second start must not debit again
 		_, stop := startPipeline(t, srv, dir)
 		waitBalance(t, acc, "u1", credit-1234, 10*time.Second, "the journal's settlement was not applied")
-		if n, err := rdb.XLen(ctx, billing.UsageStream).Result(); err != nil || n != 1 {
+		if n, err := billing.UsageBacklog(ctx, rdb); err != nil || n != 1 {
 			t.Fatalf("usage stream holds %d records (%v), want 1", n, err)
 		}
 		stop()
@@ -183,7 +183,7 @@ func TestOldRecordsAreReplayed(t *testing.T) {
 	for range 2 { // a second start must not debit again
 		p, stop := startPipeline(t, srv, dir)
 		waitBalance(t, acc, "u3", credit-2*1234, 10*time.Second, "the old settlements were not applied")
-		if n, err := rdb.XLen(ctx, billing.UsageStream).Result(); err != nil || n != 2 {
+		if n, err := billing.UsageBacklog(ctx, rdb); err != nil || n != 2 {
 			t.Fatalf("usage stream holds %d records (%v), want 2", n, err)
 		}
 		deadline := time.Now().Add(5 * time.Second)
@@ -238,7 +238,7 @@ func TestWorkersBatchAndSurviveAFlushedScriptCache(t *testing.T) {
 	if err != nil || bal != credit-n*cost || held != 0 {
 		t.Fatalf("balance %d held %d (%v), want %d and 0", bal, held, err, credit-n*cost)
 	}
-	if got := rdb.XLen(ctx, billing.UsageStream).Val(); got != n {
+	if got, _ := billing.UsageBacklog(ctx, rdb); got != n {
 		t.Fatalf("usage stream holds %d records, want %d", got, n)
 	}
 	if pending := p.Pending(); pending != 0 {

@@ -22,11 +22,47 @@ const decodeShard = 128
 type batch struct {
 	recs    [][]Record // one part per read
 	rejects []reject
-	ids     []string // every entry read, deleted ones included, for XACK
+	acks    []acks // every entry read, deleted ones included, for XACK
 }
 
-// decodeAll decodes msgs into records and rejects, in stream order.
-func (f *Flusher) decodeAll(msgs []redis.XMessage) batch {
+// acks are the IDs of entries read from one stream.
+type acks struct {
+	stream string
+	ids    []string
+}
+
+// entries counts the entries in streams.
+func entries(streams []redis.XStream) int {
+	n := 0
+	for _, s := range streams {
+		n += len(s.Messages)
+	}
+	return n
+}
+
+// decodeAll decodes the entries of streams into records and rejects, in
+// stream order.
+func (f *Flusher) decodeAll(streams []redis.XStream) batch {
+	var msgs []redis.XMessage
+	var from []string // the stream of each entry
+	if len(streams) == 1 {
+		msgs = streams[0].Messages
+	} else {
+		msgs = make([]redis.XMessage, 0, entries(streams))
+		from = make([]string, 0, cap(msgs))
+		for _, s := range streams {
+			msgs = append(msgs, s.Messages...)
+			for range s.Messages {
+				from = append(from, s.Stream)
+			}
+		}
+	}
+	streamOf := func(i int) string {
+		if from == nil {
+			return streams[0].Stream
+		}
+		return from[i]
+	}
 	// Records are decoded in place, then the few entries that are not
 	// records (rejected, or deleted while pending: only to ack) are
 	// squeezed out.
@@ -35,7 +71,7 @@ func (f *Flusher) decodeAll(msgs []redis.XMessage) batch {
 	decodeRange := func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			if msgs[i].Values != nil {
-				recs[i], rejects[i] = f.decode(msgs[i])
+				recs[i], rejects[i] = f.decode(streamOf(i), msgs[i])
 			}
 		}
 	}
@@ -51,10 +87,19 @@ func (f *Flusher) decodeAll(msgs []redis.XMessage) batch {
 		wg.Wait()
 	}
 
-	b := batch{ids: make([]string, len(msgs))}
+	var b batch
+	for _, s := range streams {
+		if len(s.Messages) == 0 {
+			continue
+		}
+		ids := make([]string, len(s.Messages))
+		for i, m := range s.Messages {
+			ids[i] = m.ID
+		}
+		b.acks = append(b.acks, acks{s.Stream, ids})
+	}
 	kept := 0
 	for i := range msgs {
-		b.ids[i] = msgs[i].ID
 		switch {
 		case msgs[i].Values == nil:
 		case rejects[i] != nil:
@@ -83,7 +128,7 @@ const mergeBatches = 4
 // does, and the batches that are ready when a transaction starts go into
 // it together (at most mergeBatches). Entries read but not stored when
 // pump fails stay pending in the stream, for drainPending.
-func (f *Flusher) pump(ctx context.Context, read func(context.Context) (msgs []redis.XMessage, more bool, err error)) (int, error) {
+func (f *Flusher) pump(ctx context.Context, read func(context.Context) (streams []redis.XStream, more bool, err error)) (int, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	ch := make(chan decoded, mergeBatches-1)
 	var wg sync.WaitGroup
@@ -92,13 +137,13 @@ func (f *Flusher) pump(ctx context.Context, read func(context.Context) (msgs []r
 		defer close(ch)
 		for more := true; more; {
 			var d decoded
-			var msgs []redis.XMessage
-			msgs, more, d.err = read(ctx)
-			if d.err == nil && len(msgs) == 0 {
+			var streams []redis.XStream
+			streams, more, d.err = read(ctx)
+			if d.err == nil && entries(streams) == 0 {
 				return
 			}
 			if d.err == nil {
-				d.b = f.decodeAll(msgs)
+				d.b = f.decodeAll(streams)
 			}
 			select {
 			case ch <- d:
@@ -160,7 +205,7 @@ func gather(b batch, ch <-chan decoded) (batch, error) {
 func (b *batch) add(o batch) {
 	b.recs = append(b.recs, o.recs...) // the records are not copied
 	b.rejects = append(b.rejects, o.rejects...)
-	b.ids = append(b.ids, o.ids...)
+	b.acks = append(b.acks, o.acks...)
 }
 
 // store writes one batch in one transaction, then acknowledges and deletes
@@ -174,43 +219,47 @@ func (f *Flusher) store(ctx context.Context, b batch) (int, error) {
 	}
 	// Only after the commit: a crash before this line leaves the entries
 	// pending, and storing them again is a no-op.
+	n := 0
 	_, err = f.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.XAck(ctx, f.cfg.Stream, f.cfg.Group, b.ids...)
-		p.XDel(ctx, f.cfg.Stream, b.ids...)
+		for _, a := range b.acks {
+			p.XAck(ctx, a.stream, f.cfg.Group, a.ids...)
+			p.XDel(ctx, a.stream, a.ids...)
+			n += len(a.ids)
+		}
 		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("ack usage entries: %w", err)
 	}
 	if ce := f.log.Check(zap.DebugLevel, "usage flushed"); ce != nil {
-		ce.Write(zap.Int("entries", len(b.ids)), zap.Int("inserted", inserted), zap.Int("rejected", len(b.rejects)))
+		ce.Write(zap.Int("entries", n), zap.Int("inserted", inserted), zap.Int("rejected", len(b.rejects)))
 	}
-	return len(b.ids), nil
+	return n, nil
 }
 
 // decode reads one entry. An entry that is not a valid Record comes back as
 // a reject carrying its raw value; the log gets the entry ID and the reason
 // only, never the content.
-func (f *Flusher) decode(m redis.XMessage) (Record, *reject) {
+func (f *Flusher) decode(stream string, m redis.XMessage) (Record, *reject) {
 	raw, ok := m.Values[f.cfg.Field].(string)
 	if !ok {
 		b, _ := json.Marshal(m.Values)
-		return Record{}, f.rejected(m.ID, string(b), "missing field "+f.cfg.Field)
+		return Record{}, f.rejected(stream, m.ID, string(b), "missing field "+f.cfg.Field)
 	}
 	r, err := decodeRecord(raw)
 	if err != nil {
-		return Record{}, f.rejected(m.ID, raw, "bad json: "+err.Error())
+		return Record{}, f.rejected(stream, m.ID, raw, "bad json: "+err.Error())
 	}
 	if err := r.validate(); err != nil {
-		return Record{}, f.rejected(m.ID, raw, err.Error())
+		return Record{}, f.rejected(stream, m.ID, raw, err.Error())
 	}
 	return r, nil
 }
 
-func (f *Flusher) rejected(id, raw, reason string) *reject {
-	f.log.Error("usage stream entry rejected, kept in usage_rejects",
+func (f *Flusher) rejected(stream, id, raw, reason string) *reject {
+	f.log.Error("usage stream entry rejected, kept in usage_rejects", zap.String("stream", stream),
 		zap.String("entry_id", id), zap.Int("bytes", len(raw)), zap.String("reason", rejectKind(reason)))
-	return &reject{stream: f.cfg.Stream, entryID: id, raw: raw, reason: reason}
+	return &reject{stream: stream, entryID: id, raw: raw, reason: reason}
 }
 
 // rejectKind trims a reject reason to its fixed prefix for the log, since

@@ -343,7 +343,7 @@ func TestUsageClamped(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c"}, nil)
+	f := NewFlusher(rdb, s, FlusherConfig{Streams: []string{testStream}, Field: testField, Group: "g", Consumer: "c"}, nil)
 	if n, err := f.FlushNow(ctx); err != nil || n != 2 {
 		t.Fatalf("FlushNow = %d, %v", n, err)
 	}

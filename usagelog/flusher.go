@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,10 +36,12 @@ const (
 
 // FlusherConfig configures a Flusher.
 type FlusherConfig struct {
-	// Stream is the Redis stream producers XADD usage records to, and
-	// Field the entry field that holds a Record's JSON. Both required:
-	// the producer's layout (package billing) names them.
-	Stream, Field string
+	// Streams are the Redis streams producers XADD usage records to (one
+	// per shard of accounts), and Field the entry field that holds a
+	// Record's JSON. Both required: the producer's layout (package
+	// billing) names them. They are all read at once.
+	Streams []string
+	Field   string
 	// Group is the consumer group the flusher reads with. Default: "usagelog".
 	Group string
 	// Consumer names this reader within the group; it must be stable across
@@ -49,7 +52,8 @@ type FlusherConfig struct {
 	// are stored as soon as they arrive); between such reads the flusher
 	// notices Stop and looks for idle entries. Default: 1s.
 	Interval time.Duration
-	// Batch is the largest number of entries read at once. A read is
+	// Batch is the largest number of entries read at once from one
+	// stream. A read is
 	// stored in one transaction, together with the reads already made
 	// when the flusher lags behind (at most 4 in one transaction): a
 	// commit costs far more than a row. Default: 1000.
@@ -62,8 +66,8 @@ type FlusherConfig struct {
 	Linger time.Duration
 }
 
-// Flusher reads records (FlusherConfig.Field holds the JSON of a Record) from a Redis
-// stream with a consumer group, inserts a batch in one SQLite transaction,
+// Flusher reads records (FlusherConfig.Field holds the JSON of a Record) from
+// Redis streams with a consumer group, inserts a batch in one SQLite transaction,
 // commits, then XACKs and XDELs the entries. Crash-safe: an entry is either
 // pending in the stream or in SQLite, never neither, and never stored twice
 // (INSERT OR IGNORE on request_id). An entry that is not a valid Record is
@@ -89,9 +93,10 @@ type Flusher struct {
 // NewFlusher returns a Flusher that moves records from rdb into s. It does
 // nothing until Start or FlushNow. A nil log discards messages.
 func NewFlusher(rdb redis.UniversalClient, s *Store, cfg FlusherConfig, log *zap.Logger) *Flusher {
-	if cfg.Stream == "" || cfg.Field == "" {
-		panic("usagelog: FlusherConfig needs the usage stream and its record field")
+	if len(cfg.Streams) == 0 || slices.Contains(cfg.Streams, "") || cfg.Field == "" {
+		panic("usagelog: FlusherConfig needs the usage streams and their record field")
 	}
+	cfg.Streams = slices.Clone(cfg.Streams)
 	if cfg.Group == "" {
 		cfg.Group = DefaultGroup
 	}
@@ -120,7 +125,7 @@ func NewFlusher(rdb redis.UniversalClient, s *Store, cfg FlusherConfig, log *zap
 		rdb:       rdb,
 		s:         s,
 		cfg:       cfg,
-		log:       log.With(zap.String("stream", cfg.Stream), zap.String("consumer", cfg.Consumer)),
+		log:       log.With(zap.String("consumer", cfg.Consumer)),
 		claimIdle: defaultClaimIdle,
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
@@ -239,7 +244,7 @@ func (f *Flusher) step(ctx context.Context, needPending *bool, lastClaim *time.T
 	// when Stop is called, or when it is time to look for orphans again.
 	until := time.Now().Add(f.claimIdle)
 	short := false
-	_, err := f.pump(ctx, func(ctx context.Context) ([]redis.XMessage, bool, error) {
+	_, err := f.pump(ctx, func(ctx context.Context) ([]redis.XStream, bool, error) {
 		if short && !f.wait(ctx, f.cfg.Linger) {
 			return nil, false, nil
 		}
@@ -248,9 +253,10 @@ func (f *Flusher) step(ctx context.Context, needPending *bool, lastClaim *time.T
 			return nil, false, nil
 		default:
 		}
-		msgs, err := f.read(ctx, ">", f.cfg.Interval)
-		short = len(msgs) > 0 && len(msgs) < f.cfg.Batch
-		return msgs, time.Now().Before(until), err
+		streams, err := f.read(ctx, ">", nil, f.cfg.Interval)
+		n := entries(streams)
+		short = n > 0 && n < f.cfg.Batch
+		return streams, time.Now().Before(until), err
 	})
 	return err
 }
@@ -269,25 +275,42 @@ func (f *Flusher) wait(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// ensureGroup creates the consumer group (and the stream) if missing. The
-// group starts at "0" so that nothing written before it existed is skipped.
+// ensureGroup creates the consumer group (and the stream) of every stream
+// where missing. A group starts at "0" so that nothing written before it
+// existed is skipped.
 func (f *Flusher) ensureGroup(ctx context.Context) error {
-	err := f.rdb.XGroupCreateMkStream(ctx, f.cfg.Stream, f.cfg.Group, "0").Err()
-	// Redis reports an existing group as an error reply prefixed BUSYGROUP.
-	if err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
-		return fmt.Errorf("create consumer group: %w", err)
+	cmds, _ := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, s := range f.cfg.Streams {
+			p.XGroupCreateMkStream(ctx, s, f.cfg.Group, "0")
+		}
+		return nil
+	})
+	for _, c := range cmds {
+		// Redis reports an existing group as an error reply prefixed BUSYGROUP.
+		if err := c.Err(); err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
+			return fmt.Errorf("create consumer group: %w", err)
+		}
 	}
 	return nil
 }
 
-// read runs XREADGROUP from id ("0" for this consumer's pending entries,
-// ">" for new ones). A negative block does not block. No entries is not an
-// error.
-func (f *Flusher) read(ctx context.Context, id string, block time.Duration) ([]redis.XMessage, error) {
+// read runs XREADGROUP on every stream from its id in after ("0" or an
+// entry ID for this consumer's pending entries, ">" for new ones); nil
+// after reads every stream from id. A negative block does not block. No
+// entries is not an error.
+func (f *Flusher) read(ctx context.Context, id string, after map[string]string, block time.Duration) ([]redis.XStream, error) {
+	args := make([]string, 2*len(f.cfg.Streams))
+	copy(args, f.cfg.Streams)
+	for i, s := range f.cfg.Streams {
+		args[len(f.cfg.Streams)+i] = id
+		if a, ok := after[s]; ok {
+			args[len(f.cfg.Streams)+i] = a
+		}
+	}
 	streams, err := f.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group:    f.cfg.Group,
 		Consumer: f.cfg.Consumer,
-		Streams:  []string{f.cfg.Stream, id},
+		Streams:  args,
 		Count:    int64(f.cfg.Batch),
 		Block:    block,
 	}).Result()
@@ -297,49 +320,66 @@ func (f *Flusher) read(ctx context.Context, id string, block time.Duration) ([]r
 	if err != nil {
 		return nil, fmt.Errorf("read usage stream: %w", err)
 	}
-	if len(streams) == 0 {
-		return nil, nil
-	}
-	return streams[0].Messages, nil
+	return streams, nil
 }
 
 // drainPending stores this consumer's pending entries, oldest first.
 func (f *Flusher) drainPending(ctx context.Context) (int, error) {
-	after := "0"
-	return f.pump(ctx, func(ctx context.Context) ([]redis.XMessage, bool, error) {
-		msgs, err := f.read(ctx, after, -1)
-		if len(msgs) > 0 {
-			after = msgs[len(msgs)-1].ID
+	after := make(map[string]string, len(f.cfg.Streams))
+	return f.pump(ctx, func(ctx context.Context) ([]redis.XStream, bool, error) {
+		streams, err := f.read(ctx, "0", after, -1)
+		for _, s := range streams {
+			if len(s.Messages) > 0 {
+				after[s.Stream] = s.Messages[len(s.Messages)-1].ID
+			}
 		}
-		return msgs, true, err
+		return streams, true, err
 	})
 }
 
-// drainNew stores new entries up to the last one in the stream when it
+// drainNew stores new entries up to the last one in each stream when it
 // began, so that a busy producer cannot keep it going forever.
 func (f *Flusher) drainNew(ctx context.Context) (int, error) {
-	last, err := f.rdb.XRevRangeN(ctx, f.cfg.Stream, "+", "-", 1).Result()
+	cmds, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, s := range f.cfg.Streams {
+			p.XRevRangeN(ctx, s, "+", "-", 1)
+		}
+		return nil
+	})
 	if err != nil {
 		return 0, fmt.Errorf("read usage stream: %w", err)
 	}
-	if len(last) == 0 {
+	marks := make(map[string]string, len(f.cfg.Streams))
+	for i, c := range cmds {
+		if last := c.(*redis.XMessageSliceCmd).Val(); len(last) > 0 {
+			marks[f.cfg.Streams[i]] = last[0].ID
+		}
+	}
+	if len(marks) == 0 {
 		return 0, nil
 	}
-	mark := last[0].ID
-	return f.pump(ctx, func(ctx context.Context) ([]redis.XMessage, bool, error) {
-		msgs, err := f.read(ctx, ">", -1)
-		return msgs, len(msgs) > 0 && idLess(msgs[len(msgs)-1].ID, mark), err
+	return f.pump(ctx, func(ctx context.Context) ([]redis.XStream, bool, error) {
+		streams, err := f.read(ctx, ">", nil, -1)
+		more := false
+		for _, s := range streams {
+			mark, ok := marks[s.Stream]
+			if ok && len(s.Messages) > 0 && idLess(s.Messages[len(s.Messages)-1].ID, mark) {
+				more = true
+			}
+		}
+		return streams, more, err
 	})
 }
 
 // claimOrphans takes over and stores the entries other consumers read but
 // left unacknowledged for claimIdle.
 func (f *Flusher) claimOrphans(ctx context.Context) error {
-	start := "0-0"
-	n, err := f.pump(ctx, func(ctx context.Context) ([]redis.XMessage, bool, error) {
-		for start != "" {
+	stream, start := 0, "0-0"
+	n, err := f.pump(ctx, func(ctx context.Context) ([]redis.XStream, bool, error) {
+		for stream < len(f.cfg.Streams) {
+			name := f.cfg.Streams[stream]
 			msgs, next, err := f.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-				Stream:   f.cfg.Stream,
+				Stream:   name,
 				Group:    f.cfg.Group,
 				Consumer: f.cfg.Consumer,
 				MinIdle:  f.claimIdle,
@@ -349,12 +389,12 @@ func (f *Flusher) claimOrphans(ctx context.Context) error {
 			if err != nil {
 				return nil, false, fmt.Errorf("claim idle usage entries: %w", err)
 			}
-			if next == "0-0" { // the scan of the pending list is complete
-				next = ""
-			}
 			start = next
+			if next == "0-0" { // the scan of this stream's pending list is complete
+				stream++
+			}
 			if len(msgs) > 0 { // a scan step may claim nothing: go on
-				return msgs, start != "", nil
+				return []redis.XStream{{Stream: name, Messages: msgs}}, stream < len(f.cfg.Streams), nil
 			}
 		}
 		return nil, false, nil

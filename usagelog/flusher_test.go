@@ -66,7 +66,7 @@ func TestFlusherMovesEachRecordOnce(t *testing.T) {
 	ctx := context.Background()
 	rdb, _ := startRedis(t)
 	s := openStore(t)
-	cfg := FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1", Batch: 7}
+	cfg := FlusherConfig{Streams: []string{testStream}, Field: testField, Group: "g", Consumer: "c1", Batch: 7}
 
 	// Written before the group exists: must not be skipped.
 	recs := records("a", 50)
@@ -122,7 +122,7 @@ func TestFlusherRejectsMalformedEntries(t *testing.T) {
 	rdb, _ := startRedis(t)
 	s := openStore(t)
 	core, logs := observer.New(zap.DebugLevel)
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1"}, zap.New(core))
+	f := NewFlusher(rdb, s, FlusherConfig{Streams: []string{testStream}, Field: testField, Group: "g", Consumer: "c1"}, zap.New(core))
 
 	const secret = "sk-SECRET-do-not-log"
 	noID := rec("", "u1", time.Now())
@@ -189,7 +189,7 @@ func TestFlusherRunsAndStopDrains(t *testing.T) {
 	ctx := context.Background()
 	rdb, _ := startRedis(t)
 	s := openStore(t)
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1",
+	f := NewFlusher(rdb, s, FlusherConfig{Streams: []string{testStream}, Field: testField, Group: "g", Consumer: "c1",
 		Interval: 50 * time.Millisecond, Batch: 100}, zap.NewNop())
 
 	xadd(t, rdb, records("before", 120)...) // before Start: picked up from "0"
@@ -232,16 +232,16 @@ func TestFlusherClaimsIdleEntries(t *testing.T) {
 	s := openStore(t)
 
 	// Consumer "dead" read entries and vanished.
-	dead := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "dead"}, nil)
+	dead := NewFlusher(rdb, s, FlusherConfig{Streams: []string{testStream}, Field: testField, Group: "g", Consumer: "dead"}, nil)
 	if err := dead.ensureGroup(ctx); err != nil {
 		t.Fatal(err)
 	}
 	xadd(t, rdb, records("orphan", 25)...)
-	if _, err := dead.read(ctx, ">", -1); err != nil {
+	if _, err := dead.read(ctx, ">", nil, -1); err != nil {
 		t.Fatal(err)
 	}
 
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1",
+	f := NewFlusher(rdb, s, FlusherConfig{Streams: []string{testStream}, Field: testField, Group: "g", Consumer: "c1",
 		Interval: 20 * time.Millisecond, Batch: 10}, nil)
 	f.claimIdle = 100 * time.Millisecond
 	f.Start()
@@ -255,7 +255,7 @@ func TestFlusherRecoversFromLostGroup(t *testing.T) {
 	ctx := context.Background()
 	rdb, _ := startRedis(t)
 	s := openStore(t)
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1",
+	f := NewFlusher(rdb, s, FlusherConfig{Streams: []string{testStream}, Field: testField, Group: "g", Consumer: "c1",
 		Interval: 20 * time.Millisecond}, nil)
 	f.Start()
 	defer f.Stop(ctx)
@@ -275,7 +275,7 @@ func TestFlusherBacksOffWhileRedisIsDown(t *testing.T) {
 	rdb, tr := startRedis(t)
 	s := openStore(t)
 	core, logs := observer.New(zap.WarnLevel)
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1",
+	f := NewFlusher(rdb, s, FlusherConfig{Streams: []string{testStream}, Field: testField, Group: "g", Consumer: "c1",
 		Interval: 20 * time.Millisecond}, zap.New(core))
 	f.Start()
 	defer f.Stop(ctx)
@@ -344,7 +344,7 @@ func benchFlush(b *testing.B, records func(prefix string, n int) []Record) {
 	ctx := context.Background()
 	rdb, _ := startRedis(b)
 	s := openStore(b)
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1", Batch: 1000}, nil)
+	f := NewFlusher(rdb, s, FlusherConfig{Streams: []string{testStream}, Field: testField, Group: "g", Consumer: "c1", Batch: 1000}, nil)
 	const perOp = 10_000
 	rows := 0
 	var spent, cpu time.Duration
@@ -365,4 +365,59 @@ func benchFlush(b *testing.B, records func(prefix string, n int) []Record) {
 	}
 	b.ReportMetric(float64(rows)/spent.Seconds(), "rows/s")
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(rows), "cpu-ns/row")
+}
+
+// Records spread over several streams (the shards of the accounts) are all
+// stored, each once, whichever stream holds them and whoever read them.
+func TestFlusherReadsEveryStream(t *testing.T) {
+	ctx := context.Background()
+	rdb, _ := startRedis(t)
+	s := openStore(t)
+	streams := []string{"test:{#a}:usage", "test:{#b}:usage", "test:{#c}:usage"}
+	put := func(stream string, recs []Record) {
+		t.Helper()
+		for _, r := range recs {
+			b, _ := json.Marshal(r)
+			if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{testField, b}}).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	put(streams[0], records("s0", 30))
+	put(streams[1], records("s1", 20))
+	cfg := FlusherConfig{Streams: streams, Field: testField, Group: "g", Consumer: "dead", Batch: 8}
+	dead := NewFlusher(rdb, s, cfg, nil)
+	if err := dead.ensureGroup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// "dead" read a batch of each and vanished.
+	if got, err := dead.read(ctx, ">", nil, -1); err != nil || entries(got) != 16 {
+		t.Fatalf("read %d entries, %v; want 8 of each stream", entries(got), err)
+	}
+	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: streams[2], Values: []any{testField, "junk"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.Consumer, cfg.Interval = "c1", 20*time.Millisecond
+	f := NewFlusher(rdb, s, cfg, nil)
+	f.claimIdle = 100 * time.Millisecond
+	f.Start()
+	defer f.Stop(ctx)
+	put(streams[2], records("s2", 10))
+	waitRows(t, s, 60)
+	waitFor(t, func() bool {
+		for _, st := range streams {
+			if rdb.XLen(ctx, st).Val() != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	if got := countRows(t, s, "usage"); got != 60 {
+		t.Errorf("usage has %d rows, want 60", got)
+	}
+	var stream string
+	if err := s.rd.QueryRowContext(ctx, "SELECT stream FROM usage_rejects").Scan(&stream); err != nil || stream != streams[2] {
+		t.Errorf("reject kept from stream %q, %v; want %s", stream, err, streams[2])
+	}
 }

@@ -9,11 +9,15 @@ import (
 
 // readBatch is a decoded read of one record, for gather.
 func readBatch(id string) decoded {
-	return decoded{b: batch{recs: [][]Record{{{RequestID: id}}}, ids: []string{id}}}
+	return decoded{b: batch{recs: [][]Record{{{RequestID: id}}}, acks: []acks{{"s", []string{id}}}}}
 }
 
 func batchIDs(b batch) string {
-	return fmt.Sprint(b.ids, len(b.recs))
+	var ids []string
+	for _, a := range b.acks {
+		ids = append(ids, a.ids...)
+	}
+	return fmt.Sprint(ids, len(b.recs))
 }
 
 func TestGatherTakesReadyBatchesUpToTheLimit(t *testing.T) {
@@ -58,7 +62,7 @@ func TestFlusherFailedTransactionLeavesEntriesPending(t *testing.T) {
 	ctx := context.Background()
 	rdb, _ := startRedis(t)
 	s := openStore(t)
-	f := NewFlusher(rdb, s, FlusherConfig{Stream: testStream, Field: testField, Group: "g", Consumer: "c1", Batch: 10}, nil)
+	f := NewFlusher(rdb, s, FlusherConfig{Streams: []string{testStream}, Field: testField, Group: "g", Consumer: "c1", Batch: 10}, nil)
 	recs := records("a", 300)
 	recs[201].RequestID = "boom"
 	xadd(t, rdb, recs...)

@@ -46,19 +46,21 @@ func benchRecord(i int, now time.Time) usagelog.Record {
 	}
 }
 
-// fillStream XADDs n records to the usage stream, pipelined 1000 at a
-// time, exactly as the settlement script writes them (field "r", the JSON).
+// fillStream XADDs n records to the usage streams, each to its user's
+// shard, pipelined 1000 at a time, exactly as the settlement script writes
+// them (field "r", the JSON).
 func fillStream(ctx context.Context, rdb *redis.Client, n int) error {
 	now := time.Now()
 	for done := 0; done < n; {
 		batch := min(1000, n-done)
 		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i := range batch {
-				b, err := json.Marshal(benchRecord(done+i, now))
+				r := benchRecord(done+i, now)
+				b, err := json.Marshal(r)
 				if err != nil {
 					return err
 				}
-				p.XAdd(ctx, &redis.XAddArgs{Stream: billing.UsageStream, Values: []any{billing.UsageField, b}})
+				p.XAdd(ctx, &redis.XAddArgs{Stream: billing.UsageStreamOf(r.User), Values: []any{billing.UsageField, b}})
 			}
 			return nil
 		})
@@ -92,14 +94,14 @@ func ledgerFlush(ctx context.Context, redisAddr, dir string, n int) (float64, er
 	}
 	defer store.Close()
 	f := usagelog.NewFlusher(rdb, store, usagelog.FlusherConfig{
-		Stream: billing.UsageStream, Field: billing.UsageField, Group: "ledger", Consumer: "aitbench", Interval: time.Second,
+		Streams: billing.UsageStreams, Field: billing.UsageField, Group: "ledger", Consumer: "aitbench", Interval: time.Second,
 	}, nil)
 
 	start := time.Now()
 	f.Start()
 	deadline := start.Add(5 * time.Minute)
 	for {
-		left, err := rdb.XLen(ctx, billing.UsageStream).Result()
+		left, err := billing.UsageBacklog(ctx, rdb)
 		if err != nil {
 			return 0, err
 		}

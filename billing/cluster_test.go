@@ -1,0 +1,159 @@
+package billing
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
+	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
+)
+
+// startCluster starts a one-node Redis Cluster that owns every slot and
+// returns a cluster client for it and a plain client. Redis Cluster
+// refuses any command whose keys lie in more than one hash slot
+// (CROSSSLOT), on one node as on many.
+func startCluster(t *testing.T) (*redis.ClusterClient, *redis.Client) {
+	t.Helper()
+	srv, plain := startClusterNode(t)
+	ctx := t.Context()
+	if err := plain.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, clusterSlots-1).Err(); err != nil {
+		t.Fatalf("CLUSTER ADDSLOTSRANGE: %v", err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		info, err := plain.ClusterInfo(ctx).Result()
+		if err == nil && strings.Contains(info, "cluster_state:ok") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster not ok after 10s: %q, %v", info, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{srv.Addr}})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb, plain
+}
+
+// startClusterNode starts a Redis with cluster support, owning no slots
+// yet, and returns a plain client for it.
+func startClusterNode(t *testing.T) (*testredis.Server, *redis.Client) {
+	t.Helper()
+	srv := testredis.StartWith(t, "--cluster-enabled", "yes")
+	plain := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = plain.Close() })
+	return srv, plain
+}
+
+// Our slot function is Redis' own, and every key of an account, its usage
+// stream included, is in one slot.
+func TestClusterSlotsMatchRedis(t *testing.T) {
+	_, plain := startClusterNode(t)
+	ctx := t.Context()
+	keys := []string{"", "a", "foo", "{user1000}.following", "{}x", "x{}y", "{a}{b}", "123456789"}
+	for i := range 200 {
+		keys = append(keys, fmt.Sprintf("user-%d", i), AccountKey(fmt.Sprintf("u.%d", i), "acct"))
+	}
+	keys = append(keys, UsageStreams...)
+	for _, k := range keys {
+		want, err := plain.ClusterKeySlot(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := clusterSlot(k); int64(got) != want {
+			t.Errorf("clusterSlot(%q) = %d; Redis says %d", k, got, want)
+		}
+	}
+	// Each shard's stream lies in its own sixteenth of the slots, and a
+	// user's keys in the slot of the user's stream.
+	for n, s := range UsageStreams {
+		if got := int(clusterSlot(s)) / (clusterSlots / UsageShards); got != n {
+			t.Errorf("stream %s is in slot range %d, want %d", s, got, n)
+		}
+	}
+	shards := map[int]bool{}
+	for i := range 200 {
+		u := fmt.Sprintf("user-%d", i)
+		shards[shardOf(u)] = true
+		for _, k := range []string{acctKey(u), holdsKey(u), leaseSeqKey(u, "n.1"), replayKey(u, "req_1"),
+			rateKey(u, "key_1", time.Now(), "t"), appliedKey(u)} {
+			if clusterSlot(k) != clusterSlot(UsageStreamOf(u)) {
+				t.Fatalf("%s is not in the slot of %s", k, UsageStreamOf(u))
+			}
+		}
+	}
+	if len(shards) != UsageShards {
+		t.Errorf("200 users fell in %d of %d shards", len(shards), UsageShards)
+	}
+}
+
+// Every script runs on Redis Cluster: each declares all the keys it
+// touches, in one slot, usage records included.
+func TestScriptsRunOnCluster(t *testing.T) {
+	rdb, _ := startCluster(t)
+	a := NewAccounts(rdb)
+	ctx := t.Context()
+	users := []string{"alice", "bob", "carol", "dave"}
+	for i, u := range users {
+		hash := HashKey("sk-cluster-" + u)
+		if err := a.PutKey(ctx, hash, KeyRecord{ID: "key_" + u, User: u, Active: true, RPM: 100, TPM: 100_000}); err != nil {
+			t.Fatalf("PutKey: %v", err)
+		}
+		if err := a.ApplyCredit(ctx, u, int64(i+1), 10*unit); err != nil {
+			t.Fatalf("ApplyCredit %s: %v", u, err)
+		}
+		// A per-request hold, settled with tokens counted in the tpm window.
+		g, err := a.Authorize(ctx, AuthRequest{KeyHash: hash, Hold: unit, RequestID: "req_" + u, Tokens: 10})
+		if err != nil {
+			t.Fatalf("Authorize %s: %v", u, err)
+		}
+		rec := []byte(`{"request_id":"req_` + u + `","user":"` + u + `"}`)
+		if ok, err := a.Settle(ctx, g, unit/10, 10, rec, SettleLive); err != nil || !ok {
+			t.Fatalf("Settle %s: %v, %v", u, ok, err)
+		}
+		if ok, err := a.Settle(ctx, g, unit/10, 10, rec, SettleReplay); err != nil || ok {
+			t.Fatalf("replayed Settle %s: applied %v, %v", u, ok, err)
+		}
+		nohold := Grant{User: u, KeyID: "key_" + u, RequestID: "req_nohold_" + u}
+		if ok, err := a.Settle(ctx, nohold, unit/10, 0, rec, SettleReplayNoHold); err != nil || !ok {
+			t.Fatalf("no-hold Settle %s: %v, %v", u, ok, err)
+		}
+		// A balance lease, settled, given back.
+		lg, err := a.TakeLease(ctx, LeaseTake{User: u, ID: "n1.1", Want: unit, Min: 1, Share: 1, TTL: time.Minute})
+		if err != nil || lg.Granted != unit {
+			t.Fatalf("TakeLease %s: %+v, %v", u, lg, err)
+		}
+		if n, err := a.SettleLease(ctx, u, "n1.1", []LeaseSettlement{{Seq: 1, Cost: unit / 10, Record: rec}}); err != nil || n != 1 {
+			t.Fatalf("SettleLease %s: %d, %v", u, n, err)
+		}
+		if _, err := a.ReturnLease(ctx, u, "n1.1", -1); err != nil {
+			t.Fatalf("ReturnLease %s: %v", u, err)
+		}
+		if _, err := a.TakeRate(ctx, RateTake{User: u, KeyID: "key_" + u, RPM: 100, TPM: 100_000, Window: time.Now().Truncate(time.Minute),
+			WantRequests: 5, NeedRequests: 1, WantTokens: 100, NeedTokens: 1}); err != nil {
+			t.Fatalf("TakeRate %s: %v", u, err)
+		}
+		// An admin debit (it publishes a recall).
+		if _, err := a.Credit(ctx, u, -unit); err != nil {
+			t.Fatalf("debit %s: %v", u, err)
+		}
+		bal, held, err := a.Balance(ctx, u)
+		if want := 10*unit - 3*unit/10 - unit; err != nil || bal != want || held != 0 {
+			t.Fatalf("%s: balance %s held %s, %v; want %s, 0", u, bal, held, err, want)
+		}
+		// Three records, all in the user's shard.
+		if n, err := rdb.XLen(ctx, UsageStreamOf(u)).Result(); err != nil || n < 3 {
+			t.Fatalf("%s's usage stream holds %d records, %v", u, n, err)
+		}
+	}
+	if err := a.Seed(ctx, map[string]money.Nanos{"erin": unit}, map[string]KeyRecord{HashKey("sk-erin"): {ID: "key_e", User: "erin", Active: true}}); err != nil {
+		t.Fatalf("Seed: %v", err)
+	}
+	live, err := a.Live(ctx, append(users, "erin"))
+	if err != nil || len(live) != len(users)+1 {
+		t.Fatalf("Live: %v, %v", live, err)
+	}
+}
