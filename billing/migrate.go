@@ -3,6 +3,7 @@ package billing
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -22,6 +23,10 @@ const (
 // trip moves.
 const migrateBatch = 500
 
+// ErrNewerLayout is MigrateLayout's answer on a Redis that a newer version
+// of the gateway has moved to a key layout this build does not know.
+var ErrNewerLayout = errors.New("redis key layout newer than this build")
+
 // Migration says what MigrateLayout moved.
 type Migration struct {
 	// Keys is the number of account keys renamed to their shard's tag.
@@ -37,25 +42,30 @@ type Migration struct {
 // MigrateLayout brings a Redis written by an earlier version to the
 // current key layout: it renames every account key (ait:{<user>}:…) to
 // carry its shard's tag, moves the usage records still in the old single
-// stream to their shards' streams, and records the layout's version. A
-// Redis already at this version costs one GET. It is idempotent and safe
-// to run on several nodes at once (a record moved twice is stored once:
-// the ledger ignores a request ID it has). Every node runs it before it
-// touches an account; nodes of the earlier version must be stopped first,
-// since they would go on writing the old keys.
+// stream to their shards' streams, and records the layout's version. On a
+// Redis already at this version it only moves records that reached the
+// old stream since (MoveLegacyUsage): one round trip when there are none.
+// It is idempotent and safe to run on several nodes at once. Every node
+// runs it before it touches an account; nodes of the earlier version must
+// be stopped first, since they would go on writing the old keys. A Redis
+// in a layout newer than this build's is refused (ErrNewerLayout).
 func (a *Accounts) MigrateLayout(ctx context.Context) (Migration, error) {
 	var m Migration
 	v, err := a.rdb.Get(ctx, layoutKey).Result()
-	if err == nil && v == layoutVersion {
-		return m, nil
-	}
 	if err != nil && err != redis.Nil {
 		return m, fmt.Errorf("read key layout version: %w", err)
+	}
+	if v == layoutVersion {
+		m.Records, err = a.MoveLegacyUsage(ctx)
+		return m, err
+	}
+	if v != "" {
+		return m, fmt.Errorf("%w: Redis holds key layout %q, this build knows %s", ErrNewerLayout, v, layoutVersion)
 	}
 	if err := a.renameAccountKeys(ctx, &m); err != nil {
 		return m, err
 	}
-	if err := a.moveLegacyUsage(ctx, &m); err != nil {
+	if m.Records, err = a.MoveLegacyUsage(ctx); err != nil {
 		return m, err
 	}
 	if err := a.rdb.Set(ctx, layoutKey, layoutVersion, 0).Err(); err != nil {
@@ -128,7 +138,7 @@ func (a *Accounts) renameAccountKeys(ctx context.Context, m *Migration) error {
 }
 
 // dropIfEmpty deletes a stream (and its consumer groups) only when it holds
-// no entry, at once.
+// no entry, at once. It returns whether the stream is still there.
 var dropIfEmpty = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('XLEN', KEYS[1]) == 0 then
   redis.call('DEL', KEYS[1])
@@ -136,55 +146,59 @@ end
 return redis.call('EXISTS', KEYS[1])
 `)
 
-// moveLegacyUsage moves the entries of the old single usage stream, oldest
-// first, to their users' shard streams, deleting each once its copy is
-// written, then drops the emptied stream. An entry whose user cannot be
-// read goes to the first shard, where the ledger keeps it as a reject.
-func (a *Accounts) moveLegacyUsage(ctx context.Context, m *Migration) error {
+// moveEntries moves entries of the stream KEYS[1], named by ID in ARGV, each
+// to its stream in KEYS[i+1]: each entry still there is added to its
+// stream, then deleted from the old one. An entry is moved by one caller
+// only, and a refused XADD (OOM) ends the script before the entry's XDEL,
+// so nothing is lost or copied twice. The keys span slots: the old layout
+// ran only on one server. Returns the number moved.
+var moveEntries = redis.NewScript(`
+local moved = 0
+for i, id in ipairs(ARGV) do
+  local e = redis.call('XRANGE', KEYS[1], id, id)
+  if #e == 1 then
+    redis.call('XADD', KEYS[i + 1], '*', unpack(e[1][2]))
+    redis.call('XDEL', KEYS[1], id)
+    moved = moved + 1
+  end
+end
+return moved
+`)
+
+// MoveLegacyUsage moves the entries of the first layout's single usage
+// stream, oldest first, to their users' shard streams, then drops the
+// emptied stream; it reports how many it moved. An entry whose user cannot
+// be read goes to the first shard, where the ledger keeps it as a reject.
+// With no such stream it costs one round trip: the ledger node also runs
+// it now and then, for records a node of the earlier version wrote after
+// the move.
+func (a *Accounts) MoveLegacyUsage(ctx context.Context) (int, error) {
+	moved := 0
 	for {
-		if err := a.moveLegacyEntries(ctx, m); err != nil {
-			return err
-		}
 		left, err := dropIfEmpty.Run(ctx, a.rdb, []string{legacyUsageStream}).Int()
 		if err != nil {
-			return fmt.Errorf("migrate usage stream: %w", err)
+			return moved, fmt.Errorf("migrate usage stream: %w", err)
 		}
 		if left == 0 {
-			return nil
+			return moved, nil
 		}
-		// An entry came in since the last read: move it too.
-	}
-}
-
-// moveLegacyEntries moves what the old stream holds, in batches.
-func (a *Accounts) moveLegacyEntries(ctx context.Context, m *Migration) error {
-	for {
 		msgs, err := a.rdb.XRangeN(ctx, legacyUsageStream, "-", "+", migrateBatch).Result()
 		if err != nil {
-			return fmt.Errorf("migrate usage stream: %w", err)
+			return moved, fmt.Errorf("migrate usage stream: %w", err)
 		}
-		if len(msgs) == 0 {
-			break
+		keys := make([]string, 1, 1+len(msgs))
+		keys[0] = legacyUsageStream
+		ids := make([]any, len(msgs))
+		for i, msg := range msgs {
+			keys = append(keys, legacyRecordStream(msg))
+			ids[i] = msg.ID
 		}
-		_, err = a.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			ids := make([]string, len(msgs))
-			for i, msg := range msgs {
-				ids[i] = msg.ID
-				values := make([]any, 0, 2*len(msg.Values))
-				for k, v := range msg.Values {
-					values = append(values, k, v)
-				}
-				p.XAdd(ctx, &redis.XAddArgs{Stream: legacyRecordStream(msg), Values: values})
-			}
-			p.XDel(ctx, legacyUsageStream, ids...)
-			return nil
-		})
+		n, err := moveEntries.Run(ctx, a.rdb, keys, ids...).Int()
+		moved += n
 		if err != nil {
-			return fmt.Errorf("migrate usage stream: %w", err)
+			return moved, fmt.Errorf("migrate usage stream: %w", err)
 		}
-		m.Records += len(msgs)
 	}
-	return nil
 }
 
 // legacyRecordStream is the shard stream for an entry of the old stream.

@@ -1,6 +1,8 @@
 package billing
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -131,5 +133,73 @@ func TestLegacyAccountKey(t *testing.T) {
 		if got != want {
 			t.Errorf("legacyAccountKey(%q) = %q; want %q", key, got, want)
 		}
+	}
+}
+
+// Records a node of the earlier version writes to the old stream after the
+// move are moved too, on the next call; a layout newer than this build's is
+// refused and left alone.
+func TestMigrateLayoutLaterRecordsAndNewerLayout(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	if _, err := a.MigrateLayout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec := `{"request_id":"req_late","user":"alice"}`
+	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: legacyUsageStream, Values: []any{UsageField, rec}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := a.MigrateLayout(ctx); err != nil || m.Records != 1 {
+		t.Fatalf("MigrateLayout on layout 2 with a late record = %+v, %v; want it moved", m, err)
+	}
+	if msgs, _ := rdb.XRange(ctx, UsageStreamOf("alice"), "-", "+").Result(); len(msgs) != 1 || msgs[0].Values[UsageField] != rec {
+		t.Fatalf("alice's stream = %v", msgs)
+	}
+	if n, _ := a.MoveLegacyUsage(ctx); n != 0 {
+		t.Fatalf("moved %d with nothing left", n)
+	}
+
+	if err := rdb.Set(ctx, layoutKey, "3", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.MigrateLayout(ctx); !errors.Is(err, ErrNewerLayout) {
+		t.Fatalf("MigrateLayout on layout 3: %v; want ErrNewerLayout", err)
+	}
+	if v, _ := rdb.Get(ctx, layoutKey).Result(); v != "3" {
+		t.Fatalf("layout version overwritten with %q", v)
+	}
+}
+
+// A Redis out of memory (noeviction) refuses the copies: the move fails and
+// every record stays where it was, to be moved once there is room.
+func TestMigrateLayoutOutOfMemoryLosesNothing(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	for i := range 10 {
+		r := fmt.Sprintf(`{"request_id":"req_%d","user":"u%d"}`, i, i)
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: legacyUsageStream, Values: []any{UsageField, r}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.MigrateLayout(ctx); err == nil {
+		t.Fatal("MigrateLayout succeeded on a Redis refusing writes")
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := rdb.XLen(ctx, legacyUsageStream).Result(); n != 10 {
+		t.Fatalf("old stream holds %d of 10 records after the refused move", n)
+	}
+	if m, err := a.MigrateLayout(ctx); err != nil || m.Records != 10 {
+		t.Fatalf("MigrateLayout with room = %+v, %v", m, err)
+	}
+	if n, _ := UsageBacklog(ctx, rdb); n != 10 {
+		t.Fatalf("shard streams hold %d records; want 10", n)
 	}
 }

@@ -34,7 +34,22 @@ func (a *App) repairLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			a.repairCredits(ctx)
+			a.moveLegacyUsage(ctx)
 		}
+	}
+}
+
+// moveLegacyUsage moves usage records that a node of an earlier version
+// (one usage stream, ait:usage) wrote after Redis was moved to the current
+// key layout to the streams the flusher reads, so they are not stranded.
+func (a *App) moveLegacyUsage(ctx context.Context) {
+	n, err := a.accounts.MoveLegacyUsage(ctx)
+	if n > 0 {
+		a.log.Warn("moved usage records an earlier version wrote to ait:usage; stop the nodes of earlier versions",
+			zap.Int("records", n))
+	}
+	if err != nil && ctx.Err() == nil {
+		a.log.Warn("moving usage records from ait:usage; will retry", zap.Error(err))
 	}
 }
 

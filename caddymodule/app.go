@@ -291,7 +291,12 @@ func (a *App) keepClientIP() bool { return a.LogClientIP == nil || *a.LogClientI
 // jobs end with this config's context.
 func (a *App) Start() error {
 	if err := a.ready(); err != nil {
-		return err
+		// A ledger node needs Redis to start; a gateway node starts and
+		// refuses requests (503) until Redis answers.
+		if !errors.As(err, new(redisNotReady)) || a.ledger != nil {
+			return err
+		}
+		a.log.Warn("redis unreachable: requests are refused until it answers", zap.Error(err))
 	}
 	maxLease, share := a.leaseSizes()
 	a.redis.leases.SetSizes(maxLease, share, time.Duration(a.LeaseTTL))

@@ -100,12 +100,24 @@ func (c *redisConn) migrate() error {
 			zap.Strings("keys", m.Conflicts))
 	}
 	if err != nil {
-		c.lastFail, c.failErr = time.Now(), fmt.Errorf("redis key layout: %w", err)
-		return c.failErr
+		err = fmt.Errorf("redis key layout: %w", err)
+		if !errors.Is(err, billing.ErrNewerLayout) {
+			err = redisNotReady{err}
+		}
+		c.lastFail, c.failErr = time.Now(), err
+		return err
 	}
 	c.migrated.Store(true)
 	return nil
 }
+
+// redisNotReady is a start that failed for want of Redis: a gateway node
+// starts anyway and answers 503 until Redis is back (handlers start the
+// connection again first).
+type redisNotReady struct{ err error }
+
+func (e redisNotReady) Error() string { return e.err.Error() }
+func (e redisNotReady) Unwrap() error { return e.err }
 
 // start starts the settlement pipeline (which takes up what stopped
 // processes left) and the revocation listener. It runs once, when the

@@ -10,8 +10,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 )
 
 // closedRedisURL is a Redis URL on a loopback port nothing listens on.
@@ -86,5 +92,70 @@ func TestStartFailsOnUnreachableRedis(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "redis") || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("start error %q: want it to say redis cannot be reached", err)
+	}
+}
+
+// A gateway node (no ledger) starts while its Redis is down, refuses
+// requests until Redis answers, and then moves it to the current key
+// layout before it touches an account.
+func TestGatewayStartsWhileRedisIsDown(t *testing.T) {
+	srv := testredis.Start(t)
+	srv.Stop()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	a := &App{Redis: srv.URL(), SpoolDir: filepath.Join(t.TempDir(), "spool")}
+	if err := a.Provision(ctx); err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	defer a.Cleanup()
+	if err := a.Start(); err != nil {
+		t.Fatalf("a gateway node did not start with its redis down: %v", err)
+	}
+	defer a.Stop()
+	if err := a.ready(); !errors.As(err, new(redisNotReady)) {
+		t.Fatalf("ready with redis down: %v; want it not ready", err)
+	}
+
+	srv.Restart()
+	deadline := time.Now().Add(10 * time.Second)
+	for a.ready() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready 10s after redis came back: %v", a.ready())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	if v, err := rdb.Get(t.Context(), "ait:layout").Result(); err != nil || v != "2" {
+		t.Fatalf("key layout %q, %v; want Redis moved to layout 2 once it answered", v, err)
+	}
+}
+
+// A Redis that a newer version moved to a key layout this build does not
+// know is refused, on a gateway node too, and left as it is.
+func TestStartRefusesANewerKeyLayout(t *testing.T) {
+	srv := testredis.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	if err := rdb.Set(t.Context(), "ait:layout", "3", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	a := &App{Redis: srv.URL(), SpoolDir: filepath.Join(t.TempDir(), "spool")}
+	if err := a.Provision(ctx); err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	defer a.Cleanup()
+	err := a.Start()
+	if err == nil {
+		_ = a.Stop()
+		t.Fatal("started on a Redis in a newer key layout")
+	}
+	if !errors.Is(err, billing.ErrNewerLayout) {
+		t.Fatalf("start error %v; want ErrNewerLayout", err)
+	}
+	if v, _ := rdb.Get(t.Context(), "ait:layout").Result(); v != "3" {
+		t.Fatalf("layout marker changed to %q", v)
 	}
 }
