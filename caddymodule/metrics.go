@@ -85,7 +85,7 @@ var metrics = struct {
 	}, []string{"type", "result"}),
 	state: &stateCollector{
 		lag: prometheus.NewDesc("aitoken_usage_stream_lag",
-			"Usage records in the Redis stream not yet read by the ledger flusher.", nil, nil),
+			"Usage records in the Redis usage streams not yet read by the ledger flusher.", nil, nil),
 		pending: prometheus.NewDesc("aitoken_usage_pending",
 			"Usage records read by the ledger flusher but not yet committed to SQLite.", nil, nil),
 		spool: prometheus.NewDesc("aitoken_spool_entries",
