@@ -9,9 +9,8 @@
 # tree, so the script compiles each package once per configuration and
 # overlaps what waits (downloads, apt-get, tests waiting on sockets) with
 # what computes:
-#   1. the Go modules are fetched many at a time, and the system packages
-#      (ensure-deps.sh) are installed while they are fetched and compiled;
-#      test binaries wait for the system packages;
+#   1. the system packages (ensure-deps.sh) are installed while the Go
+#      modules are fetched and compiled; test binaries wait for them;
 #   2. `go test -vet=all` runs the plain tests with go vet's full set of
 #      checks, each package vetted as soon as it is compiled;
 #   3. the race-detector build of the concurrent packages and the fuzz
@@ -30,14 +29,6 @@ export PATH="$gobin:$PATH"
 
 pkgs=("$@")
 [ ${#pkgs[@]} -gt 0 ] || pkgs=(./...)
-
-# Module downloads are network-bound, and the go command fetches only as
-# many at once as it has cores: a fetch of all modules 16 at a time, beside
-# the go commands below (they wait on each other's downloads), cuts the
-# loading phase of a fresh machine by a third (31s to 21s measured). Its
-# failure is reported by the go commands that need the module.
-GOMAXPROCS=16 go mod download >/dev/null 2>&1 &
-download=$!
 
 # System packages (redis-server, chromium, stripe-mock) are installed
 # while the Go builds start; each test binary waits for them
@@ -129,7 +120,6 @@ else
 	fi
 fi
 
-wait "$download" || true
 wait "$deps" || true
 if [ "$(cat "$AITOKEN_DEPS_RC")" != 0 ]; then
 	cat "$logs/deps" >&2
