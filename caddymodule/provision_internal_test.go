@@ -78,13 +78,7 @@ func TestValidateTouchesNothing(t *testing.T) {
 // and a ledger node whose Redis is down does not start.
 func TestStartFailsOnUnreachableRedis(t *testing.T) {
 	dir := t.TempDir()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	a := &App{Redis: closedRedisURL(t), Database: filepath.Join(dir, "ledger.db"), SpoolDir: filepath.Join(dir, "spool")}
-	if err := a.Provision(ctx); err != nil {
-		t.Fatalf("provision: %v", err)
-	}
-	defer a.Cleanup()
+	a := provisioned(t, &App{Redis: closedRedisURL(t), Database: filepath.Join(dir, "ledger.db"), SpoolDir: filepath.Join(dir, "spool")})
 	err := a.Start()
 	if err == nil {
 		_ = a.Stop()
@@ -101,13 +95,7 @@ func TestStartFailsOnUnreachableRedis(t *testing.T) {
 func TestGatewayStartsWhileRedisIsDown(t *testing.T) {
 	srv := testredis.Start(t)
 	srv.Stop()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	a := &App{Redis: srv.URL(), SpoolDir: filepath.Join(t.TempDir(), "spool")}
-	if err := a.Provision(ctx); err != nil {
-		t.Fatalf("provision: %v", err)
-	}
-	defer a.Cleanup()
+	a := provisioned(t, &App{Redis: srv.URL(), SpoolDir: filepath.Join(t.TempDir(), "spool")})
 	if err := a.Start(); err != nil {
 		t.Fatalf("a gateway node did not start with its redis down: %v", err)
 	}
@@ -140,13 +128,7 @@ func TestStartRefusesANewerKeyLayout(t *testing.T) {
 	if err := rdb.Set(t.Context(), "ait:layout", "3", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	a := &App{Redis: srv.URL(), SpoolDir: filepath.Join(t.TempDir(), "spool")}
-	if err := a.Provision(ctx); err != nil {
-		t.Fatalf("provision: %v", err)
-	}
-	defer a.Cleanup()
+	a := provisioned(t, &App{Redis: srv.URL(), SpoolDir: filepath.Join(t.TempDir(), "spool")})
 	err := a.Start()
 	if err == nil {
 		_ = a.Stop()
@@ -158,4 +140,17 @@ func TestStartRefusesANewerKeyLayout(t *testing.T) {
 	if v, _ := rdb.Get(t.Context(), "ait:layout").Result(); v != "3" {
 		t.Fatalf("layout marker changed to %q", v)
 	}
+}
+
+// provisioned provisions a in a new Caddy context, cleaned up when the test
+// ends.
+func provisioned(t *testing.T, a *App) *App {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := a.Provision(ctx); err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	t.Cleanup(func() { _ = a.Cleanup() })
+	return a
 }
