@@ -45,7 +45,7 @@ func (a *App) repairLoop(ctx context.Context) {
 func (a *App) moveLegacyUsage(ctx context.Context) {
 	n, err := a.accounts.MoveLegacyUsage(ctx)
 	if n > 0 {
-		a.log.Warn("moved usage records an earlier version wrote to ait:usage; stop the nodes of earlier versions",
+		a.log.Warn("moved usage records an earlier version wrote to ait:usage: stop the nodes of earlier versions, then run caddy aitoken reconcile (their debits went to the old keys)",
 			zap.Int("records", n))
 	}
 	if err != nil && ctx.Err() == nil {

@@ -319,7 +319,9 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	a := activeApp.Load()
-	if a == nil || a.redis == nil {
+	// A gateway node started while Redis was down has no settlement
+	// pipeline yet: no sample until it has.
+	if a == nil || a.redis == nil || !a.redis.ready.Load() {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.spool, prometheus.GaugeValue, float64(a.redis.settlements.Spooled()))

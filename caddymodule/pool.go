@@ -100,8 +100,17 @@ func (c *redisConn) migrate() error {
 			zap.Strings("keys", m.Conflicts))
 	}
 	if err != nil {
+		// A Redis that did not answer, or answered that it cannot serve
+		// yet, makes the node wait for it; an answer refusing the move (a
+		// newer layout, a key of the wrong type, a script error) needs the
+		// operator, and fails the start.
+		refused := errors.Is(err, billing.ErrNewerLayout)
+		var reply redis.Error
+		if errors.As(err, &reply) && !transientReply(err) {
+			refused = true
+		}
 		err = fmt.Errorf("redis key layout: %w", err)
-		if !errors.Is(err, billing.ErrNewerLayout) {
+		if !refused {
 			err = redisNotReady{err}
 		}
 		c.lastFail, c.failErr = time.Now(), err
@@ -109,6 +118,18 @@ func (c *redisConn) migrate() error {
 	}
 	c.migrated.Store(true)
 	return nil
+}
+
+// transientReply reports whether a Redis error reply says the server
+// cannot serve for now (loading its data, a failover, out of memory, a
+// script running) rather than that the request is wrong.
+func transientReply(err error) bool {
+	for _, p := range []string{"LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "OOM"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // redisNotReady is a start that failed for want of Redis: a gateway node

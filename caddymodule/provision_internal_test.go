@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/caddyserver/caddy/v2"
@@ -103,6 +104,13 @@ func TestGatewayStartsWhileRedisIsDown(t *testing.T) {
 	if err := a.ready(); !errors.As(err, new(redisNotReady)) {
 		t.Fatalf("ready with redis down: %v; want it not ready", err)
 	}
+	// A metrics scrape meanwhile has no settlement state to show, and
+	// must not take the process down.
+	ch := make(chan prometheus.Metric, 16)
+	metrics.state.Collect(ch)
+	if len(ch) != 0 {
+		t.Fatalf("%d state samples before the node is ready", len(ch))
+	}
 
 	srv.Restart()
 	deadline := time.Now().Add(10 * time.Second)
@@ -120,25 +128,38 @@ func TestGatewayStartsWhileRedisIsDown(t *testing.T) {
 }
 
 // A Redis that a newer version moved to a key layout this build does not
-// know is refused, on a gateway node too, and left as it is.
-func TestStartRefusesANewerKeyLayout(t *testing.T) {
-	srv := testredis.Start(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
-	if err := rdb.Set(t.Context(), "ait:layout", "3", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	a := provisioned(t, &App{Redis: srv.URL(), SpoolDir: filepath.Join(t.TempDir(), "spool")})
-	err := a.Start()
-	if err == nil {
-		_ = a.Stop()
-		t.Fatal("started on a Redis in a newer key layout")
-	}
-	if !errors.Is(err, billing.ErrNewerLayout) {
-		t.Fatalf("start error %v; want ErrNewerLayout", err)
-	}
-	if v, _ := rdb.Get(t.Context(), "ait:layout").Result(); v != "3" {
-		t.Fatalf("layout marker changed to %q", v)
+// know, or one whose keys refuse the move, fails the start, on a gateway
+// node too, and is left as it is.
+func TestStartRefusedByRedis(t *testing.T) {
+	for _, tc := range []struct {
+		name, key, value string
+		want             func(error) bool
+	}{
+		{"newer layout", "ait:layout", "3", func(err error) bool { return errors.Is(err, billing.ErrNewerLayout) }},
+		{"old stream of the wrong type", "ait:usage", "x", func(err error) bool {
+			return redis.HasErrorPrefix(err, "WRONGTYPE") && !errors.As(err, new(redisNotReady))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := testredis.Start(t)
+			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+			defer rdb.Close()
+			if err := rdb.Set(t.Context(), tc.key, tc.value, 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+			a := provisioned(t, &App{Redis: srv.URL(), SpoolDir: filepath.Join(t.TempDir(), "spool")})
+			err := a.Start()
+			if err == nil {
+				_ = a.Stop()
+				t.Fatal("started")
+			}
+			if !tc.want(err) {
+				t.Fatalf("start error %v", err)
+			}
+			if v, _ := rdb.Get(t.Context(), tc.key).Result(); v != tc.value {
+				t.Fatalf("%s changed to %q", tc.key, v)
+			}
+		})
 	}
 }
 
