@@ -43,25 +43,15 @@ func entries(streams []redis.XStream) int {
 // decodeAll decodes the entries of streams into records and rejects, in
 // stream order.
 func (f *Flusher) decodeAll(streams []redis.XStream) batch {
-	var msgs []redis.XMessage
-	var from []string // the stream of each entry
-	if len(streams) == 1 {
-		msgs = streams[0].Messages
-	} else {
-		msgs = make([]redis.XMessage, 0, entries(streams))
-		from = make([]string, 0, cap(msgs))
-		for _, s := range streams {
-			msgs = append(msgs, s.Messages...)
-			for range s.Messages {
-				from = append(from, s.Stream)
-			}
+	// The entries in one list, each with its stream, so that a large read
+	// is decoded on every core whichever streams it came from.
+	msgs := make([]redis.XMessage, 0, entries(streams))
+	from := make([]string, 0, cap(msgs))
+	for _, s := range streams {
+		msgs = append(msgs, s.Messages...)
+		for range s.Messages {
+			from = append(from, s.Stream)
 		}
-	}
-	streamOf := func(i int) string {
-		if from == nil {
-			return streams[0].Stream
-		}
-		return from[i]
 	}
 	// Records are decoded in place, then the few entries that are not
 	// records (rejected, or deleted while pending: only to ack) are
@@ -71,7 +61,7 @@ func (f *Flusher) decodeAll(streams []redis.XStream) batch {
 	decodeRange := func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			if msgs[i].Values != nil {
-				recs[i], rejects[i] = f.decode(streamOf(i), msgs[i])
+				recs[i], rejects[i] = f.decode(from[i], msgs[i])
 			}
 		}
 	}
