@@ -30,6 +30,19 @@ export PATH="$gobin:$PATH"
 pkgs=("$@")
 [ ${#pkgs[@]} -gt 0 ] || pkgs=(./...)
 
+# The test build is lighter than a production one, for the same code:
+# third-party and standard packages are compiled without inlining (-l: a
+# third less CPU, and they behave the same), no package gets DWARF debug
+# data (-dwarf=false: 8 % less CPU to compile; nothing in a test reads it,
+# since stack traces and race reports read the pclntab, which stays) and
+# test binaries are linked without the symbol table (-s: a 125 MB test
+# binary becomes 105 MB). This module's packages and the runtime are
+# otherwise compiled as for production; make build, make run and make
+# bench use the default flags throughout. GOFLAGS, so that the caddy
+# binaries the tests build, and stripe-mock when ensure-deps.sh installs
+# it, share the compiled packages (the standard library above all).
+export GOFLAGS="${GOFLAGS:+$GOFLAGS }'-gcflags=all=-l -dwarf=false' -gcflags=runtime=-dwarf=false -gcflags=github.com/cnaitoken/caddy-aitoken/...=-dwarf=false -ldflags=-s"
+
 # System packages (redis-server, chromium, stripe-mock) are installed
 # while the Go builds start; each test binary waits for them
 # (scripts/await-deps.sh, as go test -exec) before it runs.
@@ -42,18 +55,6 @@ export AITOKEN_DEPS_RC="$logs/deps.rc"
 ) &
 deps=$!
 await=(-exec "$PWD/scripts/await-deps.sh")
-
-# The test build is lighter than a production one, for the same code:
-# third-party and standard packages are compiled without inlining (-l: a
-# third less CPU, and they behave the same), no package gets DWARF debug
-# data (-dwarf=false: 8 % less CPU to compile; nothing in a test reads it,
-# since stack traces and race reports read the pclntab, which stays) and
-# test binaries are linked without the symbol table (-s: a 125 MB test
-# binary becomes 105 MB). This module's packages and the runtime are
-# otherwise compiled as for production; make build, make run and make
-# bench use the default flags throughout. GOFLAGS, so that the caddy
-# binaries the tests build share the compiled packages.
-export GOFLAGS="${GOFLAGS:+$GOFLAGS }'-gcflags=all=-l -dwarf=false' -gcflags=runtime=-dwarf=false -gcflags=github.com/cnaitoken/caddy-aitoken/...=-dwarf=false -ldflags=-s"
 
 # run NAME CMD...: runs CMD in the background, its output kept in a file
 # and printed when it is done (so parallel runs do not interleave).
