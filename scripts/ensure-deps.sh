@@ -20,6 +20,28 @@ for arg in "$@"; do
 	esac
 done
 
+# stripe-mock is built first, in the background while the system packages
+# install: under scripts/test.sh it compiles the standard library with the
+# test build's flags before the tests' own build gets there, and that build
+# then finds it compiled (started later, both would compile it at once).
+install_stripe_mock() {
+	local gobin version
+	gobin="$(go env GOBIN)"
+	[ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+	if ! command -v stripe-mock >/dev/null 2>&1 && [ ! -x "$gobin/stripe-mock" ]; then
+		version="${STRIPE_MOCK_VERSION:-latest}"
+		echo "ensure-deps: installing stripe-mock@$version into $gobin" >&2
+		if ! go install "github.com/stripe/stripe-mock@$version"; then
+			echo "ensure-deps: WARNING: could not install stripe-mock; tests that need it will fail or skip" >&2
+		fi
+	fi
+}
+if [ "$want_stripe" = 1 ]; then
+	install_stripe_mock &
+	stripe_pid=$!
+	trap 'kill "$stripe_pid" 2>/dev/null || true' EXIT
+fi
+
 if [ "$want_redis" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
 	if [ "$(id -u)" -eq 0 ]; then
 		echo "ensure-deps: redis-server not found; installing it with apt-get" >&2
@@ -64,14 +86,4 @@ MSG
 	command -v chromium >/dev/null 2>&1 || { echo "ensure-deps: chromium still not on PATH" >&2; exit 1; }
 fi
 
-if [ "$want_stripe" = 1 ]; then
-	gobin="$(go env GOBIN)"
-	[ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
-	if ! command -v stripe-mock >/dev/null 2>&1 && [ ! -x "$gobin/stripe-mock" ]; then
-		version="${STRIPE_MOCK_VERSION:-latest}"
-		echo "ensure-deps: installing stripe-mock@$version into $gobin" >&2
-		if ! go install "github.com/stripe/stripe-mock@$version"; then
-			echo "ensure-deps: WARNING: could not install stripe-mock; tests that need it will fail or skip" >&2
-		fi
-	fi
-fi
+[ -z "${stripe_pid:-}" ] || wait "$stripe_pid"
