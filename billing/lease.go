@@ -101,23 +101,45 @@ return string.format('%.0f', math.max(x, 0))
 // covers nothing: the cost is debited from the balance alone. A lease
 // spent to zero is removed (its node takes a new one).
 //
+// Settlements usually come in order: while no number above the watermark
+// is marked, the next number only moves the watermark (no mark is written
+// and deleted). Debits are summed and applied in one HINCRBY, flushed
+// before the sum could leave the integers a Lua number holds exactly.
+//
 // KEYS: acct, leases, lease deadlines, usage stream, the lease's
 // sequence marks. ARGV: lease id, the stream's record field, then
 // (sequence, −cost, record) for each settlement. Returns the number
 // applied.
 var settleLeaseScript = redis.NewScript(`
 local wm = tonumber(redis.call('HGET', KEYS[5], 'wm') or '0') or 0
+local marked = redis.call('HLEN', KEYS[5]) > 1
 local lease = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') or 0
-local covered, applied = 0, 0
+local covered, applied, debit = 0, 0, 0
 for i = 3, #ARGV, 3 do
   local seq = tonumber(ARGV[i])
-  if seq > wm and redis.call('HSETNX', KEYS[5], ARGV[i], '1') == 1 then
-    redis.call('HINCRBY', KEYS[1], 'balance', ARGV[i + 1])
-    local d = math.min(-tonumber(ARGV[i + 1]), lease - covered)
+  local fresh = false
+  if seq == wm + 1 and not marked then
+    wm = seq
+    fresh = true
+  elseif seq > wm then
+    fresh = redis.call('HSETNX', KEYS[5], ARGV[i], '1') == 1
+    marked = true
+  end
+  if fresh then
+    local cost = -tonumber(ARGV[i + 1])
+    if debit + cost > 9007199254740991 then
+      redis.call('HINCRBY', KEYS[1], 'balance', string.format('-%.0f', debit))
+      debit = 0
+    end
+    debit = debit + cost
+    local d = math.min(cost, lease - covered)
     if d > 0 then covered = covered + d end
     redis.call('XADD', KEYS[4], '*', ARGV[2], ARGV[i + 2])
     applied = applied + 1
   end
+end
+if debit > 0 then
+  redis.call('HINCRBY', KEYS[1], 'balance', string.format('-%.0f', debit))
 end
 if covered > 0 then
   local s = string.format('%.0f', covered)
@@ -128,7 +150,9 @@ if covered > 0 then
     redis.call('ZREM', KEYS[3], ARGV[1])
   end
 end
-while redis.call('HDEL', KEYS[5], tostring(wm + 1)) == 1 do wm = wm + 1 end
+if marked then
+  while redis.call('HDEL', KEYS[5], tostring(wm + 1)) == 1 do wm = wm + 1 end
+end
 redis.call('HSET', KEYS[5], 'wm', wm)
 redis.call('PEXPIRE', KEYS[5], 604800000)
 return applied

@@ -2,13 +2,16 @@ package billing
 
 import (
 	"errors"
+	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
+	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 )
 
-func takeLease(t *testing.T, a *Accounts, lt LeaseTake) LeaseGrant {
+func takeLease(t testing.TB, a *Accounts, lt LeaseTake) LeaseGrant {
 	t.Helper()
 	if lt.TTL == 0 {
 		lt.TTL = time.Minute
@@ -94,6 +97,55 @@ func TestLeaseTakeSettleReturn(t *testing.T) {
 	wantRawHeld(t, a, "u", 87*unit/10, 0)
 }
 
+// Batches mixing settlements in order, out of order and replayed apply
+// each once, and debit exactly (sums near the bound included); the marks
+// still collapse into the watermark.
+func TestSettleLeaseBatchOrders(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	credit(t, a, "u", money.MaxNanos)
+	takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: unit, Share: 1})
+	rec := []byte(`{"request_id":"r"}`)
+	batch := func(costs map[int64]money.Nanos, seqs ...int64) []LeaseSettlement {
+		s := make([]LeaseSettlement, len(seqs))
+		for i, q := range seqs {
+			s[i] = LeaseSettlement{Seq: q, Cost: costs[q], Record: rec}
+		}
+		return s
+	}
+	big := money.MaxNanos/2 + 1000 // two of them add up past a Lua number's exact integers
+	costs := map[int64]money.Nanos{1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: big, 9: 9, 10: big, 11: big + 1}
+	steps := []struct {
+		seqs []int64
+		want int64
+	}{
+		{[]int64{1, 2, 4, 3, 3, 5}, 5}, // in order, a gap, the gap filled, a replay
+		{[]int64{5, 7, 6}, 2},          // a replay, then out of order
+		{[]int64{8, 9, 1}, 2},          // a big one, and an old replay
+		{[]int64{10, 11}, 2},           // two big ones in one batch (an odd sum past 2^53)
+	}
+	for _, st := range steps {
+		n, err := a.SettleLease(ctx, "u", "n1.1", batch(costs, st.seqs...))
+		if err != nil || n != st.want {
+			t.Fatalf("SettleLease %v = %d, %v; want %d applied", st.seqs, n, err, st.want)
+		}
+	}
+	var spent money.Nanos // more than the balance: it ends below zero
+	for _, c := range costs {
+		spent += c
+	}
+	raw, err := rdb.HGet(ctx, acctKey("u"), "balance").Int64()
+	if want := int64(money.MaxNanos) - int64(spent); err != nil || raw != want {
+		t.Fatalf("balance %d, %v; want %d", raw, err, want)
+	}
+	if m, _ := rdb.HGetAll(ctx, leaseSeqKey("u", "n1.1")).Result(); len(m) != 1 || m["wm"] != "11" {
+		t.Fatalf("sequence marks = %v; want only wm 11", m)
+	}
+	if n, _ := UsageBacklog(ctx, rdb); n != 11 {
+		t.Fatalf("usage stream has %d records; want 11", n)
+	}
+}
+
 // A lease whose node stops renewing it expires: the next script on the
 // account releases it, and the balance is whole again.
 func TestLeaseExpires(t *testing.T) {
@@ -176,4 +228,62 @@ func wantRawHeld(t *testing.T, a *Accounts, user string, balance, held money.Nan
 	if _, h, _ := a.Balance(t.Context(), user); h != 0 && held != 0 && h > held {
 		t.Fatalf("Balance's held %s is more than all held %s", h, held)
 	}
+}
+
+// BenchmarkSettleLease applies batches of settlements under one lease, as
+// a gateway node's settlement workers do, and reports Redis's own CPU per
+// settlement (INFO cpu): the share of a metered request that Redis pays.
+func BenchmarkSettleLease(b *testing.B) {
+	for _, n := range []int{1, 12, 64} {
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) {
+			a, rdb := newTestAccounts(b)
+			ctx := b.Context()
+			if _, err := a.Credit(ctx, "bench", money.MaxNanos); err != nil {
+				b.Fatal(err)
+			}
+			addr := rdb.Options().Addr
+			record := []byte(`{"request_id":"req_bench","time":"2025-01-01T00:00:00Z","user":"bench","key_id":"key_bench",` +
+				`"model":"gpt-4o","endpoint":"/v1/chat/completions","stream":false,"status":200,"outcome":"completed",` +
+				`"input_tokens":1200,"cached_input_tokens":0,"output_tokens":350,"reasoning_tokens":0,` +
+				`"cost":"0.006500000","currency":"USD","estimated":false,"duration_ms":812,"ttft_ms":0,"client_ip":"127.0.0.1"}`)
+			batch := make([]LeaseSettlement, n)
+			seq, lease := int64(0), 0
+			cpu0 := redisCPU(b, addr)
+			settled := 0
+			for b.Loop() {
+				if seq%1024 == 0 { // a fresh lease now and then, as a node takes them
+					lease++
+					seq = 0
+					takeLease(b, a, LeaseTake{User: "bench", ID: fmt.Sprintf("n1.%d", lease), Want: money.MaxNanos / 4, Share: 1})
+				}
+				for i := range batch {
+					seq++
+					batch[i] = LeaseSettlement{Seq: seq, Cost: 6_500, Record: record}
+				}
+				if _, err := a.SettleLease(ctx, "bench", fmt.Sprintf("n1.%d", lease), batch); err != nil {
+					b.Fatal(err)
+				}
+				settled += n
+			}
+			b.ReportMetric(float64(redisCPU(b, addr)-cpu0)/float64(time.Microsecond)/float64(settled), "redis-µs/settlement")
+		})
+	}
+}
+
+// redisCPU is the CPU time redis-server at addr has used.
+func redisCPU(tb testing.TB, addr string) time.Duration {
+	tb.Helper()
+	info, err := testredis.Info(addr, "cpu")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var d time.Duration
+	for _, k := range []string{"used_cpu_sys", "used_cpu_user"} {
+		s, err := strconv.ParseFloat(info[k], 64)
+		if err != nil {
+			tb.Fatalf("INFO cpu %s = %q", k, info[k])
+		}
+		d += time.Duration(s * float64(time.Second))
+	}
+	return d
 }

@@ -49,7 +49,7 @@ type job struct {
 // per pipeline, so larger batches cost Redis less.
 const (
 	workerCount = 2
-	batchMax    = 64
+	batchMax    = 256
 	queueSize   = 4096
 )
 
@@ -62,7 +62,7 @@ const (
 // that releases a hold in Redis never lingers, nor does a batch holding
 // one: a customer's next request may need that hold back. (A variable
 // for tests; a Pipeline takes it when it starts.)
-var linger = 2 * time.Millisecond
+var linger = 10 * time.Millisecond
 
 // lingering, when set (by tests), is called as a worker starts to linger.
 var lingering func()

@@ -121,8 +121,12 @@ func measure(ctx context.Context, cfg config, e *env, res *results, logf func(st
 	}
 
 	if cfg.CPUProfile != "" {
-		logf("profiling caddy for %s under aitoken load", cfg.ProfileTime)
-		if err := profile(ctx, l, cfg); err != nil {
+		site := "aitoken"
+		if cfg.ProfileBare {
+			site = "bare"
+		}
+		logf("profiling caddy for %s under %s load", cfg.ProfileTime, site)
+		if err := profile(ctx, l, cfg, logf); err != nil {
 			return fmt.Errorf("profile: %w", err)
 		}
 		logf("wrote %s (go tool pprof %s)", cfg.CPUProfile, cfg.CPUProfile)
@@ -138,9 +142,9 @@ func perThousand(cpu time.Duration, requests int64) float64 {
 	return float64(cpu) / float64(time.Millisecond) / float64(requests) * 1000
 }
 
-// profile loads the aitoken site while caddy's admin API records a CPU
-// profile, and saves it to cfg.CPUProfile.
-func profile(ctx context.Context, l *loader, cfg config) error {
+// profile loads the aitoken site (the bare one with -profile-bare) while
+// caddy's admin API records a CPU profile, and saves it to cfg.CPUProfile.
+func profile(ctx context.Context, l *loader, cfg config, logf func(string, ...any)) error {
 	type answer struct {
 		b   []byte
 		err error
@@ -164,14 +168,22 @@ func profile(ctx context.Context, l *loader, cfg config) error {
 	if cfg.ProfileStreams {
 		conc, do = cfg.StreamConcurrency, l.streamJob(cfg.SSEDeltas, cfg.SSEDelay)
 	}
-	if _, err := l.window(ctx, metered, conc, cfg.ProfileTime, do); err != nil {
+	site := metered
+	if cfg.ProfileBare {
+		site = bare
+	}
+	w, err := l.window(ctx, site, conc, cfg.ProfileTime, do)
+	if err != nil {
 		return err
 	}
+	logf("profiled %d jobs; CPU per job, µs: caddy %.1f, Redis %.1f, mock %.1f, load generator %.1f", w.requests,
+		perThousand(w.cpu.caddy, w.requests), perThousand(w.cpu.redis, w.requests),
+		perThousand(w.cpu.mock, w.requests), perThousand(w.cpu.harness, w.requests))
 	a := <-ch
 	if a.err != nil {
 		return a.err
 	}
-	if err := os.WriteFile(cfg.CPUProfile, a.b, 0o644); err != nil {
+	if err = os.WriteFile(cfg.CPUProfile, a.b, 0o644); err != nil {
 		return err
 	}
 	// The allocations since caddy started (mostly this load), beside it.
