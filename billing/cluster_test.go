@@ -157,3 +157,57 @@ func TestScriptsRunOnCluster(t *testing.T) {
 		t.Fatalf("Live: %v, %v", live, err)
 	}
 }
+
+// Several customers' lease settlements go in one script when their
+// accounts share a shard; a cluster runs it (one hash slot), and a batch
+// spanning shards is refused before anything is sent.
+func TestSettleLeasesOneShard(t *testing.T) {
+	rdb, _ := startCluster(t)
+	a := NewAccounts(rdb)
+	ctx := t.Context()
+	var same []string // users of alice's shard
+	other := ""       // a user of another shard
+	for i := 0; len(same) < 3 || other == ""; i++ {
+		u := fmt.Sprintf("user%d", i)
+		switch {
+		case shardOf(u) == shardOf("alice"):
+			same = append(same, u)
+		case other == "":
+			other = u
+		}
+	}
+	rec := []byte(`{"request_id":"r"}`)
+	var batches []LeaseBatch
+	for i, u := range same {
+		if err := a.ApplyCredit(ctx, u, 1, 10*unit); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.TakeLease(ctx, LeaseTake{User: u, ID: "n1.1", Want: unit, Share: 1, TTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+		var s []LeaseSettlement
+		for q := range i + 1 { // user i settles i+1 requests of 0.10
+			s = append(s, LeaseSettlement{Seq: int64(q + 1), Cost: unit / 10, Record: rec})
+		}
+		batches = append(batches, LeaseBatch{User: u, Lease: "n1.1", Settlements: s})
+	}
+	n, err := a.SettleLeases(ctx, batches)
+	if err != nil || len(n) != 3 || n[0] != 1 || n[1] != 2 || n[2] != 3 {
+		t.Fatalf("SettleLeases = %v, %v; want [1 2 3]", n, err)
+	}
+	// Replayed whole: nothing applies twice.
+	if n, err := a.SettleLeases(ctx, batches); err != nil || n[0]+n[1]+n[2] != 0 {
+		t.Fatalf("replayed SettleLeases = %v, %v; want none applied", n, err)
+	}
+	for i, u := range same {
+		spent := money.Nanos(i+1) * unit / 10
+		wantRawHeld(t, a, u, 10*unit-spent, unit-spent) // the lease paid for them
+	}
+	if n, err := rdb.XLen(ctx, UsageStreamOf("alice")).Result(); err != nil || n != 6 {
+		t.Fatalf("the shard's usage stream holds %d records, %v; want 6", n, err)
+	}
+	mixed := append(batches[:1:1], LeaseBatch{User: other, Lease: "n1.1", Settlements: batches[0].Settlements})
+	if _, err := a.SettleLeases(ctx, mixed); err == nil || !strings.Contains(err.Error(), "different shards") {
+		t.Fatalf("settlements across shards: %v; want refused", err)
+	}
+}

@@ -91,71 +91,83 @@ end
 return string.format('%.0f', math.max(x, 0))
 `)
 
-// settleLeaseScript applies a batch of settlements of requests admitted
-// from one lease, once each: every settlement has a sequence number in
-// its lease, and a number at or below the lease's watermark, or already
-// marked, was applied before (a replay changes nothing). For each new
-// one: the balance is debited its cost, the part of the cost the lease
-// still covers leaves the lease and held, and its usage record is added
-// to the usage stream. A lease Redis no longer has (expired, returned)
-// covers nothing: the cost is debited from the balance alone. A lease
-// spent to zero is removed (its node takes a new one).
+// settleLeasesScript applies batches of settlements of requests admitted
+// from leases on accounts of one shard (their keys share a hash slot), in
+// one script: a node's batch costs one script per shard, however many
+// customers it holds. Each settlement is applied once: it has a sequence
+// number in its lease, and a number at or below the lease's watermark, or
+// already marked, was applied before (a replay changes nothing). For each
+// new one: the balance is debited its cost, the part of the cost the lease
+// still covers leaves the lease and held, and its usage record is added to
+// the usage stream. A lease Redis no longer has (expired, returned) covers
+// nothing: the cost is debited from the balance alone. A lease spent to
+// zero is removed (its node takes a new one).
 //
 // Settlements usually come in order: while no number above the watermark
 // is marked, the next number only moves the watermark (no mark is written
-// and deleted). Debits are summed and applied in one HINCRBY, flushed
-// before the sum could leave the integers a Lua number holds exactly.
+// and deleted). A lease's debits are summed and applied in one HINCRBY,
+// flushed before the sum could leave the integers a Lua number holds
+// exactly.
 //
-// KEYS: acct, leases, lease deadlines, usage stream, the lease's
-// sequence marks. ARGV: lease id, the stream's record field, then
-// (sequence, −cost, record) for each settlement. Returns the number
-// applied.
-var settleLeaseScript = redis.NewScript(`
-local wm = tonumber(redis.call('HGET', KEYS[5], 'wm') or '0') or 0
-local marked = redis.call('HLEN', KEYS[5]) > 1
-local lease = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') or 0
-local covered, applied, debit = 0, 0, 0
-for i = 3, #ARGV, 3 do
-  local seq = tonumber(ARGV[i])
-  local fresh = false
-  if seq == wm + 1 and not marked then
-    wm = seq
-    fresh = true
-  elseif seq > wm then
-    fresh = redis.call('HSETNX', KEYS[5], ARGV[i], '1') == 1
-    marked = true
-  end
-  if fresh then
-    local cost = -tonumber(ARGV[i + 1])
-    if debit + cost > 9007199254740991 then
-      redis.call('HINCRBY', KEYS[1], 'balance', string.format('-%.0f', debit))
-      debit = 0
+// KEYS: the shard's usage stream, then for each lease: acct, leases, lease
+// deadlines, the lease's sequence marks. ARGV: the stream's record field,
+// then for each lease: its id, the number n of its settlements, then n
+// times (sequence, −cost, record). Returns the number applied per lease.
+var settleLeasesScript = redis.NewScript(`
+local function settle(k, id, a, n)
+  local wm = tonumber(redis.call('HGET', KEYS[k + 3], 'wm') or '0') or 0
+  local marked = redis.call('HLEN', KEYS[k + 3]) > 1
+  local lease = tonumber(redis.call('HGET', KEYS[k + 1], id) or '0') or 0
+  local covered, applied, debit = 0, 0, 0
+  for i = a, a + 3 * (n - 1), 3 do
+    local seq = tonumber(ARGV[i])
+    local fresh = false
+    if seq == wm + 1 and not marked then
+      wm = seq
+      fresh = true
+    elseif seq > wm then
+      fresh = redis.call('HSETNX', KEYS[k + 3], ARGV[i], '1') == 1
+      marked = true
     end
-    debit = debit + cost
-    local d = math.min(cost, lease - covered)
-    if d > 0 then covered = covered + d end
-    redis.call('XADD', KEYS[4], '*', ARGV[2], ARGV[i + 2])
-    applied = applied + 1
+    if fresh then
+      local cost = -tonumber(ARGV[i + 1])
+      if debit + cost > 9007199254740991 then
+        redis.call('HINCRBY', KEYS[k], 'balance', string.format('-%.0f', debit))
+        debit = 0
+      end
+      debit = debit + cost
+      local d = math.min(cost, lease - covered)
+      if d > 0 then covered = covered + d end
+      redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i + 2])
+      applied = applied + 1
+    end
   end
-end
-if debit > 0 then
-  redis.call('HINCRBY', KEYS[1], 'balance', string.format('-%.0f', debit))
-end
-if covered > 0 then
-  local s = string.format('%.0f', covered)
-  redis.call('HINCRBY', KEYS[1], 'held', '-' .. s)
-  if redis.call('HINCRBY', KEYS[2], ARGV[1], '-' .. s) <= 0 then
-    -- spent (or given back) whole: gone; its node takes a new one
-    redis.call('HDEL', KEYS[2], ARGV[1])
-    redis.call('ZREM', KEYS[3], ARGV[1])
+  if debit > 0 then
+    redis.call('HINCRBY', KEYS[k], 'balance', string.format('-%.0f', debit))
   end
+  if covered > 0 then
+    local s = string.format('%.0f', covered)
+    redis.call('HINCRBY', KEYS[k], 'held', '-' .. s)
+    if redis.call('HINCRBY', KEYS[k + 1], id, '-' .. s) <= 0 then
+      -- spent (or given back) whole: gone; its node takes a new one
+      redis.call('HDEL', KEYS[k + 1], id)
+      redis.call('ZREM', KEYS[k + 2], id)
+    end
+  end
+  if marked then
+    while redis.call('HDEL', KEYS[k + 3], tostring(wm + 1)) == 1 do wm = wm + 1 end
+  end
+  redis.call('HSET', KEYS[k + 3], 'wm', wm)
+  redis.call('PEXPIRE', KEYS[k + 3], 604800000)
+  return applied
 end
-if marked then
-  while redis.call('HDEL', KEYS[5], tostring(wm + 1)) == 1 do wm = wm + 1 end
+local out, k, a = {}, 2, 2
+while a <= #ARGV do
+  local n = tonumber(ARGV[a + 1])
+  out[#out + 1] = settle(k, ARGV[a], a + 2, n)
+  k, a = k + 4, a + 2 + 3 * n
 end
-redis.call('HSET', KEYS[5], 'wm', wm)
-redis.call('PEXPIRE', KEYS[5], 604800000)
-return applied
+return out
 `)
 
 // LeaseGrant is TakeLease's answer.
@@ -240,35 +252,75 @@ type LeaseSettlement struct {
 // user in one script, each exactly once, and reports how many applied
 // (the others had been before).
 func (a *Accounts) SettleLease(ctx context.Context, user, id string, s []LeaseSettlement) (int64, error) {
-	keys, args, err := settleLeaseParams(user, id, s)
+	n, err := a.SettleLeases(ctx, []LeaseBatch{{User: user, Lease: id, Settlements: s}})
 	if err != nil {
 		return 0, err
 	}
-	return settleLeaseScript.Run(ctx, a.rdb, keys, args...).Int64()
+	return n[0], nil
 }
 
-// SettleLeaseCmd queues SettleLease's script on pipe by its SHA (a Redis
-// without it answers NOSCRIPT; SettleLease then loads it).
-func (a *Accounts) SettleLeaseCmd(ctx context.Context, pipe redis.Pipeliner, user, id string, s []LeaseSettlement) *redis.Cmd {
-	keys, args, err := settleLeaseParams(user, id, s)
+// LeaseBatch is the settlements of one lease in a SettleLeases call.
+type LeaseBatch struct {
+	// User owns the account; Lease names the lease.
+	User, Lease string
+	// Settlements are applied in this order.
+	Settlements []LeaseSettlement
+}
+
+// SettleLeases applies the settlements of several leases, on accounts of
+// one shard (one UsageStreamOf), in one script, and reports how many of each
+// lease's applied.
+func (a *Accounts) SettleLeases(ctx context.Context, b []LeaseBatch) ([]int64, error) {
+	keys, args, err := settleLeasesParams(b)
+	if err != nil {
+		return nil, err
+	}
+	return settleLeasesScript.Run(ctx, a.rdb, keys, args...).Int64Slice()
+}
+
+// SettleLeasesCmd queues SettleLeases's script on pipe by its SHA (a Redis
+// without it answers NOSCRIPT; SettleLeases then loads it). Its value is
+// the number applied per lease (Int64Slice).
+func (a *Accounts) SettleLeasesCmd(ctx context.Context, pipe redis.Pipeliner, b []LeaseBatch) *redis.Cmd {
+	keys, args, err := settleLeasesParams(b)
 	if err != nil {
 		cmd := redis.NewCmd(ctx)
 		cmd.SetErr(err)
 		return cmd
 	}
-	return settleLeaseScript.EvalSha(ctx, pipe, keys, args...)
+	return settleLeasesScript.EvalSha(ctx, pipe, keys, args...)
 }
 
-func settleLeaseParams(user, id string, s []LeaseSettlement) ([]string, []any, error) {
-	args := make([]any, 0, 2+3*len(s))
-	args = append(args, id, UsageField)
-	for _, x := range s {
-		if x.Seq <= 0 || x.Cost < 0 || x.Cost > money.MaxNanos {
-			return nil, nil, fmt.Errorf("lease settlement %d: cost %d out of range", x.Seq, x.Cost)
-		}
-		args = append(args, x.Seq, strconv.FormatInt(-int64(x.Cost), 10), x.Record)
+func settleLeasesParams(b []LeaseBatch) ([]string, []any, error) {
+	if len(b) == 0 {
+		return nil, nil, errors.New("lease settlements: none")
 	}
-	return append(leaseKeys(user), UsageStreamOf(user), leaseSeqKey(user, id)), args, nil
+	n := 0
+	for _, lb := range b {
+		n += len(lb.Settlements)
+	}
+	keys := make([]string, 0, 1+4*len(b))
+	keys = append(keys, UsageStreamOf(b[0].User))
+	args := make([]any, 0, 1+2*len(b)+3*n)
+	args = append(args, UsageField)
+	shard := shardOf(b[0].User)
+	for _, lb := range b {
+		if shardOf(lb.User) != shard {
+			return nil, nil, fmt.Errorf("lease settlements: users %q and %q are on different shards", b[0].User, lb.User)
+		}
+		if len(lb.Settlements) == 0 {
+			return nil, nil, fmt.Errorf("lease settlements: none for lease %q", lb.Lease)
+		}
+		keys = append(keys, acctKey(lb.User), leasesKey(lb.User), leaseDeadlinesKey(lb.User), leaseSeqKey(lb.User, lb.Lease))
+		args = append(args, lb.Lease, len(lb.Settlements))
+		for _, x := range lb.Settlements {
+			if x.Seq <= 0 || x.Cost < 0 || x.Cost > money.MaxNanos {
+				return nil, nil, fmt.Errorf("lease settlement %d: cost %d out of range", x.Seq, x.Cost)
+			}
+			args = append(args, x.Seq, strconv.FormatInt(-int64(x.Cost), 10), x.Record)
+		}
+	}
+	return keys, args, nil
 }
 
 // LeaseState is what Redis holds of an account's leases.

@@ -215,9 +215,9 @@ func (w *workers) apply(batch []job) {
 	accounts := billing.NewAccounts(p.client)
 	pipe := p.client.Pipeline()
 	cmds := make([]*redis.Cmd, len(batch))
-	groups := leaseGroups(batch)
-	for _, g := range groups {
-		cmds[g.jobs[0]] = accounts.SettleLeaseCmd(ctx, pipe, g.user, g.lease, g.items)
+	shards := shardGroups(leaseGroups(batch))
+	for _, sh := range shards {
+		cmds[sh.first()] = accounts.SettleLeasesCmd(ctx, pipe, sh.batches)
 	}
 	for i, j := range batch {
 		if j.rec.Lease == "" {
@@ -226,13 +226,15 @@ func (w *workers) apply(batch []job) {
 	}
 	_, _ = pipe.Exec(ctx)
 	errs := make([]error, len(batch))
-	for _, g := range groups {
-		err := cmds[g.jobs[0]].Err()
+	for _, sh := range shards {
+		err := cmds[sh.first()].Err()
 		if redis.HasErrorPrefix(err, "NOSCRIPT") {
-			_, err = accounts.SettleLease(ctx, g.user, g.lease, g.items)
+			_, err = accounts.SettleLeases(ctx, sh.batches)
 		}
-		for _, i := range g.jobs {
-			errs[i] = err
+		for _, g := range sh.groups {
+			for _, i := range g.jobs {
+				errs[i] = err
+			}
 		}
 	}
 	for i, j := range batch {
@@ -265,23 +267,50 @@ type leaseGroup struct {
 // leaseGroups groups the batch's settlements under leases by lease.
 func leaseGroups(batch []job) []*leaseGroup {
 	var groups []*leaseGroup
+	index := make(map[[2]string]*leaseGroup)
 	for i, j := range batch {
 		if j.rec.Lease == "" {
 			continue
 		}
-		var g *leaseGroup
-		for _, x := range groups {
-			if x.lease == j.rec.Lease && x.user == j.rec.User {
-				g = x
-				break
-			}
-		}
+		k := [2]string{j.rec.User, j.rec.Lease}
+		g := index[k]
 		if g == nil {
 			g = &leaseGroup{user: j.rec.User, lease: j.rec.Lease}
+			index[k] = g
 			groups = append(groups, g)
 		}
 		g.jobs = append(g.jobs, i)
 		g.items = append(g.items, j.rec.leaseSettlement())
 	}
 	return groups
+}
+
+// shardGroup is the lease groups of one batch whose accounts share a
+// shard: one script settles them all.
+type shardGroup struct {
+	groups  []*leaseGroup
+	batches []billing.LeaseBatch
+}
+
+// first is the batch index of the group's first settlement, where its
+// command is kept.
+func (sh *shardGroup) first() int { return sh.groups[0].jobs[0] }
+
+// shardGroups gathers lease groups by their accounts' shard (the usage
+// stream they write), in order.
+func shardGroups(groups []*leaseGroup) []*shardGroup {
+	var shards []*shardGroup
+	index := make(map[string]*shardGroup)
+	for _, g := range groups {
+		stream := billing.UsageStreamOf(g.user)
+		sh := index[stream]
+		if sh == nil {
+			sh = &shardGroup{}
+			index[stream] = sh
+			shards = append(shards, sh)
+		}
+		sh.groups = append(sh.groups, g)
+		sh.batches = append(sh.batches, billing.LeaseBatch{User: g.user, Lease: g.lease, Settlements: g.items})
+	}
+	return shards
 }
