@@ -93,7 +93,6 @@ type writerConn interface {
 	driver.ConnPrepareContext
 	driver.ConnBeginTx
 	driver.ExecerContext
-	driver.QueryerContext
 }
 
 // execStmt is a prepared statement run with driver arguments.
@@ -102,12 +101,22 @@ type execStmt interface {
 	driver.StmtExecContext
 }
 
+// queryStmt is a prepared query run with driver arguments.
+type queryStmt interface {
+	driver.Stmt
+	driver.StmtQueryContext
+}
+
+// noIPUsersSQL reads the users who opted out of IP logging (noIPUsers).
+const noIPUsersSQL = `SELECT id FROM users INDEXED BY users_no_ip WHERE ip_logging = 0`
+
 // usageInserts holds the writer connection's prepared INSERTs of usage rows
 // and the argument array they are run with; both live as long as the Store.
 type usageInserts struct {
 	mu    sync.Mutex
 	conn  writerConn            // the connection stmts were prepared on
 	stmts [insertSizes]execStmt // stmts[i] inserts insertChunk>>i rows
+	noIP  queryStmt             // noIPUsersSQL
 	args  [insertChunk * usageColumnCount]driver.NamedValue
 }
 
@@ -119,7 +128,16 @@ func (u *usageInserts) prepare(ctx context.Context, conn writerConn) error {
 	if u.conn == conn {
 		return nil
 	}
-	u.conn, u.stmts = nil, [insertSizes]execStmt{}
+	u.conn, u.stmts, u.noIP = nil, [insertSizes]execStmt{}, nil
+	st, err := conn.PrepareContext(ctx, noIPUsersSQL)
+	if err != nil {
+		return err
+	}
+	noIP, ok := st.(queryStmt)
+	if !ok {
+		st.Close()
+		return errors.New("sqlite driver statement cannot query with a context")
+	}
 	var stmts [insertSizes]execStmt
 	for i := range stmts {
 		st, err := conn.PrepareContext(ctx, insertUsageSQL(insertChunk>>i))
@@ -134,10 +152,11 @@ func (u *usageInserts) prepare(ctx context.Context, conn writerConn) error {
 			for _, st := range stmts[:i] {
 				st.Close()
 			}
+			noIP.Close()
 			return err
 		}
 	}
-	u.conn, u.stmts = conn, stmts
+	u.conn, u.stmts, u.noIP = conn, stmts, noIP
 	for i := range u.args {
 		u.args[i].Ordinal = i + 1
 	}
@@ -173,7 +192,8 @@ func (u *usageInserts) close(dc any) error {
 	for _, st := range u.stmts {
 		errs = append(errs, st.Close())
 	}
-	u.conn, u.stmts = nil, [insertSizes]execStmt{}
+	errs = append(errs, u.noIP.Close())
+	u.conn, u.stmts, u.noIP = nil, [insertSizes]execStmt{}, nil
 	return errors.Join(errs...)
 }
 
@@ -206,7 +226,7 @@ func (u *usageInserts) insert(ctx context.Context, dc any, recs [][]Record, reje
 	}()
 	var noIP map[string]bool
 	if slices.ContainsFunc(recs, hasClientIP) {
-		if noIP, err = noIPUsers(ctx, conn); err != nil {
+		if noIP, err = noIPUsers(ctx, u.noIP); err != nil {
 			return 0, err
 		}
 	}
@@ -292,12 +312,12 @@ func writeRejects(ctx context.Context, conn driver.ExecerContext, rejects []reje
 // The opt-out is applied here, as rows are inserted, rather than when the
 // gateway writes the record: the gateway would need the flag on every key
 // record in Redis, rewritten on each change, while this costs one small
-// indexed read per batch, in the batch's own transaction (so a change is
-// never half seen), and nothing per request. Until the batch is stored the
+// indexed read per batch (prepared once), in the batch's own transaction
+// (so a change is never half seen), and nothing per request. Until the batch is stored the
 // record, with its IP, lives only in the usage stream and the settlement
 // journal, as every record does.
-func noIPUsers(ctx context.Context, conn driver.QueryerContext) (map[string]bool, error) {
-	rows, err := conn.QueryContext(ctx, `SELECT id FROM users INDEXED BY users_no_ip WHERE ip_logging = 0`, nil)
+func noIPUsers(ctx context.Context, q queryStmt) (map[string]bool, error) {
+	rows, err := q.QueryContext(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
