@@ -10,9 +10,15 @@ package settle
 // Redis round trip it takes off the path): a power loss or kernel crash may
 // lose the newest records, as Redis's own appendfsync everysec would.
 //
-// Files, in dir, named prefix-<n>.log: one record per line, appended in a
-// single write each. A file is removed once it is full and every record in
-// it is Done; the open one is truncated whenever none of its records is
+// Files, in dir, named prefix-<n>.log: one record per line. A file is
+// allocated at its full size when it is started (fallocate) and mapped
+// shared into memory: appending a record is a copy, with no system call per
+// request, and what the process has copied is in the kernel's page cache,
+// which keeps it when the process is killed. The rest of the file is zeros,
+// which readers take for a torn end. Where the file system cannot allocate
+// ahead, records are appended in a single write each instead. A file is
+// removed once it is full and every record in it is Done; the open one is
+// emptied (zeroed, or truncated) whenever none of its records is
 // outstanding. Records still in files when a journal is opened are the
 // Leftovers of a process that stopped before settling them.
 //
@@ -65,9 +71,65 @@ type journal struct {
 type segment struct {
 	path   string
 	f      *os.File
-	size   int64
+	data   []byte // the file mapped shared, or nil: records are written
+	size   int64  // bytes of records in the file
 	open   int
 	sealed bool
+}
+
+// full reports whether a record of n bytes, newline included, no longer
+// fits in s.
+func (s *segment) full(n int) bool {
+	if s.data != nil {
+		return s.size+int64(n) > int64(len(s.data))
+	}
+	return s.size >= segmentSize
+}
+
+// append adds rec and its newline to s.
+func (s *segment) append(rec []byte, buf *[]byte) error {
+	if s.data != nil {
+		copy(s.data[s.size:], rec)
+		s.data[s.size+int64(len(rec))] = '\n'
+		s.size += int64(len(rec)) + 1
+		return nil
+	}
+	*buf = append(append((*buf)[:0], rec...), '\n')
+	n, err := s.f.Write(*buf)
+	s.size += int64(n)
+	if cap(*buf) > 64<<10 {
+		*buf = nil
+	}
+	return err
+}
+
+// empty forgets s's records, on disk too: a mapped file is zeroed where
+// records were (the pages stay allocated), a written one truncated.
+func (s *segment) empty() {
+	if s.data != nil {
+		clear(s.data[:s.size])
+		s.size = 0
+		return
+	}
+	if s.f.Truncate(0) == nil {
+		s.size = 0
+	}
+}
+
+// close unmaps and closes s's file; a file whose records are outstanding
+// keeps them, without the zeros after them.
+func (s *segment) close() error {
+	var err error
+	if s.data != nil {
+		err = syscall.Munmap(s.data)
+		s.data = nil
+		if s.open > 0 {
+			err = errors.Join(err, s.f.Truncate(s.size))
+		}
+	}
+	err = errors.Join(err, s.f.Close())
+	s.f = nil
+	return err
 }
 
 // ticket names a record until it is Done.
@@ -191,15 +253,12 @@ func (j *journal) Append(rec []byte) (ticket, error) {
 	if j.closed {
 		return ticket{}, errJournalClosed
 	}
-	if j.cur == nil || j.cur.size >= segmentSize {
-		if err := j.rotate(); err != nil {
+	if j.cur == nil || j.cur.full(len(rec)+1) {
+		if err := j.rotate(len(rec) + 1); err != nil {
 			return ticket{}, err
 		}
 	}
-	j.buf = append(append(j.buf[:0], rec...), '\n')
-	n, err := j.cur.f.Write(j.buf)
-	j.cur.size += int64(n)
-	if err != nil {
+	if err := j.cur.append(rec, &j.buf); err != nil {
 		// A partial line is torn: readers skip it only at the end, so
 		// start a new file for the next record.
 		j.cur.sealed = true
@@ -207,16 +266,14 @@ func (j *journal) Append(rec []byte) (ticket, error) {
 		j.cur = nil
 		return ticket{}, fmt.Errorf("journal: %w", err)
 	}
-	if cap(j.buf) > 64<<10 {
-		j.buf = nil
-	}
 	j.cur.open++
 	j.pending++
 	return ticket{j.cur}, nil
 }
 
-// rotate seals the open file and starts the next one.
-func (j *journal) rotate() error {
+// rotate seals the open file and starts the next one, with room for a
+// record of n bytes at least.
+func (j *journal) rotate(n int) error {
 	if j.cur != nil {
 		j.cur.sealed = true
 		j.retire(j.cur)
@@ -230,7 +287,7 @@ func (j *journal) rotate() error {
 	for range 1000 {
 		path = filepath.Join(j.dir, j.prefix+"-"+strconv.Itoa(j.next)+".log")
 		j.next++
-		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
 		if !errors.Is(err, os.ErrExist) {
 			break
 		}
@@ -239,8 +296,30 @@ func (j *journal) rotate() error {
 		j.cur = nil
 		return fmt.Errorf("journal: %w", err)
 	}
-	j.cur = &segment{path: path, f: f}
+	j.cur = &segment{path: path, f: f, data: mapSegment(f, max(segmentSize, n))}
 	return nil
+}
+
+// mapJournal is false (in tests) to write every segment's records.
+var mapJournal = true
+
+// mapSegment allocates f at size bytes and maps it shared, or returns nil
+// (and leaves f empty) where the file system cannot: the segment's records
+// are written then. Allocating first matters: a store into a mapped page
+// the disk has no room for would kill the process (SIGBUS), where a failed
+// allocation is only a fallback.
+func mapSegment(f *os.File, size int) []byte {
+	fd := int(f.Fd())
+	if !mapJournal || syscall.Fallocate(fd, 0, 0, int64(size)) != nil {
+		_ = f.Truncate(0)
+		return nil
+	}
+	data, err := syscall.Mmap(fd, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	if err != nil {
+		_ = f.Truncate(0)
+		return nil
+	}
+	return data
 }
 
 // retire removes a sealed segment none of whose records is outstanding.
@@ -248,8 +327,7 @@ func (j *journal) retire(s *segment) {
 	if !s.sealed || s.open > 0 || s.f == nil {
 		return
 	}
-	_ = s.f.Close()
-	s.f = nil
+	_ = s.close()
 	_ = os.Remove(s.path)
 }
 
@@ -267,9 +345,7 @@ func (j *journal) Done(t ticket) {
 	case s.sealed:
 		j.retire(s)
 	case s.open == 0 && s.size >= truncateSize && s.f != nil:
-		if s.f.Truncate(0) == nil {
-			s.size = 0
-		}
+		s.empty()
 	}
 }
 
@@ -280,9 +356,7 @@ func (j *journal) TruncateIdle() {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if s := j.cur; s != nil && s.f != nil && s.open == 0 && s.size > 0 {
-		if s.f.Truncate(0) == nil {
-			s.size = 0
-		}
+		s.empty()
 	}
 }
 
@@ -309,8 +383,7 @@ func (j *journal) Close() error {
 	if s == nil || s.f == nil {
 		return nil
 	}
-	err := s.f.Close()
-	s.f = nil
+	err := s.close()
 	if s.open == 0 {
 		if rerr := os.Remove(s.path); rerr != nil && err == nil {
 			err = rerr
