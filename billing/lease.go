@@ -103,11 +103,11 @@ return string.format('%.0f', math.max(x, 0))
 // nothing: the cost is debited from the balance alone. A lease spent to
 // zero is removed (its node takes a new one).
 //
-// Settlements usually come in order: while no number above the watermark
-// is marked, the next number only moves the watermark (no mark is written
-// and deleted). A lease's debits are summed and applied in one HINCRBY,
-// flushed before the sum could leave the integers a Lua number holds
-// exactly.
+// The marks are read once per lease (while they are few) and written once:
+// numbers applied in any order cost no command each, and those the
+// watermark reaches are never stored. A lease's debits are summed and
+// applied in one HINCRBY, flushed before the sum could leave the integers
+// a Lua number holds exactly.
 //
 // KEYS: the shard's usage stream, then for each lease: acct, leases, lease
 // deadlines, the lease's sequence marks. ARGV: the stream's record field,
@@ -115,21 +115,27 @@ return string.format('%.0f', math.max(x, 0))
 // times (sequence, −cost, record). Returns the number applied per lease.
 var settleLeasesScript = redis.NewScript(`
 local function settle(k, id, a, n)
-  local wm = tonumber(redis.call('HGET', KEYS[k + 3], 'wm') or '0') or 0
-  local marked = redis.call('HLEN', KEYS[k + 3]) > 1
+  local mk = KEYS[k + 3]
+  local wm = tonumber(redis.call('HGET', mk, 'wm') or '0') or 0
+  local nmarks = redis.call('HLEN', mk) - 1
+  -- The marks stored before (numbers applied above the watermark): read
+  -- at once when they are few, asked one by one when many.
+  local stored, many = {}, nmarks > 256
+  if nmarks > 0 and not many then
+    for _, f in ipairs(redis.call('HKEYS', mk)) do
+      if f ~= 'wm' then stored[tonumber(f)] = true end
+    end
+  end
+  local function marked(seq)
+    if many then return redis.call('HEXISTS', mk, tostring(seq)) == 1 end
+    return stored[seq] == true
+  end
   local lease = tonumber(redis.call('HGET', KEYS[k + 1], id) or '0') or 0
-  local covered, applied, debit = 0, 0, 0
+  local covered, applied, debit, seen = 0, 0, 0, {}
   for i = a, a + 3 * (n - 1), 3 do
     local seq = tonumber(ARGV[i])
-    local fresh = false
-    if seq == wm + 1 and not marked then
-      wm = seq
-      fresh = true
-    elseif seq > wm then
-      fresh = redis.call('HSETNX', KEYS[k + 3], ARGV[i], '1') == 1
-      marked = true
-    end
-    if fresh then
+    if seq > wm and not seen[seq] and not marked(seq) then
+      seen[seq] = true
       local cost = -tonumber(ARGV[i + 1])
       if debit + cost > 9007199254740991 then
         redis.call('HINCRBY', KEYS[k], 'balance', string.format('-%.0f', debit))
@@ -154,11 +160,33 @@ local function settle(k, id, a, n)
       redis.call('ZREM', KEYS[k + 2], id)
     end
   end
-  if marked then
-    while redis.call('HDEL', KEYS[k + 3], tostring(wm + 1)) == 1 do wm = wm + 1 end
+  -- The watermark moves over every number now applied without a gap;
+  -- stored marks it passes go, new numbers above it are marked.
+  local drop = {}
+  while true do
+    local nx = wm + 1
+    if seen[nx] then
+      seen[nx] = nil
+    elseif marked(nx) then
+      drop[#drop + 1] = tostring(nx)
+    else
+      break
+    end
+    wm = nx
   end
-  redis.call('HSET', KEYS[k + 3], 'wm', wm)
-  redis.call('PEXPIRE', KEYS[k + 3], 604800000)
+  for j = 1, #drop, 1000 do
+    redis.call('HDEL', mk, unpack(drop, j, math.min(j + 999, #drop)))
+  end
+  local add = {}
+  for seq in pairs(seen) do
+    add[#add + 1] = tostring(seq)
+    add[#add + 1] = '1'
+  end
+  for j = 1, #add, 1000 do
+    redis.call('HSET', mk, unpack(add, j, math.min(j + 999, #add)))
+  end
+  redis.call('HSET', mk, 'wm', wm)
+  redis.call('PEXPIRE', mk, 604800000)
   return applied
 end
 local out, k, a = {}, 2, 2

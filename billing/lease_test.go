@@ -146,6 +146,40 @@ func TestSettleLeaseBatchOrders(t *testing.T) {
 	}
 }
 
+// Many settlements applied ahead of a missing one are marked (more than
+// the script reads at once), each applies once, and the missing one's
+// arrival folds them all into the watermark.
+func TestSettleLeaseManyMarks(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	credit(t, a, "u", 10*unit)
+	takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: unit, Share: 1})
+	rec := []byte(`{"request_id":"r"}`)
+	var s []LeaseSettlement
+	for q := int64(1200); q >= 2; q-- { // backwards, and 1 missing
+		s = append(s, LeaseSettlement{Seq: q, Cost: 1, Record: rec})
+	}
+	for lo := 0; lo < len(s); lo += 300 { // batches of 300: the later ones meet many marks
+		hi := min(lo+300, len(s))
+		if n, err := a.SettleLease(ctx, "u", "n1.1", append(s[lo:hi:hi], s[lo])); err != nil || n != int64(hi-lo) {
+			t.Fatalf("batch at %d: %d, %v; want %d (a repeat inside the batch counted once)", lo, n, err, hi-lo)
+		}
+	}
+	if n, err := a.SettleLease(ctx, "u", "n1.1", s[:10]); err != nil || n != 0 {
+		t.Fatalf("replay over many marks: %d, %v; want 0", n, err)
+	}
+	if m, _ := rdb.HLen(ctx, leaseSeqKey("u", "n1.1")).Result(); m != 1200 {
+		t.Fatalf("marks = %d fields; want wm and 1,199 marks", m)
+	}
+	if n, err := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: 1, Cost: 1, Record: rec}}); err != nil || n != 1 {
+		t.Fatalf("the missing one: %d, %v", n, err)
+	}
+	if m, _ := rdb.HGetAll(ctx, leaseSeqKey("u", "n1.1")).Result(); len(m) != 1 || m["wm"] != "1200" {
+		t.Fatalf("sequence marks = %d fields (wm %s); want only wm 1200", len(m), m["wm"])
+	}
+	wantRawHeld(t, a, "u", 10*unit-1200, unit-1200)
+}
+
 // A lease whose node stops renewing it expires: the next script on the
 // account releases it, and the balance is whole again.
 func TestLeaseExpires(t *testing.T) {
