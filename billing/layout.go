@@ -23,13 +23,14 @@ import (
 //	ait:{#n}:<user>:leases         HASH  lease id → nanos the lease may still spend (counted in held)
 //	ait:{#n}:<user>:ldl            ZSET  lease id → lease deadline (unix ms, Redis' clock)
 //	ait:{#n}:<user>:lseq:<id>      HASH  settlements of lease id applied: "wm" (all up to it) and later numbers
-//	ait:{#n}:usage                 STREAM usage records of the shard's accounts (field "r": JSON), read by the ledger flusher
+//	ait:{#n}:usage                 STREAM usage records of the shard's accounts (field "r": JSON; "rs": several, one per line), read by the ledger flusher
 //	ait:revocations                PUB/SUB key hashes revoked or changed
 //	ait:recalls                    PUB/SUB users whose balance went down: nodes give their leases back
 //	ait:layout                     STRING the layout's version ("2"; MigrateLayout moves older keys)
 const (
 	keyPrefix         = "ait:key:"
-	UsageField        = "r" // the field of a usage stream entry holding the record's JSON
+	UsageField        = "r"  // the field of a usage stream entry holding the record's JSON
+	UsageBatchField   = "rs" // the field of an entry holding several records' JSON, one per line
 	RevocationChannel = "ait:revocations"
 	RecallChannel     = "ait:recalls"
 )
@@ -133,7 +134,9 @@ var crc16Table = func() (t [256]uint16) {
 	return t
 }()
 
-// UsageBacklog counts the usage records waiting in all the usage streams.
+// UsageBacklog counts the entries waiting in all the usage streams: a
+// record each, or a batch of records settled together (UsageRecords counts
+// those).
 func UsageBacklog(ctx context.Context, rdb redis.Cmdable) (int64, error) {
 	cmds, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, s := range UsageStreams {
@@ -147,6 +150,26 @@ func UsageBacklog(ctx context.Context, rdb redis.Cmdable) (int64, error) {
 	var n int64
 	for _, c := range cmds {
 		n += c.(*redis.IntCmd).Val()
+	}
+	return n, nil
+}
+
+// UsageRecords counts the records in all the usage streams, batches
+// opened. It reads every entry: for tests and tools, not a hot path.
+func UsageRecords(ctx context.Context, rdb redis.Cmdable) (int64, error) {
+	var n int64
+	for _, s := range UsageStreams {
+		msgs, err := rdb.XRange(ctx, s, "-", "+").Result()
+		if err != nil {
+			return 0, fmt.Errorf("usage records: %w", err)
+		}
+		for _, m := range msgs {
+			if raw, ok := m.Values[UsageBatchField].(string); ok {
+				n += int64(strings.Count(raw, "\n")) + 1
+			} else {
+				n++
+			}
+		}
 	}
 	return n, nil
 }

@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -98,8 +99,10 @@ return string.format('%.0f', math.max(x, 0))
 // number in its lease, and a number at or below the lease's watermark, or
 // already marked, was applied before (a replay changes nothing). For each
 // new one: the balance is debited its cost, the part of the cost the lease
-// still covers leaves the lease and held, and its usage record is added to
-// the usage stream. A lease Redis no longer has (expired, returned) covers
+// still covers leaves the lease and held, and its usage record goes to the
+// usage stream: one entry for all the script's records (a batch, one per
+// line), so the stream and the ledger flusher pay per batch, not per
+// record. A lease Redis no longer has (expired, returned) covers
 // nothing: the cost is debited from the balance alone. A lease spent to
 // zero is removed (its node takes a new one).
 //
@@ -110,10 +113,14 @@ return string.format('%.0f', math.max(x, 0))
 // a Lua number holds exactly.
 //
 // KEYS: the shard's usage stream, then for each lease: acct, leases, lease
-// deadlines, the lease's sequence marks. ARGV: the stream's record field,
-// then for each lease: its id, the number n of its settlements, then n
-// times (sequence, −cost, record). Returns the number applied per lease.
+// deadlines, the lease's sequence marks. ARGV: the stream's record field
+// and batch field, every settlement's record joined by newlines (the batch
+// entry itself when all are new: Lua builds no string), then for each
+// lease: its id, the number n of its settlements, then n times (sequence,
+// −cost, the record's length). Returns the number applied per lease.
 var settleLeasesScript = redis.NewScript(`
+local all = ARGV[3]
+local at, total, fresh = 1, 0, {}
 local function settle(k, id, a, n)
   local mk = KEYS[k + 3]
   local wm = tonumber(redis.call('HGET', mk, 'wm') or '0') or 0
@@ -133,7 +140,10 @@ local function settle(k, id, a, n)
   local lease = tonumber(redis.call('HGET', KEYS[k + 1], id) or '0') or 0
   local covered, applied, debit, seen = 0, 0, 0, {}
   for i = a, a + 3 * (n - 1), 3 do
-    local seq = tonumber(ARGV[i])
+    local seq, len = tonumber(ARGV[i]), tonumber(ARGV[i + 2])
+    local from = at
+    at = at + len + 1
+    total = total + 1
     if seq > wm and not seen[seq] and not marked(seq) then
       seen[seq] = true
       local cost = -tonumber(ARGV[i + 1])
@@ -144,7 +154,7 @@ local function settle(k, id, a, n)
       debit = debit + cost
       local d = math.min(cost, lease - covered)
       if d > 0 then covered = covered + d end
-      redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i + 2])
+      fresh[#fresh + 1] = {from, len}
       applied = applied + 1
     end
   end
@@ -189,11 +199,20 @@ local function settle(k, id, a, n)
   redis.call('PEXPIRE', mk, 604800000)
   return applied
 end
-local out, k, a = {}, 2, 2
+local out, k, a = {}, 2, 4
 while a <= #ARGV do
   local n = tonumber(ARGV[a + 1])
   out[#out + 1] = settle(k, ARGV[a], a + 2, n)
   k, a = k + 4, a + 2 + 3 * n
+end
+if #fresh == 1 then
+  redis.call('XADD', KEYS[1], '*', ARGV[1], string.sub(all, fresh[1][1], fresh[1][1] + fresh[1][2] - 1))
+elseif #fresh == total and total > 1 then
+  redis.call('XADD', KEYS[1], '*', ARGV[2], all) -- all new: the batch as sent
+elseif #fresh > 1 then
+  local recs = {}
+  for j, f in ipairs(fresh) do recs[j] = string.sub(all, f[1], f[1] + f[2] - 1) end
+  redis.call('XADD', KEYS[1], '*', ARGV[2], table.concat(recs, '\n'))
 end
 return out
 `)
@@ -329,8 +348,9 @@ func settleLeasesParams(b []LeaseBatch) ([]string, []any, error) {
 	}
 	keys := make([]string, 0, 1+4*len(b))
 	keys = append(keys, UsageStreamOf(b[0].User))
-	args := make([]any, 0, 1+2*len(b)+3*n)
-	args = append(args, UsageField)
+	var all []byte
+	args := make([]any, 3, 3+2*len(b)+3*n)
+	args[0], args[1] = UsageField, UsageBatchField
 	shard := shardOf(b[0].User)
 	for _, lb := range b {
 		if shardOf(lb.User) != shard {
@@ -345,9 +365,18 @@ func settleLeasesParams(b []LeaseBatch) ([]string, []any, error) {
 			if x.Seq <= 0 || x.Cost < 0 || x.Cost > money.MaxNanos {
 				return nil, nil, fmt.Errorf("lease settlement %d: cost %d out of range", x.Seq, x.Cost)
 			}
-			args = append(args, x.Seq, strconv.FormatInt(-int64(x.Cost), 10), x.Record)
+			if bytes.IndexByte(x.Record, '\n') >= 0 {
+				// A batch entry holds one record per line.
+				return nil, nil, fmt.Errorf("lease settlement %d: record contains a newline", x.Seq)
+			}
+			if len(all) > 0 {
+				all = append(all, '\n')
+			}
+			all = append(all, x.Record...)
+			args = append(args, x.Seq, strconv.FormatInt(-int64(x.Cost), 10), len(x.Record))
 		}
 	}
+	args[2] = all
 	return keys, args, nil
 }
 

@@ -3,7 +3,9 @@ package billing
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,16 +107,16 @@ func TestSettleLeaseBatchOrders(t *testing.T) {
 	ctx := t.Context()
 	credit(t, a, "u", money.MaxNanos)
 	takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: unit, Share: 1})
-	rec := []byte(`{"request_id":"r"}`)
 	batch := func(costs map[int64]money.Nanos, seqs ...int64) []LeaseSettlement {
 		s := make([]LeaseSettlement, len(seqs))
-		for i, q := range seqs {
+		for i, q := range seqs { // records of different lengths, each its own
+			rec := fmt.Appendf(nil, `{"request_id":"r%d%s"}`, q, strings.Repeat("x", int(q)))
 			s[i] = LeaseSettlement{Seq: q, Cost: costs[q], Record: rec}
 		}
 		return s
 	}
 	big := money.MaxNanos/2 + 1000 // two of them add up past a Lua number's exact integers
-	costs := map[int64]money.Nanos{1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: big, 9: 9, 10: big, 11: big + 1}
+	costs := map[int64]money.Nanos{1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: big, 9: 9, 10: big, 11: big + 1, 12: 12}
 	steps := []struct {
 		seqs []int64
 		want int64
@@ -122,6 +124,7 @@ func TestSettleLeaseBatchOrders(t *testing.T) {
 		{[]int64{1, 2, 4, 3, 3, 5}, 5}, // in order, a gap, the gap filled, a replay
 		{[]int64{5, 7, 6}, 2},          // a replay, then out of order
 		{[]int64{8, 9, 1}, 2},          // a big one, and an old replay
+		{[]int64{2, 12, 3}, 1},         // one new (ahead of the watermark) among replays
 		{[]int64{10, 11}, 2},           // two big ones in one batch (an odd sum past 2^53)
 	}
 	for _, st := range steps {
@@ -138,11 +141,29 @@ func TestSettleLeaseBatchOrders(t *testing.T) {
 	if want := int64(money.MaxNanos) - int64(spent); err != nil || raw != want {
 		t.Fatalf("balance %d, %v; want %d", raw, err, want)
 	}
-	if m, _ := rdb.HGetAll(ctx, leaseSeqKey("u", "n1.1")).Result(); len(m) != 1 || m["wm"] != "11" {
-		t.Fatalf("sequence marks = %v; want only wm 11", m)
+	if m, _ := rdb.HGetAll(ctx, leaseSeqKey("u", "n1.1")).Result(); len(m) != 1 || m["wm"] != "12" {
+		t.Fatalf("sequence marks = %v; want only wm 12", m)
 	}
-	if n, _ := UsageBacklog(ctx, rdb); n != 11 {
-		t.Fatalf("usage stream has %d records; want 11", n)
+	// Each applied settlement's own record, once, whatever the batch.
+	var got []string
+	for _, m := range rdb.XRange(ctx, UsageStreamOf("u"), "-", "+").Val() {
+		if r, ok := m.Values[UsageField].(string); ok {
+			got = append(got, r)
+		} else {
+			got = append(got, strings.Split(m.Values[UsageBatchField].(string), "\n")...)
+		}
+	}
+	slices.Sort(got)
+	var want []string
+	for q := range int64(12) {
+		want = append(want, string(batch(costs, q+1)[0].Record))
+	}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("usage records:\n got %q\nwant %q", got, want)
+	}
+	if n, _ := UsageBacklog(ctx, rdb); n != int64(len(steps)) {
+		t.Fatalf("usage stream has %d entries; want one per batch, %d", n, len(steps))
 	}
 }
 

@@ -203,7 +203,11 @@ func (a *Accounts) MoveLegacyUsage(ctx context.Context) (int, error) {
 
 // legacyRecordStream is the shard stream for an entry of the old stream.
 func legacyRecordStream(msg redis.XMessage) string {
-	raw, _ := msg.Values[UsageField].(string)
+	raw, ok := msg.Values[UsageField].(string)
+	if !ok { // a batch: its records are all of one shard
+		raw, _ = msg.Values[UsageBatchField].(string)
+		raw, _, _ = strings.Cut(raw, "\n")
+	}
 	var r struct {
 		User string `json:"user"`
 	}

@@ -85,9 +85,9 @@ var metrics = struct {
 	}, []string{"type", "result"}),
 	state: &stateCollector{
 		lag: prometheus.NewDesc("aitoken_usage_stream_lag",
-			"Usage records in the Redis usage streams not yet read by the ledger flusher.", nil, nil),
+			"Usage stream entries (a record, or a batch settled together) in Redis not yet read by the ledger flusher.", nil, nil),
 		pending: prometheus.NewDesc("aitoken_usage_pending",
-			"Usage records read by the ledger flusher but not yet committed to SQLite.", nil, nil),
+			"Usage stream entries read by the ledger flusher but not yet committed to SQLite.", nil, nil),
 		spool: prometheus.NewDesc("aitoken_spool_entries",
 			"Settlements waiting in the local spool for Redis.", nil, nil),
 		journal: prometheus.NewDesc("aitoken_settlements_in_flight",

@@ -337,11 +337,12 @@ func (l *ledgerConn) start() error {
 	}
 	l.store = store
 	l.flusher = usagelog.NewFlusher(l.redis.client, store, usagelog.FlusherConfig{
-		Streams:  billing.UsageStreams,
-		Field:    billing.UsageField,
-		Group:    ledgerGroup,
-		Consumer: "ledger-" + l.path,
-		Interval: l.interval,
+		Streams:    billing.UsageStreams,
+		Field:      billing.UsageField,
+		BatchField: billing.UsageBatchField,
+		Group:      ledgerGroup,
+		Consumer:   "ledger-" + l.path,
+		Interval:   l.interval,
 	}, l.log.Named("flusher"))
 	l.flusher.Start()
 	l.ready.Store(true)

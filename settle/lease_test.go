@@ -47,7 +47,7 @@ func TestLeaseSettlementsBatched(t *testing.T) {
 	if st, _ := acc.Leases(ctx, "u3"); st.Leases["node.1"] != 500_000-(n-n/10)*cost {
 		t.Fatalf("lease left %s; want %d", st.Leases["node.1"], 500_000-(n-n/10)*cost)
 	}
-	if got, _ := billing.UsageBacklog(ctx, rdb); got != n {
+	if got, _ := billing.UsageRecords(ctx, rdb); got != n {
 		t.Fatalf("usage stream holds %d records, want %d", got, n)
 	}
 	if p.Spooled() != 0 {

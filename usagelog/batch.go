@@ -40,39 +40,70 @@ func entries(streams []redis.XStream) int {
 	return n
 }
 
-// decodeAll decodes the entries of streams into records and rejects, in
-// stream order.
-func (f *Flusher) decodeAll(streams []redis.XStream) batch {
-	// The entries in one list, each with its stream, so that a large read
-	// is decoded on every core whichever streams it came from.
-	msgs := make([]redis.XMessage, 0, entries(streams))
-	from := make([]string, 0, cap(msgs))
+// item is one record's JSON from a stream entry (an entry holds one, or a
+// batch): id names the entry, and the record's line in a batch ("<id>/2").
+type item struct {
+	stream, id, raw string
+	msg             *redis.XMessage // the entry, for a reject that lacks the field
+	missing         bool            // the entry holds neither field
+}
+
+// items lists the records of the entries of streams, in stream order.
+// Entries deleted while pending (no values) hold none; they are only
+// acknowledged.
+func (f *Flusher) items(streams []redis.XStream) []item {
+	out := make([]item, 0, entries(streams))
 	for _, s := range streams {
-		msgs = append(msgs, s.Messages...)
-		for range s.Messages {
-			from = append(from, s.Stream)
-		}
-	}
-	// Records are decoded in place, then the few entries that are not
-	// records (rejected, or deleted while pending: only to ack) are
-	// squeezed out.
-	recs := make([]Record, len(msgs))
-	rejects := make([]*reject, len(msgs))
-	decodeRange := func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			if msgs[i].Values != nil {
-				recs[i], rejects[i] = f.decode(from[i], msgs[i])
+		for k := range s.Messages {
+			m := &s.Messages[k]
+			if m.Values == nil {
+				continue
+			}
+			if raw, ok := m.Values[f.cfg.Field].(string); ok {
+				out = append(out, item{stream: s.Stream, id: m.ID, raw: raw})
+				continue
+			}
+			raw, ok := m.Values[f.cfg.BatchField].(string)
+			if !ok || f.cfg.BatchField == "" {
+				out = append(out, item{stream: s.Stream, id: m.ID, msg: m, missing: true})
+				continue
+			}
+			for n := 1; ; n++ {
+				line, rest, more := strings.Cut(raw, "\n")
+				out = append(out, item{stream: s.Stream, id: m.ID + "/" + strconv.Itoa(n), raw: line})
+				if !more {
+					break
+				}
+				raw = rest
 			}
 		}
 	}
-	workers := min(runtime.GOMAXPROCS(0), len(msgs)/decodeShard)
+	return out
+}
+
+// decodeAll decodes the entries of streams into records and rejects, in
+// stream order.
+func (f *Flusher) decodeAll(streams []redis.XStream) batch {
+	// The records in one list, so that a large read is decoded on every
+	// core whichever streams and entries they came from.
+	items := f.items(streams)
+	// Records are decoded in place, then the few that are not (rejected)
+	// are squeezed out.
+	recs := make([]Record, len(items))
+	rejects := make([]*reject, len(items))
+	decodeRange := func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			recs[i], rejects[i] = f.decode(items[i])
+		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(items)/decodeShard)
 	if workers <= 1 {
-		decodeRange(0, len(msgs))
+		decodeRange(0, len(items))
 	} else {
 		var wg sync.WaitGroup
-		per := (len(msgs) + workers - 1) / workers
-		for lo := 0; lo < len(msgs); lo += per {
-			wg.Go(func() { decodeRange(lo, min(lo+per, len(msgs))) })
+		per := (len(items) + workers - 1) / workers
+		for lo := 0; lo < len(items); lo += per {
+			wg.Go(func() { decodeRange(lo, min(lo+per, len(items))) })
 		}
 		wg.Wait()
 	}
@@ -89,17 +120,15 @@ func (f *Flusher) decodeAll(streams []redis.XStream) batch {
 		b.acks = append(b.acks, acks{s.Stream, ids})
 	}
 	kept := 0
-	for i := range msgs {
-		switch {
-		case msgs[i].Values == nil:
-		case rejects[i] != nil:
+	for i := range items {
+		if rejects[i] != nil {
 			b.rejects = append(b.rejects, *rejects[i])
-		default:
-			if kept != i {
-				recs[kept] = recs[i]
-			}
-			kept++
+			continue
 		}
+		if kept != i {
+			recs[kept] = recs[i]
+		}
+		kept++
 	}
 	clear(recs[kept:])
 	b.recs = [][]Record{recs[:kept]}
@@ -227,21 +256,20 @@ func (f *Flusher) store(ctx context.Context, b batch) (int, error) {
 	return n, nil
 }
 
-// decode reads one entry. An entry that is not a valid Record comes back as
-// a reject carrying its raw value; the log gets the entry ID and the reason
+// decode reads one record. One that is not a valid Record comes back as a
+// reject carrying its raw value; the log gets the entry ID and the reason
 // only, never the content.
-func (f *Flusher) decode(stream string, m redis.XMessage) (Record, *reject) {
-	raw, ok := m.Values[f.cfg.Field].(string)
-	if !ok {
-		b, _ := json.Marshal(m.Values)
-		return Record{}, f.rejected(stream, m.ID, string(b), "missing field "+f.cfg.Field)
+func (f *Flusher) decode(it item) (Record, *reject) {
+	if it.missing {
+		b, _ := json.Marshal(it.msg.Values)
+		return Record{}, f.rejected(it.stream, it.id, string(b), "missing field "+f.cfg.Field)
 	}
-	r, err := decodeRecord(raw)
+	r, err := decodeRecord(it.raw)
 	if err != nil {
-		return Record{}, f.rejected(stream, m.ID, raw, "bad json: "+err.Error())
+		return Record{}, f.rejected(it.stream, it.id, it.raw, "bad json: "+err.Error())
 	}
 	if err := r.validate(); err != nil {
-		return Record{}, f.rejected(stream, m.ID, raw, err.Error())
+		return Record{}, f.rejected(it.stream, it.id, it.raw, err.Error())
 	}
 	return r, nil
 }

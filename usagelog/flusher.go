@@ -42,6 +42,9 @@ type FlusherConfig struct {
 	// billing) names them. They are all read at once.
 	Streams []string
 	Field   string
+	// BatchField, if set, is the entry field that holds several records'
+	// JSON, one per line (records settled together).
+	BatchField string
 	// Group is the consumer group the flusher reads with. Default: "usagelog".
 	Group string
 	// Consumer names this reader within the group; it must be stable across

@@ -185,6 +185,48 @@ func TestFlusherRejectsMalformedEntries(t *testing.T) {
 	}
 }
 
+// Records settled together come as one entry, one record per line: each
+// line is stored once (a replay of the entry adds nothing), and a bad line
+// is kept in usage_rejects under its entry and line, its batch-mates
+// stored.
+func TestFlusherReadsBatchEntries(t *testing.T) {
+	ctx := context.Background()
+	rdb, _ := startRedis(t)
+	s := openStore(t)
+	cfg := FlusherConfig{Streams: []string{testStream}, Field: testField, BatchField: "rs", Group: "g", Consumer: "c1"}
+	f := NewFlusher(rdb, s, cfg, nil)
+	var lines []string
+	for _, r := range records("b", 3) {
+		b, _ := json.Marshal(r)
+		lines = append(lines, string(b))
+	}
+	batch := strings.Join([]string{lines[0], `{"request_id":"bad"`, lines[1], lines[2]}, "\n")
+	id := rdb.XAdd(ctx, &redis.XAddArgs{Stream: testStream, Values: []any{"rs", batch}}).Val()
+	xadd(t, rdb, rec("single", "u1", time.Now()))
+
+	if n, err := f.FlushNow(ctx); err != nil || n != 2 {
+		t.Fatalf("FlushNow = %d, %v; want 2 entries", n, err)
+	}
+	if got := countRows(t, s, "usage"); got != 4 {
+		t.Errorf("usage has %d rows, want the batch's 3 good records and the single one", got)
+	}
+	var entry, raw string
+	if err := s.rd.QueryRow("SELECT entry_id, raw FROM usage_rejects").Scan(&entry, &raw); err != nil ||
+		entry != id+"/2" || raw != `{"request_id":"bad"` {
+		t.Errorf("reject = %q %q, %v; want %q and the bad line", entry, raw, err, id+"/2")
+	}
+	assertStreamEmpty(t, rdb, "g")
+
+	// The same entry again (a replay): nothing new.
+	rdb.XAdd(ctx, &redis.XAddArgs{Stream: testStream, Values: []any{"rs", batch}})
+	if n, err := f.FlushNow(ctx); err != nil || n != 1 {
+		t.Fatalf("FlushNow of the replay = %d, %v", n, err)
+	}
+	if got := countRows(t, s, "usage"); got != 4 {
+		t.Errorf("usage has %d rows after the replay, want 4", got)
+	}
+}
+
 func TestFlusherRunsAndStopDrains(t *testing.T) {
 	ctx := context.Background()
 	rdb, _ := startRedis(t)
