@@ -23,7 +23,7 @@ const (
 	DefaultBatch = 1000
 	// DefaultLinger is the wait after a short batch when
 	// FlusherConfig.Linger is 0.
-	DefaultLinger = 25 * time.Millisecond
+	DefaultLinger = 200 * time.Millisecond
 
 	// defaultClaimIdle is how long another consumer's entry must sit
 	// unacknowledged before this flusher takes it over (its owner is
@@ -64,7 +64,7 @@ type FlusherConfig struct {
 	// Linger is how long the flusher lets records gather after a read that
 	// did not fill a batch, so that under steady load each transaction
 	// carries many rows rather than a handful (a commit costs far more
-	// than a row). Records reach SQLite up to Linger later. Default: 25ms,
+	// than a row). Records reach SQLite up to Linger later. Default: 200ms,
 	// at most Interval.
 	Linger time.Duration
 }
