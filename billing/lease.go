@@ -348,7 +348,8 @@ func settleLeasesParams(b []LeaseBatch) ([]string, []any, error) {
 	}
 	keys := make([]string, 0, 1+4*len(b))
 	keys = append(keys, UsageStreamOf(b[0].User))
-	var all []byte
+	var all []byte // the records joined by newlines, one line each (even empty)
+	joined := 0
 	args := make([]any, 3, 3+2*len(b)+3*n)
 	args[0], args[1] = UsageField, UsageBatchField
 	shard := shardOf(b[0].User)
@@ -369,9 +370,10 @@ func settleLeasesParams(b []LeaseBatch) ([]string, []any, error) {
 				// A batch entry holds one record per line.
 				return nil, nil, fmt.Errorf("lease settlement %d: record contains a newline", x.Seq)
 			}
-			if len(all) > 0 {
+			if joined > 0 {
 				all = append(all, '\n')
 			}
+			joined++
 			all = append(all, x.Record...)
 			args = append(args, x.Seq, strconv.FormatInt(-int64(x.Cost), 10), len(x.Record))
 		}

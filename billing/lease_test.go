@@ -342,3 +342,23 @@ func redisCPU(tb testing.TB, addr string) time.Duration {
 	}
 	return d
 }
+
+// An empty record still takes its own line of the batch: the records after
+// it reach the stream whole.
+func TestSettleLeasesEmptyRecord(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	credit(t, a, "u", unit)
+	takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: unit / 2, Share: 1})
+	if n, err := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: 1, Cost: 1, Record: nil}}); err != nil || n != 1 {
+		t.Fatalf("first: %d, %v", n, err)
+	}
+	n, err := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: 1, Cost: 1}, {Seq: 2, Cost: 1, Record: []byte(`{"a":1}`)}})
+	if err != nil || n != 1 {
+		t.Fatalf("second: %d, %v", n, err)
+	}
+	msgs := rdb.XRange(ctx, UsageStreamOf("u"), "-", "+").Val()
+	if got := msgs[len(msgs)-1].Values[UsageField]; got != `{"a":1}` {
+		t.Fatalf("last record = %q; want {\"a\":1}", got)
+	}
+}

@@ -15,8 +15,11 @@ package settle
 // shared into memory: appending a record is a copy, with no system call per
 // request, and what the process has copied is in the kernel's page cache,
 // which keeps it when the process is killed. The rest of the file is zeros,
-// which readers take for a torn end. Where the file system cannot allocate
-// ahead, records are appended in a single write each instead. A file is
+// which readers take for a torn end. On file systems where allocating ahead
+// does not reserve blocks for good (anything but ext4, XFS and tmpfs: a
+// store into a page the full disk has no room for would kill the process),
+// and where allocating fails, records are appended in a single write each
+// instead. A file is
 // removed once it is full and every record in it is Done; the open one is
 // emptied (zeroed, or truncated) whenever none of its records is
 // outstanding. Records still in files when a journal is opened are the
@@ -107,7 +110,11 @@ func (s *segment) append(rec []byte, buf *[]byte) error {
 // records were (the pages stay allocated), a written one truncated.
 func (s *segment) empty() {
 	if s.data != nil {
-		clear(s.data[:s.size])
+		// From the end back: a process killed midway leaves whole records
+		// and then zeros, never the tail of a record after zeros.
+		for end := s.size; end > 0; end -= 4096 {
+			clear(s.data[max(end-4096, 0):end])
+		}
 		s.size = 0
 		return
 	}
@@ -302,25 +309,6 @@ func (j *journal) rotate(n int) error {
 
 // mapJournal is false (in tests) to write every segment's records.
 var mapJournal = true
-
-// mapSegment allocates f at size bytes and maps it shared, or returns nil
-// (and leaves f empty) where the file system cannot: the segment's records
-// are written then. Allocating first matters: a store into a mapped page
-// the disk has no room for would kill the process (SIGBUS), where a failed
-// allocation is only a fallback.
-func mapSegment(f *os.File, size int) []byte {
-	fd := int(f.Fd())
-	if !mapJournal || syscall.Fallocate(fd, 0, 0, int64(size)) != nil {
-		_ = f.Truncate(0)
-		return nil
-	}
-	data, err := syscall.Mmap(fd, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
-	if err != nil {
-		_ = f.Truncate(0)
-		return nil
-	}
-	return data
-}
 
 // retire removes a sealed segment none of whose records is outstanding.
 func (j *journal) retire(s *segment) {
