@@ -210,6 +210,10 @@ func TestSettleLeasesOneShard(t *testing.T) {
 	if n, err := UsageRecords(ctx, rdb); err != nil || n != 6 {
 		t.Fatalf("the usage streams hold %d records, %v; want 6", n, err)
 	}
+	twice := append(batches[:1:1], batches[0])
+	if _, err := a.SettleLeases(ctx, twice); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Fatalf("one lease twice in a call: %v; want refused", err)
+	}
 	mixed := append(batches[:1:1], LeaseBatch{User: other, Lease: "n1.1", Settlements: batches[0].Settlements})
 	if _, err := a.SettleLeases(ctx, mixed); err == nil || !strings.Contains(err.Error(), "different shards") {
 		t.Fatalf("settlements across shards: %v; want refused", err)

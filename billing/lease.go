@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -121,7 +122,9 @@ return string.format('%.0f', math.max(x, 0))
 var settleLeasesScript = redis.NewScript(`
 local all = ARGV[3]
 local at, total, fresh = 1, 0, {}
-local function settle(k, id, a, n)
+-- plan reads one lease's state and works out its writes; nothing is
+-- written until every lease is planned and the usage entry is added.
+local function plan(k, id, a, n)
   local mk = KEYS[k + 3]
   local wm = tonumber(redis.call('HGET', mk, 'wm') or '0') or 0
   local nmarks = redis.call('HLEN', mk) - 1
@@ -138,7 +141,8 @@ local function settle(k, id, a, n)
     return stored[seq] == true
   end
   local lease = tonumber(redis.call('HGET', KEYS[k + 1], id) or '0') or 0
-  local covered, applied, debit, seen = 0, 0, 0, {}
+  local p = {k = k, id = id, mk = mk, applied = 0, covered = 0, debits = {}, drop = {}, add = {}}
+  local debit, seen = 0, {}
   for i = a, a + 3 * (n - 1), 3 do
     local seq, len = tonumber(ARGV[i]), tonumber(ARGV[i + 2])
     local from = at
@@ -148,63 +152,70 @@ local function settle(k, id, a, n)
       seen[seq] = true
       local cost = -tonumber(ARGV[i + 1])
       if debit + cost > 9007199254740991 then
-        redis.call('HINCRBY', KEYS[k], 'balance', string.format('-%.0f', debit))
+        p.debits[#p.debits + 1] = debit
         debit = 0
       end
       debit = debit + cost
-      local d = math.min(cost, lease - covered)
-      if d > 0 then covered = covered + d end
+      local d = math.min(cost, lease - p.covered)
+      if d > 0 then p.covered = p.covered + d end
       fresh[#fresh + 1] = {from, len}
-      applied = applied + 1
+      p.applied = p.applied + 1
     end
   end
-  if debit > 0 then
-    redis.call('HINCRBY', KEYS[k], 'balance', string.format('-%.0f', debit))
-  end
-  if covered > 0 then
-    local s = string.format('%.0f', covered)
-    redis.call('HINCRBY', KEYS[k], 'held', '-' .. s)
-    if redis.call('HINCRBY', KEYS[k + 1], id, '-' .. s) <= 0 then
-      -- spent (or given back) whole: gone; its node takes a new one
-      redis.call('HDEL', KEYS[k + 1], id)
-      redis.call('ZREM', KEYS[k + 2], id)
-    end
-  end
+  if debit > 0 then p.debits[#p.debits + 1] = debit end
   -- The watermark moves over every number now applied without a gap;
   -- stored marks it passes go, new numbers above it are marked.
-  local drop = {}
   while true do
     local nx = wm + 1
     if seen[nx] then
       seen[nx] = nil
     elseif marked(nx) then
-      drop[#drop + 1] = tostring(nx)
+      p.drop[#p.drop + 1] = tostring(nx)
     else
       break
     end
     wm = nx
   end
-  for j = 1, #drop, 1000 do
-    redis.call('HDEL', mk, unpack(drop, j, math.min(j + 999, #drop)))
-  end
-  local add = {}
+  p.wm = wm
   for seq in pairs(seen) do
-    add[#add + 1] = tostring(seq)
-    add[#add + 1] = '1'
+    p.add[#p.add + 1] = tostring(seq)
+    p.add[#p.add + 1] = '1'
   end
-  for j = 1, #add, 1000 do
-    redis.call('HSET', mk, unpack(add, j, math.min(j + 999, #add)))
-  end
-  redis.call('HSET', mk, 'wm', wm)
-  redis.call('PEXPIRE', mk, 604800000)
-  return applied
+  return p
 end
-local out, k, a = {}, 2, 4
+local function apply(p)
+  for _, d in ipairs(p.debits) do
+    redis.call('HINCRBY', KEYS[p.k], 'balance', string.format('-%.0f', d))
+  end
+  if p.covered > 0 then
+    local s = string.format('%.0f', p.covered)
+    redis.call('HINCRBY', KEYS[p.k], 'held', '-' .. s)
+    if redis.call('HINCRBY', KEYS[p.k + 1], p.id, '-' .. s) <= 0 then
+      -- spent (or given back) whole: gone; its node takes a new one
+      redis.call('HDEL', KEYS[p.k + 1], p.id)
+      redis.call('ZREM', KEYS[p.k + 2], p.id)
+    end
+  end
+  for j = 1, #p.drop, 1000 do
+    redis.call('HDEL', p.mk, unpack(p.drop, j, math.min(j + 999, #p.drop)))
+  end
+  for j = 1, #p.add, 1000 do
+    redis.call('HSET', p.mk, unpack(p.add, j, math.min(j + 999, #p.add)))
+  end
+  redis.call('HSET', p.mk, 'wm', p.wm)
+  redis.call('PEXPIRE', p.mk, 604800000)
+end
+local plans, out, k, a = {}, {}, 2, 4
 while a <= #ARGV do
   local n = tonumber(ARGV[a + 1])
-  out[#out + 1] = settle(k, ARGV[a], a + 2, n)
+  local p = plan(k, ARGV[a], a + 2, n)
+  plans[#plans + 1] = p
+  out[#out + 1] = p.applied
   k, a = k + 4, a + 2 + 3 * n
 end
+-- The usage records first: a script cut short after this leaves records
+-- a replay adds again (the ledger keeps one per request), never a debit
+-- whose record is lost.
 if #fresh == 1 then
   redis.call('XADD', KEYS[1], '*', ARGV[1], string.sub(all, fresh[1][1], fresh[1][1] + fresh[1][2] - 1))
 elseif #fresh == total and total > 1 then
@@ -214,6 +225,7 @@ elseif #fresh > 1 then
   for j, f in ipairs(fresh) do recs[j] = string.sub(all, f[1], f[1] + f[2] - 1) end
   redis.call('XADD', KEYS[1], '*', ARGV[2], table.concat(recs, '\n'))
 end
+for _, p in ipairs(plans) do apply(p) end
 return out
 `)
 
@@ -353,12 +365,17 @@ func settleLeasesParams(b []LeaseBatch) ([]string, []any, error) {
 	args := make([]any, 3, 3+2*len(b)+3*n)
 	args[0], args[1] = UsageField, UsageBatchField
 	shard := shardOf(b[0].User)
-	for _, lb := range b {
+	for i, lb := range b {
 		if shardOf(lb.User) != shard {
 			return nil, nil, fmt.Errorf("lease settlements: users %q and %q are on different shards", b[0].User, lb.User)
 		}
 		if len(lb.Settlements) == 0 {
 			return nil, nil, fmt.Errorf("lease settlements: none for lease %q", lb.Lease)
+		}
+		// Every lease is read before any is written: one lease twice would
+		// be applied twice.
+		if slices.ContainsFunc(b[:i], func(o LeaseBatch) bool { return o.User == lb.User && o.Lease == lb.Lease }) {
+			return nil, nil, fmt.Errorf("lease settlements: lease %q of %q given twice", lb.Lease, lb.User)
 		}
 		keys = append(keys, acctKey(lb.User), leasesKey(lb.User), leaseDeadlinesKey(lb.User), leaseSeqKey(lb.User, lb.Lease))
 		args = append(args, lb.Lease, len(lb.Settlements))

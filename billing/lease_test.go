@@ -362,3 +362,32 @@ func TestSettleLeasesEmptyRecord(t *testing.T) {
 		t.Fatalf("last record = %q; want {\"a\":1}", got)
 	}
 }
+
+// A script cut short at the usage entry (here the stream key is of the
+// wrong type) has written nothing: the retry debits and records once.
+func TestSettleLeasesRecordsFirst(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	credit(t, a, "u", unit)
+	takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: unit / 2, Share: 1})
+	s := []LeaseSettlement{{Seq: 1, Cost: 100, Record: []byte(`{"request_id":"r1"}`)},
+		{Seq: 2, Cost: 200, Record: []byte(`{"request_id":"r2"}`)}}
+	if err := rdb.Set(ctx, UsageStreamOf("u"), "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SettleLease(ctx, "u", "n1.1", s); err == nil {
+		t.Fatal("a settlement whose usage entry failed reported success")
+	}
+	wantRawHeld(t, a, "u", unit, unit/2)
+	if wm := rdb.HGet(ctx, leaseSeqKey("u", "n1.1"), "wm").Val(); wm != "" {
+		t.Fatalf("watermark %q written by a failed script", wm)
+	}
+	rdb.Del(ctx, UsageStreamOf("u"))
+	if n, err := a.SettleLease(ctx, "u", "n1.1", s); err != nil || n != 2 {
+		t.Fatalf("retry: %d, %v", n, err)
+	}
+	wantRawHeld(t, a, "u", unit-300, unit/2-300)
+	if n, _ := UsageRecords(ctx, rdb); n != 2 {
+		t.Fatalf("usage records = %d; want 2", n)
+	}
+}
