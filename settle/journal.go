@@ -19,10 +19,9 @@ package settle
 // does not reserve blocks for good (anything but ext4, XFS and tmpfs: a
 // store into a page the full disk has no room for would kill the process),
 // and where allocating fails, records are appended in a single write each
-// instead. A file is
-// removed once it is full and every record in it is Done; the open one is
-// emptied (zeroed, or truncated) whenever none of its records is
-// outstanding. Records still in files when a journal is opened are the
+// instead. A file is removed once it is full and every record in it is
+// Done; the open one is emptied (zeroed, or truncated) whenever none of its
+// records is outstanding. Records still in files when a journal is opened are the
 // Leftovers of a process that stopped before settling them.
 //
 // A journal owns its prefix while it is open: an exclusive lock on
@@ -54,6 +53,9 @@ const (
 	segmentSize  = 4 << 20
 	truncateSize = 64 << 10
 )
+
+// mapJournal is false (in tests) to write every segment's records.
+var mapJournal = true
 
 // journal is a write-ahead log of records in flight. Its methods are safe
 // for concurrent use.
@@ -306,9 +308,6 @@ func (j *journal) rotate(n int) error {
 	j.cur = &segment{path: path, f: f, data: mapSegment(f, max(segmentSize, n))}
 	return nil
 }
-
-// mapJournal is false (in tests) to write every segment's records.
-var mapJournal = true
 
 // retire removes a sealed segment none of whose records is outstanding.
 func (j *journal) retire(s *segment) {

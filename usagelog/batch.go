@@ -64,7 +64,7 @@ func (f *Flusher) items(streams []redis.XStream) []item {
 				continue
 			}
 			raw, ok := m.Values[f.cfg.BatchField].(string)
-			if !ok || f.cfg.BatchField == "" {
+			if f.cfg.BatchField == "" || !ok {
 				out = append(out, item{stream: s.Stream, id: m.ID, msg: m, missing: true})
 				continue
 			}
