@@ -1,6 +1,7 @@
 package settle
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"testing"
@@ -104,5 +105,28 @@ func TestBillChargesTheHoldWhenPricingFails(t *testing.T) {
 	}
 	if !errors.Is(b.PricingErr, money.ErrCostOverflow) || b.Cost != x.Grant.Hold || b.Record.Cost != x.Grant.Hold {
 		t.Fatalf("billed %+v", b)
+	}
+}
+
+// Fields a client chooses (the model name, the path) cannot break a usage
+// record's line: records go one per line into the journal and into batch
+// entries of the usage stream, so a newline there would split one record
+// in two, or get the whole batch refused.
+func TestBillRecordIsOneLine(t *testing.T) {
+	x := exchange()
+	x.Request.Model = "gpt-x\n{\"request_id\":\"req_forged\",\"user\":\"victim\"}\r\n\u2028"
+	x.Endpoint = "/v1/chat/completions\n"
+	b, err := Bill(x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range [][]byte{b.Record.Usage, b.Record.AppendJSON(nil)} {
+		if i := bytes.IndexAny(line, "\r\n"); i >= 0 {
+			t.Fatalf("record has a line break at %d: %s", i, line)
+		}
+	}
+	var u usagelog.Record
+	if err := json.Unmarshal(b.Record.Usage, &u); err != nil || u.Model != x.Request.Model || u.User != "usr_1" {
+		t.Fatalf("usage record %+v, %v; want the model as sent, billed to usr_1", u, err)
 	}
 }
