@@ -354,13 +354,16 @@ func settleLeasesParams(b []LeaseBatch) ([]string, []any, error) {
 	if len(b) == 0 {
 		return nil, nil, errors.New("lease settlements: none")
 	}
-	n := 0
+	n, size := 0, 0
 	for _, lb := range b {
 		n += len(lb.Settlements)
+		for _, x := range lb.Settlements {
+			size += len(x.Record) + 1
+		}
 	}
 	keys := make([]string, 0, 1+4*len(b))
 	keys = append(keys, UsageStreamOf(b[0].User))
-	var all []byte // the records joined by newlines, one line each (even empty)
+	all := make([]byte, 0, size) // the records joined by newlines, one line each (even empty)
 	joined := 0
 	args := make([]any, 3, 3+2*len(b)+3*n)
 	args[0], args[1] = UsageField, UsageBatchField

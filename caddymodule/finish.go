@@ -79,6 +79,10 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, t 
 		x.ClientIP = ip
 	}
 	b, err := settle.Bill(x)
+	// The bill holds nothing of the meter's: its Observer can serve the
+	// next response.
+	mw.obs.Free()
+	mw.obs = nil
 	if b.Clamped {
 		countClamped(h.app.prices.Pattern(req.Model))
 		h.log.Warn("the upstream reported more tokens than the request could produce; billed the bound",

@@ -69,6 +69,7 @@ func BenchmarkObserveJSON(b *testing.B) {
 		if !o.Result().HasUsage {
 			b.Fatal("no usage")
 		}
+		o.Free()
 	}
 }
 
@@ -81,5 +82,24 @@ func BenchmarkParseRequest(b *testing.B) {
 		if _, err := ParseRequest(FormatChat, body, true); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkObserveJSONShort meters a short chat answer, the shape most
+// non-streamed requests get: the per-response cost matters more than the
+// per-byte one.
+func BenchmarkObserveJSONShort(b *testing.B) {
+	body := []byte(`{"id":"chatcmpl-mock-1","object":"chat.completion","created":1767225600,"model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock upstream"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}`)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		o := NewObserver(&Request{Format: FormatChat})
+		o.Start(200, "application/json")
+		_ = o.Feed(io.Discard, body)
+		_ = o.Close(io.Discard)
+		if !o.Result().HasUsage {
+			b.Fatal("no usage")
+		}
+		o.Free()
 	}
 }

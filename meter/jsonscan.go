@@ -60,18 +60,20 @@ const (
 )
 
 func (s *jsonScanner) feed(p []byte) {
+	// While capturing, the bytes of p from capFrom on are the usage value's:
+	// they are appended in runs (at the value's end, or p's), not one at a
+	// time.
+	capFrom := 0
+	defer func() {
+		if s.capturing {
+			s.appendCapture(p[capFrom:])
+		}
+	}()
 	for i := 0; i < len(p); i++ {
 		if s.state >= jsDone {
 			return
 		}
 		c := p[i]
-		if s.capturing {
-			if len(s.capture) < maxUsageJSON {
-				s.capture = append(s.capture, c)
-			} else {
-				s.capOver = true
-			}
-		}
 		if s.inStr {
 			i = s.stringByte(p, i)
 			continue
@@ -119,18 +121,19 @@ func (s *jsonScanner) feed(p []byte) {
 			s.expectKey = c == '{'
 		case '}', ']':
 			if s.depth == 1 {
-				s.endMember()
+				s.endMember(p[capFrom:i])
 				s.state = jsDone
 				return
 			}
 			s.depth--
 			s.expectKey = false
 			if s.depth == 1 && s.capturing { // the usage object or array is complete
-				s.endCapture(s.capture)
+				s.appendCapture(p[capFrom : i+1])
+				s.endCapture()
 			}
 		case ',':
 			if s.depth == 1 {
-				s.endMember()
+				s.endMember(p[capFrom:i])
 			}
 			s.expectKey = s.inObject()
 		case ':':
@@ -139,6 +142,7 @@ func (s *jsonScanner) feed(p []byte) {
 				switch s.top {
 				case topUsage:
 					s.capturing, s.capOver, s.capture = true, false, s.capture[:0]
+					capFrom = i + 1
 				case topError:
 					s.errFirst = true
 				}
@@ -151,7 +155,7 @@ func (s *jsonScanner) feed(p []byte) {
 // of the last byte it consumed.
 func (s *jsonScanner) stringByte(p []byte, i int) int {
 	c := p[i]
-	if s.strKind == strCount && !s.capturing && !s.esc && s.uHex == 0 && c != '"' && c != '\\' {
+	if s.strKind == strCount && !s.esc && s.uHex == 0 && c != '"' && c != '\\' {
 		// A run of plain generated text: count and sample it at once.
 		run := p[i:]
 		if q := bytes.IndexByte(run, '"'); q >= 0 {
@@ -160,11 +164,13 @@ func (s *jsonScanner) stringByte(p []byte, i int) int {
 		if b := bytes.IndexByte(run, '\\'); b >= 0 {
 			run = run[:b]
 		}
+		n := 0
 		for _, b := range run { // as charCounter does without escapes
 			if b&0xC0 != 0x80 {
-				s.chars.n++
+				n++
 			}
 		}
+		s.chars.n += int64(n)
 		s.sample.add(run)
 		return i + len(run) - 1 // the loop goes on at the quote or backslash
 	}
@@ -210,46 +216,51 @@ func (s *jsonScanner) stringByte(p []byte, i int) int {
 		}
 		return i
 	}
-	switch s.strKind {
-	case strKey:
-		if s.keyLen < maxKey {
-			s.key[s.keyLen] = c
-		}
-		s.keyLen++
-	case strCount:
-	default:
-		// Skip to the next quote or backslash, unless capturing (which needs
-		// every byte appended one at a time).
-		if s.capturing {
-			return i
-		}
-		rest := p[i+1:]
-		q := bytes.IndexByte(rest, '"')
-		if q < 0 {
-			q = len(rest)
-		}
-		if b := bytes.IndexByte(rest[:q], '\\'); b >= 0 {
-			q = b
-		}
-		return i + q // the loop goes on at the quote or backslash
+	if s.strKind == strCount {
+		return i
 	}
-	return i
+	// The run of plain bytes up to the next quote or backslash.
+	run := p[i:]
+	if q := bytes.IndexByte(run, '"'); q >= 0 {
+		run = run[:q]
+	}
+	if b := bytes.IndexByte(run, '\\'); b >= 0 {
+		run = run[:b]
+	}
+	if s.strKind == strKey {
+		if s.keyLen < maxKey {
+			copy(s.key[s.keyLen:], run)
+		}
+		s.keyLen += len(run)
+	}
+	return i + len(run) - 1 // the loop goes on at the quote or backslash
 }
 
-// endMember ends the value of a top-level member at its ',' or '}'.
-func (s *jsonScanner) endMember() {
-	if s.capturing { // a scalar: drop the delimiter
-		s.endCapture(s.capture[:max(len(s.capture)-1, 0)])
+// endMember ends the value of a top-level member at its ',' or '}'; rest
+// is what p holds of a captured value up to that delimiter.
+func (s *jsonScanner) endMember(rest []byte) {
+	if s.capturing { // a scalar
+		s.appendCapture(rest)
+		s.endCapture()
 	}
 	s.errFirst = false
 	s.top = topOther
 }
 
-// endCapture decodes the captured usage value raw.
-func (s *jsonScanner) endCapture(raw []byte) {
+// appendCapture adds b to the usage value captured, up to maxUsageJSON.
+func (s *jsonScanner) appendCapture(b []byte) {
+	if room := maxUsageJSON - len(s.capture); len(b) > room {
+		b = b[:room]
+		s.capOver = true
+	}
+	s.capture = append(s.capture, b...)
+}
+
+// endCapture decodes the captured usage value.
+func (s *jsonScanner) endCapture() {
 	s.capturing = false
 	if !s.capOver {
-		if u, ok := decodeUsage(trimWS(raw)); ok && u.complete(s.format) {
+		if u, ok := decodeUsage(trimWS(s.capture)); ok && u.complete(s.format) {
 			s.usage, s.hasUsage = u, true
 		}
 	}

@@ -3,6 +3,7 @@ package meter
 import (
 	"io"
 	"strings"
+	"sync"
 )
 
 // Outcome says how a response ended.
@@ -110,8 +111,13 @@ type Observer struct {
 // NewObserver returns an Observer for the response to req. Only req's
 // Format, Stream, InjectedUsage and ClientWantsUsage are used; Body is not
 // kept. A nil req observes a FormatUnknown response.
+//
+// An Observer comes from a pool: [Observer.Free] gives it back once its
+// Result has been used, so a busy gateway does not allocate one, nor its
+// buffers, per response.
 func NewObserver(req *Request) *Observer {
-	o := &Observer{limit: maxLine}
+	o := observers.Get().(*Observer)
+	o.limit = maxLine
 	if req == nil {
 		return o
 	}
@@ -121,6 +127,31 @@ func NewObserver(req *Request) *Observer {
 	o.hideReq = req.InjectedUsage && !req.ClientWantsUsage &&
 		(req.Format == FormatChat || req.Format == FormatCompletions)
 	return o
+}
+
+// observers holds freed Observers, with their buffers, for reuse.
+var observers = sync.Pool{New: func() any { return new(Observer) }}
+
+// Free resets o and returns it to the pool. Neither o nor the OutputSample
+// of its Result may be used after. Buffers larger than the usual answer
+// needs are dropped, so a pooled Observer stays small.
+func (o *Observer) Free() {
+	line, data, event := reuse(o.line), reuse(o.data), reuse(o.event)
+	capture, jsonSample, sseSample := reuse(o.json.capture), reuse(o.json.sample.buf), reuse(o.sample.buf)
+	*o = Observer{line: line, data: data, event: event}
+	o.json.capture, o.json.sample.buf, o.sample.buf = capture, jsonSample, sseSample
+	observers.Put(o)
+}
+
+// maxPooledBuf is the largest buffer a freed Observer keeps.
+const maxPooledBuf = sampleCap
+
+// reuse returns b emptied, or nil when it is too large to keep.
+func reuse(b []byte) []byte {
+	if cap(b) > maxPooledBuf {
+		return nil
+	}
+	return b[:0]
 }
 
 // Start is called once with the upstream status and Content-Type before the
@@ -172,8 +203,6 @@ func (o *Observer) Close(w io.Writer) error {
 		o.write(w, o.line)
 	}
 	o.hiding = false
-	o.line, o.data, o.event = nil, nil, nil
-	o.json.capture = nil
 	return o.werr
 }
 

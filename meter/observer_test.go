@@ -3,9 +3,11 @@ package meter
 import (
 	"bytes"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 )
 
@@ -141,7 +143,39 @@ func observe(t testing.TB, req *Request, status int, ct string, pieces [][]byte)
 	if err := o.Close(&out); err != nil {
 		t.Fatal(err)
 	}
-	return o.Result(), out.Bytes()
+	// Every test's Observer goes back to the pool, so the next one may be
+	// a reused Observer: what Free keeps must not leak into it.
+	res := o.Result()
+	res.OutputSample = bytes.Clone(res.OutputSample)
+	o.Free()
+	return res, out.Bytes()
+}
+
+// TestFreeResets frees Observers caught in the middle of every transcript
+// (a partial line held, a usage value half captured, text sampled) and
+// finds nothing left but empty buffers.
+func TestFreeResets(t *testing.T) {
+	for _, tc := range transcripts {
+		in := readTestdata(t, tc.file)
+		for _, cut := range []int{len(in) / 3, len(in) - 7, len(in)} {
+			req := &Request{Format: tc.format, Stream: tc.want.Stream, InjectedUsage: tc.inject, ClientWantsUsage: tc.wants}
+			o := NewObserver(req)
+			o.Start(tc.status, tc.ct)
+			if err := o.Feed(io.Discard, in[:cut]); err != nil {
+				t.Fatal(err)
+			}
+			o.Free()
+			for _, b := range [][]byte{o.line, o.data, o.event, o.json.capture, o.json.sample.buf, o.sample.buf} {
+				if len(b) != 0 {
+					t.Fatalf("%s cut at %d: a freed Observer keeps %q", tc.file, cut, b)
+				}
+			}
+			o.line, o.data, o.event, o.json.capture, o.json.sample.buf, o.sample.buf = nil, nil, nil, nil, nil, nil
+			if !reflect.DeepEqual(*o, Observer{}) {
+				t.Fatalf("%s cut at %d: a freed Observer is not reset: %+v", tc.file, cut, *o)
+			}
+		}
+	}
 }
 
 // splits returns the ways a body is cut into Feeds in the tests: whole, one

@@ -44,6 +44,33 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(utime+stime) * time.Second / clockTicks, nil
 }
 
+// procSyscalls returns how many read and write system calls a process has
+// made so far (syscr and syscw of /proc/<pid>/io; reads and writes of every
+// kind, sockets and files alike).
+func procSyscalls(pid int) ([2]int64, error) {
+	var n [2]int64
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return n, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		name, v, ok := strings.Cut(line, ": ")
+		if !ok {
+			continue
+		}
+		switch name {
+		case "syscr":
+			n[0], err = strconv.ParseInt(v, 10, 64)
+		case "syscw":
+			n[1], err = strconv.ParseInt(v, 10, 64)
+		}
+		if err != nil {
+			return n, fmt.Errorf("/proc/%d/io: %w", pid, err)
+		}
+	}
+	return n, nil
+}
+
 // cpuTimes is the CPU time used so far by each process of a run.
 type cpuTimes struct {
 	caddy, redis, mock, harness time.Duration
