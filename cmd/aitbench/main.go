@@ -66,6 +66,8 @@ type config struct {
 	ProfileTime time.Duration
 	// ProfileStreams profiles SSE streams instead of JSON requests.
 	ProfileStreams bool
+	// ProfileCustomers profiles with the minted customers' keys in turn.
+	ProfileCustomers bool
 	// ProfileBare profiles bare reverse_proxy instead, for comparison.
 	ProfileBare bool
 	// Quick marks a smoke run (in the report).
@@ -139,6 +141,7 @@ func parseFlags(args []string) (config, bool) {
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of caddy under aitoken load to this file (and its allocations to FILE.allocs)")
 	fs.DurationVar(&c.ProfileTime, "profile-time", 10*time.Second, "length of the -cpuprofile load")
 	fs.BoolVar(&c.ProfileBare, "profile-bare", false, "profile the bare reverse_proxy site instead of the aitoken one (a baseline for -cpuprofile)")
+	fs.BoolVar(&c.ProfileCustomers, "profile-customers", false, "profile with the -customers keys used round-robin instead of one customer's")
 	fs.BoolVar(&c.ProfileStreams, "profile-streams", false, "profile SSE streams (-stream-concurrency in flight) instead of JSON requests")
 	fs.BoolVar(&c.Quick, "quick", false, "smoke run: short windows, few requests (numbers are rough)")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the temporary directory (Caddyfile, caddy.log) and print its path")

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
 	"os"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -125,8 +129,20 @@ func measure(ctx context.Context, cfg config, e *env, res *results, logf func(st
 		if cfg.ProfileBare {
 			site = "bare"
 		}
+		pl := l
+		if cfg.ProfileCustomers {
+			if len(e.customers) == 0 {
+				return errors.New("-profile-customers needs -customers")
+			}
+			pl = newLoader(e, cfg.Concurrency)
+			pl.keys = e.customers
+			if _, err := pl.warmReturning(ctx, cfg.Concurrency); err != nil {
+				return fmt.Errorf("profile: warm-up: %w", err)
+			}
+			site += fmt.Sprintf(" (%d customers)", len(e.customers))
+		}
 		logf("profiling caddy for %s under %s load", cfg.ProfileTime, site)
-		if err := profile(ctx, l, cfg, logf); err != nil {
+		if err := profile(ctx, pl, cfg, logf); err != nil {
 			return fmt.Errorf("profile: %w", err)
 		}
 		logf("wrote %s (go tool pprof %s)", cfg.CPUProfile, cfg.CPUProfile)
@@ -180,6 +196,10 @@ func profile(ctx context.Context, l *loader, cfg config, logf func(string, ...an
 	if err != nil {
 		return err
 	}
+	cmds0, err := redisCommands(l.e.redis.Addr)
+	if err != nil {
+		return err
+	}
 	w, err := l.window(ctx, site, conc, cfg.ProfileTime, do)
 	if err != nil {
 		return err
@@ -189,6 +209,10 @@ func profile(ctx context.Context, l *loader, cfg config, logf func(string, ...an
 		return err
 	}
 	mem1, err := l.e.scrape(ctx)
+	if err != nil {
+		return err
+	}
+	cmds1, err := redisCommands(l.e.redis.Addr)
 	if err != nil {
 		return err
 	}
@@ -204,6 +228,23 @@ func profile(ctx context.Context, l *loader, cfg config, logf func(string, ...an
 		float64(sys1[0]-sys0[0])/float64(w.requests), float64(sys1[1]-sys0[1])/float64(w.requests),
 		perJob(mem0, mem1, "go_memstats_alloc_bytes_total"), perJob(mem0, mem1, "go_memstats_mallocs_total"),
 		1000*perJob(mem0, mem1, "go_gc_duration_seconds_count"))
+	type cmdCost struct {
+		name        string
+		calls, usec float64
+	}
+	var costs []cmdCost
+	for name, st := range cmds1 {
+		c := cmdCost{name, float64(st[0] - cmds0[name][0]), float64(st[1] - cmds0[name][1])}
+		if c.calls > 0 {
+			costs = append(costs, c)
+		}
+	}
+	slices.SortFunc(costs, func(a, b cmdCost) int { return cmp.Compare(b.usec, a.usec) })
+	var top []string
+	for _, c := range costs[:min(len(costs), 8)] {
+		top = append(top, fmt.Sprintf("%s %.3f calls %.2f µs", c.name, c.calls/float64(w.requests), c.usec/float64(w.requests)))
+	}
+	logf("Redis commands per job (INFO commandstats, by time): %s", strings.Join(top, ", "))
 	a := <-ch
 	if a.err != nil {
 		return a.err

@@ -138,6 +138,34 @@ func redisScriptCalls(addr string) (int64, error) {
 	return n, nil
 }
 
+// redisCommands returns, per command, how many calls the server has run
+// so far and the microseconds they took (INFO commandstats).
+func redisCommands(addr string) (map[string][2]int64, error) {
+	m, err := testredis.Info(addr, "commandstats")
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string][2]int64, len(m))
+	for k, v := range m {
+		name, ok := strings.CutPrefix(k, "cmdstat_")
+		if !ok {
+			continue
+		}
+		var st [2]int64
+		for _, kv := range strings.Split(v, ",") {
+			field, num, _ := strings.Cut(kv, "=")
+			i := map[string]int{"calls": 0, "usec": 1}
+			if j, ok := i[field]; ok {
+				if st[j], err = strconv.ParseInt(num, 10, 64); err != nil {
+					return nil, fmt.Errorf("INFO commandstats: bad %s", k)
+				}
+			}
+		}
+		out[name] = st
+	}
+	return out, nil
+}
+
 // sample is one Prometheus sample: a metric name, its labels and value.
 type sample struct {
 	name   string
