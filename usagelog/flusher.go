@@ -21,9 +21,6 @@ const (
 	DefaultInterval = time.Second
 	// DefaultBatch is the batch size when FlusherConfig.Batch is 0.
 	DefaultBatch = 1000
-	// DefaultLinger is the wait after a short batch when
-	// FlusherConfig.Linger is 0.
-	DefaultLinger = 200 * time.Millisecond
 
 	// defaultClaimIdle is how long another consumer's entry must sit
 	// unacknowledged before this flusher takes it over (its owner is
@@ -63,9 +60,11 @@ type FlusherConfig struct {
 	Batch int
 	// Linger is how long the flusher lets records gather after a read that
 	// did not fill a batch, so that under steady load each transaction
-	// carries many rows rather than a handful (a commit costs far more
-	// than a row). Records reach SQLite up to Linger later. Default: 200ms,
-	// at most Interval.
+	// carries many rows rather than a handful. A commit costs far more than
+	// a row: it rewrites every index page it touched, and the per-user
+	// index has a page per active user, so rows per transaction set the
+	// cost per row on a large ledger (BenchmarkInsertLargeLedger). Records
+	// reach SQLite up to Linger later. Default: Interval (1s unless set).
 	Linger time.Duration
 }
 
@@ -118,7 +117,7 @@ func NewFlusher(rdb redis.UniversalClient, s *Store, cfg FlusherConfig, log *zap
 		cfg.Batch = DefaultBatch
 	}
 	if cfg.Linger <= 0 {
-		cfg.Linger = DefaultLinger
+		cfg.Linger = cfg.Interval
 	}
 	cfg.Linger = min(cfg.Linger, cfg.Interval)
 	if log == nil {

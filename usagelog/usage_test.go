@@ -204,6 +204,51 @@ func TestListUsageLimits(t *testing.T) {
 // BenchmarkInsertUsage measures InsertUsage with 1000-row batches, the
 // flusher's default batch, and reports rows per second and the CPU time
 // spent per row.
+// BenchmarkInsertLargeLedger stores rows of 1,000 users, in turn, into a
+// ledger that already holds 300,000 of their rows, with 1,000 and with 5,000
+// rows per transaction. Each user's newest entries sit on their own page of
+// the per-user index, so a transaction rewrites about one page per user it
+// touches, however few rows that user has in it: rows per transaction, not
+// rows, set the cost (the reason the flusher lingers up to flush_interval
+// under load).
+func BenchmarkInsertLargeLedger(b *testing.B) {
+	for _, perTx := range []int{1000, 5000} {
+		b.Run(fmt.Sprintf("rows-per-tx=%d", perTx), func(b *testing.B) {
+			ctx := context.Background()
+			s := openStore(b)
+			start := time.Now()
+			n := 0
+			batch := func(size int) []Record {
+				recs := make([]Record, size)
+				for j := range recs {
+					t := start.Add(time.Duration(n) * time.Microsecond)
+					recs[j] = rec(fmt.Sprintf("req_%012x%016x", t.UnixMilli(), n), fmt.Sprintf("usr_%016x", (n*7919)%1000), t)
+					n++
+				}
+				return recs
+			}
+			for n < 300_000 {
+				if _, err := s.InsertUsage(ctx, batch(5000)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			rows := 0
+			var cpu time.Duration
+			for b.Loop() {
+				recs := batch(perTx)
+				cpu0 := cpuTime()
+				if _, err := s.InsertUsage(ctx, recs); err != nil {
+					b.Fatal(err)
+				}
+				cpu += cpuTime() - cpu0
+				rows += perTx
+			}
+			b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(rows), "cpu-ns/row")
+		})
+	}
+}
+
 func BenchmarkInsertUsage(b *testing.B) {
 	ctx := context.Background()
 	s := openStore(b)
