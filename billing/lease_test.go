@@ -325,6 +325,55 @@ func BenchmarkSettleLease(b *testing.B) {
 	}
 }
 
+// BenchmarkSettleLeasesManyCustomers applies scripts that each settle one
+// request of each of several customers of one shard, as a node's batch
+// does when many customers' requests are spread over it (each lease has one
+// settlement in the batch), and reports Redis's CPU per settlement.
+func BenchmarkSettleLeasesManyCustomers(b *testing.B) {
+	for _, leases := range []int{1, 4, 16} {
+		b.Run(fmt.Sprintf("leases-per-script=%d", leases), func(b *testing.B) {
+			a, rdb := newTestAccounts(b)
+			ctx := b.Context()
+			addr := rdb.Options().Addr
+			// 256 customers, all of shard 0.
+			var users []string
+			for i := 0; len(users) < 256; i++ {
+				if u := fmt.Sprintf("cust%d", i); shardOf(u) == 0 {
+					users = append(users, u)
+				}
+			}
+			for _, u := range users {
+				if _, err := a.Credit(ctx, u, money.MaxNanos/1024); err != nil {
+					b.Fatal(err)
+				}
+				takeLease(b, a, LeaseTake{User: u, ID: "n1.1", Want: money.MaxNanos / 4096, Share: 1})
+			}
+			record := []byte(`{"request_id":"req_bench","time":"2025-01-01T00:00:00Z","user":"bench","key_id":"key_bench",` +
+				`"model":"gpt-4o","endpoint":"/v1/chat/completions","stream":false,"status":200,"outcome":"completed",` +
+				`"input_tokens":1200,"cached_input_tokens":0,"output_tokens":350,"reasoning_tokens":0,` +
+				`"cost":"0.006500000","currency":"USD","estimated":false,"duration_ms":812,"ttft_ms":0,"client_ip":"127.0.0.1"}`)
+			seqs := make([]int64, len(users))
+			next, settled := 0, 0
+			batch := make([]LeaseBatch, leases)
+			cpu0 := redisCPU(b, addr)
+			for b.Loop() {
+				for i := range batch {
+					u := next % len(users)
+					next++
+					seqs[u]++
+					batch[i] = LeaseBatch{User: users[u], Lease: "n1.1",
+						Settlements: []LeaseSettlement{{Seq: seqs[u], Cost: 6_500, Record: record}}}
+				}
+				if _, err := a.SettleLeases(ctx, batch); err != nil {
+					b.Fatal(err)
+				}
+				settled += leases
+			}
+			b.ReportMetric(float64(redisCPU(b, addr)-cpu0)/float64(time.Microsecond)/float64(settled), "redis-µs/settlement")
+		})
+	}
+}
+
 // redisCPU is the CPU time redis-server at addr has used.
 func redisCPU(tb testing.TB, addr string) time.Duration {
 	tb.Helper()
