@@ -94,9 +94,9 @@ return string.format('%.0f', math.max(x, 0))
 `)
 
 // settleLeasesScript applies batches of settlements of requests admitted
-// from leases on accounts of one shard (their keys share a hash slot), in
-// one script: a node's batch costs one script per shard, however many
-// customers it holds. Each settlement is applied once: it has a sequence
+// from leases, in one script: a node's batch costs one script, however
+// many customers it holds (on a Redis Cluster, one per shard of accounts,
+// whose keys and usage stream share a hash slot). Each settlement is applied once: it has a sequence
 // number in its lease, and a number at or below the lease's watermark, or
 // already marked, was applied before (a replay changes nothing). For each
 // new one: the balance is debited its cost, the part of the cost the lease
@@ -113,7 +113,7 @@ return string.format('%.0f', math.max(x, 0))
 // applied in one HINCRBY, flushed before the sum could leave the integers
 // a Lua number holds exactly.
 //
-// KEYS: the shard's usage stream, then for each lease: acct, leases, lease
+// KEYS: the usage stream (the first lease's shard's), then for each lease: acct, leases, lease
 // deadlines, the lease's sequence marks. ARGV: the stream's record field
 // and batch field, every settlement's record joined by newlines (the batch
 // entry itself when all are new: Lua builds no string), then for each
@@ -326,11 +326,13 @@ type LeaseBatch struct {
 	Settlements []LeaseSettlement
 }
 
-// SettleLeases applies the settlements of several leases, on accounts of
-// one shard (one UsageStreamOf), in one script, and reports how many of each
-// lease's applied.
+// SettleLeases applies the settlements of several leases in one script,
+// and reports how many of each lease's applied. Their usage records make
+// one entry of the first lease's shard's stream. On a Redis Cluster the
+// leases must be on accounts of that one shard (one UsageStreamOf), whose
+// keys share its hash slot; elsewhere (MixesShards) any mix is taken.
 func (a *Accounts) SettleLeases(ctx context.Context, b []LeaseBatch) ([]int64, error) {
-	keys, args, err := settleLeasesParams(b)
+	keys, args, err := settleLeasesParams(b, a.MixesShards())
 	if err != nil {
 		return nil, err
 	}
@@ -341,7 +343,7 @@ func (a *Accounts) SettleLeases(ctx context.Context, b []LeaseBatch) ([]int64, e
 // without it answers NOSCRIPT; SettleLeases then loads it). Its value is
 // the number applied per lease (Int64Slice).
 func (a *Accounts) SettleLeasesCmd(ctx context.Context, pipe redis.Pipeliner, b []LeaseBatch) *redis.Cmd {
-	keys, args, err := settleLeasesParams(b)
+	keys, args, err := settleLeasesParams(b, a.MixesShards())
 	if err != nil {
 		cmd := redis.NewCmd(ctx)
 		cmd.SetErr(err)
@@ -350,7 +352,18 @@ func (a *Accounts) SettleLeasesCmd(ctx context.Context, pipe redis.Pipeliner, b 
 	return settleLeasesScript.EvalSha(ctx, pipe, keys, args...)
 }
 
-func settleLeasesParams(b []LeaseBatch) ([]string, []any, error) {
+// MixesShards reports whether one SettleLeases call may hold leases of
+// several shards: everywhere but on a Redis Cluster, where a script's keys
+// must share a hash slot. The flusher reads every shard's stream, so a
+// record may go to any of them there.
+func (a *Accounts) MixesShards() bool {
+	_, cluster := a.rdb.(*redis.ClusterClient)
+	return !cluster
+}
+
+// settleLeasesParams lays out b for settleLeasesScript; leases of several
+// shards are refused unless mixes is set.
+func settleLeasesParams(b []LeaseBatch, mixes bool) ([]string, []any, error) {
 	if len(b) == 0 {
 		return nil, nil, errors.New("lease settlements: none")
 	}
@@ -369,7 +382,7 @@ func settleLeasesParams(b []LeaseBatch) ([]string, []any, error) {
 	args[0], args[1] = UsageField, UsageBatchField
 	shard := shardOf(b[0].User)
 	for i, lb := range b {
-		if shardOf(lb.User) != shard {
+		if !mixes && shardOf(lb.User) != shard {
 			return nil, nil, fmt.Errorf("lease settlements: users %q and %q are on different shards", b[0].User, lb.User)
 		}
 		if len(lb.Settlements) == 0 {

@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -374,6 +375,65 @@ func BenchmarkSettleLeasesManyCustomers(b *testing.B) {
 	}
 }
 
+// BenchmarkSettleBatchManyCustomers settles node-sized batches (48
+// settlements of 48 customers spread over every shard, one pipeline each)
+// with one script per shard, as on a Redis Cluster, and with one script for
+// the batch, and reports Redis's CPU per settlement.
+func BenchmarkSettleBatchManyCustomers(b *testing.B) {
+	for _, perShard := range []bool{true, false} {
+		b.Run(fmt.Sprintf("script-per-shard=%t", perShard), func(b *testing.B) {
+			a, rdb := newTestAccounts(b)
+			ctx := b.Context()
+			addr := rdb.Options().Addr
+			users := make([]string, 480)
+			for i := range users {
+				users[i] = fmt.Sprintf("cust%d", i)
+				if _, err := a.Credit(ctx, users[i], money.MaxNanos/1024); err != nil {
+					b.Fatal(err)
+				}
+				takeLease(b, a, LeaseTake{User: users[i], ID: "n1.1", Want: money.MaxNanos / 4096, Share: 1})
+			}
+			if err := settleLeasesScript.Load(ctx, rdb).Err(); err != nil {
+				b.Fatal(err)
+			}
+			record := []byte(`{"request_id":"req_bench","time":"2025-01-01T00:00:00Z","user":"bench","key_id":"key_bench",` +
+				`"model":"gpt-4o","endpoint":"/v1/chat/completions","stream":false,"status":200,"outcome":"completed",` +
+				`"input_tokens":1200,"cached_input_tokens":0,"output_tokens":350,"reasoning_tokens":0,` +
+				`"cost":"0.006500000","currency":"USD","estimated":false,"duration_ms":812,"ttft_ms":0,"client_ip":"127.0.0.1"}`)
+			seqs := make([]int64, len(users))
+			next, settled := 0, 0
+			cpu0 := redisCPU(b, addr)
+			for b.Loop() {
+				var shards [UsageShards][]LeaseBatch
+				for range 48 {
+					u := next % len(users)
+					next++
+					seqs[u]++
+					sh := shardOf(users[u])
+					shards[sh] = append(shards[sh], LeaseBatch{User: users[u], Lease: "n1.1",
+						Settlements: []LeaseSettlement{{Seq: seqs[u], Cost: 6_500, Record: record}}})
+				}
+				pipe := rdb.Pipeline()
+				var all []LeaseBatch
+				for _, lbs := range shards {
+					if perShard && len(lbs) > 0 {
+						a.SettleLeasesCmd(ctx, pipe, lbs)
+					}
+					all = append(all, lbs...)
+				}
+				if !perShard {
+					a.SettleLeasesCmd(ctx, pipe, all)
+				}
+				if _, err := pipe.Exec(ctx); err != nil {
+					b.Fatal(err)
+				}
+				settled += 48
+			}
+			b.ReportMetric(float64(redisCPU(b, addr)-cpu0)/float64(time.Microsecond)/float64(settled), "redis-µs/settlement")
+		})
+	}
+}
+
 // redisCPU is the CPU time redis-server at addr has used.
 func redisCPU(tb testing.TB, addr string) time.Duration {
 	tb.Helper()
@@ -438,5 +498,82 @@ func TestSettleLeasesRecordsFirst(t *testing.T) {
 	wantRawHeld(t, a, "u", unit-300, unit/2-300)
 	if n, _ := UsageRecords(ctx, rdb); n != 2 {
 		t.Fatalf("usage records = %d; want 2", n)
+	}
+}
+
+// On a Redis that is not a cluster, one script settles leases of several
+// shards, in any order: each settlement is applied once, and the records
+// make one entry of the first lease's shard's stream (the flusher reads
+// every shard's). A usage entry that fails leaves every lease undebited.
+func TestSettleLeasesMixedShards(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	if !a.MixesShards() {
+		t.Fatal("a single Redis refuses leases of several shards in one script")
+	}
+	// u1 and u3 share a shard, u2 is on another.
+	var u1, u2, u3 string
+	for i := 0; u3 == ""; i++ {
+		u := fmt.Sprintf("mix%d", i)
+		switch {
+		case u1 == "":
+			u1 = u
+		case u2 == "" && shardOf(u) != shardOf(u1):
+			u2 = u
+		case u2 != "" && shardOf(u) == shardOf(u1):
+			u3 = u
+		}
+	}
+	for _, u := range []string{u1, u2, u3} {
+		credit(t, a, u, unit)
+		takeLease(t, a, LeaseTake{User: u, ID: "n1.1", Want: unit / 2, Share: 1})
+	}
+	rec := func(id string) []byte { return []byte(`{"request_id":"` + id + `"}`) }
+	batch := []LeaseBatch{
+		{User: u1, Lease: "n1.1", Settlements: []LeaseSettlement{{Seq: 1, Cost: 100, Record: rec("a1")}, {Seq: 2, Cost: 200, Record: rec("a2")}}},
+		{User: u2, Lease: "n1.1", Settlements: []LeaseSettlement{{Seq: 1, Cost: 400, Record: rec("b1")}}},
+		{User: u3, Lease: "n1.1", Settlements: []LeaseSettlement{{Seq: 1, Cost: 800, Record: rec("c1")}}},
+	}
+
+	// The usage entry fails: nothing is debited anywhere.
+	if err := rdb.Set(ctx, UsageStreamOf(u1), "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SettleLeases(ctx, batch); err == nil {
+		t.Fatal("a script whose usage entry failed reported success")
+	}
+	for _, u := range []string{u1, u2, u3} {
+		wantRawHeld(t, a, u, unit, unit/2)
+	}
+	rdb.Del(ctx, UsageStreamOf(u1))
+
+	for round, want := range [][]int64{{2, 1, 1}, {0, 0, 0}} { // then a replay
+		n, err := a.SettleLeases(ctx, batch)
+		if err != nil || !slices.Equal(n, want) {
+			t.Fatalf("round %d: applied %v, %v; want %v", round, n, err, want)
+		}
+	}
+	wantRawHeld(t, a, u1, unit-300, unit/2-300)
+	wantRawHeld(t, a, u2, unit-400, unit/2-400)
+	wantRawHeld(t, a, u3, unit-800, unit/2-800)
+	var got []string
+	for _, stream := range UsageStreams {
+		for _, m := range rdb.XRange(ctx, stream, "-", "+").Val() {
+			if stream != UsageStreamOf(u1) {
+				t.Fatalf("an entry in %s: %v", stream, m.Values)
+			}
+			for _, line := range strings.Split(m.Values[UsageBatchField].(string), "\n") {
+				var r struct {
+					ID string `json:"request_id"`
+				}
+				if err := json.Unmarshal([]byte(line), &r); err != nil {
+					t.Fatalf("entry %v: %v", m.Values, err)
+				}
+				got = append(got, r.ID)
+			}
+		}
+	}
+	if want := []string{"a1", "a2", "b1", "c1"}; !slices.Equal(got, want) {
+		t.Fatalf("the usage stream holds %v; want %v, once each", got, want)
 	}
 }

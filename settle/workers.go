@@ -216,6 +216,11 @@ func (w *workers) apply(batch []job) {
 	pipe := p.client.Pipeline()
 	cmds := make([]*redis.Cmd, len(batch))
 	shards := shardGroups(leaseGroups(batch))
+	if accounts.MixesShards() {
+		// One script for the whole batch: its leases come shard by shard,
+		// so each shard's records still make one stream entry.
+		shards = oneScript(shards)
+	}
 	for _, sh := range shards {
 		cmds[sh.first()] = accounts.SettleLeasesCmd(ctx, pipe, sh.batches)
 	}
@@ -285,8 +290,8 @@ func leaseGroups(batch []job) []*leaseGroup {
 	return groups
 }
 
-// shardGroup is the lease groups of one batch whose accounts share a
-// shard: one script settles them all.
+// shardGroup is lease groups of one batch that one script settles: those
+// whose accounts share a shard, or (oneScript) all of them.
 type shardGroup struct {
 	groups  []*leaseGroup
 	batches []billing.LeaseBatch
@@ -295,6 +300,20 @@ type shardGroup struct {
 // first is the batch index of the group's first settlement, where its
 // command is kept.
 func (sh *shardGroup) first() int { return sh.groups[0].jobs[0] }
+
+// oneScript merges shards into one group, settled by one script (a
+// Redis that is not a cluster takes keys of any slot in one script).
+func oneScript(shards []*shardGroup) []*shardGroup {
+	if len(shards) <= 1 {
+		return shards
+	}
+	all := &shardGroup{}
+	for _, sh := range shards {
+		all.groups = append(all.groups, sh.groups...)
+		all.batches = append(all.batches, sh.batches...)
+	}
+	return []*shardGroup{all}
+}
 
 // shardGroups gathers lease groups by their accounts' shard (the usage
 // stream they write), in order.
