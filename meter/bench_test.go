@@ -103,3 +103,31 @@ func BenchmarkObserveJSONShort(b *testing.B) {
 		o.Free()
 	}
 }
+
+// BenchmarkObserveEscapes meters hostile 1 MiB bodies whose strings are
+// mostly escapes (in a key, in a text field, in the usage value), fed in
+// 32 KiB pieces: the scanner finds each string's end once, so the cost
+// stays linear in the body.
+func BenchmarkObserveEscapes(b *testing.B) {
+	esc := strings.Repeat(`\na`, (1<<20)/3)
+	for name, body := range map[string]string{
+		"key":   `{"` + esc + `":1}`,
+		"text":  `{"choices":[{"message":{"content":"` + esc + `"}}]}`,
+		"usage": `{"usage":{"k":"` + esc + `"}}`,
+	} {
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				o := NewObserver(&Request{Format: FormatChat})
+				o.Start(200, "application/json")
+				for p := []byte(body); len(p) > 0; {
+					n := min(len(p), 32<<10)
+					_ = o.Feed(io.Discard, p[:n])
+					p = p[n:]
+				}
+				_ = o.Close(io.Discard)
+				o.Free()
+			}
+		})
+	}
+}

@@ -22,6 +22,7 @@ type jsonScanner struct {
 	key       [maxKey]byte // the last key read, cut at maxKey
 	keyLen    int
 	top       uint8 // the top-level member whose value is being read
+	quoteAt   int   // plainRun: the next quote's index in the Feed's bytes (len when none), or below the run's start when unknown
 
 	capturing  bool
 	capOver    bool
@@ -64,6 +65,7 @@ func (s *jsonScanner) feed(p []byte) {
 	// they are appended in runs (at the value's end, or p's), not one at a
 	// time.
 	capFrom := 0
+	s.quoteAt = -1 // plainRun's index is p's
 	defer func() {
 		if s.capturing {
 			s.appendCapture(p[capFrom:])
@@ -157,13 +159,7 @@ func (s *jsonScanner) stringByte(p []byte, i int) int {
 	c := p[i]
 	if s.strKind == strCount && !s.esc && s.uHex == 0 && c != '"' && c != '\\' {
 		// A run of plain generated text: count and sample it at once.
-		run := p[i:]
-		if q := bytes.IndexByte(run, '"'); q >= 0 {
-			run = run[:q]
-		}
-		if b := bytes.IndexByte(run, '\\'); b >= 0 {
-			run = run[:b]
-		}
+		run := s.plainRun(p, i)
 		n := 0
 		for _, b := range run { // as charCounter does without escapes
 			if b&0xC0 != 0x80 {
@@ -219,14 +215,7 @@ func (s *jsonScanner) stringByte(p []byte, i int) int {
 	if s.strKind == strCount {
 		return i
 	}
-	// The run of plain bytes up to the next quote or backslash.
-	run := p[i:]
-	if q := bytes.IndexByte(run, '"'); q >= 0 {
-		run = run[:q]
-	}
-	if b := bytes.IndexByte(run, '\\'); b >= 0 {
-		run = run[:b]
-	}
+	run := s.plainRun(p, i)
 	if s.strKind == strKey {
 		if s.keyLen < maxKey {
 			copy(s.key[s.keyLen:], run)
@@ -234,6 +223,23 @@ func (s *jsonScanner) stringByte(p []byte, i int) int {
 		s.keyLen += len(run)
 	}
 	return i + len(run) - 1 // the loop goes on at the quote or backslash
+}
+
+// plainRun returns the bytes of p from i up to the next quote or
+// backslash. The next quote's index is kept for the Feed, so that a string
+// of many escapes costs one search for its end, not one per escape.
+func (s *jsonScanner) plainRun(p []byte, i int) []byte {
+	if s.quoteAt < i {
+		s.quoteAt = len(p)
+		if q := bytes.IndexByte(p[i:], '"'); q >= 0 {
+			s.quoteAt = i + q
+		}
+	}
+	run := p[i:s.quoteAt]
+	if b := bytes.IndexByte(run, '\\'); b >= 0 {
+		run = run[:b]
+	}
+	return run
 }
 
 // endMember ends the value of a top-level member at its ',' or '}'; rest

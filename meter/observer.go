@@ -136,11 +136,16 @@ var observers = sync.Pool{New: func() any { return new(Observer) }}
 // of its Result may be used after. Buffers larger than the usual answer
 // needs are dropped, so a pooled Observer stays small.
 func (o *Observer) Free() {
+	o.reset()
+	observers.Put(o)
+}
+
+// reset zeroes o but for its emptied buffers.
+func (o *Observer) reset() {
 	line, data, event := reuse(o.line), reuse(o.data), reuse(o.event)
 	capture, jsonSample, sseSample := reuse(o.json.capture), reuse(o.json.sample.buf), reuse(o.sample.buf)
 	*o = Observer{line: line, data: data, event: event}
 	o.json.capture, o.json.sample.buf, o.sample.buf = capture, jsonSample, sseSample
-	observers.Put(o)
 }
 
 // maxPooledBuf is the largest buffer a freed Observer keeps.

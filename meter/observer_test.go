@@ -151,9 +151,9 @@ func observe(t testing.TB, req *Request, status int, ct string, pieces [][]byte)
 	return res, out.Bytes()
 }
 
-// TestFreeResets frees Observers caught in the middle of every transcript
-// (a partial line held, a usage value half captured, text sampled) and
-// finds nothing left but empty buffers.
+// TestFreeResets resets, as Free does before pooling them, Observers caught
+// in the middle of every transcript (a partial line held, a usage value
+// half captured, text sampled) and finds nothing left but empty buffers.
 func TestFreeResets(t *testing.T) {
 	for _, tc := range transcripts {
 		in := readTestdata(t, tc.file)
@@ -164,7 +164,7 @@ func TestFreeResets(t *testing.T) {
 			if err := o.Feed(io.Discard, in[:cut]); err != nil {
 				t.Fatal(err)
 			}
-			o.Free()
+			o.reset()
 			for _, b := range [][]byte{o.line, o.data, o.event, o.json.capture, o.json.sample.buf, o.sample.buf} {
 				if len(b) != 0 {
 					t.Fatalf("%s cut at %d: a freed Observer keeps %q", tc.file, cut, b)
