@@ -63,7 +63,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}
 	const common = "_busy_timeout=5000&_foreign_keys=on&_synchronous=NORMAL"
-	wr, err := sql.Open("sqlite", path+"?"+common+"&_journal_mode=WAL&_txlock=immediate")
+	wr, err := sql.Open("sqlite", path+"?"+common+"&_journal_mode=WAL&_txlock=immediate"+writerPragmas)
 	if err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}
@@ -92,6 +92,19 @@ func Open(path string) (*Store, error) {
 	}
 	return &Store{wr: wr, rd: rd}, nil
 }
+
+// writerPragmas size the writer's page cache and WAL for the usage inserts.
+// Each transaction dirties a page of the per-user index for every user in
+// it, the same pages again and again under steady load:
+//   - a page cache of up to 64 MiB (SQLite's default is 2 MiB) keeps them,
+//     with the b-trees' upper levels, in memory, instead of reading them back
+//     and writing them out before the commit;
+//   - a checkpoint every 10,000 WAL pages (about 40 MiB; default 1,000) copies
+//     a page rewritten by many transactions to the database once.
+//
+// On a ledger of 300,000 rows of 1,000 users, this doubles the insert rate
+// (BenchmarkInsertLargeLedger).
+const writerPragmas = "&_pragma=cache_size(-65536)&_pragma=wal_autocheckpoint(10000)"
 
 // ledgerFileMode is the mode of the ledger's files; ledgerDirMode of the
 // folders Open creates.
