@@ -96,9 +96,10 @@ return string.format('%.0f', math.max(x, 0))
 // settleLeasesScript applies batches of settlements of requests admitted
 // from leases, in one script: a node's batch costs one script, however
 // many customers it holds (on a Redis Cluster, one per shard of accounts,
-// whose keys and usage stream share a hash slot). Each settlement is applied once: it has a sequence
-// number in its lease, and a number at or below the lease's watermark, or
-// already marked, was applied before (a replay changes nothing). For each
+// whose keys and usage stream share a hash slot). Each settlement is
+// applied once: it has a sequence number in its lease, and a number at or
+// below the lease's watermark, or already marked, was applied before (a
+// replay changes nothing). For each
 // new one: the balance is debited its cost, the part of the cost the lease
 // still covers leaves the lease and held, and its usage record goes to the
 // usage stream: one entry for all the script's records (a batch, one per
@@ -113,8 +114,8 @@ return string.format('%.0f', math.max(x, 0))
 // applied in one HINCRBY, flushed before the sum could leave the integers
 // a Lua number holds exactly.
 //
-// KEYS: the usage stream (the first lease's shard's), then for each lease: acct, leases, lease
-// deadlines, the lease's sequence marks. ARGV: the stream's record field
+// KEYS: the usage stream (the first lease's shard's), then for each lease:
+// acct, leases, lease deadlines, the lease's sequence marks. ARGV: the stream's record field
 // and batch field, every settlement's record joined by newlines (the batch
 // entry itself when all are new: Lua builds no string), then for each
 // lease: its id, the number n of its settlements, then n times (sequence,

@@ -115,12 +115,13 @@ func BenchmarkObserveEscapes(b *testing.B) {
 		"text":  `{"choices":[{"message":{"content":"` + esc + `"}}]}`,
 		"usage": `{"usage":{"k":"` + esc + `"}}`,
 	} {
+		in := []byte(body)
 		b.Run(name, func(b *testing.B) {
-			b.SetBytes(int64(len(body)))
+			b.SetBytes(int64(len(in)))
 			for b.Loop() {
 				o := NewObserver(&Request{Format: FormatChat})
 				o.Start(200, "application/json")
-				for p := []byte(body); len(p) > 0; {
+				for p := in; len(p) > 0; {
 					n := min(len(p), 32<<10)
 					_ = o.Feed(io.Discard, p[:n])
 					p = p[n:]

@@ -55,6 +55,60 @@ func TestLeaseSettlementsBatched(t *testing.T) {
 	}
 }
 
+// Lease settlements of customers of many shards, handed to the workers at
+// once, are settled together (one script a batch on a single Redis): each
+// is applied once, to its own customer, and its record reaches a usage
+// stream once.
+func TestLeaseSettlementsManyShards(t *testing.T) {
+	const credit, users, each, cost = 1_000_000, 48, 5, 1000
+	srv, rdb, acc, _ := fundedKey(t, "m0", credit)
+	ctx := context.Background()
+	shards := map[string]bool{}
+	for u := range users {
+		user := fmt.Sprintf("m%d", u)
+		shards[billing.UsageStreamOf(user)] = true
+		if u > 0 {
+			if _, err := acc.Credit(ctx, user, credit); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := acc.TakeLease(ctx, billing.LeaseTake{User: user, ID: "node.1", Want: credit / 2, Share: 1, TTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(shards) < 8 {
+		t.Fatalf("the customers are on %d shards; the test wants many", len(shards))
+	}
+	p, _ := startPipeline(t, srv, t.TempDir())
+	var wg sync.WaitGroup
+	for i := range each {
+		for u := range users {
+			user := fmt.Sprintf("m%d", u)
+			id := fmt.Sprintf("req_%s_%d", user, i)
+			wg.Add(1)
+			p.Later(Record{RequestID: id, User: user, KeyID: "k-" + user, Hold: cost, Cost: cost,
+				Usage: json.RawMessage(`{"request_id":"` + id + `"}`), Lease: "node.1", Seq: int64(i + 1)}, nil, wg.Done)
+		}
+	}
+	wg.Wait()
+	for u := range users {
+		user := fmt.Sprintf("m%d", u)
+		bal, held, err := acc.Balance(ctx, user)
+		if err != nil || bal != credit-each*cost || held != 0 {
+			t.Fatalf("%s: balance %d held %d (%v); want %d and 0", user, bal, held, err, credit-each*cost)
+		}
+		if st, _ := acc.Leases(ctx, user); st.Leases["node.1"] != credit/2-each*cost {
+			t.Fatalf("%s: lease left %s; want %d", user, st.Leases["node.1"], credit/2-each*cost)
+		}
+	}
+	if got, _ := billing.UsageRecords(ctx, rdb); got != users*each {
+		t.Fatalf("usage streams hold %d records, want %d", got, users*each)
+	}
+	if p.Spooled() != 0 {
+		t.Fatalf("%d settlements went to the spool", p.Spooled())
+	}
+}
+
 // A lease settlement left in the journal by a killed process is applied
 // at the next start, once, even when the first attempt had applied it
 // before the kill.

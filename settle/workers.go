@@ -215,11 +215,11 @@ func (w *workers) apply(batch []job) {
 	accounts := billing.NewAccounts(p.client)
 	pipe := p.client.Pipeline()
 	cmds := make([]*redis.Cmd, len(batch))
-	shards := shardGroups(leaseGroups(batch))
+	var shards []*shardGroup
 	if accounts.MixesShards() {
-		// One script for the whole batch: its leases come shard by shard,
-		// so each shard's records still make one stream entry.
-		shards = oneScript(shards)
+		shards = oneScript(leaseGroups(batch))
+	} else {
+		shards = shardGroups(leaseGroups(batch))
 	}
 	for _, sh := range shards {
 		cmds[sh.first()] = accounts.SettleLeasesCmd(ctx, pipe, sh.batches)
@@ -301,16 +301,16 @@ type shardGroup struct {
 // command is kept.
 func (sh *shardGroup) first() int { return sh.groups[0].jobs[0] }
 
-// oneScript merges shards into one group, settled by one script (a
-// Redis that is not a cluster takes keys of any slot in one script).
-func oneScript(shards []*shardGroup) []*shardGroup {
-	if len(shards) <= 1 {
-		return shards
+// oneScript puts every lease group in one shardGroup, settled by one
+// script: a Redis that is not a cluster takes keys of any slot in one
+// script.
+func oneScript(groups []*leaseGroup) []*shardGroup {
+	if len(groups) == 0 {
+		return nil
 	}
-	all := &shardGroup{}
-	for _, sh := range shards {
-		all.groups = append(all.groups, sh.groups...)
-		all.batches = append(all.batches, sh.batches...)
+	all := &shardGroup{groups: groups}
+	for _, g := range groups {
+		all.batches = append(all.batches, billing.LeaseBatch{User: g.user, Lease: g.lease, Settlements: g.items})
 	}
 	return []*shardGroup{all}
 }
