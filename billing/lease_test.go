@@ -286,6 +286,12 @@ func wantRawHeld(t *testing.T, a *Accounts, user string, balance, held money.Nan
 	}
 }
 
+// benchRecord is a usage record as the settlement benchmarks send it.
+var benchRecord = []byte(`{"request_id":"req_bench","time":"2025-01-01T00:00:00Z","user":"bench","key_id":"key_bench",` +
+	`"model":"gpt-4o","endpoint":"/v1/chat/completions","stream":false,"status":200,"outcome":"completed",` +
+	`"input_tokens":1200,"cached_input_tokens":0,"output_tokens":350,"reasoning_tokens":0,` +
+	`"cost":"0.006500000","currency":"USD","estimated":false,"duration_ms":812,"ttft_ms":0,"client_ip":"127.0.0.1"}`)
+
 // BenchmarkSettleLease applies batches of settlements under one lease, as
 // a gateway node's settlement workers do, and reports Redis's own CPU per
 // settlement (INFO cpu): the share of a metered request that Redis pays.
@@ -298,10 +304,6 @@ func BenchmarkSettleLease(b *testing.B) {
 				b.Fatal(err)
 			}
 			addr := rdb.Options().Addr
-			record := []byte(`{"request_id":"req_bench","time":"2025-01-01T00:00:00Z","user":"bench","key_id":"key_bench",` +
-				`"model":"gpt-4o","endpoint":"/v1/chat/completions","stream":false,"status":200,"outcome":"completed",` +
-				`"input_tokens":1200,"cached_input_tokens":0,"output_tokens":350,"reasoning_tokens":0,` +
-				`"cost":"0.006500000","currency":"USD","estimated":false,"duration_ms":812,"ttft_ms":0,"client_ip":"127.0.0.1"}`)
 			batch := make([]LeaseSettlement, n)
 			seq, lease := int64(0), 0
 			cpu0 := redisCPU(b, addr)
@@ -314,7 +316,7 @@ func BenchmarkSettleLease(b *testing.B) {
 				}
 				for i := range batch {
 					seq++
-					batch[i] = LeaseSettlement{Seq: seq, Cost: 6_500, Record: record}
+					batch[i] = LeaseSettlement{Seq: seq, Cost: 6_500, Record: benchRecord}
 				}
 				if _, err := a.SettleLease(ctx, "bench", fmt.Sprintf("n1.%d", lease), batch); err != nil {
 					b.Fatal(err)
@@ -349,10 +351,6 @@ func BenchmarkSettleLeasesManyCustomers(b *testing.B) {
 				}
 				takeLease(b, a, LeaseTake{User: u, ID: "n1.1", Want: money.MaxNanos / 4096, Share: 1})
 			}
-			record := []byte(`{"request_id":"req_bench","time":"2025-01-01T00:00:00Z","user":"bench","key_id":"key_bench",` +
-				`"model":"gpt-4o","endpoint":"/v1/chat/completions","stream":false,"status":200,"outcome":"completed",` +
-				`"input_tokens":1200,"cached_input_tokens":0,"output_tokens":350,"reasoning_tokens":0,` +
-				`"cost":"0.006500000","currency":"USD","estimated":false,"duration_ms":812,"ttft_ms":0,"client_ip":"127.0.0.1"}`)
 			seqs := make([]int64, len(users))
 			next, settled := 0, 0
 			batch := make([]LeaseBatch, leases)
@@ -363,7 +361,7 @@ func BenchmarkSettleLeasesManyCustomers(b *testing.B) {
 					next++
 					seqs[u]++
 					batch[i] = LeaseBatch{User: users[u], Lease: "n1.1",
-						Settlements: []LeaseSettlement{{Seq: seqs[u], Cost: 6_500, Record: record}}}
+						Settlements: []LeaseSettlement{{Seq: seqs[u], Cost: 6_500, Record: benchRecord}}}
 				}
 				if _, err := a.SettleLeases(ctx, batch); err != nil {
 					b.Fatal(err)
@@ -396,10 +394,6 @@ func BenchmarkSettleBatchManyCustomers(b *testing.B) {
 			if err := settleLeasesScript.Load(ctx, rdb).Err(); err != nil {
 				b.Fatal(err)
 			}
-			record := []byte(`{"request_id":"req_bench","time":"2025-01-01T00:00:00Z","user":"bench","key_id":"key_bench",` +
-				`"model":"gpt-4o","endpoint":"/v1/chat/completions","stream":false,"status":200,"outcome":"completed",` +
-				`"input_tokens":1200,"cached_input_tokens":0,"output_tokens":350,"reasoning_tokens":0,` +
-				`"cost":"0.006500000","currency":"USD","estimated":false,"duration_ms":812,"ttft_ms":0,"client_ip":"127.0.0.1"}`)
 			seqs := make([]int64, len(users))
 			next, settled := 0, 0
 			cpu0 := redisCPU(b, addr)
@@ -411,7 +405,7 @@ func BenchmarkSettleBatchManyCustomers(b *testing.B) {
 					seqs[u]++
 					sh := shardOf(users[u])
 					shards[sh] = append(shards[sh], LeaseBatch{User: users[u], Lease: "n1.1",
-						Settlements: []LeaseSettlement{{Seq: seqs[u], Cost: 6_500, Record: record}}})
+						Settlements: []LeaseSettlement{{Seq: seqs[u], Cost: 6_500, Record: benchRecord}}})
 				}
 				pipe := rdb.Pipeline()
 				var all []LeaseBatch

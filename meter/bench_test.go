@@ -58,7 +58,11 @@ func BenchmarkObserveStream(b *testing.B) {
 
 func BenchmarkObserveJSON(b *testing.B) {
 	content := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 100)
-	body := []byte(fmt.Sprintf(`{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":%q,"refusal":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":1200,"completion_tokens":310,"total_tokens":1510,"prompt_tokens_details":{"cached_tokens":1024}}}`, content))
+	benchObserveJSON(b, []byte(fmt.Sprintf(`{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":%q,"refusal":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":1200,"completion_tokens":310,"total_tokens":1510,"prompt_tokens_details":{"cached_tokens":1024}}}`, content)))
+}
+
+// benchObserveJSON meters body, a chat answer with usage, as one Feed.
+func benchObserveJSON(b *testing.B, body []byte) {
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -89,19 +93,7 @@ func BenchmarkParseRequest(b *testing.B) {
 // non-streamed requests get: the per-response cost matters more than the
 // per-byte one.
 func BenchmarkObserveJSONShort(b *testing.B) {
-	body := []byte(`{"id":"chatcmpl-mock-1","object":"chat.completion","created":1767225600,"model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock upstream"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}`)
-	b.SetBytes(int64(len(body)))
-	b.ReportAllocs()
-	for b.Loop() {
-		o := NewObserver(&Request{Format: FormatChat})
-		o.Start(200, "application/json")
-		_ = o.Feed(io.Discard, body)
-		_ = o.Close(io.Discard)
-		if !o.Result().HasUsage {
-			b.Fatal("no usage")
-		}
-		o.Free()
-	}
+	benchObserveJSON(b, []byte(`{"id":"chatcmpl-mock-1","object":"chat.completion","created":1767225600,"model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock upstream"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}`))
 }
 
 // BenchmarkObserveEscapes meters hostile 1 MiB bodies whose strings are

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,8 +8,6 @@ import (
 	"math"
 	"net/http"
 	"os"
-	"slices"
-	"strings"
 	"time"
 )
 
@@ -188,15 +185,7 @@ func profile(ctx context.Context, l *loader, cfg config, logf func(string, ...an
 	if cfg.ProfileBare {
 		site = bare
 	}
-	sys0, err := procSyscalls(l.e.caddy.Process.Pid)
-	if err != nil {
-		return err
-	}
-	mem0, err := l.e.scrape(ctx)
-	if err != nil {
-		return err
-	}
-	cmds0, err := redisCommands(l.e.redis.Addr)
+	c0, err := l.e.counters(ctx)
 	if err != nil {
 		return err
 	}
@@ -204,47 +193,14 @@ func profile(ctx context.Context, l *loader, cfg config, logf func(string, ...an
 	if err != nil {
 		return err
 	}
-	sys1, err := procSyscalls(l.e.caddy.Process.Pid)
+	c1, err := l.e.counters(ctx)
 	if err != nil {
 		return err
-	}
-	mem1, err := l.e.scrape(ctx)
-	if err != nil {
-		return err
-	}
-	cmds1, err := redisCommands(l.e.redis.Addr)
-	if err != nil {
-		return err
-	}
-	perJob := func(ss0, ss1 []sample, name string) float64 {
-		v0, _ := value(ss0, name, nil)
-		v1, _ := value(ss1, name, nil)
-		return (v1 - v0) / float64(w.requests)
 	}
 	logf("profiled %d jobs; CPU per job, µs: caddy %.1f, Redis %.1f, mock %.1f, load generator %.1f", w.requests,
 		perThousand(w.cpu.caddy, w.requests), perThousand(w.cpu.redis, w.requests),
 		perThousand(w.cpu.mock, w.requests), perThousand(w.cpu.harness, w.requests))
-	logf("caddy per job: %.2f read and %.2f write system calls, %.0f bytes in %.1f heap allocations; %.2f GC cycles per 1,000 jobs",
-		float64(sys1[0]-sys0[0])/float64(w.requests), float64(sys1[1]-sys0[1])/float64(w.requests),
-		perJob(mem0, mem1, "go_memstats_alloc_bytes_total"), perJob(mem0, mem1, "go_memstats_mallocs_total"),
-		1000*perJob(mem0, mem1, "go_gc_duration_seconds_count"))
-	type cmdCost struct {
-		name        string
-		calls, usec float64
-	}
-	var costs []cmdCost
-	for name, st := range cmds1 {
-		c := cmdCost{name, float64(st[0] - cmds0[name][0]), float64(st[1] - cmds0[name][1])}
-		if c.calls > 0 {
-			costs = append(costs, c)
-		}
-	}
-	slices.SortFunc(costs, func(a, b cmdCost) int { return cmp.Compare(b.usec, a.usec) })
-	var top []string
-	for _, c := range costs[:min(len(costs), 8)] {
-		top = append(top, fmt.Sprintf("%s %.3f calls %.2f µs", c.name, c.calls/float64(w.requests), c.usec/float64(w.requests)))
-	}
-	logf("Redis commands per job (INFO commandstats, by time): %s", strings.Join(top, ", "))
+	logCounters(c0, c1, w.requests, logf)
 	a := <-ch
 	if a.err != nil {
 		return a.err

@@ -2,12 +2,14 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -338,4 +340,58 @@ func (e *env) goMemory(ctx context.Context) (inuse, goroutines float64, err erro
 		return 0, 0, fmt.Errorf("/metrics lacks go_memstats_heap_inuse_bytes, go_memstats_stack_inuse_bytes or go_goroutines")
 	}
 	return heap + stack, g, nil
+}
+
+// counters are what a profile reads of caddy and Redis before and after
+// its load: caddy's read and write system calls and metrics, and Redis's
+// commands.
+type counters struct {
+	syscalls [2]int64
+	metrics  []sample
+	commands map[string][2]int64
+}
+
+// counters reads the counters now.
+func (e *env) counters(ctx context.Context) (counters, error) {
+	var c counters
+	var err error
+	if c.syscalls, err = procSyscalls(e.caddy.Process.Pid); err != nil {
+		return c, err
+	}
+	if c.metrics, err = e.scrape(ctx); err != nil {
+		return c, err
+	}
+	c.commands, err = redisCommands(e.redis.Addr)
+	return c, err
+}
+
+// logCounters logs what the load between c0 and c1 cost per job: caddy's
+// system calls, allocations and GC cycles, and Redis's costliest commands.
+func logCounters(c0, c1 counters, jobs int64, logf func(string, ...any)) {
+	n := float64(jobs)
+	metric := func(name string) float64 {
+		v0, _ := value(c0.metrics, name, nil)
+		v1, _ := value(c1.metrics, name, nil)
+		return (v1 - v0) / n
+	}
+	logf("caddy per job: %.2f read and %.2f write system calls, %.0f bytes in %.1f heap allocations; %.2f GC cycles per 1,000 jobs",
+		float64(c1.syscalls[0]-c0.syscalls[0])/n, float64(c1.syscalls[1]-c0.syscalls[1])/n,
+		metric("go_memstats_alloc_bytes_total"), metric("go_memstats_mallocs_total"),
+		1000*metric("go_gc_duration_seconds_count"))
+	type cost struct {
+		name        string
+		calls, usec float64
+	}
+	var costs []cost
+	for name, st := range c1.commands {
+		if c := (cost{name, float64(st[0] - c0.commands[name][0]), float64(st[1] - c0.commands[name][1])}); c.calls > 0 {
+			costs = append(costs, c)
+		}
+	}
+	slices.SortFunc(costs, func(a, b cost) int { return cmp.Compare(b.usec, a.usec) })
+	var top []string
+	for _, c := range costs[:min(len(costs), 8)] {
+		top = append(top, fmt.Sprintf("%s %.3f calls %.2f µs", c.name, c.calls/n, c.usec/n))
+	}
+	logf("Redis commands per job (INFO commandstats, by time): %s", strings.Join(top, ", "))
 }
