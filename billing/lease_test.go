@@ -547,8 +547,17 @@ func TestSettleLeasesMixedShards(t *testing.T) {
 			t.Fatalf("round %d: applied %v, %v; want %v", round, n, err, want)
 		}
 	}
-	wantRawHeld(t, a, u1, unit-300, unit/2-300)
-	wantRawHeld(t, a, u2, unit-400, unit/2-400)
+	// Old and new mixed: only the new are applied, and only their records
+	// are added (cut out of the batch by their offsets).
+	n, err := a.SettleLeases(ctx, []LeaseBatch{
+		{User: u1, Lease: "n1.1", Settlements: []LeaseSettlement{{Seq: 2, Cost: 200, Record: rec("a2")}, {Seq: 3, Cost: 1, Record: rec("a3")}}},
+		{User: u2, Lease: "n1.1", Settlements: []LeaseSettlement{{Seq: 1, Cost: 400, Record: rec("b1")}, {Seq: 2, Cost: 2, Record: rec("b2")}}},
+	})
+	if err != nil || !slices.Equal(n, []int64{1, 1}) {
+		t.Fatalf("old and new: applied %v, %v; want [1 1]", n, err)
+	}
+	wantRawHeld(t, a, u1, unit-301, unit/2-301)
+	wantRawHeld(t, a, u2, unit-402, unit/2-402)
 	wantRawHeld(t, a, u3, unit-800, unit/2-800)
 	var got []string
 	for _, stream := range UsageStreams {
@@ -567,7 +576,7 @@ func TestSettleLeasesMixedShards(t *testing.T) {
 			}
 		}
 	}
-	if want := []string{"a1", "a2", "b1", "c1"}; !slices.Equal(got, want) {
+	if want := []string{"a1", "a2", "b1", "c1", "a3", "b2"}; !slices.Equal(got, want) {
 		t.Fatalf("the usage stream holds %v; want %v, once each", got, want)
 	}
 }
