@@ -22,7 +22,9 @@ type jsonScanner struct {
 	key       [maxKey]byte // the last key read, cut at maxKey
 	keyLen    int
 	top       uint8 // the top-level member whose value is being read
-	quoteAt   int   // plainRun: the next quote's index in the Feed's bytes (len when none), or below the run's start when unknown
+	// quoteAt is plainRun's index of the next quote in the Feed's bytes
+	// (their length when none), or below the run's start when unknown.
+	quoteAt int
 
 	capturing  bool
 	capOver    bool

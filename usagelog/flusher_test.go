@@ -463,3 +463,22 @@ func TestFlusherReadsEveryStream(t *testing.T) {
 		t.Errorf("reject kept from stream %q, %v; want %s", stream, err, streams[2])
 	}
 }
+
+// Unless told otherwise, the flusher lingers three quarters of its
+// interval, so that a record gathered under load still reaches SQLite
+// within the interval; a longer linger is cut to the interval.
+func TestFlusherLingerDefault(t *testing.T) {
+	rdb, _ := startRedis(t)
+	s := openStore(t)
+	for _, c := range []struct{ interval, linger, want time.Duration }{
+		{0, 0, 750 * time.Millisecond},
+		{400 * time.Millisecond, 0, 300 * time.Millisecond},
+		{400 * time.Millisecond, time.Second, 400 * time.Millisecond},
+		{400 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond},
+	} {
+		f := NewFlusher(rdb, s, FlusherConfig{Streams: []string{testStream}, Field: testField, Interval: c.interval, Linger: c.linger}, nil)
+		if f.cfg.Linger != c.want {
+			t.Errorf("interval %s, linger %s: lingers %s; want %s", c.interval, c.linger, f.cfg.Linger, c.want)
+		}
+	}
+}
