@@ -394,6 +394,32 @@ func reconcile(t *testing.T, ledger *nodeConfig) reconcileReport {
 	return rep
 }
 
+// inFlight is how many settlements node has written ahead to its journal
+// and not yet seen confirmed by Redis (the aitoken_settlements_in_flight
+// gauge): a node lets lease settlements gather for up to a second, so
+// Redis and the ledger can agree while some are still on their way.
+func inFlight(t *testing.T, node *nodeConfig) int {
+	t.Helper()
+	resp, err := http.Get(node.adminURL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^aitoken_settlements_in_flight ([0-9]+)$`).FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("%s: no aitoken_settlements_in_flight in /metrics", node.name)
+	}
+	n, err := strconv.Atoi(string(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // moneyFormat is money as the API writes it: a decimal string with 9 places.
 var moneyFormat = regexp.MustCompile(`^-?[0-9]+\.[0-9]{9}$`)
 

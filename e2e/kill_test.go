@@ -124,7 +124,8 @@ func TestKill9DuringLoadLosesNothing(t *testing.T) {
 	t.Logf("load: %d completed, %d failed (connection errors while caddy was down, cut streams)", nOK.Load(), nFail.Load())
 
 	// Let the ledger settle: reconcile flushes the stream into SQLite first;
-	// wait until Redis and the ledger agree and the row count is stable.
+	// wait until the node has no settlement on its way, Redis and the
+	// ledger agree and the row count is stable.
 	users := make([]string, len(cs))
 	for i, c := range cs {
 		users[i] = c.user.ID
@@ -144,7 +145,7 @@ func TestKill9DuringLoadLosesNothing(t *testing.T) {
 		if err != nil {
 			t.Fatalf("XPENDING: %v", err)
 		}
-		if rep.InSync && total == prev && pending == 0 {
+		if rep.InSync && total == prev && pending == 0 && inFlight(t, node) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -131,13 +131,17 @@ func TestLeasesThreeNodesNeverOverdraw(t *testing.T) {
 	}
 
 	// Every request is in the ledger, and the balance moved by exactly
-	// their costs.
+	// their costs, once no node has a settlement on its way.
 	deadline := time.Now().Add(15 * time.Second)
 	for {
+		settling := 0
+		for _, p := range procs {
+			settling += inFlight(t, p.node)
+		}
 		reconcile(t, a) // flushes the usage stream
 		cost, rows := ledgerCost(t, a, user.ID)
 		bal := nanos(t, getUser(t, a, user.ID).Balance)
-		if bal == nanos(t, credits)-cost && rows > 0 {
+		if settling == 0 && bal == nanos(t, credits)-cost && rows > 0 {
 			break
 		}
 		if time.Now().After(deadline) {

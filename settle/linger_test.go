@@ -155,3 +155,59 @@ func TestLingerEnds(t *testing.T) {
 		t.Errorf("balance %d, want %d", bal, 1_000_000_000-2*1000)
 	}
 }
+
+// A lingering worker keeps taking settlements off the queue: more of them
+// than the queue holds are handed over without waiting, and go out
+// together, one script per scriptMax of them, each applied once.
+func TestLingerGathersPastTheQueue(t *testing.T) {
+	started := withLinger(t, time.Hour)
+	srv, rdb, acc, _ := fundedKey(t, "u8", 1_000_000_000)
+	ctx := context.Background()
+	if _, err := acc.TakeLease(ctx, billing.LeaseTake{User: "u8", ID: "node.1", Want: 100_000_000, Share: 1, TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	p, stop := startPipeline(t, srv, t.TempDir())
+	waitDone(t, later(p, leaseRecord("u8", 1)), "the first lease settlement of an idle pipeline settled")
+	scripts := scriptCalls(t, srv)
+	const n = queueSize + 1000
+	dones := make([]<-chan struct{}, 0, n)
+	handed := make(chan struct{})
+	go func() {
+		defer close(handed)
+		for seq := int64(2); seq < n+2; seq++ {
+			dones = append(dones, later(p, leaseRecord("u8", seq)))
+		}
+	}()
+	waitDone(t, started, "a worker lingering with a lease settlement queued right after a batch")
+	select {
+	case <-handed:
+	case <-time.After(10 * time.Second):
+		// Let the blocked Later return, so that the test can stop.
+		go func() {
+			for range p.workers.jobs {
+			}
+		}()
+		t.Fatalf("%d settlements handed to a lingering pipeline: not within 10s", n)
+	}
+	select {
+	case <-dones[0]:
+		t.Fatal("a lingering settlement settled before Stop, with a linger of an hour")
+	default:
+	}
+	stop()
+	for i, done := range dones {
+		waitDone(t, done, fmt.Sprintf("lease settlement %d settled", i+2))
+	}
+	if got, want := scriptCalls(t, srv)-scripts, (n+scriptMax-1)/scriptMax; got != want {
+		t.Errorf("the lingering batch ran %d scripts, want %d", got, want)
+	}
+	if bal, held, _ := acc.Balance(ctx, "u8"); bal != 1_000_000_000-(n+1)*1000 || held != 0 {
+		t.Errorf("balance %d held %d; want %d and 0", bal, held, 1_000_000_000-(n+1)*1000)
+	}
+	if st, _ := acc.Leases(ctx, "u8"); st.Leases["node.1"] != 100_000_000-(n+1)*1000 {
+		t.Errorf("lease left %d, want %d", st.Leases["node.1"], 100_000_000-(n+1)*1000)
+	}
+	if got, _ := billing.UsageRecords(ctx, rdb); got != n+1 {
+		t.Errorf("%d usage records in the stream, want %d", got, n+1)
+	}
+}

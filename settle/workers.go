@@ -14,15 +14,14 @@ import (
 // workers apply journaled records in the background. Each sends whatever
 // has queued up as one pipeline, so under load many settlements share a
 // Redis round trip (and its syscalls); when idle, a record goes out alone
-// at once. Under load, lease settlements wait a little for company (see
-// linger), since a batch costs Redis and the gateway far less per record
-// than a pipeline each.
+// at once. Under load, lease settlements wait for company (see linger),
+// since a batch costs Redis and the gateway far less per record than a
+// pipeline each, and a lease's settlements in one script far less than in
+// several.
 type workers struct {
 	p    *Pipeline
 	jobs chan job
 	wg   sync.WaitGroup
-	// urgent is poked when a settlement that must not linger is queued.
-	urgent chan struct{}
 	// quit is closed by stop: a lingering worker sends at once.
 	quit chan struct{}
 	// gather is held by the worker gathering the next batch, so that one
@@ -44,25 +43,30 @@ type job struct {
 	done   func()
 }
 
-// Worker sizes: workers in parallel, records per pipeline, and the queue
-// before enqueueing waits. Settlements under one lease share one script
-// per pipeline, so larger batches cost Redis less.
+// Worker sizes: workers in parallel, records per batch and per script,
+// and the queue before enqueueing waits (a lingering worker keeps taking
+// from it, so it fills only when both workers are busy).
 const (
 	workerCount = 2
-	batchMax    = 256
+	batchMax    = 8192
+	scriptMax   = 256
 	queueSize   = 4096
 )
 
 // linger is the least time between two batches taken while settlements
 // keep coming: a lease settlement queued sooner after the last batch waits
-// for the rest of it, with whatever else arrives (no worker wakes for
-// them), and goes in one batch. Nobody waits for a lease settlement (the
-// lease accounted for its cost when it was taken), so this costs only
-// how soon Redis's balance and the usage stream show it. A settlement
-// that releases a hold in Redis never lingers, nor does a batch holding
-// one: a customer's next request may need that hold back. (A variable
-// for tests; a Pipeline takes it when it starts.)
-var linger = 10 * time.Millisecond
+// for the rest of it, gathering whatever else arrives, and goes in one
+// batch. Nobody waits for a lease settlement: the lease accounted for its
+// cost when the request was admitted, so the money other nodes may admit
+// is the same before and after it is applied. Lingering costs only how
+// soon Redis's balance and the usage stream show it, and buys the many
+// settlements of a busy customer one script's work between them (with a
+// thousand customers at a few requests a second each, a second's
+// settlements carry several per lease). A settlement that releases a hold
+// in Redis never lingers, and takes the lingering batch along: a
+// customer's next request may need that hold back. (A variable for tests;
+// a Pipeline takes it when it starts.)
+var linger = time.Second
 
 // lingering, when set (by tests), is called as a worker starts to linger.
 var lingering func()
@@ -73,7 +77,7 @@ const journalSweep = 5 * time.Second
 
 func startWorkers(p *Pipeline) *workers {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &workers{p: p, jobs: make(chan job, queueSize), urgent: make(chan struct{}, 1),
+	w := &workers{p: p, jobs: make(chan job, queueSize),
 		quit: make(chan struct{}), linger: linger, cancel: cancel}
 	for range workerCount {
 		w.wg.Go(w.work)
@@ -106,12 +110,6 @@ func (w *workers) enqueue(j job) bool {
 		return false
 	}
 	w.jobs <- j
-	if j.rec.Lease == "" {
-		select {
-		case w.urgent <- struct{}{}:
-		default:
-		}
-	}
 	return true
 }
 
@@ -129,7 +127,7 @@ func (w *workers) stop() {
 }
 
 func (w *workers) work() {
-	batch := make([]job, 0, batchMax)
+	var batch []job
 	var timer *time.Timer
 	for {
 		var ok bool
@@ -145,8 +143,8 @@ func (w *workers) work() {
 }
 
 // next gathers the next batch into batch: it waits for a job, takes what
-// else has queued, and lingers when it may. ok is false once the queue is
-// closed and empty.
+// else has queued, and lingers when it may, taking jobs as they come. ok
+// is false once the queue is closed and empty.
 func (w *workers) next(batch []job, timer **time.Timer) (_ []job, ok bool) {
 	w.gather.Lock()
 	defer w.gather.Unlock()
@@ -164,16 +162,34 @@ func (w *workers) next(batch []job, timer **time.Timer) (_ []job, ok bool) {
 		if lingering != nil {
 			lingering()
 		}
-		select {
-		case <-(*timer).C:
-		case <-w.urgent:
-		case <-w.quit:
-		}
+		batch = w.gatherUntil(batch, (*timer).C)
 		(*timer).Stop()
-		batch = w.drain(batch)
 	}
 	w.last = time.Now()
 	return batch, true
+}
+
+// gatherUntil adds jobs to batch as they arrive until the batch is full, a
+// hold settlement arrives, the queue closes, stop is called or expired
+// fires.
+func (w *workers) gatherUntil(batch []job, expired <-chan time.Time) []job {
+	for len(batch) < batchMax {
+		select {
+		case j, ok := <-w.jobs:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, j)
+			if j.rec.Lease == "" {
+				return w.drain(batch)
+			}
+		case <-expired:
+			return w.drain(batch)
+		case <-w.quit:
+			return w.drain(batch)
+		}
+	}
+	return batch
 }
 
 // drain adds the queued jobs to batch, up to batchMax, without waiting.
@@ -215,12 +231,12 @@ func (w *workers) apply(batch []job) {
 	accounts := billing.NewAccounts(p.client)
 	pipe := p.client.Pipeline()
 	cmds := make([]*redis.Cmd, len(batch))
-	var shards []*shardGroup
-	if accounts.MixesShards() {
-		shards = oneScript(leaseGroups(batch))
-	} else {
-		shards = shardGroups(leaseGroups(batch))
+	// A Redis that is not a cluster takes keys of any slot in one script.
+	groups := [][]*leaseGroup{leaseGroups(batch)}
+	if !accounts.MixesShards() {
+		groups = byShard(groups[0])
 	}
+	shards := splitScripts(groups, scriptMax)
 	for _, sh := range shards {
 		cmds[sh.first()] = accounts.SettleLeasesCmd(ctx, pipe, sh.batches)
 	}
@@ -290,8 +306,7 @@ func leaseGroups(batch []job) []*leaseGroup {
 	return groups
 }
 
-// shardGroup is lease groups of one batch that one script settles: those
-// whose accounts share a shard, or (oneScript) all of them.
+// shardGroup is lease groups of one batch that one script settles.
 type shardGroup struct {
 	groups  []*leaseGroup
 	batches []billing.LeaseBatch
@@ -301,35 +316,49 @@ type shardGroup struct {
 // command is kept.
 func (sh *shardGroup) first() int { return sh.groups[0].jobs[0] }
 
-// oneScript puts every lease group in one shardGroup, settled by one
-// script: a Redis that is not a cluster takes keys of any slot in one
-// script.
-func oneScript(groups []*leaseGroup) []*shardGroup {
-	if len(groups) == 0 {
-		return nil
-	}
-	all := &shardGroup{groups: groups}
-	for _, g := range groups {
-		all.batches = append(all.batches, billing.LeaseBatch{User: g.user, Lease: g.lease, Settlements: g.items})
-	}
-	return []*shardGroup{all}
-}
-
-// shardGroups gathers lease groups by their accounts' shard (the usage
-// stream they write), in order.
-func shardGroups(groups []*leaseGroup) []*shardGroup {
-	var shards []*shardGroup
-	index := make(map[string]*shardGroup)
+// byShard gathers lease groups by their accounts' shard (the usage stream
+// they write), in order: on a Redis Cluster, a script's keys must share a
+// hash slot.
+func byShard(groups []*leaseGroup) [][]*leaseGroup {
+	var shards [][]*leaseGroup
+	index := make(map[string]int)
 	for _, g := range groups {
 		stream := billing.UsageStreamOf(g.user)
-		sh := index[stream]
-		if sh == nil {
-			sh = &shardGroup{}
-			index[stream] = sh
-			shards = append(shards, sh)
+		i, ok := index[stream]
+		if !ok {
+			i = len(shards)
+			index[stream] = i
+			shards = append(shards, nil)
 		}
-		sh.groups = append(sh.groups, g)
-		sh.batches = append(sh.batches, billing.LeaseBatch{User: g.user, Lease: g.lease, Settlements: g.items})
+		shards[i] = append(shards[i], g)
 	}
 	return shards
+}
+
+// splitScripts cuts each set of lease groups into scripts of at most max
+// settlements, in order, cutting a lease group across two scripts where it
+// must: one long script would keep every other Redis client waiting, and a
+// lease's settlements apply in any order and any number of scripts.
+func splitScripts(shards [][]*leaseGroup, max int) []*shardGroup {
+	var out []*shardGroup
+	for _, groups := range shards {
+		cur, room := &shardGroup{}, max
+		for _, g := range groups {
+			for len(g.jobs) > 0 {
+				n := min(len(g.jobs), room)
+				part := &leaseGroup{user: g.user, lease: g.lease, jobs: g.jobs[:n:n], items: g.items[:n:n]}
+				g = &leaseGroup{user: g.user, lease: g.lease, jobs: g.jobs[n:], items: g.items[n:]}
+				cur.groups = append(cur.groups, part)
+				cur.batches = append(cur.batches, billing.LeaseBatch{User: part.user, Lease: part.lease, Settlements: part.items})
+				if room -= n; room == 0 {
+					out = append(out, cur)
+					cur, room = &shardGroup{}, max
+				}
+			}
+		}
+		if len(cur.groups) > 0 {
+			out = append(out, cur)
+		}
+	}
+	return out
 }
