@@ -68,6 +68,7 @@ type journal struct {
 	pending   int64
 	closed    bool
 	buf       []byte
+	spare     *segment // a retired mapped file, emptied, for the next rotate
 	leftovers []string
 	lock      *os.File // held (flock) while this journal owns its prefix
 }
@@ -287,6 +288,9 @@ func (j *journal) rotate(n int) error {
 		j.cur.sealed = true
 		j.retire(j.cur)
 	}
+	if j.reuseSpare(n) {
+		return nil
+	}
 	var (
 		path string
 		f    *os.File
@@ -309,9 +313,50 @@ func (j *journal) rotate(n int) error {
 	return nil
 }
 
+// reuseSpare makes the spare file, if there is one with room for n bytes,
+// the open one under the next number: its pages are allocated and mapped
+// already, where a new file's would fault in one by one (under steady load
+// a file fills up before its records are all settled, so files come and
+// go). It reports whether it did.
+func (j *journal) reuseSpare(n int) bool {
+	sp := j.spare
+	if sp == nil {
+		return false
+	}
+	j.spare = nil
+	if int64(n) <= int64(len(sp.data)) {
+		path := filepath.Join(j.dir, j.prefix+"-"+strconv.Itoa(j.next)+".log")
+		if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) && os.Rename(sp.path, path) == nil {
+			j.next++
+			sp.path, sp.sealed = path, false
+			j.cur = sp
+			return true
+		}
+	}
+	_ = sp.close()
+	_ = os.Remove(sp.path)
+	return false
+}
+
 // retire removes a sealed segment none of whose records is outstanding.
 func (j *journal) retire(s *segment) {
 	if !s.sealed || s.open > 0 || s.f == nil {
+		return
+	}
+	_ = s.close()
+	_ = os.Remove(s.path)
+}
+
+// keepSpare empties s, a sealed mapped segment none of whose records is
+// outstanding, outside the lock (nothing else refers to it), and keeps it
+// for the next rotate; without room for it (a spare is kept already, or
+// the journal closed meanwhile) it is removed.
+func (j *journal) keepSpare(s *segment) {
+	s.empty()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.spare == nil && !j.closed {
+		j.spare = s
 		return
 	}
 	_ = s.close()
@@ -324,16 +369,20 @@ func (j *journal) Done(t ticket) {
 		return
 	}
 	j.mu.Lock()
-	defer j.mu.Unlock()
 	s := t.s
 	s.open--
 	j.pending--
 	switch {
+	case s.sealed && s.open == 0 && s.f != nil && s.data != nil && !j.closed:
+		j.mu.Unlock()
+		j.keepSpare(s)
+		return
 	case s.sealed:
 		j.retire(s)
 	case s.open == 0 && s.size >= truncateSize && s.f != nil:
 		s.empty()
 	}
+	j.mu.Unlock()
 }
 
 // TruncateIdle empties the open file when none of its records is
@@ -365,6 +414,11 @@ func (j *journal) Close() error {
 	}
 	j.closed = true
 	defer j.unlock()
+	if sp := j.spare; sp != nil {
+		j.spare = nil
+		_ = sp.close()
+		_ = os.Remove(sp.path)
+	}
 	s := j.cur
 	j.cur = nil
 	if s == nil || s.f == nil {

@@ -1,9 +1,11 @@
 package settle
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -133,18 +135,25 @@ func TestJournalRejectsNewlines(t *testing.T) {
 	}
 }
 
+// A full file goes once its records are all Done. A mapped one is kept
+// emptied, as the spare the next full file is swapped for: the journal
+// never holds more than the open file and the spare.
 func TestJournalFullFilesAreRemovedOnceDone(t *testing.T) {
 	dir := t.TempDir()
 	j := openJournalT(t, dir)
 	rec := []byte(strings.Repeat("x", 64<<10))
-	var tickets []ticket
-	for range segmentSize/len(rec) + 2 {
-		tk, err := j.Append(rec)
-		if err != nil {
-			t.Fatal(err)
+	fill := func() []ticket {
+		var tickets []ticket
+		for range segmentSize/len(rec) + 2 {
+			tk, err := j.Append(rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tickets = append(tickets, tk)
 		}
-		tickets = append(tickets, tk)
+		return tickets
 	}
+	tickets := fill()
 	if fs := journalFiles(t, dir); len(fs) != 2 {
 		t.Fatalf("files = %d, want 2 (one sealed)", len(fs))
 	}
@@ -152,16 +161,63 @@ func TestJournalFullFilesAreRemovedOnceDone(t *testing.T) {
 		j.Done(tk)
 	}
 	fs := journalFiles(t, dir)
-	if len(fs) != 1 {
-		t.Fatalf("files after all done = %v, want only the open one", fs)
+	want := 1 // the open one
+	if mapJournal {
+		want = 2 // and the spare
 	}
-	// The open file, idle and over the threshold, was emptied.
-	if n := recordBytes(t, fs[0]); n != 0 {
-		t.Fatalf("open file holds %d bytes of records; want none", n)
+	if len(fs) != want {
+		t.Fatalf("files after all done = %v, want %d", fs, want)
+	}
+	// The open file, idle and over the threshold, was emptied, and so was
+	// the spare.
+	for _, f := range fs {
+		if n := recordBytes(t, f); n != 0 {
+			t.Fatalf("%s holds %d bytes of records; want none", f, n)
+		}
 	}
 	if j.Pending() != 0 {
 		t.Fatalf("Pending = %d", j.Pending())
 	}
+	if !mapJournal {
+		return
+	}
+	// The next full file swaps in the spare, under the next number.
+	spare := fs[0]
+	tickets = fill()
+	fs = journalFiles(t, dir)
+	if len(fs) != 2 || slices.Contains(fs, spare) || !strings.HasSuffix(fs[1], "-2.log") && !strings.HasSuffix(fs[0], "-2.log") {
+		t.Fatalf("files = %v after filling one again; want the open one and %s renamed to number 2", fs, filepath.Base(spare))
+	}
+	if got := leftoverCount(t, dir); got != len(tickets) {
+		t.Fatalf("%d records in the files, want %d", got, len(tickets))
+	}
+	for _, tk := range tickets {
+		j.Done(tk)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if fs := journalFiles(t, dir); len(fs) != 0 {
+		t.Fatalf("files after Close = %v, want none", fs)
+	}
+}
+
+// leftoverCount is how many records the journal files in dir hold.
+func leftoverCount(t *testing.T, dir string) int {
+	t.Helper()
+	n := 0
+	for _, f := range journalFiles(t, dir) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(strings.TrimRight(string(bytes.TrimRight(b, "\x00")), "\n"), "\n") {
+			if line != "" {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 func TestJournalConcurrentAppendDone(t *testing.T) {
