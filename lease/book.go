@@ -71,9 +71,14 @@ type Book struct {
 	node string
 	gens atomic.Int64
 
+	// mu guards accounts. Locks are taken in this order: mu, then an
+	// account's mu, then cfgMu.
 	mu       sync.RWMutex
 	accounts map[string]*account
 	off      atomic.Bool
+	// cfgMu guards cfg's sizes and TTL, which SetSizes changes; it is read
+	// under an account's mu, so it is never held while taking another.
+	cfgMu sync.RWMutex
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -179,7 +184,7 @@ func New(acc *billing.Accounts, cfg Config) *Book {
 // zero share or TTL keeps the one set); a max of 0 turns leases off and
 // recalls every lease. It takes effect for the next lease taken.
 func (b *Book) SetSizes(maxLease money.Nanos, share int64, ttl time.Duration) {
-	b.mu.Lock()
+	b.cfgMu.Lock()
 	if ttl > 0 {
 		b.cfg.TTL = ttl
 	}
@@ -189,7 +194,7 @@ func (b *Book) SetSizes(maxLease money.Nanos, share int64, ttl time.Duration) {
 	if share > 0 {
 		b.cfg.Share = share
 	}
-	b.mu.Unlock()
+	b.cfgMu.Unlock()
 	if b.off.Swap(maxLease == 0) != (maxLease == 0) && maxLease == 0 {
 		b.RecallAll()
 	}
@@ -197,15 +202,15 @@ func (b *Book) SetSizes(maxLease money.Nanos, share int64, ttl time.Duration) {
 
 // sizes returns the lease sizes now.
 func (b *Book) sizes() (minLease, maxLease money.Nanos, share int64) {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
+	b.cfgMu.RLock()
+	defer b.cfgMu.RUnlock()
 	return b.cfg.Min, b.cfg.Max, b.cfg.Share
 }
 
 // ttl returns the lease TTL now.
 func (b *Book) ttl() time.Duration {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
+	b.cfgMu.RLock()
+	defer b.cfgMu.RUnlock()
 	return b.cfg.TTL
 }
 

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -252,4 +253,45 @@ func TestPrimeTakesALease(t *testing.T) {
 		t.Fatal("no lease after Prime")
 	}
 	b.Stop(context.Background())
+}
+
+// Admitting from a lease (which reads the lease sizes under the account's
+// lock) and the janitor's sweep (which takes every account's lock under
+// the Book's) run side by side without deadlock: a node once hung every
+// request of a customer this way.
+func TestAdmitAndSweepDoNotDeadlock(t *testing.T) {
+	acc, _ := newAccounts(t)
+	if _, err := acc.Credit(t.Context(), "u", 1000*unit); err != nil {
+		t.Fatal(err)
+	}
+	b := New(acc, Config{Share: 1, Max: 100 * unit})
+	b.Admit("u", unit/1000, unit/1000)
+	leaseNow(b, "u")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				for range 100000 {
+					if tk, ok := b.Admit("u", unit/1000, unit/1000); ok {
+						b.Release(tk)
+					}
+				}
+			})
+		}
+		wg.Go(func() {
+			for range 100000 {
+				b.sweep(time.Now())
+			}
+		})
+		wg.Wait()
+	}()
+	select {
+	case <-done:
+		b.Stop(context.Background())
+	case <-time.After(30 * time.Second):
+		// Not stopped: Stop would wait on the deadlocked locks too.
+		t.Fatal("Admit and sweep did not finish within 30s: deadlocked")
+	}
 }
