@@ -30,7 +30,7 @@ const roundTripShort = "requests were admitted in Redis rather than from a balan
 // costs on top of bare.
 const throughputShort = "each metered request does work bare `reverse_proxy` does not, on the same cores: reading " +
 	"and parsing the request body, metering the response, writing the settlement ahead to the journal and " +
-	"applying it in a background batch (a Redis script per batch and shard of accounts), and the ledger flusher's CPU " +
+	"applying it in a background batch (under load a second's settlements, a Redis script per 256 of them), and the ledger flusher's CPU " +
 	"(decoding the usage record and inserting it into SQLite). With a zero-latency upstream and the load " +
 	"generator on the same cores, that CPU is the throughput lost: compare the caddy + Redis CPU rows, and " +
 	"profile caddy under this load with `-cpuprofile`."
@@ -54,8 +54,8 @@ var rowNotes = map[string]rowNote{
 	"throughput, JSON req/s (CPU-bound), N customers": {
 		means: "the same with the clients taking many customers' keys in turn: what per-customer state " +
 			"(key records, balance leases, each customer's share of a settlement script) costs.",
-		short: throughputShort + " With many customers a settlement script carries many leases (one script " +
-			"per shard of accounts in a batch), and every customer's lease is renewed in the background.",
+		short: throughputShort + " With many customers a settlement script carries many leases, each with " +
+			"a few settlements, and every customer's lease is renewed in the background.",
 	},
 	"throughput, SSE streams/s": {
 		means: "streams per second at a fixed number in flight, each paced like a model's answer: the " +
