@@ -383,14 +383,7 @@ func BenchmarkSettleBatchManyCustomers(b *testing.B) {
 			a, rdb := newTestAccounts(b)
 			ctx := b.Context()
 			addr := rdb.Options().Addr
-			users := make([]string, 480)
-			for i := range users {
-				users[i] = fmt.Sprintf("cust%d", i)
-				if _, err := a.Credit(ctx, users[i], money.MaxNanos/1024); err != nil {
-					b.Fatal(err)
-				}
-				takeLease(b, a, LeaseTake{User: users[i], ID: "n1.1", Want: money.MaxNanos / 4096, Share: 1})
-			}
+			users := leasedCustomers(b, a, 480)
 			if err := settleLeasesScript.Load(ctx, rdb).Err(); err != nil {
 				b.Fatal(err)
 			}
@@ -426,6 +419,55 @@ func BenchmarkSettleBatchManyCustomers(b *testing.B) {
 			b.ReportMetric(float64(redisCPU(b, addr)-cpu0)/float64(time.Microsecond)/float64(settled), "redis-µs/settlement")
 		})
 	}
+}
+
+// BenchmarkSettleLeasesPerLease settles scripts of 48 leases, each with
+// k settlements, as a node's batch does when its customers' requests
+// gather for a while (a busy customer has several in one batch), and
+// reports Redis's CPU per settlement: what a lease's share of a script
+// costs, spread over its settlements.
+func BenchmarkSettleLeasesPerLease(b *testing.B) {
+	for _, k := range []int{1, 2, 5, 10} {
+		b.Run(fmt.Sprintf("settlements-per-lease=%d", k), func(b *testing.B) {
+			a, rdb := newTestAccounts(b)
+			ctx := b.Context()
+			addr := rdb.Options().Addr
+			users := leasedCustomers(b, a, 480)
+			seqs := make([]int64, len(users))
+			next, settled := 0, 0
+			cpu0 := redisCPU(b, addr)
+			for b.Loop() {
+				batch := make([]LeaseBatch, 48)
+				for i := range batch {
+					u := next % len(users)
+					next++
+					batch[i] = LeaseBatch{User: users[u], Lease: "n1.1"}
+					for range k {
+						seqs[u]++
+						batch[i].Settlements = append(batch[i].Settlements, LeaseSettlement{Seq: seqs[u], Cost: 6_500, Record: benchRecord})
+					}
+				}
+				if _, err := a.SettleLeases(ctx, batch); err != nil {
+					b.Fatal(err)
+				}
+				settled += len(batch) * k
+			}
+			b.ReportMetric(float64(redisCPU(b, addr)-cpu0)/float64(time.Microsecond)/float64(settled), "redis-µs/settlement")
+		})
+	}
+}
+
+// leasedCustomers credits n customers and takes lease n1.1 of each.
+func leasedCustomers(b *testing.B, a *Accounts, n int) []string {
+	users := make([]string, n)
+	for i := range users {
+		users[i] = fmt.Sprintf("cust%d", i)
+		if _, err := a.Credit(b.Context(), users[i], money.MaxNanos/1024); err != nil {
+			b.Fatal(err)
+		}
+		takeLease(b, a, LeaseTake{User: users[i], ID: "n1.1", Want: money.MaxNanos / 4096, Share: 1})
+	}
+	return users
 }
 
 // redisCPU is the CPU time redis-server at addr has used.
