@@ -217,15 +217,26 @@ func (b *Book) ttl() time.Duration {
 // Stats returns the Book's counters.
 func (b *Book) Stats() *Stats { return &b.stats }
 
-// background runs fn on its own goroutine, or at once after Stop.
+// background runs fn on its own goroutine, or at once after Stop. Never
+// call it with an account's lock held: use spawn.
 func (b *Book) background(fn func()) {
+	if !b.spawn(fn) {
+		fn()
+	}
+}
+
+// spawn runs fn on its own goroutine and reports true, or, after Stop,
+// does nothing and reports false: for work started with an account's lock
+// held, which must never run in line (a refill takes that lock; a give-back
+// would hold it over a Redis round trip).
+func (b *Book) spawn(fn func()) bool {
 	b.bg.Lock()
 	defer b.bg.Unlock()
 	if b.stopped {
-		fn()
-		return
+		return false
 	}
 	b.wg.Go(fn)
+	return true
 }
 
 // Start begins the janitor: it renews leases in use, and gives back those
@@ -275,9 +286,10 @@ func (b *Book) Admit(user string, hold, upTo money.Nanos) (Ticket, bool) {
 	a.maxHold = max(a.maxHold, upTo, hold)
 	l := a.cur
 	if l != nil && !now.Before(l.deadline) {
-		// Not renewed in time: Redis lets it expire soon.
+		// Not renewed in time: Redis lets it expire soon (after Stop,
+		// without a give-back).
 		if old, give := a.retire(); give > 0 {
-			b.background(func() { b.giveBack(b.ctx, user, old.ID, give) })
+			b.spawn(func() { b.giveBack(b.ctx, user, old.ID, give) })
 		}
 		l = nil
 	}

@@ -295,3 +295,33 @@ func TestAdmitAndSweepDoNotDeadlock(t *testing.T) {
 		t.Fatal("Admit and sweep did not finish within 30s: deadlocked")
 	}
 }
+
+// Stop while requests keep asking for leases: nothing runs a refill in
+// line under the account's lock (it takes that lock), so Stop and the
+// callers all return.
+func TestStopWhileLeasesAreWanted(t *testing.T) {
+	acc, _ := newAccounts(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for round := range 50 {
+			b := New(acc, Config{Share: 1, Max: unit})
+			b.Start()
+			var wg sync.WaitGroup
+			for g := range 8 {
+				wg.Go(func() {
+					for i := range 50 {
+						b.Prime(fmt.Sprintf("s%d-%d-%d", round, g, i), unit/1000)
+					}
+				})
+			}
+			b.Stop(context.Background())
+			wg.Wait()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("Stop and Prime did not finish within 60s: deadlocked")
+	}
+}

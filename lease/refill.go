@@ -33,8 +33,7 @@ func (b *Book) wantLease(a *account, now time.Time) {
 	if a.refilling || now.Before(a.retryAt) || b.ctx.Err() != nil || b.off.Load() {
 		return
 	}
-	a.refilling = true
-	b.background(func() { b.refill(a) })
+	a.refilling = b.spawn(func() { b.refill(a) })
 }
 
 // refill tops a's lease up to its wanted size and renews its deadline, or
@@ -161,7 +160,7 @@ func (b *Book) sweep(now time.Time) {
 		case l.inflight == 0 && now.Sub(a.lastUse) > b.cfg.Idle:
 			l, give := a.retire()
 			if give > 0 {
-				b.background(func() { b.giveBack(b.ctx, a.user, l.ID, give) })
+				b.spawn(func() { b.giveBack(b.ctx, a.user, l.ID, give) })
 			}
 		case !now.Before(l.renewAt):
 			b.wantLease(a, now)
