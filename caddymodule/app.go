@@ -349,8 +349,10 @@ func (a *App) Cleanup() error {
 			a.redis.release()
 		}
 	}
-	// Settlements take milliseconds: wait for them here, so a shutdown
-	// drains every usage record into the stream before the ledger closes.
+	// Settlements take milliseconds, or up to about a second under load
+	// (lease settlements gather for one batch): wait for them here, so a
+	// shutdown drains every usage record into the stream before the
+	// ledger closes.
 	select {
 	case <-a.settling.idle():
 	case <-time.After(settleDrainTimeout):

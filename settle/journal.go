@@ -325,12 +325,22 @@ func (j *journal) reuseSpare(n int) bool {
 	}
 	j.spare = nil
 	if int64(n) <= int64(len(sp.data)) {
-		path := filepath.Join(j.dir, j.prefix+"-"+strconv.Itoa(j.next)+".log")
-		if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) && os.Rename(sp.path, path) == nil {
+		// A link, then the old name removed: unlike a rename, a link never
+		// replaces a file another journal on the prefix has just made.
+		for range 1000 {
+			path := filepath.Join(j.dir, j.prefix+"-"+strconv.Itoa(j.next)+".log")
 			j.next++
-			sp.path, sp.sealed = path, false
-			j.cur = sp
-			return true
+			err := os.Link(sp.path, path)
+			if errors.Is(err, os.ErrExist) {
+				continue
+			}
+			if err == nil {
+				_ = os.Remove(sp.path)
+				sp.path, sp.sealed = path, false
+				j.cur = sp
+				return true
+			}
+			break
 		}
 	}
 	_ = sp.close()
@@ -373,7 +383,7 @@ func (j *journal) Done(t ticket) {
 	s.open--
 	j.pending--
 	switch {
-	case s.sealed && s.open == 0 && s.f != nil && s.data != nil && !j.closed:
+	case s.sealed && s.open == 0 && s.f != nil && s.data != nil && !j.closed && j.spare == nil:
 		j.mu.Unlock()
 		j.keepSpare(s)
 		return

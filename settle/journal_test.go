@@ -181,15 +181,24 @@ func TestJournalFullFilesAreRemovedOnceDone(t *testing.T) {
 	if !mapJournal {
 		return
 	}
-	// The next full file swaps in the spare, under the next number.
+	// The next full file swaps in the spare, under the next free number:
+	// number 2 is taken meanwhile by another journal on the prefix, whose
+	// file is left alone.
 	spare := fs[0]
+	other := filepath.Join(dir, "journal-x-2.log")
+	if err := os.WriteFile(other, []byte("other\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tickets = fill()
 	fs = journalFiles(t, dir)
-	if len(fs) != 2 || slices.Contains(fs, spare) || !strings.HasSuffix(fs[1], "-2.log") && !strings.HasSuffix(fs[0], "-2.log") {
-		t.Fatalf("files = %v after filling one again; want the open one and %s renamed to number 2", fs, filepath.Base(spare))
+	if len(fs) != 3 || slices.Contains(fs, spare) || !slices.Contains(fs, filepath.Join(dir, "journal-x-3.log")) {
+		t.Fatalf("files = %v after filling one again; want the other journal's, the open one and %s as number 3", fs, filepath.Base(spare))
 	}
-	if got := leftoverCount(t, dir); got != len(tickets) {
-		t.Fatalf("%d records in the files, want %d", got, len(tickets))
+	if b, err := os.ReadFile(other); err != nil || string(b) != "other\n" {
+		t.Fatalf("the other journal's file holds %q (%v)", b, err)
+	}
+	if got := leftoverCount(t, dir); got != len(tickets)+1 {
+		t.Fatalf("%d records in the files, want %d", got, len(tickets)+1)
 	}
 	for _, tk := range tickets {
 		j.Done(tk)
@@ -197,8 +206,8 @@ func TestJournalFullFilesAreRemovedOnceDone(t *testing.T) {
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if fs := journalFiles(t, dir); len(fs) != 0 {
-		t.Fatalf("files after Close = %v, want none", fs)
+	if fs := journalFiles(t, dir); len(fs) != 1 || fs[0] != other {
+		t.Fatalf("files after Close = %v, want only the other journal's", fs)
 	}
 }
 

@@ -237,13 +237,15 @@ func (w *workers) apply(batch []job) {
 		groups = byShard(groups[0])
 	}
 	shards := splitScripts(groups, scriptMax)
-	for _, sh := range shards {
-		cmds[sh.first()] = accounts.SettleLeasesCmd(ctx, pipe, sh.batches)
-	}
+	// Holds first: a customer's next request may need its hold back, and
+	// nobody waits on the lease settlements.
 	for i, j := range batch {
 		if j.rec.Lease == "" {
 			cmds[i] = accounts.SettleCmd(ctx, pipe, j.rec.grant(), j.rec.Cost, j.rec.Tokens, j.rec.Usage, j.rec.mode(firstAttempt))
 		}
+	}
+	for _, sh := range shards {
+		cmds[sh.first()] = accounts.SettleLeasesCmd(ctx, pipe, sh.batches)
 	}
 	_, _ = pipe.Exec(ctx)
 	errs := make([]error, len(batch))
