@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/cnaitoken/caddy-aitoken/billing"
+	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 )
 
@@ -116,16 +119,25 @@ func TestLingerHoldSettlementGoesAtOnce(t *testing.T) {
 	}
 }
 
-// Stop sends a lingering batch at once.
-func TestLingerEndsAtStop(t *testing.T) {
-	started := withLinger(t, time.Hour)
-	srv, _, acc, _ := fundedKey(t, "u6", 1_000_000_000)
-	ctx := context.Background()
-	if _, err := acc.TakeLease(ctx, billing.LeaseTake{User: "u6", ID: "node.1", Want: 500_000, Share: 1, TTL: time.Minute}); err != nil {
+// leasedPipeline funds user, takes lease node.1 of want nanos and starts a
+// Pipeline, whose first lease settlement (seq 1, of an idle pipeline) it
+// waits for.
+func leasedPipeline(t *testing.T, user string, want money.Nanos) (*testredis.Server, *redis.Client, *billing.Accounts, *Pipeline, func()) {
+	t.Helper()
+	srv, rdb, acc, _ := fundedKey(t, user, 1_000_000_000)
+	if _, err := acc.TakeLease(context.Background(), billing.LeaseTake{User: user, ID: "node.1", Want: want, Share: 1, TTL: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	p, stop := startPipeline(t, srv, t.TempDir())
-	waitDone(t, later(p, leaseRecord("u6", 1)), "the first lease settlement of an idle pipeline settled")
+	waitDone(t, later(p, leaseRecord(user, 1)), "the first lease settlement of an idle pipeline settled")
+	return srv, rdb, acc, p, stop
+}
+
+// Stop sends a lingering batch at once.
+func TestLingerEndsAtStop(t *testing.T) {
+	started := withLinger(t, time.Hour)
+	_, _, acc, p, stop := leasedPipeline(t, "u6", 500_000)
+	ctx := context.Background()
 	lingering := later(p, leaseRecord("u6", 2))
 	waitDone(t, started, "a worker lingering with a lease settlement queued right after a batch")
 	stopped := make(chan struct{})
@@ -141,13 +153,8 @@ func TestLingerEndsAtStop(t *testing.T) {
 // linger has passed since the last batch.
 func TestLingerEnds(t *testing.T) {
 	started := withLinger(t, time.Second)
-	srv, _, acc, _ := fundedKey(t, "u7", 1_000_000_000)
+	_, _, acc, p, _ := leasedPipeline(t, "u7", 500_000)
 	ctx := context.Background()
-	if _, err := acc.TakeLease(ctx, billing.LeaseTake{User: "u7", ID: "node.1", Want: 500_000, Share: 1, TTL: time.Minute}); err != nil {
-		t.Fatal(err)
-	}
-	p, _ := startPipeline(t, srv, t.TempDir())
-	waitDone(t, later(p, leaseRecord("u7", 1)), "the first lease settlement of an idle pipeline settled")
 	lingering := later(p, leaseRecord("u7", 2))
 	waitDone(t, started, "a worker lingering with a lease settlement queued right after a batch")
 	waitDone(t, lingering, "the lingering settlement settled")
@@ -161,13 +168,8 @@ func TestLingerEnds(t *testing.T) {
 // together, one script per scriptMax of them, each applied once.
 func TestLingerGathersPastTheQueue(t *testing.T) {
 	started := withLinger(t, time.Hour)
-	srv, rdb, acc, _ := fundedKey(t, "u8", 1_000_000_000)
+	srv, rdb, acc, p, stop := leasedPipeline(t, "u8", 100_000_000)
 	ctx := context.Background()
-	if _, err := acc.TakeLease(ctx, billing.LeaseTake{User: "u8", ID: "node.1", Want: 100_000_000, Share: 1, TTL: time.Minute}); err != nil {
-		t.Fatal(err)
-	}
-	p, stop := startPipeline(t, srv, t.TempDir())
-	waitDone(t, later(p, leaseRecord("u8", 1)), "the first lease settlement of an idle pipeline settled")
 	scripts := scriptCalls(t, srv)
 	const n = queueSize + 1000
 	dones := make([]<-chan struct{}, 0, n)
