@@ -152,7 +152,7 @@ func (w *workers) next(batch []job, timer **time.Timer) (_ []job, ok bool) {
 	if !ok {
 		return batch, false
 	}
-	batch = w.drain(append(batch, j))
+	batch = w.take(append(batch, j), nil)
 	if wait := w.linger - time.Since(w.last); wait > 0 && len(batch) < batchMax && !holdsIn(batch) {
 		if *timer == nil {
 			*timer = time.NewTimer(wait)
@@ -162,47 +162,46 @@ func (w *workers) next(batch []job, timer **time.Timer) (_ []job, ok bool) {
 		if lingering != nil {
 			lingering()
 		}
-		batch = w.gatherUntil(batch, (*timer).C)
+		batch = w.take(batch, (*timer).C)
 		(*timer).Stop()
 	}
 	w.last = time.Now()
 	return batch, true
 }
 
-// gatherUntil adds jobs to batch as they arrive until the batch is full, a
-// hold settlement arrives, the queue closes, stop is called or expired
-// fires.
-func (w *workers) gatherUntil(batch []job, expired <-chan time.Time) []job {
+// take adds jobs to batch, up to batchMax. With expired nil it takes
+// only what is queued; otherwise it first waits for jobs as they arrive,
+// until expired fires, stop is called or a hold settlement arrives, and
+// then takes what is queued. It ends early when the queue closes.
+func (w *workers) take(batch []job, expired <-chan time.Time) []job {
 	for len(batch) < batchMax {
-		select {
-		case j, ok := <-w.jobs:
-			if !ok {
+		var (
+			j  job
+			ok bool
+		)
+		if expired == nil {
+			select {
+			case j, ok = <-w.jobs:
+			default:
 				return batch
 			}
-			batch = append(batch, j)
-			if j.rec.Lease == "" {
-				return w.drain(batch)
+		} else {
+			select {
+			case j, ok = <-w.jobs:
+			case <-expired:
+				expired = nil
+				continue
+			case <-w.quit:
+				expired = nil
+				continue
 			}
-		case <-expired:
-			return w.drain(batch)
-		case <-w.quit:
-			return w.drain(batch)
 		}
-	}
-	return batch
-}
-
-// drain adds the queued jobs to batch, up to batchMax, without waiting.
-func (w *workers) drain(batch []job) []job {
-	for len(batch) < batchMax {
-		select {
-		case j, ok := <-w.jobs:
-			if !ok {
-				return batch
-			}
-			batch = append(batch, j)
-		default:
+		if !ok {
 			return batch
+		}
+		batch = append(batch, j)
+		if j.rec.Lease == "" {
+			expired = nil
 		}
 	}
 	return batch
