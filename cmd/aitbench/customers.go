@@ -23,6 +23,7 @@ type jsonResult struct {
 	rt         roundTrips // the aitoken site's Redis round trips
 	scriptsPer float64    // EVALSHA+EVAL calls per aitoken request
 	warm       warmResult // making the customers returning ones
+	rounds     []float64  // each round's aitoken/bare throughput ratio
 }
 
 // ratio is the aitoken site's share of bare throughput.
@@ -46,7 +47,7 @@ func measureJSON(ctx context.Context, l *loader, conc, rounds int, d time.Durati
 	if err != nil {
 		return res, err
 	}
-	tp, err := l.throughput(ctx, conc, rounds, d, l.doJSON)
+	tp, ratios, err := l.throughput(ctx, conc, rounds, d, l.doJSON)
 	if err != nil {
 		return res, err
 	}
@@ -60,11 +61,12 @@ func measureJSON(ctx context.Context, l *loader, conc, rounds int, d time.Durati
 	}
 	for _, m := range modes {
 		res.requests[m] = tp[m].requests
-		res.throughput[m] = float64(tp[m].requests) / tp[m].elapsed.Seconds()
+		res.throughput[m] = float64(tp[m].requests) / tp[m].busy.Seconds()
 		res.cpuPer1k[m] = perThousand(tp[m].cpu.caddy, tp[m].requests)
 		res.redisPer1k[m] = perThousand(tp[m].cpu.redis, tp[m].requests)
 		res.totalPer1k[m] = perThousand(tp[m].cpu.total(), tp[m].requests)
 	}
+	res.rounds = ratios
 	res.scriptsPer = float64(scripts1-scripts0) / float64(tp[metered].requests)
 	res.rt = perRequest(ops0, ops1, tp[metered].requests)
 	return res, nil

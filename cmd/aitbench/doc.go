@@ -43,6 +43,11 @@ func writeReport(cfg config, res *results) error {
 	rows := res.rows()
 	b.WriteString(markdownTable(rows))
 	w("")
+	w("JSON throughput round by round (aitoken's share of bare in the same round), one customer: %s.",
+		roundsLine(res.json.rounds))
+	if res.customers > 0 {
+		w("%s: %s.", res.customersLabel(), roundsLine(res.many.rounds))
+	}
 	w("Redis round trips per aitoken request in the JSON throughput windows, by operation: one customer: %s",
 		opsLine(res.json.rt.ops))
 	w("(scripts per request, INFO commandstats: %.3f).", res.json.scriptsPer)
@@ -99,7 +104,13 @@ func writeReport(cfg config, res *results) error {
 		cfg.Duration)
 	w("  bare, … for %d rounds (%d windows per site). A window ends when its last request completes;",
 		cfg.Rounds, cfg.Rounds)
-	w("  req/s = a site's requests / its windows' time. Requests: bare %d, aitoken %d.",
+	w("  req/s = a site's requests / its windows' time. After each window (of any kind, either site)")
+	w("  the bench waits until the gateway is quiet: no settlement in flight and no usage record left")
+	w("  in the Redis streams (all in the ledger). What caddy and Redis spent meanwhile, the work the")
+	w("  window's requests left behind (lingering settlements, the ledger flusher), is added to the")
+	w("  window's CPU; and since these windows keep the CPU busy, the window's time is stretched by the")
+	w("  share that work adds to the window's CPU, as if it had run during the window. Without this it")
+	w("  would fall into the next window, often the other site's. Requests: bare %d, aitoken %d.",
 		res.json.requests[bare], res.json.requests[metered])
 	if res.customers > 0 {
 		w("- **JSON throughput, %s**: at setup, %d users are created through the admin API", res.customersLabel(), res.customers)

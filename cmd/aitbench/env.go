@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/cnaitoken/caddy-aitoken/internal/childproc"
 	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
@@ -30,6 +32,7 @@ const benchModel = "deepseek-v4-flash"
 type env struct {
 	dir      string
 	redis    *testredis.Server
+	rdb      *redis.Client // to the gateway's Redis, for the bench's own reads
 	mock     *exec.Cmd
 	mockURL  string
 	caddy    *exec.Cmd
@@ -111,6 +114,7 @@ func startEnv(ctx context.Context, dir, caddyPath, mockPath string) (*env, error
 	if e.redis, err = testredis.StartDir(rdir); err != nil {
 		return e, err
 	}
+	e.rdb = redis.NewClient(&redis.Options{Addr: e.redis.Addr})
 	if err = e.startMock(mockPath); err != nil {
 		return e, err
 	}
@@ -294,6 +298,9 @@ func (e *env) close() {
 	if e.mock != nil {
 		_ = e.mock.Process.Signal(syscall.SIGTERM)
 		_ = e.mock.Wait()
+	}
+	if e.rdb != nil {
+		_ = e.rdb.Close()
 	}
 	if e.redis != nil {
 		e.redis.Stop()

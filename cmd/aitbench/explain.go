@@ -107,7 +107,7 @@ var rowNotes = map[string]rowNote{
 	},
 	"Redis CPU per 1k req, ms": {
 		means: "redis-server's CPU time per thousand requests (one customer): settlement batches, leases, " +
-			"the usage stream; the bare column is background work that fell in bare windows. For sizing Redis.",
+			"the usage stream; the bare column is what Redis does on its own. For sizing Redis.",
 	},
 	"all processes' CPU per 1k req, ms": {
 		means: "caddy, Redis, the mock and the load generator together per thousand requests: on a saturated " +

@@ -113,7 +113,8 @@ func (l *loader) do(ctx context.Context, m mode) (time.Duration, error) {
 type windowResult struct {
 	requests int64 // jobs completed: requests or streams
 	elapsed  time.Duration
-	cpu      cpuTimes
+	busy     time.Duration // elapsed, stretched to take in the work left behind (window)
+	cpu      cpuTimes      // of every process, and caddy's and Redis's work left behind
 }
 
 // job is one unit of closed-loop work against site m: a JSON request
@@ -129,7 +130,9 @@ func (l *loader) doJSON(ctx context.Context, m mode) error {
 // window runs conc closed-loop workers against site m for d, each doing
 // one job after the other: each starts jobs until d has passed; jobs under
 // way then are finished and counted. The elapsed time runs to the last
-// completion. It measures the CPU time of every process over the same span.
+// completion. It measures the CPU time of every process over the same span,
+// then waits for the gateway to go quiet and adds what caddy and Redis
+// spent meanwhile (see below).
 func (l *loader) window(ctx context.Context, m mode, conc int, d time.Duration, do job) (windowResult, error) {
 	var res windowResult
 	cpu0, err := l.e.cpuTimes()
@@ -156,7 +159,7 @@ func (l *loader) window(ctx context.Context, m mode, conc int, d time.Duration, 
 		})
 	}
 	wg.Wait()
-	res.elapsed = time.Since(start)
+	elapsed := time.Since(start)
 	if firstErr != nil {
 		return res, firstErr
 	}
@@ -167,30 +170,57 @@ func (l *loader) window(ctx context.Context, m mode, conc int, d time.Duration, 
 	if err != nil {
 		return res, err
 	}
-	res.requests, res.cpu = n.Load(), cpu1.sub(cpu0)
+	// What the window's requests left to do in the background (lingering
+	// settlements, the ledger flusher) is done before the next window, and
+	// charged to this one: its CPU is added, and busy is the window's time
+	// stretched by the share that work adds to the window's CPU, as if it
+	// had run during the window on the same busy machine (the time of a
+	// CPU-bound window). Otherwise it would run in the next window, often
+	// the other site's.
+	if err := l.e.quiet(ctx); err != nil {
+		return res, err
+	}
+	cpu2, err := l.e.cpuTimes()
+	if err != nil {
+		return res, err
+	}
+	during, after := cpu1.sub(cpu0), cpu2.sub(cpu1)
+	res.requests, res.cpu = n.Load(), during.add(cpuTimes{caddy: after.caddy, redis: after.redis})
+	res.elapsed, res.busy = elapsed, elapsed
+	if d := during.total(); d > 0 {
+		res.busy = time.Duration(float64(elapsed) * float64(res.cpu.total()) / float64(d))
+	}
 	return res, nil
 }
 
 // throughput alternates windows of d between the sites, rounds times each,
 // starting with a different site every round, and sums each site's windows.
-func (l *loader) throughput(ctx context.Context, conc, rounds int, d time.Duration, do job) ([2]windowResult, error) {
+// It also returns each round's ratio of CPU-bound rates (requests over
+// busy time), aitoken's over bare's: their spread shows how much the
+// machine's speed moved during the run.
+func (l *loader) throughput(ctx context.Context, conc, rounds int, d time.Duration, do job) ([2]windowResult, []float64, error) {
 	var sum [2]windowResult
+	ratios := make([]float64, 0, rounds)
 	for r := range rounds {
 		order := modes
 		if r%2 == 1 {
 			order = [2]mode{metered, bare}
 		}
+		var rate [2]float64
 		for _, m := range order {
 			w, err := l.window(ctx, m, conc, d, do)
 			if err != nil {
-				return sum, err
+				return sum, ratios, err
 			}
+			rate[m] = float64(w.requests) / w.busy.Seconds()
 			sum[m].requests += w.requests
 			sum[m].elapsed += w.elapsed
+			sum[m].busy += w.busy
 			sum[m].cpu = sum[m].cpu.add(w.cpu)
 		}
+		ratios = append(ratios, rate[metered]/rate[bare])
 	}
-	return sum, nil
+	return sum, ratios, nil
 }
 
 // latency sends perMode requests to each site one at a time, alternating

@@ -89,7 +89,11 @@ func main() {
 	rows := res.rows()
 	fmt.Println()
 	writeTable(os.Stdout, rows)
-	fmt.Printf("\nRedis round trips per aitoken request, one customer: %s; scripts %.3f\n",
+	fmt.Printf("\nJSON throughput by round, one customer: %s\n", roundsLine(res.json.rounds))
+	if res.customers > 0 {
+		fmt.Printf("JSON throughput by round, %s: %s\n", res.customersLabel(), roundsLine(res.many.rounds))
+	}
+	fmt.Printf("Redis round trips per aitoken request, one customer: %s; scripts %.3f\n",
 		opsLine(res.json.rt.ops), res.json.scriptsPer)
 	if res.customers > 0 {
 		fmt.Printf("Redis round trips per aitoken request, %s: %s; scripts %.3f\n",

@@ -180,7 +180,7 @@ func (r *results) rows() []row {
 		rows = append(rows, pathRow("Redis round trips per req, request path (authorize), "+r.customersLabel(), r.many.rt))
 	}
 	rows = append(rows,
-		info("Redis round trips per req, settle batches (after the response)", j.rt.op(billing.OpSettle), 3),
+		info("Redis round trips per req, settle batches (after the response)", j.rt.op(billing.OpSettle), 4),
 		info("Redis round trips per req, lease (background)", j.rt.op(billing.OpLease), 4),
 		info("Redis round trips per req, all", j.rt.all, 3),
 		info("Redis scripts per req (commandstats)", j.scriptsPer, 3),

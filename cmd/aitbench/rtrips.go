@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
@@ -136,4 +139,53 @@ func (e *env) settledOps(ctx context.Context) (map[string]float64, error) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// quiet waits until the gateway has done the work the last load left
+// behind: no settlement in flight and every usage stream empty, that is
+// every record stored in the ledger (the flusher deletes an entry once it
+// is). It reads the streams first and scrapes the metrics only when they
+// are empty, so that the wait itself costs caddy little.
+func (e *env) quiet(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		empty := true
+		for _, s := range billing.UsageStreams {
+			n, err := e.rdb.XLen(ctx, s).Result()
+			if err != nil {
+				return err
+			}
+			empty = empty && n == 0
+		}
+		if empty {
+			ss, err := e.scrape(ctx)
+			if err != nil {
+				return err
+			}
+			if inFlight, _ := value(ss, "aitoken_settlements_in_flight", nil); inFlight == 0 {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the gateway still had settlements or usage records to store 30s after the load ended")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// roundsLine sums up per-round throughput ratios: lowest, median, highest.
+func roundsLine(ratios []float64) string {
+	if len(ratios) == 0 {
+		return "none"
+	}
+	r := slices.Sorted(slices.Values(ratios))
+	med := r[len(r)/2]
+	if len(r)%2 == 0 {
+		med = (r[len(r)/2-1] + r[len(r)/2]) / 2
+	}
+	return fmt.Sprintf("lowest %.1f %%, median %.1f %%, highest %.1f %% (%d rounds)", 100*r[0], 100*med, 100*r[len(r)-1], len(r))
 }

@@ -46,7 +46,7 @@ func streamedThroughput(ctx context.Context, cfg config, e *env, logf func(strin
 	}
 	logf("streamed throughput: %d rounds of %s per site, %d streams in flight, %d deltas %s apart",
 		cfg.Rounds, cfg.Duration, conc, cfg.SSEDeltas, cfg.SSEDelay)
-	tp, err := l.throughput(ctx, conc, cfg.Rounds, cfg.Duration, do)
+	tp, _, err := l.throughput(ctx, conc, cfg.Rounds, cfg.Duration, do)
 	if err != nil {
 		return res, err
 	}
