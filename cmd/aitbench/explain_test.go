@@ -39,3 +39,21 @@ func TestRowNotes(t *testing.T) {
 		}
 	}
 }
+
+// TestRoundsLine sums up per-round ratios by their lowest, median and
+// highest, the median of an even count being the mean of the middle two.
+func TestRoundsLine(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want string
+	}{
+		{nil, "none"},
+		{[]float64{0.9}, "lowest 90.0 %, median 90.0 %, highest 90.0 % (1 rounds)"},
+		{[]float64{0.8, 0.7, 0.9}, "lowest 70.0 %, median 80.0 %, highest 90.0 % (3 rounds)"},
+		{[]float64{0.9, 0.6, 0.8, 0.7}, "lowest 60.0 %, median 75.0 %, highest 90.0 % (4 rounds)"},
+	} {
+		if got := roundsLine(c.in); got != c.want {
+			t.Errorf("roundsLine(%v) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}

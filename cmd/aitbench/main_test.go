@@ -37,7 +37,7 @@ func TestQuickRun(t *testing.T) {
 	report := string(b)
 	for _, s := range []string{"## Machine", "## Results", "## Method", "CPU: ", "Go: go",
 		"**streamed throughput**", "**JSON throughput, 1,000 customers**", "The JSON and streamed throughput rows",
-		"Warm-up: the bench customer was a returning one"} {
+		"Warm-up: the bench customer was a returning one", "JSON throughput round by round", "waits until the gateway is quiet"} {
 		if !strings.Contains(report, s) {
 			t.Errorf("report lacks %q", s)
 		}
