@@ -126,11 +126,11 @@ func parseFlags(args []string) (config, bool) {
 	var c config
 	fs := flag.NewFlagSet("aitbench", flag.ExitOnError)
 	fs.DurationVar(&c.Duration, "duration", 2*time.Second, "length of one throughput window")
-	fs.IntVar(&c.Rounds, "rounds", 6, "throughput windows per site (alternating bare/aitoken)")
+	fs.IntVar(&c.Rounds, "rounds", 10, "throughput windows per site (alternating bare/aitoken)")
 	fs.IntVar(&c.Concurrency, "concurrency", 16, "closed-loop clients in a throughput window")
 	fs.IntVar(&c.StreamConcurrency, "stream-concurrency", 16, "SSE streams in flight in a streamed throughput window (the default leaves a 2-core machine unsaturated)")
 	fs.IntVar(&c.Customers, "customers", 1000, "customers minted for the many-customer JSON throughput scenario, their keys used round-robin (0 skips it)")
-	fs.IntVar(&c.CustomerRounds, "customer-rounds", 3, "throughput windows per site in the many-customer scenario")
+	fs.IntVar(&c.CustomerRounds, "customer-rounds", 5, "throughput windows per site in the many-customer scenario")
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "load per site before measuring")
 	fs.IntVar(&c.LatencyRequests, "latency-requests", 4000, "sequential requests per site for latency")
 	fs.IntVar(&c.SSEStreams, "sse-streams", 300, "SSE streams per site")
