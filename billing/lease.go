@@ -114,21 +114,48 @@ return string.format('%.0f', math.max(x, 0))
 // applied in one HINCRBY, flushed before the sum could leave the integers
 // a Lua number holds exactly.
 //
+// A lease's settlements numbered in a run (n, n+1, …, in order), the
+// usual case, are sent as the run: when it starts right after the
+// watermark and nothing above it is marked, all of it is new, and the
+// script applies its total at once, with no work per settlement (the
+// cover a lease gives a run is the least of the run's total and the
+// lease). Otherwise the run's costs and record lengths, sent along, are
+// taken one by one.
+//
 // KEYS: the usage stream (the first lease's shard's), then for each lease:
 // acct, leases, lease deadlines, the lease's sequence marks. ARGV: the stream's record field
 // and batch field, every settlement's record joined by newlines (the batch
 // entry itself when all are new: Lua builds no string), then for each
-// lease: its id, the number n of its settlements, then n times (sequence,
-// −cost, the record's length). Returns the number applied per lease.
+// lease: its id, then either the number n of its settlements and n times
+// (sequence, −cost, the record's length), or, for a run, −n, the first
+// sequence, the run's total cost (at most 2⁵³ − 1), the length of its
+// records joined, and "cost length " for each settlement. Returns the
+// number applied per lease.
 var settleLeasesScript = redis.NewScript(`
 local all = ARGV[3]
-local at, total, fresh = 1, 0, {}
+local at, total, nfresh, spans = 1, 0, 0, {}
 -- plan reads one lease's state and works out its writes; nothing is
 -- written until every lease is planned and the usage entry is added.
 local function plan(k, id, a, n)
   local mk = KEYS[k + 3]
   local wm = tonumber(redis.call('HGET', mk, 'wm') or '0') or 0
   local nmarks = redis.call('HLEN', mk) - 1
+  local lease = tonumber(redis.call('HGET', KEYS[k + 1], id) or '0') or 0
+  local p = {k = k, id = id, mk = mk, applied = 0, covered = 0, debits = {}, drop = {}, add = {}}
+  local first = 0
+  if n < 0 then
+    n, first = -n, tonumber(ARGV[a])
+    local sum, span = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    if first == wm + 1 and nmarks <= 0 and sum <= 9007199254740991 then
+      -- A run right after the watermark, nothing marked above it: all new.
+      spans[#spans + 1] = {at, span}
+      at, total, nfresh = at + span + 1, total + n, nfresh + n
+      if sum > 0 then p.debits[1] = sum end
+      p.covered = math.max(math.min(sum, lease), 0)
+      p.applied, p.wm = n, wm + n
+      return p
+    end
+  end
   -- The marks stored before (numbers applied above the watermark): read
   -- at once when they are few, asked one by one when many.
   local stored, many = {}, nmarks > 256
@@ -141,17 +168,13 @@ local function plan(k, id, a, n)
     if many then return redis.call('HEXISTS', mk, tostring(seq)) == 1 end
     return stored[seq] == true
   end
-  local lease = tonumber(redis.call('HGET', KEYS[k + 1], id) or '0') or 0
-  local p = {k = k, id = id, mk = mk, applied = 0, covered = 0, debits = {}, drop = {}, add = {}}
   local debit, seen = 0, {}
-  for i = a, a + 3 * (n - 1), 3 do
-    local seq, len = tonumber(ARGV[i]), tonumber(ARGV[i + 2])
+  local function take(seq, cost, len)
     local from = at
     at = at + len + 1
     total = total + 1
     if seq > wm and not seen[seq] and not marked(seq) then
       seen[seq] = true
-      local cost = -tonumber(ARGV[i + 1])
       if debit + cost > 9007199254740991 then
         p.debits[#p.debits + 1] = debit
         debit = 0
@@ -159,8 +182,20 @@ local function plan(k, id, a, n)
       debit = debit + cost
       local d = math.min(cost, lease - p.covered)
       if d > 0 then p.covered = p.covered + d end
-      fresh[#fresh + 1] = {from, len}
+      spans[#spans + 1] = {from, len}
+      nfresh = nfresh + 1
       p.applied = p.applied + 1
+    end
+  end
+  if first > 0 then
+    local seq = first
+    for cost, len in string.gmatch(ARGV[a + 3], '(%d+) (%d+) ') do
+      take(seq, tonumber(cost), tonumber(len))
+      seq = seq + 1
+    end
+  else
+    for i = a, a + 3 * (n - 1), 3 do
+      take(tonumber(ARGV[i]), -tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]))
     end
   end
   if debit > 0 then p.debits[#p.debits + 1] = debit end
@@ -212,18 +247,19 @@ while a <= #ARGV do
   local p = plan(k, ARGV[a], a + 2, n)
   plans[#plans + 1] = p
   out[#out + 1] = p.applied
-  k, a = k + 4, a + 2 + 3 * n
+  if n < 0 then a = a + 6 else a = a + 2 + 3 * n end
+  k = k + 4
 end
 -- The usage records first: a script cut short after this leaves records
 -- a replay adds again (the ledger keeps one per request), never a debit
 -- whose record is lost.
-if #fresh == 1 then
-  redis.call('XADD', KEYS[1], '*', ARGV[1], string.sub(all, fresh[1][1], fresh[1][1] + fresh[1][2] - 1))
-elseif #fresh == total and total > 1 then
+if nfresh == 1 then
+  redis.call('XADD', KEYS[1], '*', ARGV[1], string.sub(all, spans[1][1], spans[1][1] + spans[1][2] - 1))
+elseif nfresh == total and total > 1 then
   redis.call('XADD', KEYS[1], '*', ARGV[2], all) -- all new: the batch as sent
-elseif #fresh > 1 then
+elseif nfresh > 1 then
   local recs = {}
-  for j, f in ipairs(fresh) do recs[j] = string.sub(all, f[1], f[1] + f[2] - 1) end
+  for j, f in ipairs(spans) do recs[j] = string.sub(all, f[1], f[1] + f[2] - 1) end
   redis.call('XADD', KEYS[1], '*', ARGV[2], table.concat(recs, '\n'))
 end
 for _, p in ipairs(plans) do apply(p) end
@@ -379,7 +415,7 @@ func settleLeasesParams(b []LeaseBatch, mixes bool) ([]string, []any, error) {
 	keys = append(keys, UsageStreamOf(b[0].User))
 	all := make([]byte, 0, size) // the records joined by newlines, one line each (even empty)
 	joined := 0
-	args := make([]any, 3, 3+2*len(b)+3*n)
+	args := make([]any, 3, 3+6*len(b))
 	args[0], args[1] = UsageField, UsageBatchField
 	shard := shardOf(b[0].User)
 	for i, lb := range b {
@@ -395,7 +431,10 @@ func settleLeasesParams(b []LeaseBatch, mixes bool) ([]string, []any, error) {
 			return nil, nil, fmt.Errorf("lease settlements: lease %q of %q given twice", lb.Lease, lb.User)
 		}
 		keys = append(keys, acctKey(lb.User), leasesKey(lb.User), leaseDeadlinesKey(lb.User), leaseSeqKey(lb.User, lb.Lease))
-		args = append(args, lb.Lease, len(lb.Settlements))
+		from := len(all)
+		if joined > 0 {
+			from++ // the newline before the lease's first record
+		}
 		for _, x := range lb.Settlements {
 			if x.Seq <= 0 || x.Cost < 0 || x.Cost > money.MaxNanos {
 				return nil, nil, fmt.Errorf("lease settlement %d: cost %d out of range", x.Seq, x.Cost)
@@ -409,11 +448,42 @@ func settleLeasesParams(b []LeaseBatch, mixes bool) ([]string, []any, error) {
 			}
 			joined++
 			all = append(all, x.Record...)
-			args = append(args, x.Seq, strconv.FormatInt(-int64(x.Cost), 10), len(x.Record))
 		}
+		args = append(args, lb.Lease)
+		args = appendSettlements(args, lb.Settlements, len(all)-from)
 	}
 	args[2] = all
 	return keys, args, nil
+}
+
+// appendSettlements appends one lease's settlements to a settle script's
+// arguments: as a run when their numbers follow each other (see
+// settleLeasesScript), else one by one. span is the length of their
+// records joined by newlines.
+func appendSettlements(args []any, s []LeaseSettlement, span int) []any {
+	run, sum := len(s) > 1, money.Nanos(0)
+	for i, x := range s {
+		if x.Seq != s[0].Seq+int64(i) || sum > money.MaxNanos-x.Cost {
+			run = false
+			break
+		}
+		sum += x.Cost
+	}
+	if run {
+		details := make([]byte, 0, 16*len(s))
+		for _, x := range s {
+			details = strconv.AppendInt(details, int64(x.Cost), 10)
+			details = append(details, ' ')
+			details = strconv.AppendInt(details, int64(len(x.Record)), 10)
+			details = append(details, ' ')
+		}
+		return append(args, -len(s), s[0].Seq, int64(sum), span, details)
+	}
+	args = append(args, len(s))
+	for _, x := range s {
+		args = append(args, x.Seq, strconv.FormatInt(-int64(x.Cost), 10), len(x.Record))
+	}
+	return args
 }
 
 // LeaseState is what Redis holds of an account's leases.

@@ -168,6 +168,113 @@ func TestSettleLeaseBatchOrders(t *testing.T) {
 	}
 }
 
+// A lease's settlements numbered in a run go as the run: applied at once
+// when the run starts right after the watermark with nothing marked above
+// it, one by one otherwise (a replay, a gap, marks ahead); either way each
+// is applied once, its record added once, and the lease covers the least
+// of the run's total and what it has left.
+func TestSettleLeaseRuns(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	credit(t, a, "u", 10*unit)
+	credit(t, a, "v", 10*unit)
+	takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: 100, Share: 1})
+	takeLease(t, a, LeaseTake{User: "v", ID: "n1.1", Want: unit, Share: 1})
+	run := func(user string, from, to int64) LeaseBatch {
+		lb := LeaseBatch{User: user, Lease: "n1.1"}
+		for q := from; q <= to; q++ { // records of different lengths, one empty
+			rec := fmt.Appendf(nil, `{"r":"%s%d%s"}`, user, q, strings.Repeat("x", int(q%3)))
+			if q == 15 {
+				rec = nil
+			}
+			lb.Settlements = append(lb.Settlements, LeaseSettlement{Seq: q, Cost: money.Nanos(q), Record: rec})
+		}
+		return lb
+	}
+	steps := []struct {
+		name  string
+		b     []LeaseBatch
+		want  []int64
+		marks int64 // u's stored marks afterwards
+		wm    string
+	}{
+		{"a run from the start", []LeaseBatch{run("u", 1, 5)}, []int64{5}, 0, "5"},
+		{"a run over the watermark", []LeaseBatch{run("u", 4, 8)}, []int64{3}, 0, "8"},
+		{"a run past a gap", []LeaseBatch{run("u", 11, 13)}, []int64{3}, 3, "8"},
+		{"the gap, with marks ahead", []LeaseBatch{run("u", 9, 10)}, []int64{2}, 0, "13"},
+		{"runs of two leases and one by one", []LeaseBatch{run("v", 1, 3), run("u", 14, 16),
+			{User: "v", Lease: "n2.1", Settlements: []LeaseSettlement{{Seq: 2, Cost: 7, Record: []byte(`{"r":"w2"}`)},
+				{Seq: 1, Cost: 9, Record: []byte(`{"r":"w1"}`)}}}}, []int64{3, 3, 2}, 0, "16"},
+		{"a replay of it all", []LeaseBatch{run("u", 1, 16), run("v", 1, 3)}, []int64{0, 0}, 0, "16"},
+	}
+	for _, st := range steps {
+		got, err := a.SettleLeases(ctx, st.b)
+		if err != nil || !slices.Equal(got, st.want) {
+			t.Fatalf("%s: SettleLeases = %v, %v; want %v", st.name, got, err, st.want)
+		}
+		m, _ := rdb.HGetAll(ctx, leaseSeqKey("u", "n1.1")).Result()
+		if int64(len(m)-1) != st.marks || m["wm"] != st.wm {
+			t.Fatalf("%s: u's marks %v; want watermark %s and %d more", st.name, m, st.wm, st.marks)
+		}
+	}
+	// u: 1..16 cost 136, of which the 100 lease covered 100; v: 1..3 (6)
+	// from its lease, and 16 on lease n2.1, which Redis never had.
+	wantRawHeld(t, a, "u", 10*unit-136, 0)
+	wantRawHeld(t, a, "v", 10*unit-22, unit-6)
+	var got []string
+	for _, m := range rdb.XRange(ctx, UsageStreamOf("u"), "-", "+").Val() {
+		if r, ok := m.Values[UsageField].(string); ok {
+			got = append(got, r)
+		} else {
+			got = append(got, strings.Split(m.Values[UsageBatchField].(string), "\n")...)
+		}
+	}
+	if shardOf("v") != shardOf("u") {
+		for _, m := range rdb.XRange(ctx, UsageStreamOf("v"), "-", "+").Val() {
+			if r, ok := m.Values[UsageField].(string); ok {
+				got = append(got, r)
+			} else {
+				got = append(got, strings.Split(m.Values[UsageBatchField].(string), "\n")...)
+			}
+		}
+	}
+	slices.Sort(got)
+	var want []string
+	for _, lb := range []LeaseBatch{run("u", 1, 16), run("v", 1, 3)} {
+		for _, x := range lb.Settlements {
+			want = append(want, string(x.Record))
+		}
+	}
+	want = append(want, `{"r":"w1"}`, `{"r":"w2"}`)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("usage records:\n got %q\nwant %q", got, want)
+	}
+}
+
+// A run is sent as a run; settlements out of order, or whose total would
+// pass MaxNanos, one by one.
+func TestAppendSettlements(t *testing.T) {
+	s := func(costs ...money.Nanos) []LeaseSettlement {
+		out := make([]LeaseSettlement, len(costs))
+		for i, c := range costs {
+			out[i] = LeaseSettlement{Seq: int64(i + 3), Cost: c, Record: make([]byte, i)}
+		}
+		return out
+	}
+	if got := appendSettlements(nil, s(5, 0, 7), 5); fmt.Sprint(got) != fmt.Sprint([]any{-3, int64(3), int64(12), 5, []byte("5 0 0 1 7 2 ")}) {
+		t.Errorf("a run: %v", got)
+	}
+	swapped := s(5, 6)
+	swapped[0].Seq, swapped[1].Seq = 4, 3
+	for name, x := range map[string][]LeaseSettlement{"one": s(5), "out of order": swapped,
+		"past MaxNanos": s(money.MaxNanos, 1)} {
+		if got := appendSettlements(nil, x, 0); got[0] != len(x) {
+			t.Errorf("%s: %v; want one by one", name, got)
+		}
+	}
+}
+
 // Many settlements applied ahead of a missing one are marked (more than
 // the script reads at once), each applies once, and the missing one's
 // arrival folds them all into the watermark.
