@@ -1,7 +1,10 @@
 package settle
 
 import (
+	"cmp"
 	"context"
+	"slices"
+	"sort"
 	"sync"
 	"time"
 
@@ -304,7 +307,34 @@ func leaseGroups(batch []job) []*leaseGroup {
 		g.jobs = append(g.jobs, i)
 		g.items = append(g.items, j.rec.leaseSettlement())
 	}
+	for _, g := range groups {
+		g.sortBySeq()
+	}
 	return groups
+}
+
+// sortBySeq puts g's settlements in the order of their numbers: requests
+// finish and queue their settlements in about that order, and the settle
+// script takes a run of numbers at once (see billing.SettleLeases), so a
+// few swapped neighbours would cost it a run, and a cut between scripts
+// in the middle of a disorder would leave marks.
+func (g *leaseGroup) sortBySeq() {
+	if slices.IsSortedFunc(g.items, bySeq) {
+		return
+	}
+	sort.Sort(groupBySeq{g})
+}
+
+func bySeq(a, b billing.LeaseSettlement) int { return cmp.Compare(a.Seq, b.Seq) }
+
+// groupBySeq sorts a lease group's settlements, and their jobs with them.
+type groupBySeq struct{ g *leaseGroup }
+
+func (s groupBySeq) Len() int           { return len(s.g.items) }
+func (s groupBySeq) Less(i, j int) bool { return s.g.items[i].Seq < s.g.items[j].Seq }
+func (s groupBySeq) Swap(i, j int) {
+	s.g.items[i], s.g.items[j] = s.g.items[j], s.g.items[i]
+	s.g.jobs[i], s.g.jobs[j] = s.g.jobs[j], s.g.jobs[i]
 }
 
 // shardGroup is lease groups of one batch that one script settles.

@@ -53,3 +53,30 @@ func TestSplitScripts(t *testing.T) {
 		t.Fatalf("scripts %q, want %q", got, want)
 	}
 }
+
+// leaseGroups gathers each lease's settlements in the order of their
+// numbers, each with its own job, however they were queued.
+func TestLeaseGroupsSortBySeq(t *testing.T) {
+	seqs := []int64{3, 1, 2, 7, 5, 6, 4}
+	var batch []job
+	for _, q := range seqs {
+		batch = append(batch, job{rec: leaseRecord("a", q)}, job{rec: leaseRecord("b", 10-q)})
+	}
+	groups := leaseGroups(batch)
+	if len(groups) != 2 {
+		t.Fatalf("%d groups, want 2", len(groups))
+	}
+	for _, g := range groups {
+		for k, j := range g.jobs {
+			if batch[j].rec.Seq != g.items[k].Seq || batch[j].rec.User != g.user {
+				t.Fatalf("%s: settlement %d has the job of %s's %d", g.user, g.items[k].Seq, batch[j].rec.User, batch[j].rec.Seq)
+			}
+			if k > 0 && g.items[k-1].Seq >= g.items[k].Seq {
+				t.Fatalf("%s: settlements out of order: %v", g.user, g.items)
+			}
+		}
+		if len(g.jobs) != len(seqs) {
+			t.Fatalf("%s: %d settlements, want %d", g.user, len(g.jobs), len(seqs))
+		}
+	}
+}
