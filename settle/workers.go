@@ -27,6 +27,8 @@ type workers struct {
 	wg   sync.WaitGroup
 	// quit is closed by stop: a lingering worker sends at once.
 	quit chan struct{}
+	// poke tells a lingering worker to take what is queued (see take).
+	poke chan struct{}
 	// gather is held by the worker gathering the next batch, so that one
 	// gathers while the other applies; last is when the last batch was
 	// taken (under gather).
@@ -81,7 +83,7 @@ const journalSweep = 5 * time.Second
 func startWorkers(p *Pipeline) *workers {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &workers{p: p, jobs: make(chan job, queueSize),
-		quit: make(chan struct{}), linger: linger, cancel: cancel}
+		quit: make(chan struct{}), poke: make(chan struct{}, 1), linger: linger, cancel: cancel}
 	for range workerCount {
 		w.wg.Go(w.work)
 	}
@@ -113,6 +115,14 @@ func (w *workers) enqueue(j job) bool {
 		return false
 	}
 	w.jobs <- j
+	if j.rec.Lease == "" || len(w.jobs) >= cap(w.jobs)/2 {
+		// A hold settlement never waits; a filling queue is taken in
+		// before it blocks anyone.
+		select {
+		case w.poke <- struct{}{}:
+		default:
+		}
+	}
 	return true
 }
 
@@ -173,38 +183,35 @@ func (w *workers) next(batch []job, timer **time.Timer) (_ []job, ok bool) {
 }
 
 // take adds jobs to batch, up to batchMax. With expired nil it takes
-// only what is queued; otherwise it first waits for jobs as they arrive,
-// until expired fires, stop is called or a hold settlement arrives, and
-// then takes what is queued. It ends early when the queue closes.
+// only what is queued; otherwise it goes on until expired fires, stop is
+// called or a hold settlement arrives. It does not wake for each job that
+// arrives meanwhile: it takes what is queued when enqueue pokes it (a hold
+// settlement came, or the queue is half full), so a busy customer's
+// settlements cost the worker no wake-up each. It ends early when the
+// queue closes.
 func (w *workers) take(batch []job, expired <-chan time.Time) []job {
 	for len(batch) < batchMax {
-		var (
-			j  job
-			ok bool
-		)
-		if expired == nil {
-			select {
-			case j, ok = <-w.jobs:
-			default:
+		select {
+		case j, ok := <-w.jobs:
+			if !ok {
 				return batch
 			}
-		} else {
-			select {
-			case j, ok = <-w.jobs:
-			case <-expired:
+			batch = append(batch, j)
+			if j.rec.Lease == "" {
 				expired = nil
-				continue
-			case <-w.quit:
-				expired = nil
-				continue
 			}
+			continue
+		default:
 		}
-		if !ok {
+		if expired == nil {
 			return batch
 		}
-		batch = append(batch, j)
-		if j.rec.Lease == "" {
+		select {
+		case <-expired:
 			expired = nil
+		case <-w.quit:
+			expired = nil
+		case <-w.poke:
 		}
 	}
 	return batch

@@ -13,7 +13,8 @@ import (
 // where json.Marshal fails (a time outside years 0–9999).
 func (r *Record) AppendJSON(b []byte) ([]byte, error) {
 	if y := r.Time.Year(); y < 0 || y > 9999 {
-		j, err := json.Marshal(r)
+		c := *r // marshalled from a copy, so that r itself never escapes
+		j, err := json.Marshal(&c)
 		return append(b, j...), err
 	}
 	b = append(b, `{"request_id":`...)
