@@ -250,6 +250,11 @@ while a <= #ARGV do
   if n < 0 then a = a + 6 else a = a + 2 + 3 * n end
   k = k + 4
 end
+-- Every record's length is accounted for (a line each), or nothing is
+-- written: a layout that misplaced one would misplace the others.
+if at ~= #all + 2 then
+  return redis.error_reply('lease settlements: record lengths do not add up to the batch')
+end
 -- The usage records first: a script cut short after this leaves records
 -- a replay adds again (the ledger keeps one per request), never a debit
 -- whose record is lost.
@@ -415,7 +420,7 @@ func settleLeasesParams(b []LeaseBatch, mixes bool) ([]string, []any, error) {
 	keys = append(keys, UsageStreamOf(b[0].User))
 	all := make([]byte, 0, size) // the records joined by newlines, one line each (even empty)
 	joined := 0
-	args := make([]any, 3, 3+6*len(b))
+	args := make([]any, 3, 3+2*len(b)+3*n)
 	args[0], args[1] = UsageField, UsageBatchField
 	shard := shardOf(b[0].User)
 	for i, lb := range b {

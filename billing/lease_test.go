@@ -252,6 +252,28 @@ func TestSettleLeaseRuns(t *testing.T) {
 	}
 }
 
+// A batch whose record lengths do not add up to its records is refused
+// before anything is written.
+func TestSettleLeasesLengthsChecked(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	credit(t, a, "u", unit)
+	takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: unit / 2, Share: 1})
+	s := []LeaseSettlement{{Seq: 1, Cost: 100, Record: []byte(`{"r":1}`)}, {Seq: 2, Cost: 200, Record: []byte(`{"r":2}`)}}
+	keys, args, err := settleLeasesParams([]LeaseBatch{{User: "u", Lease: "n1.1", Settlements: s}}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args[len(args)-2] = args[len(args)-2].(int) + 1 // the run's joined length
+	if err := settleLeasesScript.Run(ctx, rdb, keys, args...).Err(); err == nil || !strings.Contains(err.Error(), "do not add up") {
+		t.Fatalf("a batch with a wrong length: %v", err)
+	}
+	wantRawHeld(t, a, "u", unit, unit/2)
+	if n, _ := UsageRecords(ctx, rdb); n != 0 {
+		t.Fatalf("usage records = %d; want none", n)
+	}
+}
+
 // A run is sent as a run; settlements out of order, or whose total would
 // pass MaxNanos, one by one.
 func TestAppendSettlements(t *testing.T) {

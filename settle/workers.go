@@ -49,8 +49,8 @@ type job struct {
 }
 
 // Worker sizes: workers in parallel, records per batch and per script,
-// and the queue before enqueueing waits (a lingering worker keeps taking
-// from it, so it fills only when both workers are busy).
+// and the queue before enqueueing waits (a lingering worker takes it in
+// whenever it is half full, so it fills only when both workers are busy).
 const (
 	workerCount = 2
 	batchMax    = 8192
@@ -156,7 +156,7 @@ func (w *workers) work() {
 }
 
 // next gathers the next batch into batch: it waits for a job, takes what
-// else has queued, and lingers when it may, taking jobs as they come. ok
+// else has queued, and lingers when it may (see take). ok
 // is false once the queue is closed and empty.
 func (w *workers) next(batch []job, timer **time.Timer) (_ []job, ok bool) {
 	w.gather.Lock()
