@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	"github.com/cnaitoken/caddy-aitoken/internal/testredis"
 )
@@ -146,15 +148,7 @@ func TestSettleLeaseBatchOrders(t *testing.T) {
 		t.Fatalf("sequence marks = %v; want only wm 12", m)
 	}
 	// Each applied settlement's own record, once, whatever the batch.
-	var got []string
-	for _, m := range rdb.XRange(ctx, UsageStreamOf("u"), "-", "+").Val() {
-		if r, ok := m.Values[UsageField].(string); ok {
-			got = append(got, r)
-		} else {
-			got = append(got, strings.Split(m.Values[UsageBatchField].(string), "\n")...)
-		}
-	}
-	slices.Sort(got)
+	got := streamRecords(t, rdb, "u")
 	var want []string
 	for q := range int64(12) {
 		want = append(want, string(batch(costs, q+1)[0].Record))
@@ -221,24 +215,7 @@ func TestSettleLeaseRuns(t *testing.T) {
 	// from its lease, and 16 on lease n2.1, which Redis never had.
 	wantRawHeld(t, a, "u", 10*unit-136, 0)
 	wantRawHeld(t, a, "v", 10*unit-22, unit-6)
-	var got []string
-	for _, m := range rdb.XRange(ctx, UsageStreamOf("u"), "-", "+").Val() {
-		if r, ok := m.Values[UsageField].(string); ok {
-			got = append(got, r)
-		} else {
-			got = append(got, strings.Split(m.Values[UsageBatchField].(string), "\n")...)
-		}
-	}
-	if shardOf("v") != shardOf("u") {
-		for _, m := range rdb.XRange(ctx, UsageStreamOf("v"), "-", "+").Val() {
-			if r, ok := m.Values[UsageField].(string); ok {
-				got = append(got, r)
-			} else {
-				got = append(got, strings.Split(m.Values[UsageBatchField].(string), "\n")...)
-			}
-		}
-	}
-	slices.Sort(got)
+	got := streamRecords(t, rdb, "u", "v")
 	var want []string
 	for _, lb := range []LeaseBatch{run("u", 1, 16), run("v", 1, 3)} {
 		for _, x := range lb.Settlements {
@@ -250,6 +227,30 @@ func TestSettleLeaseRuns(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("usage records:\n got %q\nwant %q", got, want)
 	}
+}
+
+// streamRecords returns, sorted, every usage record in the streams of
+// users' shards (each stream once), lone or in batch entries.
+func streamRecords(t *testing.T, rdb *redis.Client, users ...string) []string {
+	t.Helper()
+	var got []string
+	seen := map[string]bool{}
+	for _, u := range users {
+		stream := UsageStreamOf(u)
+		if seen[stream] {
+			continue
+		}
+		seen[stream] = true
+		for _, m := range rdb.XRange(t.Context(), stream, "-", "+").Val() {
+			if r, ok := m.Values[UsageField].(string); ok {
+				got = append(got, r)
+			} else {
+				got = append(got, strings.Split(m.Values[UsageBatchField].(string), "\n")...)
+			}
+		}
+	}
+	slices.Sort(got)
+	return got
 }
 
 // A batch whose record lengths do not add up to its records is refused
