@@ -394,10 +394,12 @@ func reconcile(t *testing.T, ledger *nodeConfig) reconcileReport {
 	return rep
 }
 
-// inFlight is how many settlements node has written ahead to its journal
-// and not yet seen confirmed by Redis (the aitoken_settlements_in_flight
-// gauge): a node lets lease settlements gather for up to a second, so
-// Redis and the ledger can agree while some are still on their way.
+// inFlight is how many settlements node has not yet seen confirmed by
+// Redis, as an operator reads it: those written ahead to its journal
+// (aitoken_settlements_in_flight; a node lets lease settlements gather for
+// up to a second) and those waiting in its spool (aitoken_spool_entries;
+// after a restart, what the journal held goes there and is replayed in the
+// background). Redis and the ledger can agree while some are on their way.
 func inFlight(t *testing.T, node *nodeConfig) int {
 	t.Helper()
 	resp, err := http.Get(node.adminURL() + "/metrics")
@@ -409,15 +411,19 @@ func inFlight(t *testing.T, node *nodeConfig) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?m)^aitoken_settlements_in_flight ([0-9]+)$`).FindSubmatch(body)
-	if m == nil {
-		t.Fatalf("%s: no aitoken_settlements_in_flight in /metrics", node.name)
+	total := 0
+	for _, gauge := range []string{"aitoken_settlements_in_flight", "aitoken_spool_entries"} {
+		m := regexp.MustCompile(`(?m)^` + gauge + ` ([0-9]+)$`).FindSubmatch(body)
+		if m == nil {
+			t.Fatalf("%s: no %s in /metrics", node.name, gauge)
+		}
+		n, err := strconv.Atoi(string(m[1]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += n
 	}
-	n, err := strconv.Atoi(string(m[1]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return total
 }
 
 // moneyFormat is money as the API writes it: a decimal string with 9 places.
