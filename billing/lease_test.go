@@ -253,13 +253,21 @@ func streamRecords(t *testing.T, rdb *redis.Client, users ...string) []string {
 	return got
 }
 
+// halfLeased is accounts with user u credited unit, half of it in lease
+// n1.1.
+func halfLeased(t *testing.T) (*Accounts, *redis.Client) {
+	t.Helper()
+	a, rdb := newTestAccounts(t)
+	credit(t, a, "u", unit)
+	takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: unit / 2, Share: 1})
+	return a, rdb
+}
+
 // A batch whose record lengths do not add up to its records is refused
 // before anything is written.
 func TestSettleLeasesLengthsChecked(t *testing.T) {
-	a, rdb := newTestAccounts(t)
+	a, rdb := halfLeased(t)
 	ctx := t.Context()
-	credit(t, a, "u", unit)
-	takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: unit / 2, Share: 1})
 	s := []LeaseSettlement{{Seq: 1, Cost: 100, Record: []byte(`{"r":1}`)}, {Seq: 2, Cost: 200, Record: []byte(`{"r":2}`)}}
 	keys, args, err := settleLeasesParams([]LeaseBatch{{User: "u", Lease: "n1.1", Settlements: s}}, true)
 	if err != nil {
@@ -621,10 +629,8 @@ func redisCPU(tb testing.TB, addr string) time.Duration {
 // An empty record still takes its own line of the batch: the records after
 // it reach the stream whole.
 func TestSettleLeasesEmptyRecord(t *testing.T) {
-	a, rdb := newTestAccounts(t)
+	a, rdb := halfLeased(t)
 	ctx := t.Context()
-	credit(t, a, "u", unit)
-	takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: unit / 2, Share: 1})
 	if n, err := a.SettleLease(ctx, "u", "n1.1", []LeaseSettlement{{Seq: 1, Cost: 1, Record: nil}}); err != nil || n != 1 {
 		t.Fatalf("first: %d, %v", n, err)
 	}
@@ -641,10 +647,8 @@ func TestSettleLeasesEmptyRecord(t *testing.T) {
 // A script cut short at the usage entry (here the stream key is of the
 // wrong type) has written nothing: the retry debits and records once.
 func TestSettleLeasesRecordsFirst(t *testing.T) {
-	a, rdb := newTestAccounts(t)
+	a, rdb := halfLeased(t)
 	ctx := t.Context()
-	credit(t, a, "u", unit)
-	takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: unit / 2, Share: 1})
 	s := []LeaseSettlement{{Seq: 1, Cost: 100, Record: []byte(`{"request_id":"r1"}`)},
 		{Seq: 2, Cost: 200, Record: []byte(`{"request_id":"r2"}`)}}
 	if err := rdb.Set(ctx, UsageStreamOf("u"), "not a stream", 0).Err(); err != nil {

@@ -1,9 +1,7 @@
 package settle
 
 import (
-	"cmp"
 	"context"
-	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -326,13 +324,10 @@ func leaseGroups(batch []job) []*leaseGroup {
 // few swapped neighbours would cost it a run, and a cut between scripts
 // in the middle of a disorder would leave marks.
 func (g *leaseGroup) sortBySeq() {
-	if slices.IsSortedFunc(g.items, bySeq) {
-		return
+	if s := (groupBySeq{g}); !sort.IsSorted(s) {
+		sort.Sort(s)
 	}
-	sort.Sort(groupBySeq{g})
 }
-
-func bySeq(a, b billing.LeaseSettlement) int { return cmp.Compare(a.Seq, b.Seq) }
 
 // groupBySeq sorts a lease group's settlements, and their jobs with them.
 type groupBySeq struct{ g *leaseGroup }
