@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -269,7 +270,7 @@ func TestSettleLeasesLengthsChecked(t *testing.T) {
 	a, rdb := halfLeased(t)
 	ctx := t.Context()
 	s := []LeaseSettlement{{Seq: 1, Cost: 100, Record: []byte(`{"r":1}`)}, {Seq: 2, Cost: 200, Record: []byte(`{"r":2}`)}}
-	keys, args, err := settleLeasesParams([]LeaseBatch{{User: "u", Lease: "n1.1", Settlements: s}}, true)
+	keys, args, err := settleLeasesParams([]LeaseBatch{{User: "u", Lease: "n1.1", Settlements: s}}, true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -542,12 +543,12 @@ func BenchmarkSettleBatchManyCustomers(b *testing.B) {
 				var all []LeaseBatch
 				for _, lbs := range shards {
 					if perShard && len(lbs) > 0 {
-						a.SettleLeasesCmd(ctx, pipe, lbs)
+						a.SettleLeasesCmd(ctx, pipe, lbs, nil)
 					}
 					all = append(all, lbs...)
 				}
 				if !perShard {
-					a.SettleLeasesCmd(ctx, pipe, all)
+					a.SettleLeasesCmd(ctx, pipe, all, nil)
 				}
 				if _, err := pipe.Exec(ctx); err != nil {
 					b.Fatal(err)
@@ -754,5 +755,36 @@ func TestSettleLeasesMixedShards(t *testing.T) {
 	}
 	if want := []string{"a1", "a2", "b1", "c1", "a3", "b2"}; !slices.Equal(got, want) {
 		t.Fatalf("the usage stream holds %v; want %v, once each", got, want)
+	}
+}
+
+// A caller's room takes a script's records joined, is reused by the next
+// call that fits in it (the same memory, the new records), grows for one
+// that does not, and is left alone for one larger than maxRoom.
+func TestSettleLeasesParamsRoom(t *testing.T) {
+	batchOf := func(n, size int) []LeaseBatch {
+		s := make([]LeaseSettlement, n)
+		for i := range s {
+			s[i] = LeaseSettlement{Seq: int64(i + 1), Cost: 1, Record: bytes.Repeat([]byte{byte('a' + i%26)}, size)}
+		}
+		return []LeaseBatch{{User: "u", Lease: "n1.1", Settlements: s}}
+	}
+	joined := func(args []any) []byte { return args[2].([]byte) }
+	var room []byte
+	_, args, err := settleLeasesParams(batchOf(4, 100), true, &room)
+	if err != nil || len(room) != 0 || cap(room) != 4*101 || &joined(args)[0] != &room[:1][0] {
+		t.Fatalf("first call: room of %d, %v", cap(room), err)
+	}
+	first := &room[:1][0]
+	_, args, err = settleLeasesParams(batchOf(2, 50), true, &room)
+	if err != nil || &room[:1][0] != first || &joined(args)[0] != first || string(joined(args)) != strings.Repeat("a", 50)+"\n"+strings.Repeat("b", 50) {
+		t.Fatalf("a smaller call did not reuse the room: %q, %v", joined(args), err)
+	}
+	if _, _, err = settleLeasesParams(batchOf(8, 100), true, &room); err != nil || cap(room) != 8*101 {
+		t.Fatalf("a larger call: room of %d, %v", cap(room), err)
+	}
+	kept := cap(room)
+	if _, args, err = settleLeasesParams(batchOf(2, maxRoom), true, &room); err != nil || cap(room) != kept || len(joined(args)) != 2*maxRoom+1 {
+		t.Fatalf("a call beyond maxRoom: room of %d, %v", cap(room), err)
 	}
 }

@@ -230,7 +230,7 @@ type LeaseBatch struct {
 // leases must be on accounts of that one shard (one UsageStreamOf), whose
 // keys share its hash slot; elsewhere (MixesShards) any mix is taken.
 func (a *Accounts) SettleLeases(ctx context.Context, b []LeaseBatch) ([]int64, error) {
-	keys, args, err := settleLeasesParams(b, a.MixesShards())
+	keys, args, err := settleLeasesParams(b, a.MixesShards(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -240,8 +240,13 @@ func (a *Accounts) SettleLeases(ctx context.Context, b []LeaseBatch) ([]int64, e
 // SettleLeasesCmd queues SettleLeases's script on pipe by its SHA (a Redis
 // without it answers NOSCRIPT; SettleLeases then loads it). Its value is
 // the number applied per lease (Int64Slice).
-func (a *Accounts) SettleLeasesCmd(ctx context.Context, pipe redis.Pipeliner, b []LeaseBatch) *redis.Cmd {
-	keys, args, err := settleLeasesParams(b, a.MixesShards())
+//
+// room, when not nil, is a buffer kept by the caller for the records
+// joined, reused from one call to the next and grown as needed (up to
+// maxRoom), so that a settle worker does not take fresh memory for every
+// script: the caller must not pass it again before pipe has run.
+func (a *Accounts) SettleLeasesCmd(ctx context.Context, pipe redis.Pipeliner, b []LeaseBatch, room *[]byte) *redis.Cmd {
+	keys, args, err := settleLeasesParams(b, a.MixesShards(), room)
 	if err != nil {
 		cmd := redis.NewCmd(ctx)
 		cmd.SetErr(err)
@@ -259,9 +264,15 @@ func (a *Accounts) MixesShards() bool {
 	return !cluster
 }
 
+// maxRoom is the largest buffer SettleLeasesCmd keeps in a caller's room:
+// a script's records at the settle workers' usual size fit, and a rare
+// larger one takes memory of its own.
+const maxRoom = 1 << 20
+
 // settleLeasesParams lays out b for settleLeasesScript; leases of several
-// shards are refused unless mixes is set.
-func settleLeasesParams(b []LeaseBatch, mixes bool) ([]string, []any, error) {
+// shards are refused unless mixes is set. The records are joined in
+// *room when it is not nil (see SettleLeasesCmd).
+func settleLeasesParams(b []LeaseBatch, mixes bool, room *[]byte) ([]string, []any, error) {
 	if len(b) == 0 {
 		return nil, nil, errors.New("lease settlements: none")
 	}
@@ -274,7 +285,16 @@ func settleLeasesParams(b []LeaseBatch, mixes bool) ([]string, []any, error) {
 	}
 	keys := make([]string, 0, 1+4*len(b))
 	keys = append(keys, UsageStreamOf(b[0].User))
-	all := make([]byte, 0, size) // the records joined by newlines, one line each (even empty)
+	var all []byte // the records joined by newlines, one line each (even empty)
+	switch {
+	case room != nil && cap(*room) >= size:
+		all = (*room)[:0]
+	case room != nil && size <= maxRoom:
+		all = make([]byte, 0, size)
+		*room = all
+	default:
+		all = make([]byte, 0, size)
+	}
 	joined := 0
 	args := make([]any, 3, 3+2*len(b)+3*n)
 	args[0], args[1] = UsageField, UsageBatchField

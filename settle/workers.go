@@ -140,11 +140,12 @@ func (w *workers) stop() {
 func (w *workers) work() {
 	var batch []job
 	var timer *time.Timer
+	var sc scratch
 	for {
 		var ok bool
 		batch, ok = w.next(batch[:0], &timer)
 		if len(batch) > 0 {
-			w.apply(batch)
+			w.apply(batch, &sc)
 			clear(batch)
 		}
 		if !ok {
@@ -231,15 +232,16 @@ func holdsIn(batch []job) bool {
 // request for the others. A record whose outcome is unknown (its reply
 // lost) goes to the spool for an idempotent replay, as a lone failed
 // attempt does.
-func (w *workers) apply(batch []job) {
+func (w *workers) apply(batch []job, sc *scratch) {
 	p := w.p
 	ctx, cancel := context.WithTimeout(billing.WithOp(context.Background(), billing.OpSettle), attemptTimeout)
 	defer cancel()
 	accounts := billing.NewAccounts(p.client)
 	pipe := p.client.Pipeline()
-	cmds := make([]*redis.Cmd, len(batch))
+	cmds, errs := sc.take(len(batch))
+	defer sc.clear()
 	// A Redis that is not a cluster takes keys of any slot in one script.
-	groups := [][]*leaseGroup{leaseGroups(batch)}
+	groups := [][]*leaseGroup{sc.leaseGroups(batch)}
 	if !accounts.MixesShards() {
 		groups = byShard(groups[0])
 	}
@@ -251,11 +253,10 @@ func (w *workers) apply(batch []job) {
 			cmds[i] = accounts.SettleCmd(ctx, pipe, j.rec.grant(), j.rec.Cost, j.rec.Tokens, j.rec.Usage, j.rec.mode(firstAttempt))
 		}
 	}
-	for _, sh := range shards {
-		cmds[sh.first()] = accounts.SettleLeasesCmd(ctx, pipe, sh.batches)
+	for i, sh := range shards {
+		cmds[sh.first()] = accounts.SettleLeasesCmd(ctx, pipe, sh.batches, sc.room(i))
 	}
 	_, _ = pipe.Exec(ctx)
-	errs := make([]error, len(batch))
 	for _, sh := range shards {
 		err := cmds[sh.first()].Err()
 		if redis.HasErrorPrefix(err, "NOSCRIPT") {
@@ -287,6 +288,48 @@ func (w *workers) apply(batch []job) {
 	}
 }
 
+// scratch is a worker's memory for applying its batches, kept from one
+// batch to the next: a batch of thousands of settlements would otherwise
+// take a few MiB of fresh memory each time (its scripts' records joined,
+// and its commands), which the Go runtime returns to the system between
+// batches and takes back, page fault by page fault, at the next.
+type scratch struct {
+	cmds   []*redis.Cmd
+	errs   []error
+	rooms  [][]byte
+	groups []*leaseGroup // the last batch's, then spares up to cap
+	index  map[[2]string]*leaseGroup
+}
+
+// take returns room for the commands and errors of a batch of n, zeroed.
+func (sc *scratch) take(n int) ([]*redis.Cmd, []error) {
+	if cap(sc.cmds) < n {
+		sc.cmds, sc.errs = make([]*redis.Cmd, n), make([]error, n)
+	}
+	return sc.cmds[:n], sc.errs[:n]
+}
+
+// room is the buffer for the records of a batch's script i (see
+// billing.Accounts.SettleLeasesCmd).
+func (sc *scratch) room(i int) *[]byte {
+	for len(sc.rooms) <= i {
+		sc.rooms = append(sc.rooms, nil)
+	}
+	return &sc.rooms[i]
+}
+
+// clear drops the batch's commands, errors and settlements, so that they
+// do not outlive it; the memory is kept.
+func (sc *scratch) clear() {
+	clear(sc.cmds)
+	clear(sc.errs)
+	clear(sc.index)
+	for _, g := range sc.groups {
+		clear(g.items)
+		g.user, g.lease, g.jobs, g.items = "", "", g.jobs[:0], g.items[:0]
+	}
+}
+
 // leaseGroup is the settlements of one batch under one lease.
 type leaseGroup struct {
 	user, lease string
@@ -294,10 +337,14 @@ type leaseGroup struct {
 	items       []billing.LeaseSettlement
 }
 
-// leaseGroups groups the batch's settlements under leases by lease.
-func leaseGroups(batch []job) []*leaseGroup {
-	var groups []*leaseGroup
-	index := make(map[[2]string]*leaseGroup)
+// leaseGroups groups the batch's settlements under leases by lease, in
+// sc's memory: the groups, with their slices, are those of sc's last
+// batch, emptied.
+func (sc *scratch) leaseGroups(batch []job) []*leaseGroup {
+	if sc.index == nil {
+		sc.index = make(map[[2]string]*leaseGroup)
+	}
+	index, groups := sc.index, sc.groups[:0]
 	for i, j := range batch {
 		if j.rec.Lease == "" {
 			continue
@@ -305,13 +352,19 @@ func leaseGroups(batch []job) []*leaseGroup {
 		k := [2]string{j.rec.User, j.rec.Lease}
 		g := index[k]
 		if g == nil {
-			g = &leaseGroup{user: j.rec.User, lease: j.rec.Lease}
-			index[k] = g
-			groups = append(groups, g)
+			if n := len(groups); n < cap(groups) {
+				g = groups[:n+1][n] // a spare from an earlier batch, or nil
+			}
+			if g == nil {
+				g = &leaseGroup{}
+			}
+			g.user, g.lease = j.rec.User, j.rec.Lease
+			groups, index[k] = append(groups, g), g
 		}
 		g.jobs = append(g.jobs, i)
 		g.items = append(g.items, j.rec.leaseSettlement())
 	}
+	sc.groups = groups
 	for _, g := range groups {
 		g.sortBySeq()
 	}

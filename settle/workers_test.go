@@ -1,8 +1,11 @@
 package settle
 
 import (
+	"errors"
 	"fmt"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // splitScripts cuts lease groups into scripts of at most max settlements,
@@ -62,7 +65,7 @@ func TestLeaseGroupsSortBySeq(t *testing.T) {
 	for _, q := range seqs {
 		batch = append(batch, job{rec: leaseRecord("a", q)}, job{rec: leaseRecord("b", 10-q)})
 	}
-	groups := leaseGroups(batch)
+	groups := new(scratch).leaseGroups(batch)
 	if len(groups) != 2 {
 		t.Fatalf("%d groups, want 2", len(groups))
 	}
@@ -77,6 +80,59 @@ func TestLeaseGroupsSortBySeq(t *testing.T) {
 		}
 		if len(g.jobs) != len(seqs) {
 			t.Fatalf("%s: %d settlements, want %d", g.user, len(g.jobs), len(seqs))
+		}
+	}
+}
+
+// A worker's scratch, reused from batch to batch, groups each batch as
+// fresh memory would: no settlement, lease or job of an earlier batch is
+// left in a group, and the buffers a script's records were joined in are
+// kept for the next batch.
+func TestScratchReusedAcrossBatches(t *testing.T) {
+	batchOf := func(users string, per int) []job {
+		var batch []job
+		for q := 1; q <= per; q++ {
+			for _, u := range users {
+				batch = append(batch, job{rec: leaseRecord(string(u), int64(q))})
+			}
+		}
+		return batch
+	}
+	describe := func(groups []*leaseGroup) string {
+		var out string
+		for _, g := range groups {
+			out += fmt.Sprintf("%s/%s:%v:", g.user, g.lease, g.jobs)
+			for _, it := range g.items {
+				out += fmt.Sprintf("%d=%s ", it.Seq, it.Record)
+			}
+		}
+		return out
+	}
+	var sc scratch
+	for round, b := range []struct {
+		users string
+		per   int
+	}{{"abcde", 3}, {"xy", 5}, {"pqrstuvw", 1}, {"a", 40}, {"abcde", 2}} {
+		batch := batchOf(b.users, b.per)
+		got := describe(sc.leaseGroups(batch))
+		if want := describe(new(scratch).leaseGroups(batch)); got != want {
+			t.Fatalf("round %d: reused scratch grouped\n%s\nfresh memory\n%s", round, got, want)
+		}
+		cmds, errs := sc.take(len(batch))
+		if len(cmds) != len(batch) || len(errs) != len(batch) || cmds[0] != nil || errs[0] != nil {
+			t.Fatalf("round %d: take(%d) gave %d commands and %d errors, first %v %v", round, len(batch), len(cmds), len(errs), cmds[0], errs[0])
+		}
+		cmds[0], errs[0] = redis.NewCmd(t.Context()), errors.New("x")
+		room := sc.room(1)
+		*room = append((*room)[:0], "records"...)
+		sc.clear()
+	}
+	if len(sc.rooms) != 2 || string(sc.rooms[1]) != "records" {
+		t.Fatalf("rooms not kept: %q", sc.rooms)
+	}
+	for _, g := range sc.groups[:cap(sc.groups)] {
+		if g != nil && (g.user != "" || len(g.jobs) != 0 || len(g.items) != 0 || len(sc.index) != 0) {
+			t.Fatalf("a cleared group still holds %+v", *g)
 		}
 	}
 }

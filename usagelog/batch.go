@@ -41,18 +41,28 @@ func entries(streams []redis.XStream) int {
 }
 
 // item is one record's JSON from a stream entry (an entry holds one, or a
-// batch): id names the entry, and the record's line in a batch ("<id>/2").
+// batch): id names the entry, and line the record's line in a batch (0 for
+// an entry of one record).
 type item struct {
 	stream, id, raw string
+	line            int
 	msg             *redis.XMessage // the entry, for a reject that lacks the field
 	missing         bool            // the entry holds neither field
+}
+
+// entryID names the item where a reject is kept: the entry's ID, and the
+// record's line in a batch ("<id>/2"). It is made only for a reject.
+func (it *item) entryID() string {
+	if it.line == 0 {
+		return it.id
+	}
+	return it.id + "/" + strconv.Itoa(it.line)
 }
 
 // items lists the records of the entries of streams, in stream order.
 // Entries deleted while pending (no values) hold none; they are only
 // acknowledged.
-func (f *Flusher) items(streams []redis.XStream) []item {
-	out := make([]item, 0, entries(streams))
+func (f *Flusher) items(streams []redis.XStream, out []item) []item {
 	for _, s := range streams {
 		for k := range s.Messages {
 			m := &s.Messages[k]
@@ -70,7 +80,7 @@ func (f *Flusher) items(streams []redis.XStream) []item {
 			}
 			for n := 1; ; n++ {
 				line, rest, more := strings.Cut(raw, "\n")
-				out = append(out, item{stream: s.Stream, id: m.ID + "/" + strconv.Itoa(n), raw: line})
+				out = append(out, item{stream: s.Stream, id: m.ID, line: n, raw: line})
 				if !more {
 					break
 				}
@@ -81,16 +91,64 @@ func (f *Flusher) items(streams []redis.XStream) []item {
 	return out
 }
 
+// decodeRoom is one pump's memory for decoding, kept from one read to the
+// next: a read of thousands of records would otherwise take a few MiB of
+// fresh memory each time, which the Go runtime returns to the system
+// between reads and takes back, page fault by page fault, at the next.
+type decodeRoom struct {
+	items   []item
+	rejects []*reject
+	recs    chan []Record // record lists whose batch is stored, for the next reads
+}
+
+func newDecodeRoom() *decodeRoom {
+	return &decodeRoom{recs: make(chan []Record, mergeBatches+1)}
+}
+
+// takeRecs returns a list of n zero records: a stored batch's, or new.
+func (m *decodeRoom) takeRecs(n int) []Record {
+	select {
+	case r := <-m.recs:
+		if cap(r) >= n {
+			return r[:n]
+		}
+	default:
+	}
+	return make([]Record, n)
+}
+
+// recycle takes back the record lists of a stored batch, emptied, so that
+// no record outlives its batch.
+func (m *decodeRoom) recycle(parts [][]Record) {
+	for _, p := range parts {
+		p = p[:cap(p)]
+		clear(p)
+		select {
+		case m.recs <- p:
+		default:
+		}
+	}
+}
+
 // decodeAll decodes the entries of streams into records and rejects, in
-// stream order.
-func (f *Flusher) decodeAll(streams []redis.XStream) batch {
+// stream order, in m's memory (nil for new).
+func (f *Flusher) decodeAll(streams []redis.XStream, m *decodeRoom) batch {
+	if m == nil {
+		m = newDecodeRoom()
+	}
 	// The records in one list, so that a large read is decoded on every
 	// core whichever streams and entries they came from.
-	items := f.items(streams)
+	items := f.items(streams, m.items[:0])
+	m.items = items
+	defer clear(items) // they hold the read's strings
 	// Records are decoded in place, then the few that are not (rejected)
 	// are squeezed out.
-	recs := make([]Record, len(items))
-	rejects := make([]*reject, len(items))
+	recs := m.takeRecs(len(items))
+	if cap(m.rejects) < len(items) {
+		m.rejects = make([]*reject, len(items))
+	}
+	rejects := m.rejects[:len(items)]
+	defer clear(rejects)
 	decodeRange := func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			recs[i], rejects[i] = f.decode(items[i])
@@ -150,6 +208,7 @@ const mergeBatches = 4
 func (f *Flusher) pump(ctx context.Context, read func(context.Context) (streams []redis.XStream, more bool, err error)) (int, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	ch := make(chan decoded, mergeBatches-1)
+	room := newDecodeRoom()
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }() // no reader outlives pump
 	wg.Go(func() {
@@ -162,7 +221,7 @@ func (f *Flusher) pump(ctx context.Context, read func(context.Context) (streams 
 				return
 			}
 			if d.err == nil {
-				d.b = f.decodeAll(streams)
+				d.b = f.decodeAll(streams, room)
 			}
 			select {
 			case ch <- d:
@@ -185,6 +244,7 @@ func (f *Flusher) pump(ctx context.Context, read func(context.Context) (streams 
 		if err != nil {
 			return total, err
 		}
+		room.recycle(b.recs)
 		if readErr != nil {
 			return total, readErr
 		}
@@ -262,14 +322,14 @@ func (f *Flusher) store(ctx context.Context, b batch) (int, error) {
 func (f *Flusher) decode(it item) (Record, *reject) {
 	if it.missing {
 		b, _ := json.Marshal(it.msg.Values)
-		return Record{}, f.rejected(it.stream, it.id, string(b), "missing field "+f.cfg.Field)
+		return Record{}, f.rejected(it.stream, it.entryID(), string(b), "missing field "+f.cfg.Field)
 	}
 	r, err := decodeRecord(it.raw)
 	if err != nil {
-		return Record{}, f.rejected(it.stream, it.id, it.raw, "bad json: "+err.Error())
+		return Record{}, f.rejected(it.stream, it.entryID(), it.raw, "bad json: "+err.Error())
 	}
 	if err := r.validate(); err != nil {
-		return Record{}, f.rejected(it.stream, it.id, it.raw, err.Error())
+		return Record{}, f.rejected(it.stream, it.entryID(), it.raw, err.Error())
 	}
 	return r, nil
 }

@@ -4,7 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 )
 
 // readBatch is a decoded read of one record, for gather.
@@ -93,4 +98,70 @@ func TestFlusherFailedTransactionLeavesEntriesPending(t *testing.T) {
 		t.Errorf("usage has %d rows, want %d", got, len(recs))
 	}
 	assertStreamEmpty(t, rdb, "g")
+}
+
+// A pump decodes read after read in the same memory (decodeRoom), taking
+// back the record lists of each stored batch: every read decodes as it
+// would in fresh memory, rejects keep their entry and line, and a list
+// comes back empty, holding no record of its batch.
+func TestDecodeRoomReusedAcrossReads(t *testing.T) {
+	f := &Flusher{cfg: FlusherConfig{Field: "r", BatchField: "rs"}, log: zap.NewNop()}
+	line := func(id string) string {
+		r := rec(id, "u_"+id, time.Unix(1_700_000_000, 0))
+		b, err := r.AppendJSON(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	read := func(round, singles, lines int) []redis.XStream {
+		var msgs []redis.XMessage
+		for i := range singles {
+			msgs = append(msgs, redis.XMessage{ID: fmt.Sprintf("%d-%d", round, i), Values: map[string]any{"r": line(fmt.Sprintf("s%d_%d", round, i))}})
+		}
+		var joined []string
+		for i := range lines {
+			joined = append(joined, line(fmt.Sprintf("b%d_%d", round, i)))
+		}
+		joined = append(joined, `{"request_id":"bad"`)
+		msgs = append(msgs, redis.XMessage{ID: fmt.Sprintf("%d-b", round), Values: map[string]any{"rs": strings.Join(joined, "\n")}},
+			redis.XMessage{ID: fmt.Sprintf("%d-x", round), Values: map[string]any{"other": "x"}})
+		return []redis.XStream{{Stream: "s", Messages: msgs}}
+	}
+	describe := func(b batch) string {
+		out := fmt.Sprint(len(b.recs), b.acks)
+		for _, p := range b.recs {
+			for _, r := range p {
+				out += " " + r.RequestID + "/" + r.User
+			}
+		}
+		for _, rj := range b.rejects {
+			out += " reject " + rj.entryID
+		}
+		return out
+	}
+	room := newDecodeRoom()
+	for round, size := range [][2]int{{5, 300}, {40, 2}, {0, 900}, {3, 3}} {
+		streams := read(round, size[0], size[1])
+		b := f.decodeAll(streams, room)
+		got, want := describe(b), describe(f.decodeAll(streams, nil))
+		if got != want {
+			t.Fatalf("round %d: in reused memory\n%s\nin fresh memory\n%s", round, got, want)
+		}
+		if n := len(b.recs[0]); n != size[0]+size[1] || len(b.rejects) != 2 ||
+			b.rejects[0].entryID != fmt.Sprintf("%d-b/%d", round, size[1]+1) || b.rejects[1].entryID != fmt.Sprintf("%d-x", round) {
+			t.Fatalf("round %d: %d records, rejects %s", round, n, describe(b))
+		}
+		room.recycle(b.recs)
+		if p := <-room.recs; p[0].RequestID != "" || p[len(p)-1].User != "" {
+			t.Fatalf("round %d: a recycled list still holds %q", round, p[0].RequestID)
+		} else {
+			room.recs <- p
+		}
+	}
+	for _, it := range room.items[:cap(room.items)] {
+		if it.raw != "" || it.id != "" {
+			t.Fatalf("an item outlives its read: %+v", it)
+		}
+	}
 }
