@@ -290,7 +290,7 @@ func settleLeasesParams(b []LeaseBatch, mixes bool, room *[]byte) ([]string, []a
 	case room != nil && cap(*room) >= size:
 		all = (*room)[:0]
 	case room != nil && size <= maxRoom:
-		all = make([]byte, 0, size)
+		all = make([]byte, 0, min(size+size/4, maxRoom)) // room to grow a little
 		*room = all
 	default:
 		all = make([]byte, 0, size)

@@ -41,15 +41,25 @@ func (sc *scratch) room(i int) *[]byte {
 	return &sc.rooms[i]
 }
 
-// clear drops the batch's commands, errors and settlements, so that they
-// do not outlive it; the memory is kept.
+// clear drops the batch's commands, errors, settlements and records
+// (zeroed in the rooms), so that none outlives it; the memory is kept,
+// but for a group's lists far longer than this batch needed: a customer
+// who once filled a batch alone should not leave a batch's worth of
+// memory at every position.
 func (sc *scratch) clear() {
 	clear(sc.cmds)
 	clear(sc.errs)
 	clear(sc.index)
+	for i := range sc.rooms {
+		clear(sc.rooms[i][:cap(sc.rooms[i])])
+	}
 	for _, g := range sc.groups {
+		used := len(g.items)
 		clear(g.items)
 		g.user, g.lease, g.jobs, g.items = "", "", g.jobs[:0], g.items[:0]
+		if cap(g.items) > 4*max(used, 64) {
+			g.jobs, g.items = nil, nil
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package settle
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -87,7 +88,7 @@ func TestLeaseGroupsSortBySeq(t *testing.T) {
 // A worker's scratch, reused from batch to batch, groups each batch as
 // fresh memory would: no settlement, lease or job of an earlier batch is
 // left in a group, and the buffers a script's records were joined in are
-// kept for the next batch.
+// kept for the next batch (emptied).
 func TestScratchReusedAcrossBatches(t *testing.T) {
 	batchOf := func(users string, per int) []job {
 		var batch []job
@@ -98,24 +99,14 @@ func TestScratchReusedAcrossBatches(t *testing.T) {
 		}
 		return batch
 	}
-	describe := func(groups []*leaseGroup) string {
-		var out string
-		for _, g := range groups {
-			out += fmt.Sprintf("%s/%s:%v:", g.user, g.lease, g.jobs)
-			for _, it := range g.items {
-				out += fmt.Sprintf("%d=%s ", it.Seq, it.Record)
-			}
-		}
-		return out
-	}
 	var sc scratch
 	for round, b := range []struct {
 		users string
 		per   int
 	}{{"abcde", 3}, {"xy", 5}, {"pqrstuvw", 1}, {"a", 40}, {"abcde", 2}} {
 		batch := batchOf(b.users, b.per)
-		got := describe(sc.leaseGroups(batch))
-		if want := describe(new(scratch).leaseGroups(batch)); got != want {
+		got := describeGroups(sc.leaseGroups(batch))
+		if want := describeGroups(new(scratch).leaseGroups(batch)); got != want {
 			t.Fatalf("round %d: reused scratch grouped\n%s\nfresh memory\n%s", round, got, want)
 		}
 		cmds, errs := sc.take(len(batch))
@@ -127,7 +118,7 @@ func TestScratchReusedAcrossBatches(t *testing.T) {
 		*room = append((*room)[:0], "records"...)
 		sc.clear()
 	}
-	if len(sc.rooms) != 2 || string(sc.rooms[1]) != "records" {
+	if len(sc.rooms) != 2 || cap(sc.rooms[1]) < len("records") {
 		t.Fatalf("rooms not kept: %q", sc.rooms)
 	}
 	for _, g := range sc.groups[:cap(sc.groups)] {
@@ -135,4 +126,45 @@ func TestScratchReusedAcrossBatches(t *testing.T) {
 			t.Fatalf("a cleared group still holds %+v", *g)
 		}
 	}
+}
+
+// A group's lists that have grown far beyond what a batch used are let
+// go when it is cleared, and a room's records are zeroed: a customer who
+// once filled a batch alone leaves no batch's worth of memory behind, and
+// no record outlives its batch.
+func TestScratchLetsGoOfOversizeGroups(t *testing.T) {
+	var sc scratch
+	var big []job
+	for q := int64(1); q <= 1000; q++ {
+		big = append(big, job{rec: leaseRecord("a", q)})
+	}
+	sc.leaseGroups(big)
+	*sc.room(0) = append((*sc.room(0))[:0], "a record"...)
+	sc.clear()
+	if g := sc.groups[0]; cap(g.items) > 4*1000 || cap(g.items) < 1000 {
+		t.Fatalf("a group that used its 1,000 settlements kept %d", cap(g.items))
+	}
+	if r := sc.rooms[0][:cap(sc.rooms[0])]; strings.Trim(string(r), "\x00") != "" {
+		t.Fatalf("a room still holds %q", r)
+	}
+	sc.leaseGroups(big[:3])
+	sc.clear()
+	if g := sc.groups[0]; cap(g.items) != 0 || cap(g.jobs) != 0 {
+		t.Fatalf("a group that used 3 settlements kept room for %d and %d", cap(g.items), cap(g.jobs))
+	}
+	if got := describeGroups(sc.leaseGroups(big[:5])); got != describeGroups(new(scratch).leaseGroups(big[:5])) {
+		t.Fatalf("after letting go: %s", got)
+	}
+}
+
+// describeGroups lists lease groups with their jobs and settlements.
+func describeGroups(groups []*leaseGroup) string {
+	var out string
+	for _, g := range groups {
+		out += fmt.Sprintf("%s/%s:%v:", g.user, g.lease, g.jobs)
+		for _, it := range g.items {
+			out += fmt.Sprintf("%d=%s ", it.Seq, it.Record)
+		}
+	}
+	return out
 }

@@ -114,7 +114,7 @@ func (m *decodeRoom) takeRecs(n int) []Record {
 		}
 	default:
 	}
-	return make([]Record, n)
+	return make([]Record, n, n+n/4) // room to grow a little
 }
 
 // recycle takes back the record lists of a stored batch, emptied, so that
@@ -204,11 +204,15 @@ const mergeBatches = 4
 // with storing the current one: SQLite and Redis each work while the other
 // does, and the batches that are ready when a transaction starts go into
 // it together (at most mergeBatches). Entries read but not stored when
-// pump fails stay pending in the stream, for drainPending.
-func (f *Flusher) pump(ctx context.Context, read func(context.Context) (streams []redis.XStream, more bool, err error)) (int, error) {
+// pump fails stay pending in the stream, for drainPending. It decodes in
+// room, which its caller may keep for the next pump (nil: new memory);
+// no two pumps may share one at a time.
+func (f *Flusher) pump(ctx context.Context, room *decodeRoom, read func(context.Context) (streams []redis.XStream, more bool, err error)) (int, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	ch := make(chan decoded, mergeBatches-1)
-	room := newDecodeRoom()
+	if room == nil {
+		room = newDecodeRoom()
+	}
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }() // no reader outlives pump
 	wg.Go(func() {

@@ -199,6 +199,7 @@ func (f *Flusher) run() {
 		backoff     time.Duration
 		needPending = true
 		lastClaim   time.Time
+		room        = newDecodeRoom() // kept as long as the flusher runs
 	)
 	for {
 		select {
@@ -206,7 +207,7 @@ func (f *Flusher) run() {
 			return
 		default:
 		}
-		err := f.step(ctx, &needPending, &lastClaim)
+		err := f.step(ctx, room, &needPending, &lastClaim)
 		if err == nil {
 			backoff = 0
 			continue
@@ -227,7 +228,7 @@ func (f *Flusher) run() {
 
 // step does one round of the loop: pending entries when needed, idle
 // entries of other consumers every claimIdle, then one blocking read.
-func (f *Flusher) step(ctx context.Context, needPending *bool, lastClaim *time.Time) error {
+func (f *Flusher) step(ctx context.Context, room *decodeRoom, needPending *bool, lastClaim *time.Time) error {
 	if *needPending {
 		if err := f.ensureGroup(ctx); err != nil {
 			return err
@@ -247,7 +248,7 @@ func (f *Flusher) step(ctx context.Context, needPending *bool, lastClaim *time.T
 	// when Stop is called, or when it is time to look for orphans again.
 	until := time.Now().Add(f.claimIdle)
 	short := false
-	_, err := f.pump(ctx, func(ctx context.Context) ([]redis.XStream, bool, error) {
+	_, err := f.pump(ctx, room, func(ctx context.Context) ([]redis.XStream, bool, error) {
 		if short && !f.wait(ctx, f.cfg.Linger) {
 			return nil, false, nil
 		}
@@ -329,7 +330,7 @@ func (f *Flusher) read(ctx context.Context, id string, after map[string]string, 
 // drainPending stores this consumer's pending entries, oldest first.
 func (f *Flusher) drainPending(ctx context.Context) (int, error) {
 	after := make(map[string]string, len(f.cfg.Streams))
-	return f.pump(ctx, func(ctx context.Context) ([]redis.XStream, bool, error) {
+	return f.pump(ctx, nil, func(ctx context.Context) ([]redis.XStream, bool, error) {
 		streams, err := f.read(ctx, "0", after, -1)
 		for _, s := range streams {
 			if len(s.Messages) > 0 {
@@ -361,7 +362,7 @@ func (f *Flusher) drainNew(ctx context.Context) (int, error) {
 	if len(marks) == 0 {
 		return 0, nil
 	}
-	return f.pump(ctx, func(ctx context.Context) ([]redis.XStream, bool, error) {
+	return f.pump(ctx, nil, func(ctx context.Context) ([]redis.XStream, bool, error) {
 		streams, err := f.read(ctx, ">", nil, -1)
 		more := false
 		for _, s := range streams {
@@ -378,7 +379,7 @@ func (f *Flusher) drainNew(ctx context.Context) (int, error) {
 // left unacknowledged for claimIdle.
 func (f *Flusher) claimOrphans(ctx context.Context) error {
 	stream, start := 0, "0-0"
-	n, err := f.pump(ctx, func(ctx context.Context) ([]redis.XStream, bool, error) {
+	n, err := f.pump(ctx, nil, func(ctx context.Context) ([]redis.XStream, bool, error) {
 		for stream < len(f.cfg.Streams) {
 			name := f.cfg.Streams[stream]
 			msgs, next, err := f.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
