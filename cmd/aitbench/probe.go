@@ -21,54 +21,45 @@ import (
 // 100 on every Linux architecture Go supports.
 const clockTicks = 100
 
-// procStat returns the fields of /proc/<pid>/stat after the command name
-// (field 3 onwards), which is in parentheses and may hold spaces.
-func procStat(pid int) ([]string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// procStat returns two counters of /proc/<pid>/stat: fields a and b
+// counted from 1, as proc(5) numbers them. The command name (field 2) is
+// in parentheses and may hold spaces, so fields are counted after the
+// last ')'.
+func procStat(pid, a, b int) (int64, int64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return nil, err
+		return 0, 0, err
 	}
-	i := strings.LastIndexByte(string(b), ')')
+	i := strings.LastIndexByte(string(raw), ')')
 	if i < 0 {
-		return nil, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
 	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return nil, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	f := strings.Fields(string(raw[i+1:])) // f[0] is field 3
+	if len(f) < max(a, b)-2 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 	}
-	return f, nil
+	va, err1 := strconv.ParseInt(f[a-3], 10, 64)
+	vb, err2 := strconv.ParseInt(f[b-3], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: fields %d and %d are not numbers", pid, a, b)
+	}
+	return va, vb, nil
 }
 
-// procCPU returns the user+system CPU time a process has used so far.
+// procCPU returns the user+system CPU time a process has used so far
+// (utime and stime).
 func procCPU(pid int) (time.Duration, error) {
-	f, err := procStat(pid)
-	if err != nil {
-		return 0, err
-	}
-	// utime and stime are fields 14 and 15.
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime", pid)
-	}
-	return time.Duration(utime+stime) * time.Second / clockTicks, nil
+	utime, stime, err := procStat(pid, 14, 15)
+	return time.Duration(utime+stime) * time.Second / clockTicks, err
 }
 
 // procFaults returns how many page faults a process has taken so far,
-// minor and major (fields 10 and 12 of /proc/<pid>/stat). On a virtual
-// machine a fault can cost as much as a request's whole system-call work,
-// so memory a process takes fresh shows here before it shows in a profile.
+// minor and major (minflt and majflt). On a virtual machine a fault can
+// cost as much as a request's whole system-call work, so memory a process
+// takes fresh shows here before it shows in a profile.
 func procFaults(pid int) (int64, error) {
-	f, err := procStat(pid)
-	if err != nil {
-		return 0, err
-	}
-	minflt, err1 := strconv.ParseInt(f[7], 10, 64)
-	majflt, err2 := strconv.ParseInt(f[9], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: bad minflt/majflt", pid)
-	}
-	return minflt + majflt, nil
+	minflt, majflt, err := procStat(pid, 10, 12)
+	return minflt + majflt, err
 }
 
 // procSyscalls returns how many read and write system calls a process has

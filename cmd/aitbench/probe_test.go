@@ -4,11 +4,12 @@ import (
 	"os"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // procFaults counts the page faults of a process: touching 1,024 fresh
-// pages of this one adds at least as many, and procCPU reads the same
-// stat line.
+// pages of this one adds at least as many; and procCPU, from the same
+// line, agrees with getrusage.
 func TestProcFaults(t *testing.T) {
 	const pages = 1024
 	size := pages * os.Getpagesize()
@@ -35,7 +36,24 @@ func TestProcFaults(t *testing.T) {
 	if after-before < pages {
 		t.Fatalf("%d page faults for %d fresh pages", after-before, pages)
 	}
-	if _, err := procCPU(os.Getpid()); err != nil {
+	// The CPU time read from the same line is the process's own, as
+	// getrusage counts it (to the clock tick).
+	self := func() time.Duration {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	for x := 0; self() < 60*time.Millisecond; x++ {
+		mem[x%size]++
+	}
+	cpu, err := procCPU(os.Getpid())
+	if err != nil {
 		t.Fatal(err)
+	}
+	rusage := self()
+	if cpu > rusage+20*time.Millisecond || cpu < rusage-20*time.Millisecond {
+		t.Fatalf("procCPU %v, getrusage %v", cpu, rusage)
 	}
 }
