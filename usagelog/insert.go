@@ -256,6 +256,7 @@ func hasClientIP(recs []Record) bool {
 // and returns how many were new.
 func (u *usageInserts) write(ctx context.Context, recs []Record, noIP map[string]bool) (int, error) {
 	inserted := 0
+	var box rowBoxes // the last row's boxed values, for the columns that repeat
 	for rest := recs; len(rest) > 0; {
 		size := 0 // the largest statement not longer than rest
 		for insertChunk>>size > len(rest) {
@@ -271,12 +272,16 @@ func (u *usageInserts) write(ctx context.Context, recs []Record, noIP map[string
 				ip = "" // the user opted out (or was erased): see noIPUsers
 			}
 			a := args[i*usageColumnCount : (i+1)*usageColumnCount]
-			a[0].Value, a[1].Value, a[2].Value, a[3].Value = r.RequestID, unixNanos(r.Time), r.User, r.KeyID
-			a[4].Value, a[5].Value, a[6].Value, a[7].Value = r.Model, r.Endpoint, r.Stream, int64(r.Status)
-			a[8].Value, a[9].Value, a[10].Value = r.Outcome, r.InputTokens, r.CachedInputTokens
-			a[11].Value, a[12].Value, a[13].Value = r.CacheWriteTokens, r.OutputTokens, r.ReasoningTokens
-			a[14].Value, a[15].Value, a[16].Value, a[17].Value = int64(r.Cost), r.Currency, r.Estimated, r.DurationMS
-			a[18].Value, a[19].Value, a[20].Value = r.TTFTMS, ip, r.Clamped
+			a[0].Value, a[1].Value = r.RequestID, unixNanos(r.Time)
+			a[2].Value, a[3].Value = box.user.of(r.User), box.keyID.of(r.KeyID)
+			a[4].Value, a[5].Value = box.model.of(r.Model), box.endpoint.of(r.Endpoint)
+			a[6].Value, a[7].Value, a[8].Value = r.Stream, int64(r.Status), box.outcome.of(r.Outcome)
+			a[9].Value, a[10].Value = box.counts[0].of(r.InputTokens), box.counts[1].of(r.CachedInputTokens)
+			a[11].Value, a[12].Value = box.counts[2].of(r.CacheWriteTokens), box.counts[3].of(r.OutputTokens)
+			a[13].Value, a[14].Value = box.counts[4].of(r.ReasoningTokens), box.counts[5].of(int64(r.Cost))
+			a[15].Value, a[16].Value = box.currency.of(r.Currency), r.Estimated
+			a[17].Value, a[18].Value = box.counts[6].of(r.DurationMS), box.counts[7].of(r.TTFTMS)
+			a[19].Value, a[20].Value = box.ip.of(ip), r.Clamped
 		}
 		res, err := u.stmts[size].ExecContext(ctx, args)
 		if err != nil {
@@ -289,6 +294,30 @@ func (u *usageInserts) write(ctx context.Context, recs []Record, noIP map[string
 		inserted += int(n)
 	}
 	return inserted, nil
+}
+
+// rowBoxes keeps, per column, the driver value of the row written last.
+// Putting a string or an integer above 255 into a driver.Value allocates,
+// and most columns repeat from row to row (a batch is mostly a few
+// customers on one model and endpoint): a repeated value reuses the boxed
+// one. Request IDs and times differ on every row and are boxed each time.
+type rowBoxes struct {
+	user, keyID, model, endpoint, outcome, currency, ip boxed[string]
+	counts                                              [8]boxed[int64]
+}
+
+// boxed is one column's last value and its boxed form.
+type boxed[T comparable] struct {
+	v   T
+	box driver.Value
+}
+
+// of returns v as a driver.Value, the one boxed last time when v repeats.
+func (b *boxed[T]) of(v T) driver.Value {
+	if b.box == nil || b.v != v {
+		b.v, b.box = v, v
+	}
+	return b.box
 }
 
 // writeRejects stores rejected stream entries, with args as room for the

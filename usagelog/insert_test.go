@@ -25,12 +25,34 @@ func distinctRec(id, user string, i int, t time.Time) Record {
 	}
 }
 
+// runRec returns a record whose columns change in runs of different
+// lengths (each column repeats its value over a few rows, then changes,
+// at rows that do not line up with each other or with the statements'
+// chunks), so that a column given the row before's value shows.
+func runRec(id, user string, i int, t time.Time) Record {
+	return Record{
+		RequestID: id, Time: t.Add(time.Duration(i) * time.Microsecond).UTC(), User: user,
+		KeyID: fmt.Sprintf("k%d", i/2), Model: fmt.Sprintf("m%d", i/3), Endpoint: fmt.Sprintf("/e%d", i/5),
+		Stream: i/2%2 == 0, Status: 200 + i/7, Outcome: fmt.Sprintf("o%d", i/11),
+		InputTokens: int64(1000 + i/3), CachedInputTokens: int64(2000 + i/4), CacheWriteTokens: int64(i / 6 % 2 * 300),
+		OutputTokens: int64(4000 + i/5), ReasoningTokens: int64(i / 8 % 3), Cost: money.Nanos(6000 + i/9),
+		Currency: fmt.Sprintf("C%d", i/13), Estimated: i/4%3 == 0, Clamped: i/6%5 == 0,
+		DurationMS: int64(7000 + i/10), TTFTMS: int64(i / 12 % 2 * 8000), ClientIP: fmt.Sprintf("198.51.100.%d", i/17%250),
+	}
+}
+
 // TestInsertUsageEveryChunkSize stores batches whose sizes need every
-// prepared statement (full chunks and each smaller power of two), checks
+// prepared statement (full chunks and each smaller power of two), with
+// every value distinct and with values repeated in runs, checks
 // that every column of every row reads back as written and that a replay
 // inserts nothing, then that Close finalizes the statements and the file
 // opens again.
 func TestInsertUsageEveryChunkSize(t *testing.T) {
+	t.Run("distinct values", func(t *testing.T) { testInsertEveryChunkSize(t, distinctRec) })
+	t.Run("repeated values", func(t *testing.T) { testInsertEveryChunkSize(t, runRec) })
+}
+
+func testInsertEveryChunkSize(t *testing.T, makeRec func(id, user string, i int, t time.Time) Record) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "ledger.db")
 	s, err := Open(path)
@@ -43,7 +65,7 @@ func TestInsertUsageEveryChunkSize(t *testing.T) {
 		user := fmt.Sprintf("u%d", n)
 		recs := make([]Record, n)
 		for i := range recs {
-			recs[i] = distinctRec(fmt.Sprintf("r%d-%04d", n, i), user, i, now)
+			recs[i] = makeRec(fmt.Sprintf("r%d-%04d", n, i), user, i, now)
 		}
 		if got, err := s.InsertUsage(ctx, recs); err != nil || got != n {
 			t.Fatalf("%d records: inserted %d, %v", n, got, err)
@@ -73,7 +95,7 @@ func TestInsertUsageEveryChunkSize(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if got, err := s.InsertUsage(ctx, []Record{distinctRec("after-reopen", "u", 1, now)}); err != nil || got != 1 {
+	if got, err := s.InsertUsage(ctx, []Record{makeRec("after-reopen", "u", 1, now)}); err != nil || got != 1 {
 		t.Errorf("insert after reopening: %d, %v", got, err)
 	}
 }
