@@ -144,13 +144,16 @@ func (h *Handler) authError(err error, model string) *apiError {
 
 // setIdentity exposes who is calling to later handlers and the access log.
 func (h *Handler) setIdentity(r *http.Request, g billing.Grant, model string) {
-	caddyhttp.SetVar(r.Context(), "aitoken.user", g.User)
-	caddyhttp.SetVar(r.Context(), "aitoken.key_id", g.KeyID)
-	if model != "" {
-		caddyhttp.SetVar(r.Context(), "aitoken.model", model)
+	keyID := any(g.KeyID) // boxed once for both
+	if vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+		vars["aitoken.user"] = g.User
+		vars["aitoken.key_id"] = keyID
+		if model != "" {
+			vars["aitoken.model"] = model
+		}
 	}
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-		repl.Set("http.auth.user.id", g.KeyID)
+		repl.Set("http.auth.user.id", keyID)
 	}
 }
 

@@ -93,8 +93,9 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, t 
 	}
 
 	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
-		extra.Add(zap.Inline(&logFields{requestID: g.RequestID, user: g.User, keyID: g.KeyID, model: req.Model,
-			input: b.Tokens.Input, output: b.Tokens.Output, cost: b.Cost, outcome: outcome}))
+		mw.log = logFields{requestID: g.RequestID, user: g.User, keyID: g.KeyID, model: req.Model,
+			input: b.Tokens.Input, output: b.Tokens.Output, cost: b.Cost, outcome: outcome}
+		extra.Add(zap.Inline(&mw.log))
 	}
 
 	countRequest(h.app.prices.Pattern(req.Model), outcome, b.Tokens, b.Reasoning, b.Cost)

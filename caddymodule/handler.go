@@ -303,9 +303,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	mw := newMeteredWriter(w, r, req, h.OnClientGone == onClientGoneCancel)
 	up := r
 	if h.OnClientGone == onClientGoneFinish {
-		var d *detached
-		up, d = detachUpstream(r, time.Duration(h.ClientGoneTimeout))
-		defer d.release()
+		up = mw.detach.start(r, time.Duration(h.ClientGoneTimeout))
+		defer mw.detach.release()
 		mw.upstream = up.Context()
 	}
 	if g.Hold > 0 && g.Lease == "" {
@@ -405,12 +404,13 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 			err = io.ErrUnexpectedEOF
 		}
 	}
-	var tooBig *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooBig):
-		// A request_body limit before this handler.
-		return nil, money.Price{}, errTooLarge
-	case err != nil:
+	if err != nil {
+		// (errors.As's target escapes: declared here, it costs only a
+		// failed read an allocation.)
+		if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) {
+			// A request_body limit before this handler.
+			return nil, money.Price{}, errTooLarge
+		}
 		// The client stopped sending (or went away): nobody to answer,
 		// and nothing to blame on Redis or the key.
 		return nil, money.Price{}, errClientClosed
@@ -419,14 +419,8 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 		return nil, money.Price{}, errTooLarge
 	}
 	req, err := meter.ParseRequest(format, body, h.inject)
-	var fe *meter.FieldError
-	switch {
-	case errors.Is(err, meter.ErrMissingModel):
-		return nil, money.Price{}, errInvalidRequest("you must provide a model parameter", "model")
-	case errors.As(err, &fe):
-		return nil, money.Price{}, errInvalidRequest(fe.Error(), fe.Field)
-	case err != nil:
-		return nil, money.Price{}, errInvalidRequest("the request body is not a valid JSON object", "")
+	if err != nil {
+		return nil, money.Price{}, requestError(err)
 	}
 	price, ok := h.priceOf(req.Model)
 	if !ok {
@@ -438,6 +432,18 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 		}
 	}
 	return req, price, nil
+}
+
+// requestError is the client's answer to a body ParseRequest refused.
+func requestError(err error) *apiError {
+	var fe *meter.FieldError
+	switch {
+	case errors.Is(err, meter.ErrMissingModel):
+		return errInvalidRequest("you must provide a model parameter", "model")
+	case errors.As(err, &fe):
+		return errInvalidRequest(fe.Error(), fe.Field)
+	}
+	return errInvalidRequest("the request body is not a valid JSON object", "")
 }
 
 // Interface guards

@@ -16,7 +16,7 @@ import (
 // meteredWriter forwards every write to the client at once while the
 // meter observes the same bytes.
 type meteredWriter struct {
-	*caddyhttp.ResponseWriterWrapper
+	caddyhttp.ResponseWriterWrapper
 	obs       *meter.Observer
 	client    clientSink
 	clientCtx context.Context
@@ -48,11 +48,16 @@ type meteredWriter struct {
 	holding  bool
 	held     [1]byte
 	released bool
+	// detach is the upstream request's own context, under on_client_gone
+	// finish.
+	detach detached
+	// log holds the access log's aitoken_* fields (see finish).
+	log logFields
 }
 
 func newMeteredWriter(w http.ResponseWriter, r *http.Request, req *meter.Request, cancelOnGone bool) *meteredWriter {
 	m := &meteredWriter{
-		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		obs:                   meter.NewObserver(req),
 		hiding:                req.InjectedUsage && !req.ClientWantsUsage,
 		clientCtx:             r.Context(),

@@ -18,19 +18,19 @@ import (
 // This file prepares the request that goes upstream: what is removed or
 // refused before it leaves, and how it outlives a client that went away.
 
-// detachUpstream returns r with a context that outlives the client's: when
-// the client goes away, the upstream request goes on for at most timeout
-// more, so its usage report can still be read and billed. Its release
-// ends it.
-func detachUpstream(r *http.Request, timeout time.Duration) (*http.Request, *detached) {
+// start returns r with a context that outlives the client's: when the
+// client goes away, the upstream request goes on for at most timeout more,
+// so its usage report can still be read and billed. release ends it.
+func (d *detached) start(r *http.Request, timeout time.Duration) *http.Request {
 	ctx, cancel := context.WithCancelCause(context.WithoutCancel(r.Context()))
-	d := &detached{cancel: cancel, timeout: timeout}
+	d.cancel, d.timeout = cancel, timeout
 	d.stop = context.AfterFunc(r.Context(), d.clientGone)
-	return r.WithContext(ctx), d
+	return r.WithContext(ctx)
 }
 
-// detached is the state of one upstream request's context from
-// detachUpstream (one allocation, where closures would take several).
+// detached is the state of one upstream request's context (see start).
+// It lives in the request's meteredWriter, so it costs no allocation of
+// its own.
 type detached struct {
 	mu       sync.Mutex
 	timer    *time.Timer
@@ -64,7 +64,7 @@ func (d *detached) release() {
 }
 
 // cutAfterClientLeft reports whether ctx, an upstream context from
-// detachUpstream, was ended by client_gone_timeout.
+// detached.start, was ended by client_gone_timeout.
 func cutAfterClientLeft(ctx context.Context) bool {
 	return errors.Is(context.Cause(ctx), errClientGoneTimeout)
 }
