@@ -24,12 +24,14 @@ test:
 race:
 	RACE=all scripts/test.sh
 
-# The differential fuzz test of the request reader (meter.ParseRequest
-# against encoding/json and exact-key readings), for FUZZTIME (default 5m).
-# Inputs that fail are saved under meter/testdata/fuzz/ and rerun by make test.
+# The differential fuzz tests of the request reader (meter.ParseRequest
+# against encoding/json and exact-key readings) and of its JSON validator
+# (against json.Valid), each for FUZZTIME (default 5m). Inputs that fail
+# are saved under meter/testdata/fuzz/ and rerun by make test.
 FUZZTIME ?= 5m
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestOneReading$$' -fuzztime $(FUZZTIME) ./meter
+	$(GO) test -run '^$$' -fuzz '^FuzzValidJSON$$' -fuzztime $(FUZZTIME) ./meter
 
 # The Go micro-benchmarks, then the gateway benchmark (cmd/aitbench: bare
 # reverse_proxy vs aitoken, interleaved; prints a table and writes

@@ -106,7 +106,7 @@ func gatherPrompt(f Format, body []byte) (t promptText, ok bool) {
 	if f == FormatUnknown {
 		return t, true
 	}
-	if _, isObj := members(body); !isObj || !json.Valid(body) {
+	if _, isObj := members(body); !isObj || !validJSON(body) {
 		return t, false
 	}
 	switch f {

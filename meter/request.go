@@ -1,7 +1,6 @@
 package meter
 
 import (
-	"encoding/json"
 	"errors"
 	"strconv"
 )
@@ -231,7 +230,7 @@ const injectedOptions = `"stream_options":{"include_usage":true},`
 // Errors: ErrInvalidJSON when body is not a JSON object, ErrMissingModel,
 // or a *FieldError.
 func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
-	if _, ok := members(body); !ok || !json.Valid(body) {
+	if _, ok := members(body); !ok || !validJSON(body) {
 		return nil, ErrInvalidJSON
 	}
 	var vals [numFields][]byte
