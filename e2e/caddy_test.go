@@ -184,7 +184,7 @@ func launch(t *testing.T, n *nodeConfig) (*caddyProc, []byte, error) {
 		p.stop(t)
 		if t.Failed() && !n.logShown.Swap(true) {
 			b, _ := os.ReadFile(logPath)
-			t.Logf("caddy %s log (tail):\n%s", n.name, tail(b, 6000))
+			t.Logf("caddy %s log (tail, without the admin API's request lines):\n%s", n.name, tail(withoutAdminRequests(b), 12000))
 		}
 	})
 	if d := time.Since(begun); d > slowStart {
@@ -253,6 +253,19 @@ func (p *caddyProc) stop(t *testing.T) {
 		t.Errorf("caddy %s did not stop within %s of SIGTERM; killing it", p.node.name, stopTimeout)
 		p.kill()
 	}
+}
+
+// withoutAdminRequests drops the admin API's "received request" lines from
+// a caddy log: a test polls the admin API, and those lines would push what
+// explains a failure out of the tail it shows.
+func withoutAdminRequests(b []byte) []byte {
+	var out []byte
+	for line := range bytes.Lines(b) {
+		if !bytes.Contains(line, []byte(`"logger":"admin.api","msg":"received request"`)) {
+			out = append(out, line...)
+		}
+	}
+	return out
 }
 
 func tail(b []byte, n int) string {
