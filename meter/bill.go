@@ -246,41 +246,53 @@ const (
 )
 
 // beyondBody tells what req lets the upstream read that is not in its body
-// (see contextInputBound and toolInputBound). It walks the body's
-// top-level members once, matching keys unescaped as the upstream does (at
-// admission, for the hold, and when a count is over the body's own bound).
+// (see contextInputBound and toolInputBound): what its members allow
+// (memberReach, found by ParseRequest or by a walk of the body's
+// top-level members here), and stored media for media parts.
 func beyondBody(req *Request) int {
-	level := readsBody
-	if req.MediaParts > 0 {
-		level = readsStored
+	level := req.reach - 1
+	if req.reach == 0 { // not from ParseRequest
+		level = readsBody
+		it, _ := members(req.Body)
+		for {
+			k, v, more := it.next()
+			if !more {
+				break
+			}
+			level = max(level, memberReach(req.Format, k, v))
+		}
 	}
-	f := req.Format
-	it, _ := members(req.Body)
-	for {
-		k, v, more := it.next()
-		if !more {
-			break
-		}
-		if isNull(v) {
-			continue
-		}
-		switch {
-		case keyIs(k, "tools"):
-			if serverTools(v) {
-				return readsTools
-			}
-		case keyIs(k, "mcp_servers"), keyIs(k, "container"), keyIs(k, "web_search_options"):
-			return readsTools
-		case f != FormatResponses:
-		case keyIs(k, "previous_response_id"), keyIs(k, "conversation"), keyIs(k, "prompt"):
-			level = readsStored
-		case keyIs(k, "input"):
-			if hasItemOfType(v, "item_reference") {
-				level = readsStored
-			}
-		}
+	if req.MediaParts > 0 {
+		level = max(level, readsStored)
 	}
 	return level
+}
+
+// memberReach is what one top-level member of a body of format f lets
+// the upstream read besides the body, matching keys unescaped as the
+// upstream does: its own tools (server tools, MCP servers, containers, web
+// search), or stored context (previous responses, conversations, prompts,
+// item references).
+func memberReach(f Format, k, v []byte) int {
+	if isNull(v) {
+		return readsBody
+	}
+	switch {
+	case keyIs(k, "tools"):
+		if serverTools(v) {
+			return readsTools
+		}
+	case keyIs(k, "mcp_servers"), keyIs(k, "container"), keyIs(k, "web_search_options"):
+		return readsTools
+	case f != FormatResponses:
+	case keyIs(k, "previous_response_id"), keyIs(k, "conversation"), keyIs(k, "prompt"):
+		return readsStored
+	case keyIs(k, "input"):
+		if hasItemOfType(v, "item_reference") {
+			return readsStored
+		}
+	}
+	return readsBody
 }
 
 // hasItemOfType reports whether the array v has an object whose "type"

@@ -308,6 +308,16 @@ func FuzzParseRequest(f *testing.F) {
 	} {
 		f.Add([]byte(b), uint8(FormatChat), true)
 	}
+	for _, b := range []string{
+		`{"model":"m","tools":[{"type":"web_search"}],"input":"hi"}`,
+		`{"model":"m","tools":[{"type":"function","function":{"name":"f"}}],"previous_response_id":"r"}`,
+		`{"model":"m","input":[{"type":"item_reference","id":"x"}],"conversation":null}`,
+		`{"model":"m","mcp_servers":[],"prompt":{"id":"p"}}`,
+		`{"model":"m","tool\u0073":[{"type":"web_search_preview"}],"container":null}`,
+	} {
+		f.Add([]byte(b), uint8(FormatResponses), false)
+		f.Add([]byte(b), uint8(FormatMessages), false)
+	}
 	f.Fuzz(func(t *testing.T, body []byte, format uint8, inject bool) {
 		fm := Format(format % 6)
 		orig := bytes.Clone(body)
@@ -325,6 +335,13 @@ func FuzzParseRequest(f *testing.F) {
 		}
 		if jsonErr != nil || m == nil {
 			t.Fatalf("accepted what encoding/json refuses: %v", jsonErr)
+		}
+		// What ParseRequest's walk found the body lets the upstream read
+		// is what a walk of the parsed body finds.
+		walked := *r
+		walked.reach = 0
+		if got, want := beyondBody(r), beyondBody(&walked); got != want {
+			t.Fatalf("reach %d from ParseRequest, %d from a walk of %s", got, want, body)
 		}
 		if utf8.Valid(body) && m["model"] != r.Model {
 			t.Fatalf("model %q, encoding/json says %q", r.Model, m["model"])

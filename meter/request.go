@@ -45,6 +45,10 @@ type Request struct {
 
 	// modelAt and modelLen locate the raw "model" value in Body.
 	modelAt, modelLen int
+	// reach is what the body's members let the upstream read besides the
+	// body (see beyondBody), plus one: found by ParseRequest's walk, so that
+	// admission does not walk the body again. Zero: not known.
+	reach int
 }
 
 // Errors from ParseRequest. A refused field is a *FieldError.
@@ -234,7 +238,7 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 		return nil, ErrInvalidJSON
 	}
 	var vals [numFields][]byte
-	media, optsStart, err := readFields(f, body, &vals)
+	media, optsStart, reach, err := readFields(f, body, &vals)
 	if err != nil {
 		return nil, err
 	}
@@ -245,7 +249,7 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 		return nil, err
 	}
 	r := &Request{Format: f, Model: model, Body: body, Choices: 1, MediaParts: media,
-		modelAt: modelAt, modelLen: len(vals[fModel])}
+		modelAt: modelAt, modelLen: len(vals[fModel]), reach: reach + 1}
 	var ok bool
 	if r.Stream, ok = readBool(vals[fStream]); !ok {
 		return nil, &FieldError{Field: "stream", Reason: "must be true, false or null"}
@@ -379,7 +383,7 @@ func appendJSONString(dst []byte, s string) []byte {
 // value, so the body is read once besides its validation. optsStart is the
 // offset of stream_options' value, -1 if absent. A field given twice or in
 // another letter case is a *FieldError.
-func readFields(f Format, body []byte, vals *[numFields][]byte) (media int64, optsStart int, err error) {
+func readFields(f Format, body []byte, vals *[numFields][]byte) (media int64, optsStart, reach int, err error) {
 	mediaIn := numFields // messages (chat, messages) or input (responses)
 	switch f {
 	case FormatChat, FormatMessages:
@@ -393,11 +397,11 @@ func readFields(f Format, body []byte, vals *[numFields][]byte) (media int64, op
 			i = skipWS(body, i+1)
 		}
 		if i >= len(body) || body[i] != '"' {
-			return media, optsStart, nil
+			return media, optsStart, reach, nil
 		}
 		ke := stringEnd(body, i)
 		if ke < 0 {
-			return 0, 0, ErrInvalidJSON
+			return 0, 0, 0, ErrInvalidJSON
 		}
 		k := body[i+1 : ke-1]
 		i = skipWS(body, skipWS(body, ke)+1) // past the colon
@@ -406,7 +410,7 @@ func readFields(f Format, body []byte, vals *[numFields][]byte) (media int64, op
 		if plainKey(k) {
 			fd, ok = lookupField(k)
 		} else if fd, ok, err = slowField(k); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		start := i
 		if ok && fd == mediaIn {
@@ -414,13 +418,16 @@ func readFields(f Format, body []byte, vals *[numFields][]byte) (media int64, op
 		} else {
 			i = valueEnd(body, i)
 		}
+		if i >= 0 {
+			reach = max(reach, memberReach(f, k, body[start:i]))
+		}
 		switch {
 		case i < 0:
-			return 0, 0, ErrInvalidJSON
+			return 0, 0, 0, ErrInvalidJSON
 		case !ok:
 			continue
 		case vals[fd] != nil:
-			return 0, 0, &FieldError{Field: fieldNames[fd], Reason: "given twice"}
+			return 0, 0, 0, &FieldError{Field: fieldNames[fd], Reason: "given twice"}
 		}
 		vals[fd] = body[start:i]
 		if fd == fStreamOptions {
