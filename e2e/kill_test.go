@@ -123,9 +123,14 @@ func TestKill9DuringLoadLosesNothing(t *testing.T) {
 	})
 	t.Logf("load: %d completed, %d failed (connection errors while caddy was down, cut streams)", nOK.Load(), nFail.Load())
 
-	// Let the ledger settle: reconcile flushes the stream into SQLite first;
-	// wait until the node has no settlement on its way, Redis and the
-	// ledger agree and the row count is stable.
+	// Let the ledger settle: wait until the node has no settlement on its
+	// way, Redis and the ledger agree and the row count is stable. The
+	// settlements in flight are read first in each pass: with the load
+	// stopped, none can reach Redis once that reads 0, so what the pass
+	// reads after it (reconcile, which flushes the stream into SQLite
+	// first, then the rows) is final. Read last, it let a batch landing
+	// in the middle of a pass end the wait with its debits in Redis and
+	// its rows not yet listed.
 	users := make([]string, len(cs))
 	for i, c := range cs {
 		users[i] = c.user.ID
@@ -134,6 +139,7 @@ func TestKill9DuringLoadLosesNothing(t *testing.T) {
 	deadline := time.Now().Add(settleWithin)
 	prev := -1
 	for {
+		settling := inFlight(t, node)
 		rep := reconcile(t, node)
 		rows = make(map[string][]usageRecord, len(users))
 		total := 0
@@ -145,12 +151,12 @@ func TestKill9DuringLoadLosesNothing(t *testing.T) {
 		if err != nil {
 			t.Fatalf("XPENDING: %v", err)
 		}
-		if rep.InSync && total == prev && pending == 0 && inFlight(t, node) == 0 {
+		if settling == 0 && rep.InSync && total == prev && pending == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("ledger did not settle within %s: in_sync=%v accounts=%s rows=%d (before %d) pending=%d",
-				settleWithin, rep.InSync, joinRaw(rep.Accounts), total, prev, pending)
+			t.Fatalf("ledger did not settle within %s: in_flight=%d in_sync=%v accounts=%s rows=%d (before %d) pending=%d",
+				settleWithin, settling, rep.InSync, joinRaw(rep.Accounts), total, prev, pending)
 		}
 		prev = total
 		time.Sleep(150 * time.Millisecond)
