@@ -137,6 +137,10 @@ func startCaddy(t *testing.T) { startCaddyWith(t, setup{}) }
 func startCaddyWith(t *testing.T, o setup) {
 	t.Helper()
 	caddytest.NewTester(t).InitServer(caddyfile(o), "caddyfile")
+	// The clients share http.DefaultTransport. A connection it keeps from
+	// the Caddy before may be closed by that server's shutdown just as a
+	// POST goes out on it, which Go does not retry: start fresh.
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 }
 
 var seq atomic.Int64
