@@ -296,10 +296,10 @@ func TestClientLeavingMidBodyIsNotARedisError(t *testing.T) {
 	restore := func() {
 		startOnce.Lock()
 		defer startOnce.Unlock()
-		tc.InitServer(config("50ms"), "caddyfile")
+		load(tc, config("50ms"))
 	}
 	startOnce.Lock()
-	tc.InitServer(loggedConfig(accessLog, caddyLog, env.upstream.URL, env.closedAddr), "caddyfile")
+	load(tc, loggedConfig(accessLog, caddyLog, env.upstream.URL, env.closedAddr))
 	startOnce.Unlock()
 	restored := false
 	t.Cleanup(func() {

@@ -147,12 +147,12 @@ func TestStartOnOverflowedLedger(t *testing.T) {
 	}
 	tc := caddytest.NewTester(t)
 	startOnce.Lock()
-	tc.InitServer(cfg, "caddyfile")
+	load(tc, cfg)
 	startOnce.Unlock()
 	t.Cleanup(func() {
 		startOnce.Lock()
 		defer startOnce.Unlock()
-		tc.InitServer(config("50ms"), "caddyfile")
+		load(tc, config("50ms"))
 	})
 	if t.Failed() {
 		t.Fatal("Caddy did not start on the overflowed ledger")

@@ -296,8 +296,17 @@ func gateway(t *testing.T) *caddytest.Tester {
 	startOnce.Lock()
 	defer startOnce.Unlock()
 	tc := caddytest.NewTester(t)
-	tc.InitServer(config("50ms"), "caddyfile")
+	load(tc, config("50ms"))
 	return tc
+}
+
+// load runs cfg on the shared Caddy. The tests' clients share
+// http.DefaultTransport; a connection it keeps from the config before may
+// be closed by that server's shutdown just as a POST goes out on it, which
+// Go does not retry, so the idle ones are dropped after a change.
+func load(tc *caddytest.Tester, cfg string) {
+	tc.InitServer(cfg, "caddyfile")
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 }
 
 // admin calls the admin API and decodes the JSON answer into out.

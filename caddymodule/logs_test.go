@@ -271,10 +271,10 @@ func TestLogs(t *testing.T) {
 	restore := func() {
 		startOnce.Lock()
 		defer startOnce.Unlock()
-		tc.InitServer(config("50ms"), "caddyfile")
+		load(tc, config("50ms"))
 	}
 	startOnce.Lock()
-	tc.InitServer(loggedConfig(accessLog, caddyLog, up.URL, downAddr), "caddyfile")
+	load(tc, loggedConfig(accessLog, caddyLog, up.URL, downAddr))
 	startOnce.Unlock()
 	restored := false
 	t.Cleanup(func() {

@@ -146,7 +146,7 @@ func TestMetricsCountRequestsAndSurviveReload(t *testing.T) {
 	}
 
 	// A reload keeps the counts, and counting goes on.
-	tc.InitServer(config("60ms"), "caddyfile")
+	load(tc, config("60ms"))
 	reloaded := scrape(t)
 	completed := []string{"model=test-model", "outcome=completed"}
 	if got, want := metric(reloaded, "aitoken_requests_total", completed...), metric(after, "aitoken_requests_total", completed...); got != want {

@@ -61,7 +61,7 @@ func TestReloadDuringTrafficLosesNoUsage(t *testing.T) {
 		for i := 0; i < 6; i++ {
 			flush := []string{"70ms", "40ms"}[i%2]
 			startOnce.Lock()
-			tc.InitServer(config(flush), "caddyfile")
+			load(tc, config(flush))
 			startOnce.Unlock()
 			reloads++
 		}

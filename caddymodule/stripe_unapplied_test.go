@@ -27,12 +27,12 @@ func TestStripeUnappliedPayments(t *testing.T) {
 	accessLog, caddyLog := filepath.Join(dir, "access.log"), filepath.Join(dir, "caddy.log")
 	tc := caddytest.NewTester(t)
 	startOnce.Lock()
-	tc.InitServer(loggedConfig(accessLog, caddyLog, env.upstream.URL, fmt.Sprintf("127.0.0.1:%d", freeport.Must())), "caddyfile")
+	load(tc, loggedConfig(accessLog, caddyLog, env.upstream.URL, fmt.Sprintf("127.0.0.1:%d", freeport.Must())))
 	startOnce.Unlock()
 	t.Cleanup(func() {
 		startOnce.Lock()
 		defer startOnce.Unlock()
-		tc.InitServer(config("50ms"), "caddyfile")
+		load(tc, config("50ms"))
 	})
 
 	erased, _ := newAccount(t, "1.00", "")
