@@ -92,7 +92,7 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, t 
 		h.log.Error("pricing usage", zap.String("request_id", g.RequestID), zap.Error(b.PricingErr))
 	}
 
-	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok && accessLogged(r) {
 		mw.log = logFields{requestID: g.RequestID, user: g.User, keyID: g.KeyID, model: req.Model,
 			input: b.Tokens.Input, output: b.Tokens.Output, cost: b.Cost, outcome: outcome}
 		extra.Add(zap.Inline(&mw.log))
@@ -123,6 +123,14 @@ func (h *Handler) finish(r *http.Request, mw *meteredWriter, g billing.Grant, t 
 		// settlement is handed to a worker.
 		mw.release(!aborted)
 	}, h.app.settling.end)
+}
+
+// accessLogged reports whether r's server writes access logs. Only then
+// do the aitoken_* fields go in: ExtraLogFields.Add costs two allocations
+// a request, for fields nothing would read.
+func accessLogged(r *http.Request) bool {
+	srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return !ok || srv.Logs != nil
 }
 
 // statusClientClosed is the status reverse_proxy (and nginx) gives a
