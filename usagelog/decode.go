@@ -28,6 +28,9 @@ func decodeRecord(raw string) (Record, error) {
 // numbers or booleans, and every value fits its field as encoding/json
 // would put it there. Otherwise it reports false.
 func fastDecode(raw string) (Record, bool) {
+	if r, ok := decodeInOrder(raw); ok {
+		return r, true
+	}
 	var r Record
 	i := skipSpace(raw, 0)
 	if i == len(raw) || raw[i] != '{' {
@@ -175,58 +178,99 @@ func digits(s string, i int) int {
 // set stores v in the field named by key and reports whether it could do
 // so exactly as encoding/json would.
 func (r *Record) set(key string, v jsonValue) bool {
-	switch key {
-	case "request_id":
-		return plainString(v, &r.RequestID)
-	case "time":
+	for i := range recordFields {
+		if f := &recordFields[i]; f.name == key {
+			return f.set(r, v)
+		}
+	}
+	return false
+}
+
+// recordField is a key of a Record's JSON, and how its value is stored.
+type recordField struct {
+	name string
+	// lit is the key as AppendJSON writes it: quoted, with the colon.
+	lit string
+	// optional is set for a key AppendJSON leaves out at its zero value.
+	optional bool
+	set      func(r *Record, v jsonValue) bool
+}
+
+// recordFields are Record's JSON keys in the order AppendJSON writes them.
+var recordFields = [...]recordField{
+	field("request_id", false, func(r *Record, v jsonValue) bool { return plainString(v, &r.RequestID) }),
+	field("time", false, func(r *Record, v jsonValue) bool {
 		var s string
 		return plainString(v, &s) && r.Time.UnmarshalText([]byte(s)) == nil
-	case "user":
-		return plainString(v, &r.User)
-	case "key_id":
-		return plainString(v, &r.KeyID)
-	case "model":
-		return plainString(v, &r.Model)
-	case "endpoint":
-		return plainString(v, &r.Endpoint)
-	case "stream":
-		return boolean(v, &r.Stream)
-	case "status":
+	}),
+	field("user", false, func(r *Record, v jsonValue) bool { return plainString(v, &r.User) }),
+	field("key_id", false, func(r *Record, v jsonValue) bool { return plainString(v, &r.KeyID) }),
+	field("model", false, func(r *Record, v jsonValue) bool { return plainString(v, &r.Model) }),
+	field("endpoint", false, func(r *Record, v jsonValue) bool { return plainString(v, &r.Endpoint) }),
+	field("stream", false, func(r *Record, v jsonValue) bool { return boolean(v, &r.Stream) }),
+	field("status", false, func(r *Record, v jsonValue) bool {
 		var n int64
 		if !integer(v, &n) || int64(int(n)) != n {
 			return false
 		}
 		r.Status = int(n)
 		return true
-	case "outcome":
-		return plainString(v, &r.Outcome)
-	case "input_tokens":
-		return integer(v, &r.InputTokens)
-	case "cached_input_tokens":
-		return integer(v, &r.CachedInputTokens)
-	case "cache_write_tokens":
-		return integer(v, &r.CacheWriteTokens)
-	case "output_tokens":
-		return integer(v, &r.OutputTokens)
-	case "reasoning_tokens":
-		return integer(v, &r.ReasoningTokens)
-	case "cost":
+	}),
+	field("outcome", false, func(r *Record, v jsonValue) bool { return plainString(v, &r.Outcome) }),
+	field("input_tokens", false, func(r *Record, v jsonValue) bool { return integer(v, &r.InputTokens) }),
+	field("cached_input_tokens", false, func(r *Record, v jsonValue) bool { return integer(v, &r.CachedInputTokens) }),
+	field("cache_write_tokens", true, func(r *Record, v jsonValue) bool { return integer(v, &r.CacheWriteTokens) }),
+	field("output_tokens", false, func(r *Record, v jsonValue) bool { return integer(v, &r.OutputTokens) }),
+	field("reasoning_tokens", false, func(r *Record, v jsonValue) bool { return integer(v, &r.ReasoningTokens) }),
+	field("cost", false, func(r *Record, v jsonValue) bool {
 		// encoding/json hands a Unmarshaler the raw value, quotes included.
 		return (v.kind == '"' || v.kind == '0') && r.Cost.UnmarshalJSON([]byte(v.raw)) == nil
-	case "currency":
-		return plainString(v, &r.Currency)
-	case "estimated":
-		return boolean(v, &r.Estimated)
-	case "usage_clamped":
-		return boolean(v, &r.Clamped)
-	case "duration_ms":
-		return integer(v, &r.DurationMS)
-	case "ttft_ms":
-		return integer(v, &r.TTFTMS)
-	case "client_ip":
-		return plainString(v, &r.ClientIP)
+	}),
+	field("currency", false, func(r *Record, v jsonValue) bool { return plainString(v, &r.Currency) }),
+	field("estimated", false, func(r *Record, v jsonValue) bool { return boolean(v, &r.Estimated) }),
+	field("usage_clamped", true, func(r *Record, v jsonValue) bool { return boolean(v, &r.Clamped) }),
+	field("duration_ms", false, func(r *Record, v jsonValue) bool { return integer(v, &r.DurationMS) }),
+	field("ttft_ms", false, func(r *Record, v jsonValue) bool { return integer(v, &r.TTFTMS) }),
+	field("client_ip", false, func(r *Record, v jsonValue) bool { return plainString(v, &r.ClientIP) }),
+}
+
+func field(name string, optional bool, set func(*Record, jsonValue) bool) recordField {
+	return recordField{name: name, lit: `"` + name + `":`, optional: optional, set: set}
+}
+
+// decodeInOrder reads raw if it is exactly what AppendJSON writes: every
+// key in recordFields' order, with no whitespace, and values fastDecode
+// takes. It skips the search for each key's field; anything else (another
+// order, spaces, a key missing or unknown) reports false.
+func decodeInOrder(raw string) (Record, bool) {
+	var r Record
+	if len(raw) < 2 || raw[0] != '{' {
+		return Record{}, false
 	}
-	return false
+	i, sep := 1, byte('{')
+	for k := range recordFields {
+		f := &recordFields[k]
+		if !strings.HasPrefix(raw[i:], f.lit) {
+			if f.optional {
+				continue
+			}
+			return Record{}, false
+		}
+		v, j, ok := scanValue(raw, i+len(f.lit))
+		if !ok || !f.set(&r, v) || j == len(raw) {
+			return Record{}, false
+		}
+		sep = raw[j]
+		if sep != ',' {
+			i = j
+			break
+		}
+		i = j + 1
+	}
+	if sep != '}' || i != len(raw)-1 {
+		return Record{}, false
+	}
+	return r, true
 }
 
 // plainString accepts a string (scanValue took it: no escapes) in valid

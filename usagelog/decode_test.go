@@ -62,6 +62,49 @@ func TestFastDecodeTakesProducerShape(t *testing.T) {
 	}
 }
 
+// TestDecodeInOrderTakesAppendJSON checks that what the gateway writes is
+// read in key order (with and without the keys AppendJSON may leave out),
+// and that FuzzDecodeRecord's first seed takes that path too.
+func TestDecodeInOrderTakesAppendJSON(t *testing.T) {
+	if _, ok := decodeInOrder(decodeSeeds()[0]); !ok {
+		t.Errorf("the fuzz seed of a producer's record is not read in order: %s", decodeSeeds()[0])
+	}
+	full := rec("req_0193a1b27c3d7e4f8a9b0c1d2e3f", "u_0123456789abcdef", time.Date(2026, 12, 4, 1, 2, 3, 456789000, time.UTC))
+	full.CacheWriteTokens, full.Clamped, full.Estimated = 7, true, true
+	short := full
+	short.CacheWriteTokens, short.Clamped = 0, false
+	for _, r := range []Record{full, short} {
+		raw, err := r.AppendJSON(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := decodeInOrder(string(raw))
+		if !ok {
+			t.Fatalf("AppendJSON's record is not read in order: %s", raw)
+		}
+		if !got.Time.Equal(r.Time) {
+			t.Fatalf("time %v, want %v", got.Time, r.Time)
+		}
+		got.Time = r.Time
+		if got != r {
+			t.Fatalf("read in order:\n got %+v\nwant %+v", got, r)
+		}
+	}
+	// Out of order, spaced, or with a key left over: encoding/json's
+	// reading, by the other paths (FuzzDecodeRecord holds them to it).
+	for _, raw := range []string{
+		`{"time":"2026-01-02T03:04:05Z","request_id":"a"}`,
+		`{"request_id": "a"}`,
+		`{"request_id":"a","client_ip":"x","user":"u"}`,
+		`{"request_id":"a","request_id":"b"}`,
+		`{"request_id":"a"} `,
+	} {
+		if _, ok := decodeInOrder(raw); ok {
+			t.Errorf("%s read in order", raw)
+		}
+	}
+}
+
 func BenchmarkDecodeRecord(b *testing.B) {
 	raw := decodeSeeds()[0]
 	for b.Loop() {
