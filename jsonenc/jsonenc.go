@@ -9,7 +9,7 @@ import "encoding/json"
 // copied; anything encoding/json would escape goes through it.
 func AppendString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+		if !plain[s[i]] {
 			j, _ := json.Marshal(s)
 			return append(b, j...)
 		}
@@ -18,3 +18,12 @@ func AppendString(b []byte, s string) []byte {
 	b = append(b, s...)
 	return append(b, '"')
 }
+
+// plain holds the bytes encoding/json writes as they are: printable ASCII
+// but the quote, the backslash and the HTML characters <, > and &.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 0x7f; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()

@@ -1,6 +1,10 @@
 package meter
 
-import "bytes"
+import (
+	"bytes"
+	"encoding/binary"
+	"math/bits"
+)
 
 // jsonScanner follows a JSON response body as it passes, without keeping
 // it: it tracks strings, escapes and nesting, recognises the top-level keys,
@@ -112,6 +116,12 @@ func (s *jsonScanner) feed(p []byte) {
 			default:
 				s.strKind = strOther
 			}
+			// A string that ends in p with no escape is taken whole.
+			if e := plainEnd(p, i+1); e < len(p) && p[e] == '"' {
+				s.plainText(p[i+1 : e])
+				s.endString()
+				i = e
+			}
 		case '{', '[':
 			s.depth++
 			if s.depth <= 64 {
@@ -162,23 +172,12 @@ func (s *jsonScanner) stringByte(p []byte, i int) int {
 	if s.strKind == strCount && !s.esc && s.uHex == 0 && c != '"' && c != '\\' {
 		// A run of plain generated text: count and sample it at once.
 		run := s.plainRun(p, i)
-		n := 0
-		for _, b := range run { // as charCounter does without escapes
-			if b&0xC0 != 0x80 {
-				n++
-			}
-		}
-		s.chars.n += int64(n)
-		s.sample.add(run)
+		s.plainText(run)
 		return i + len(run) - 1 // the loop goes on at the quote or backslash
 	}
-	if s.strKind == strCount {
-		if c == '"' && !s.esc && s.uHex == 0 {
-			s.sample.endString()
-		} else {
-			s.chars.addByte(c)
-			s.sample.addByte(c)
-		}
+	if s.strKind == strCount && (c != '"' || s.esc || s.uHex > 0) {
+		s.chars.addByte(c)
+		s.sample.addByte(c)
 	}
 	switch {
 	case s.uHex > 0:
@@ -193,19 +192,7 @@ func (s *jsonScanner) stringByte(p []byte, i int) int {
 	}
 	switch c {
 	case '"':
-		s.inStr = false
-		if s.strKind == strKey && s.depth == 1 {
-			s.top = topOther
-			switch string(s.key[:min(s.keyLen, maxKey)]) {
-			case "usage":
-				s.top = topUsage
-			case "error":
-				s.top = topError
-			}
-			if s.keyLen > maxKey {
-				s.top = topOther
-			}
-		}
+		s.endString()
 		return i
 	case '\\':
 		s.esc = true
@@ -218,13 +205,81 @@ func (s *jsonScanner) stringByte(p []byte, i int) int {
 		return i
 	}
 	run := s.plainRun(p, i)
-	if s.strKind == strKey {
+	s.plainText(run)
+	return i + len(run) - 1 // the loop goes on at the quote or backslash
+}
+
+// plainText takes run, bytes of the current string with no quote or
+// backslash: a key's are kept (up to maxKey), generated text's counted
+// and sampled.
+func (s *jsonScanner) plainText(run []byte) {
+	switch s.strKind {
+	case strKey:
 		if s.keyLen < maxKey {
 			copy(s.key[s.keyLen:], run)
 		}
 		s.keyLen += len(run)
+	case strCount:
+		n := 0
+		for _, b := range run { // as charCounter does without escapes
+			if b&0xC0 != 0x80 {
+				n++
+			}
+		}
+		s.chars.n += int64(n)
+		s.sample.add(run)
 	}
-	return i + len(run) - 1 // the loop goes on at the quote or backslash
+}
+
+// endString ends the current string at its closing quote: a top-level
+// key names the member whose value comes next.
+func (s *jsonScanner) endString() {
+	s.inStr = false
+	switch {
+	case s.strKind == strCount:
+		s.sample.endString()
+	case s.strKind == strKey && s.depth == 1:
+		s.top = topOther
+		if s.keyLen <= maxKey {
+			switch string(s.key[:s.keyLen]) {
+			case "usage":
+				s.top = topUsage
+			case "error":
+				s.top = topError
+			}
+		}
+	}
+}
+
+// plainEnd returns the index of the first quote or backslash in p at or
+// after i, or len(p). Keys and most values are short: 8 bytes at a time
+// beats IndexByte's call on those, which takes over for long strings.
+func plainEnd(p []byte, i int) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for lim := min(len(p), i+32); i+8 <= lim; i += 8 {
+		w := binary.LittleEndian.Uint64(p[i:])
+		q, b := w^(ones*'"'), w^(ones*'\\')
+		// The lowest high bit of (x - ones) &^ x marks x's first zero byte.
+		if m := ((q-ones)&^q | (b-ones)&^b) & highs; m != 0 {
+			return i + bits.TrailingZeros64(m)/8
+		}
+	}
+	if len(p)-i < 8 {
+		for ; i < len(p); i++ {
+			if c := p[i]; c == '"' || c == '\\' {
+				return i
+			}
+		}
+		return i
+	}
+	q := bytes.IndexByte(p[i:], '"')
+	if q < 0 {
+		q = len(p) - i
+	}
+	if b := bytes.IndexByte(p[i:i+q], '\\'); b >= 0 {
+		return i + b
+	}
+	return i + q
 }
 
 // plainRun returns the bytes of p from i up to the next quote or

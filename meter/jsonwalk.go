@@ -40,28 +40,14 @@ func trimWS(b []byte) []byte {
 // stringEnd returns the index just past the string that starts with the
 // quote at b[i], or -1 if it does not end.
 func stringEnd(b []byte, i int) int {
-	j := i + 1
-	// Most strings in a chunk are short: a plain loop beats IndexByte's call.
-	for lim := min(len(b), j+32); j < lim; {
-		switch b[j] {
-		case '"':
-			return j + 1
-		case '\\':
-			j += 2
-		default:
-			j++
-		}
-	}
-	for j < len(b) {
-		q := bytes.IndexByte(b[j:], '"')
-		if q < 0 {
+	for j := i + 1; j < len(b); j += 2 { // past a backslash and the byte it escapes
+		j = plainEnd(b, j)
+		if j == len(b) {
 			return -1
 		}
-		bs := bytes.IndexByte(b[j:j+q], '\\')
-		if bs < 0 {
-			return j + q + 1
+		if b[j] == '"' {
+			return j + 1
 		}
-		j += bs + 2 // skip the backslash and the escaped byte
 	}
 	return -1
 }
