@@ -1,37 +1,47 @@
 package meter
 
-import "testing"
+import (
+	"bytes"
+	"testing"
+)
 
-// TestPlainEnd holds plainEnd, which looks at 8 bytes at a time, to a
-// byte-by-byte search: every length to past its IndexByte threshold, a
-// quote or a backslash at every place, among bytes one off from them and
-// bytes with the high bit set (a word's borrow must not move the match).
-func TestPlainEnd(t *testing.T) {
-	naive := func(p []byte, i int) int {
-		for ; i < len(p); i++ {
-			if p[i] == '"' || p[i] == '\\' {
-				return i
+// TestWordScans holds plainEnd and stringRun, which look at 8 bytes at a
+// time, to byte-by-byte searches: every length to past plainEnd's
+// IndexByte threshold, each byte they stop at in every place, among bytes
+// one off from those and bytes with the high bit set (a word's borrow
+// must not move the match).
+func TestWordScans(t *testing.T) {
+	for _, sc := range []struct {
+		name string
+		scan func([]byte, int) int
+		stop []byte
+	}{
+		{"plainEnd", plainEnd, []byte{'"', '\\'}},
+		{"stringRun", stringRun, []byte{'"', '\\', 0x00, 0x1f, '\n'}},
+	} {
+		naive := func(p []byte, i int) int {
+			for ; i < len(p) && bytes.IndexByte(sc.stop, p[i]) < 0; i++ {
 			}
+			return i
 		}
-		return i
-	}
-	noise := []byte{'!', '#', '[', ']', 0x00, 0x80, 0xff, 0xa2, 0xdc, 'a'}
-	for n := 0; n <= 80; n++ {
-		for from := 0; from <= min(n, 10); from++ {
-			for at := -1; at < n; at++ {
-				for _, c := range []byte{'"', '\\'} {
-					p := make([]byte, n)
-					for k := range p {
-						p[k] = noise[(k*7+n)%len(noise)]
-					}
-					if at >= 0 {
-						p[at] = c
-						if at+3 < n {
-							p[at+3] = '"' ^ '\\' ^ c // a later match of the other kind
+		noise := []byte{'!', '#', '[', ']', ' ', 0x7f, 0x80, 0xff, 0xa2, 0xdc, 'a'}
+		for n := 0; n <= 80; n++ {
+			for from := 0; from <= min(n, 10); from++ {
+				for at := -1; at < n; at++ {
+					for _, c := range sc.stop {
+						p := make([]byte, n)
+						for k := range p {
+							p[k] = noise[(k*7+n)%len(noise)]
 						}
-					}
-					if got, want := plainEnd(p, from), naive(p, from); got != want {
-						t.Fatalf("plainEnd(%q, %d) = %d, want %d", p, from, got, want)
+						if at >= 0 {
+							p[at] = c
+							if at+3 < n {
+								p[at+3] = sc.stop[0] // a later stop
+							}
+						}
+						if got, want := sc.scan(p, from), naive(p, from); got != want {
+							t.Fatalf("%s(%q, %d) = %d, want %d", sc.name, p, from, got, want)
+						}
 					}
 				}
 			}
