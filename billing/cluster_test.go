@@ -192,11 +192,11 @@ func TestSettleLeasesOneShard(t *testing.T) {
 		batches = append(batches, LeaseBatch{User: u, Lease: "n1.1", Settlements: s})
 	}
 	n, err := a.SettleLeases(ctx, batches)
-	if err != nil || len(n) != 3 || n[0] != 1 || n[1] != 2 || n[2] != 3 {
+	if err != nil || len(n) != 3 || n[0].Applied != 1 || n[1].Applied != 2 || n[2].Applied != 3 {
 		t.Fatalf("SettleLeases = %v, %v; want [1 2 3]", n, err)
 	}
 	// Replayed whole: nothing applies twice.
-	if n, err := a.SettleLeases(ctx, batches); err != nil || n[0]+n[1]+n[2] != 0 {
+	if n, err := a.SettleLeases(ctx, batches); err != nil || n[0].Applied+n[1].Applied+n[2].Applied != 0 {
 		t.Fatalf("replayed SettleLeases = %v, %v; want none applied", n, err)
 	}
 	for i, u := range same {

@@ -203,8 +203,8 @@ func TestSettleLeaseRuns(t *testing.T) {
 		{"a replay of it all", []LeaseBatch{run("u", 1, 16), run("v", 1, 3)}, []int64{0, 0}, 0, "16"},
 	}
 	for _, st := range steps {
-		got, err := a.SettleLeases(ctx, st.b)
-		if err != nil || !slices.Equal(got, st.want) {
+		res, err := a.SettleLeases(ctx, st.b)
+		if got := applied(res); err != nil || !slices.Equal(got, st.want) {
 			t.Fatalf("%s: SettleLeases = %v, %v; want %v", st.name, got, err, st.want)
 		}
 		m, _ := rdb.HGetAll(ctx, leaseSeqKey("u", "n1.1")).Result()
@@ -720,7 +720,7 @@ func TestSettleLeasesMixedShards(t *testing.T) {
 
 	for round, want := range [][]int64{{2, 1, 1}, {0, 0, 0}} { // then a replay
 		n, err := a.SettleLeases(ctx, batch)
-		if err != nil || !slices.Equal(n, want) {
+		if err != nil || !slices.Equal(applied(n), want) {
 			t.Fatalf("round %d: applied %v, %v; want %v", round, n, err, want)
 		}
 	}
@@ -730,7 +730,7 @@ func TestSettleLeasesMixedShards(t *testing.T) {
 		{User: u1, Lease: "n1.1", Settlements: []LeaseSettlement{{Seq: 2, Cost: 200, Record: rec("a2")}, {Seq: 3, Cost: 1, Record: rec("a3")}}},
 		{User: u2, Lease: "n1.1", Settlements: []LeaseSettlement{{Seq: 1, Cost: 400, Record: rec("b1")}, {Seq: 2, Cost: 2, Record: rec("b2")}}},
 	})
-	if err != nil || !slices.Equal(n, []int64{1, 1}) {
+	if err != nil || !slices.Equal(applied(n), []int64{1, 1}) {
 		t.Fatalf("old and new: applied %v, %v; want [1 1]", n, err)
 	}
 	wantRawHeld(t, a, u1, unit-301, unit/2-301)
@@ -787,5 +787,100 @@ func TestSettleLeasesParamsRoom(t *testing.T) {
 	kept := cap(room)
 	if _, args, err = settleLeasesParams(batchOf(2, maxRoom), true, &room); err != nil || cap(room) != kept || len(joined(args)) != 2*maxRoom+1 {
 		t.Fatalf("a call beyond maxRoom: room of %d, %v", cap(room), err)
+	}
+}
+
+// applied is how many settlements each lease of a SettleLeases call
+// applied.
+func applied(res []LeaseSettled) []int64 {
+	out := make([]int64, 0, len(res))
+	for _, r := range res {
+		out = append(out, r.Applied)
+	}
+	return out
+}
+
+// A settle script renews the leases it is asked to: the deadline moves to
+// Redis's now plus the renewal, but never for a lease that expired, was
+// returned, or was spent whole by the settlements themselves.
+func TestSettleLeasesRenews(t *testing.T) {
+	a, rdb := newTestAccounts(t)
+	ctx := t.Context()
+	credit(t, a, "u", 10*unit)
+	rec := []byte(`{"request_id":"r"}`)
+	deadline := func(id string) (float64, bool) {
+		d, err := rdb.ZScore(ctx, leaseDeadlinesKey("u"), id).Result()
+		return d, err == nil
+	}
+	nowMS := func() float64 {
+		tm, err := rdb.Time(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return float64(tm.UnixMilli())
+	}
+	seq := map[string]int64{}
+	settle := func(id string, cost money.Nanos, renew time.Duration) LeaseSettled {
+		t.Helper()
+		seq[id]++
+		res, err := a.SettleLeases(ctx, []LeaseBatch{{User: "u", Lease: id, Renew: renew,
+			Settlements: []LeaseSettlement{{Seq: seq[id], Cost: cost, Record: rec}}}})
+		if err != nil || len(res) != 1 || res[0].Applied != 1 {
+			t.Fatalf("settling %s: %v, %v", id, res, err)
+		}
+		return res[0]
+	}
+
+	takeLease(t, a, LeaseTake{User: "u", ID: "n1.1", Want: unit, Share: 1, TTL: 10 * time.Second})
+	d0, _ := deadline("n1.1")
+	if r := settle("n1.1", 1, 0); r.Renewed {
+		t.Fatal("renewed without a renewal asked for")
+	}
+	if d, _ := deadline("n1.1"); d != d0 {
+		t.Fatalf("deadline moved from %v to %v without a renewal", d0, d)
+	}
+	before := nowMS()
+	if r := settle("n1.1", 1, time.Hour); !r.Renewed {
+		t.Fatal("a live lease was not renewed")
+	}
+	if d, _ := deadline("n1.1"); d < before+float64(time.Hour.Milliseconds()) || d > nowMS()+float64(time.Hour.Milliseconds()) {
+		t.Fatalf("deadline %v after a renewal of an hour at %v", d, before)
+	}
+
+	// Expired (its deadline passed, no script has dropped it yet): stays
+	// expired.
+	past := nowMS() - 1000
+	rdb.ZAdd(ctx, leaseDeadlinesKey("u"), redis.Z{Score: past, Member: "n1.1"})
+	if r := settle("n1.1", 1, time.Hour); r.Renewed {
+		t.Fatal("an expired lease was renewed")
+	}
+	if d, _ := deadline("n1.1"); d != past {
+		t.Fatalf("expired lease's deadline %v, want %v", d, past)
+	}
+
+	// Returned: nothing to renew, and no deadline comes back.
+	takeLease(t, a, LeaseTake{User: "u", ID: "n1.2", Want: unit, Share: 1, TTL: 10 * time.Second})
+	if _, err := a.ReturnLease(ctx, "u", "n1.2", -1); err != nil {
+		t.Fatal(err)
+	}
+	if r := settle("n1.2", 1, time.Hour); r.Renewed {
+		t.Fatal("a returned lease was renewed")
+	}
+	if _, ok := deadline("n1.2"); ok {
+		t.Fatal("a returned lease has a deadline again")
+	}
+
+	// Spent whole by the settlement: gone, not renewed.
+	g := takeLease(t, a, LeaseTake{User: "u", ID: "n1.3", Want: unit / 10, Share: 1, TTL: 10 * time.Second})
+	if r := settle("n1.3", g.Total, time.Hour); r.Renewed {
+		t.Fatal("a lease spent whole was renewed")
+	}
+	if _, ok := deadline("n1.3"); ok {
+		t.Fatal("a lease spent whole kept its deadline")
+	}
+
+	if _, err := a.SettleLeases(ctx, []LeaseBatch{{User: "u", Lease: "n1.1", Renew: 25 * time.Hour,
+		Settlements: []LeaseSettlement{{Seq: 99, Cost: 1, Record: rec}}}}); err == nil {
+		t.Fatal("a renewal of 25 hours was taken")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -38,6 +39,12 @@ import (
 // applied in one HINCRBY, flushed before the sum could leave the integers
 // a Lua number holds exactly.
 //
+// A lease may be renewed on the way: its deadline moves to Redis's now
+// plus the renewal asked for, if the lease is still there and its
+// deadline has not passed (an expired lease is never brought back). So
+// a node whose customers keep it settling needs no renewal script of its
+// own.
+//
 // A lease's settlements numbered in a run (n, n+1, …, in order), the
 // usual case, are sent as the run: when it starts right after the
 // watermark and nothing above it is marked, all of it is new, and the
@@ -50,14 +57,16 @@ import (
 // acct, leases, lease deadlines, the lease's sequence marks. ARGV: the stream's record field
 // and batch field, every settlement's record joined by newlines (the batch
 // entry itself when all are new: Lua builds no string), then for each
-// lease: its id, then either the number n of its settlements and n times
-// (sequence, −cost, the record's length), or, for a run, −n, the first
-// sequence, the run's total cost (at most 2⁵³ − 1), the length of its
-// records joined, and "cost length " for each settlement. Returns the
-// number applied per lease.
+// lease: its id, the renewal in ms (0: none), then either the number n of
+// its settlements and n times (sequence, −cost, the record's length), or,
+// for a run, −n, the first sequence, the run's total cost (at most
+// 2⁵³ − 1), the length of its records joined, and "cost length " for each
+// settlement. Returns, per lease, the number applied and 1 if it was
+// renewed (else 0).
 var settleLeasesScript = redis.NewScript(`
 local all = ARGV[3]
 local at, total, nfresh, spans = 1, 0, 0, {}
+local now -- Redis's clock in ms, read once a renewal needs it
 -- plan reads one lease's state and works out its writes; nothing is
 -- written until every lease is planned and the usage entry is added.
 local function plan(k, id, a, n)
@@ -65,7 +74,7 @@ local function plan(k, id, a, n)
   local wm = tonumber(redis.call('HGET', mk, 'wm') or '0') or 0
   local nmarks = redis.call('HLEN', mk) - 1
   local lease = tonumber(redis.call('HGET', KEYS[k + 1], id) or '0') or 0
-  local p = {k = k, id = id, mk = mk, applied = 0, covered = 0, debits = {}, drop = {}, add = {}}
+  local p = {k = k, id = id, mk = mk, applied = 0, covered = 0, debits = {}, drop = {}, add = {}, live = lease > 0, renewed = 0}
   local first = 0
   if n < 0 then
     n, first = -n, tonumber(ARGV[a])
@@ -154,6 +163,18 @@ local function apply(p)
       -- spent (or given back) whole: gone; its node takes a new one
       redis.call('HDEL', KEYS[p.k + 1], p.id)
       redis.call('ZREM', KEYS[p.k + 2], p.id)
+      p.live = false
+    end
+  end
+  if p.renew > 0 and p.live then
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    local d = tonumber(redis.call('ZSCORE', KEYS[p.k + 2], p.id))
+    if d and d >= now then
+      redis.call('ZADD', KEYS[p.k + 2], now + p.renew, p.id)
+      p.renewed = 1
     end
   end
   for j = 1, #p.drop, 1000 do
@@ -165,13 +186,13 @@ local function apply(p)
   redis.call('HSET', p.mk, 'wm', p.wm)
   redis.call('PEXPIRE', p.mk, 604800000)
 end
-local plans, out, k, a = {}, {}, 2, 4
+local plans, k, a = {}, 2, 4
 while a <= #ARGV do
-  local n = tonumber(ARGV[a + 1])
-  local p = plan(k, ARGV[a], a + 2, n)
+  local n = tonumber(ARGV[a + 2])
+  local p = plan(k, ARGV[a], a + 3, n)
+  p.renew = tonumber(ARGV[a + 1])
   plans[#plans + 1] = p
-  out[#out + 1] = p.applied
-  if n < 0 then a = a + 6 else a = a + 2 + 3 * n end
+  if n < 0 then a = a + 7 else a = a + 3 + 3 * n end
   k = k + 4
 end
 -- Every record's length is accounted for (a line each), or nothing is
@@ -191,7 +212,12 @@ elseif nfresh > 1 then
   for j, f in ipairs(spans) do recs[j] = string.sub(all, f[1], f[1] + f[2] - 1) end
   redis.call('XADD', KEYS[1], '*', ARGV[2], table.concat(recs, '\n'))
 end
-for _, p in ipairs(plans) do apply(p) end
+local out = {}
+for _, p in ipairs(plans) do
+  apply(p)
+  out[#out + 1] = p.applied
+  out[#out + 1] = p.renewed
+end
 return out
 `)
 
@@ -213,7 +239,7 @@ func (a *Accounts) SettleLease(ctx context.Context, user, id string, s []LeaseSe
 	if err != nil {
 		return 0, err
 	}
-	return n[0], nil
+	return n[0].Applied, nil
 }
 
 // LeaseBatch is the settlements of one lease in a SettleLeases call.
@@ -222,24 +248,53 @@ type LeaseBatch struct {
 	User, Lease string
 	// Settlements are applied in this order.
 	Settlements []LeaseSettlement
+	// Renew, when positive, moves the lease's deadline to Redis's now plus
+	// Renew, if the lease is still there and has not expired.
+	Renew time.Duration
+}
+
+// LeaseSettled is what a settle script did with one lease.
+type LeaseSettled struct {
+	// Applied counts the settlements applied now (the others had been
+	// before).
+	Applied int64
+	// Renewed is set when the lease's deadline was moved (LeaseBatch.Renew).
+	Renewed bool
+}
+
+// LeasesSettled reads the reply of SettleLeasesCmd's script, one entry
+// per lease of the batch.
+func LeasesSettled(cmd *redis.Cmd) ([]LeaseSettled, error) {
+	n, err := cmd.Int64Slice()
+	if err != nil {
+		return nil, err
+	}
+	if len(n)%2 != 0 {
+		return nil, fmt.Errorf("lease settlements: a reply of %d numbers", len(n))
+	}
+	out := make([]LeaseSettled, len(n)/2)
+	for i := range out {
+		out[i] = LeaseSettled{Applied: n[2*i], Renewed: n[2*i+1] == 1}
+	}
+	return out, nil
 }
 
 // SettleLeases applies the settlements of several leases in one script,
-// and reports how many of each lease's applied. Their usage records make
+// and reports what it did with each lease. Their usage records make
 // one entry of the first lease's shard's stream. On a Redis Cluster the
 // leases must be on accounts of that one shard (one UsageStreamOf), whose
 // keys share its hash slot; elsewhere (MixesShards) any mix is taken.
-func (a *Accounts) SettleLeases(ctx context.Context, b []LeaseBatch) ([]int64, error) {
+func (a *Accounts) SettleLeases(ctx context.Context, b []LeaseBatch) ([]LeaseSettled, error) {
 	keys, args, err := settleLeasesParams(b, a.MixesShards(), nil)
 	if err != nil {
 		return nil, err
 	}
-	return settleLeasesScript.Run(ctx, a.rdb, keys, args...).Int64Slice()
+	return LeasesSettled(settleLeasesScript.Run(ctx, a.rdb, keys, args...))
 }
 
 // SettleLeasesCmd queues SettleLeases's script on pipe by its SHA (a Redis
-// without it answers NOSCRIPT; SettleLeases then loads it). Its value is
-// the number applied per lease (Int64Slice).
+// without it answers NOSCRIPT; SettleLeases then loads it). LeasesSettled
+// reads its reply.
 //
 // room, when not nil, is a buffer kept by the caller for the records
 // joined, reused from one call to the next and grown as needed (up to
@@ -263,6 +318,10 @@ func (a *Accounts) MixesShards() bool {
 	_, cluster := a.rdb.(*redis.ClusterClient)
 	return !cluster
 }
+
+// maxRenew bounds LeaseBatch.Renew: a lease outliving its node by more
+// would keep money from the customer too long.
+const maxRenew = 24 * time.Hour
 
 // maxRoom is the largest buffer SettleLeasesCmd keeps in a caller's room:
 // a script's records at the settle workers' usual size fit, and a rare
@@ -330,7 +389,10 @@ func settleLeasesParams(b []LeaseBatch, mixes bool, room *[]byte) ([]string, []a
 			joined++
 			all = append(all, x.Record...)
 		}
-		args = append(args, lb.Lease)
+		if lb.Renew < 0 || lb.Renew > maxRenew {
+			return nil, nil, fmt.Errorf("lease settlements: renewal %v out of range", lb.Renew)
+		}
+		args = append(args, lb.Lease, lb.Renew.Milliseconds())
 		args = appendSettlements(args, lb.Settlements, len(all)-from)
 	}
 	args[2] = all

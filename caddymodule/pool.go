@@ -232,11 +232,14 @@ func acquireRedis(url string, sentinel *SentinelConfig, spoolDir string) (*redis
 		if spoolDir == "" {
 			spoolDir = filepath.Join(caddy.AppDataDir(), "aitoken")
 		}
+		leases := lease.New(billing.NewAccounts(client), lease.Config{Log: log.Named("lease")})
 		settlements := settle.New(client, settle.Config{Dir: spoolDir, Target: key, Log: log, Hooks: settle.Hooks{
 			Spooled: func() { metrics.spooled.Inc() },
 			Lost:    func() { metrics.lost.Inc() },
+			// A customer's settlements renew the lease they came from.
+			Renewal: leases.Renewal,
+			Renewed: leases.Renewed,
 		}})
-		leases := lease.New(billing.NewAccounts(client), lease.Config{Log: log.Named("lease")})
 		return &redisConn{key: key, url: url, sentinel: sentinel, client: client, keys: newKeyCache(),
 			leases: leases, rates: lease.NewRates(billing.NewAccounts(client)), settlements: settlements, log: log}, nil
 	})

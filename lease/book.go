@@ -150,6 +150,8 @@ type Stats struct {
 	// Takes counts lease scripts (new, refill, renewal); Returns counts
 	// give-backs.
 	Takes, Returns atomic.Int64
+	// Renewed counts renewals made by settle scripts (Renewed).
+	Renewed atomic.Int64
 }
 
 // New returns a Book on acc. Start begins its background work.

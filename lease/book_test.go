@@ -325,3 +325,73 @@ func TestStopWhileLeasesAreWanted(t *testing.T) {
 		t.Fatal("Stop and Prime did not finish within 60s: deadlocked")
 	}
 }
+
+// A lease whose settlements renew it (the settle pipeline's Renewal and
+// Renewed hooks) is trusted on: its node asks no renewal of its own, and
+// Redis keeps it past the deadline the lease was taken with.
+func TestSettlementsRenewTheLease(t *testing.T) {
+	acc, rdb := newAccounts(t)
+	ctx := t.Context()
+	if _, err := acc.Credit(ctx, "u", 10*unit); err != nil {
+		t.Fatal(err)
+	}
+	const ttl = time.Hour
+	b := New(acc, Config{Share: 1, Max: unit, TTL: ttl})
+	defer b.Stop(ctx)
+	b.Admit("u", unit/100, unit/100)
+	leaseNow(b, "u")
+	tk, ok := b.Admit("u", unit/100, unit/100)
+	if !ok {
+		t.Fatal("not admitted from the lease")
+	}
+	id := tk.LeaseID()
+	a := b.account("u")
+	a.mu.Lock()
+	start, renewAt := a.cur.deadline.Add(-ttl*5/6), a.cur.renewAt
+	a.mu.Unlock()
+
+	// Before a sixth of the TTL has passed: no renewal; another lease or
+	// customer: none either.
+	if r := b.Renewal("u", id, start.Add(ttl/6-time.Second)); r != 0 {
+		t.Fatalf("renewal %v asked for right after the lease was taken", r)
+	}
+	if r := b.Renewal("u", "other.1", start.Add(ttl/2)); r != 0 {
+		t.Fatalf("renewal %v asked for a lease the node does not hold", r)
+	}
+	if r := b.Renewal("v", id, start.Add(ttl/2)); r != 0 {
+		t.Fatalf("renewal %v asked for an unknown customer", r)
+	}
+	later := start.Add(ttl / 4)
+	renew := b.Renewal("u", id, later)
+	if renew != ttl {
+		t.Fatalf("renewal %v at a quarter of the TTL; want %v", renew, ttl)
+	}
+	// The settle script renews it in Redis; the node then trusts it on.
+	seq := b.Settle(tk, unit/1000)
+	res, err := acc.SettleLeases(ctx, []billing.LeaseBatch{{User: "u", Lease: id, Renew: renew,
+		Settlements: []billing.LeaseSettlement{{Seq: seq, Cost: unit / 1000, Record: []byte(`{}`)}}}})
+	if err != nil || len(res) != 1 || !res[0].Renewed {
+		t.Fatalf("settle script: %v, %v; want the lease renewed", res, err)
+	}
+	d, err := rdb.ZScore(ctx, billing.AccountKey("u", "ldl"), id).Result()
+	if err != nil || time.UnixMilli(int64(d)).Before(time.Now().Add(ttl-time.Minute)) {
+		t.Fatalf("Redis deadline %v (%v); want about an hour from now", d, err)
+	}
+	b.Renewed("u", id, later, renew)
+	a.mu.Lock()
+	gotDeadline, gotRenewAt := a.cur.deadline, a.cur.renewAt
+	a.mu.Unlock()
+	if !gotDeadline.Equal(later.Add(ttl*5/6)) || !gotRenewAt.Equal(later.Add(ttl/3)) || !gotRenewAt.After(renewAt) {
+		t.Fatalf("after the renewal: deadline %v, renew at %v; want %v and %v",
+			gotDeadline, gotRenewAt, later.Add(ttl*5/6), later.Add(ttl/3))
+	}
+	// Recalled: no renewal, and a late report changes nothing.
+	b.Recall("u")
+	if r := b.Renewal("u", id, later.Add(ttl/2)); r != 0 {
+		t.Fatalf("renewal %v asked for a recalled lease", r)
+	}
+	b.Renewed("u", id, later.Add(ttl/2), ttl)
+	if b.Stats().Renewed.Load() != 2 {
+		t.Fatalf("renewals counted %d, want 2", b.Stats().Renewed.Load())
+	}
+}

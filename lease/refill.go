@@ -168,3 +168,52 @@ func (b *Book) sweep(now time.Time) {
 		a.mu.Unlock()
 	}
 }
+
+// Renewal is how far a settle script may move the deadline of lease id
+// of user (billing.LeaseBatch.Renew), or 0: the node's current lease of
+// the customer is renewed by its settlements once a sixth of its TTL has
+// passed since the last renewal, well before the renewal the lease would
+// otherwise ask for itself. A customer who keeps it settling so needs no
+// renewal script of its own.
+func (b *Book) Renewal(user, id string, now time.Time) time.Duration {
+	b.mu.RLock()
+	a := b.accounts[user]
+	b.mu.RUnlock()
+	if a == nil {
+		return 0
+	}
+	ttl := b.ttl()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	l := a.cur
+	if l == nil || l.ID != id || l.retired || now.Before(l.renewAt.Add(-ttl/6)) || !now.Before(l.deadline) {
+		return 0
+	}
+	return ttl
+}
+
+// Renewed records that a settle script sent at sent renewed lease id of
+// user by ttl: Redis's deadline is now past sent + ttl, so the node trusts
+// the lease as it does after a refill started at sent.
+func (b *Book) Renewed(user, id string, sent time.Time, ttl time.Duration) {
+	b.mu.RLock()
+	a := b.accounts[user]
+	b.mu.RUnlock()
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	if l := a.cur; l != nil && l.ID == id && !l.retired {
+		l.deadline = later(l.deadline, sent.Add(ttl*5/6))
+		l.renewAt = later(l.renewAt, sent.Add(ttl/3))
+	}
+	a.mu.Unlock()
+	b.stats.Renewed.Add(1)
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/cnaitoken/caddy-aitoken/billing"
 )
 
@@ -167,5 +169,70 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The workers ask the Renewal hook for each lease of a batch and report
+// what the script renewed to Renewed: the lease's deadline in Redis
+// moves, and a lease the hook did not name keeps its own.
+func TestLeaseSettlementsRenew(t *testing.T) {
+	srv, rdb, acc, _ := fundedKey(t, "u3", 1_000_000_000)
+	ctx := context.Background()
+	for _, id := range []string{"node.1", "node.2"} {
+		if _, err := acc.TakeLease(ctx, billing.LeaseTake{User: "u3", ID: id, Want: 500_000, Share: 4, TTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := func(id string) float64 { return rdb.ZScore(ctx, billing.AccountKey("u3", "ldl"), id).Val() }
+	before := deadline("node.2")
+	type renewal struct {
+		user, lease string
+		renew       time.Duration
+	}
+	var mu sync.Mutex
+	var got []renewal
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1})
+	defer client.Close()
+	p := New(client, Config{Dir: t.TempDir(), Target: target(srv), Hooks: Hooks{
+		Renewal: func(user, lease string, now time.Time) time.Duration {
+			if lease == "node.1" {
+				return time.Hour
+			}
+			return 0
+		},
+		Renewed: func(user, lease string, sent time.Time, renew time.Duration) {
+			mu.Lock()
+			got = append(got, renewal{user, lease, renew})
+			mu.Unlock()
+		},
+	}})
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	var wg sync.WaitGroup
+	for i := range 6 {
+		id := []string{"node.1", "node.2"}[i%2]
+		rec := Record{RequestID: fmt.Sprintf("req_r%d", i), User: "u3", KeyID: "k-u3", Hold: 1000, Cost: 1000,
+			Usage: json.RawMessage(fmt.Sprintf(`{"request_id":"req_r%d"}`, i)), Lease: id, Seq: int64(i/2 + 1)}
+		wg.Add(1)
+		p.Later(rec, nil, wg.Done)
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) == 0 {
+		t.Fatal("no renewal reported")
+	}
+	for _, r := range got {
+		if r != (renewal{"u3", "node.1", time.Hour}) {
+			t.Fatalf("renewal reported: %+v", r)
+		}
+	}
+	if d := time.UnixMilli(int64(deadline("node.1"))); d.Before(time.Now().Add(50 * time.Minute)) {
+		t.Fatalf("node.1's deadline %v; want about an hour from now", d)
+	}
+	if d := deadline("node.2"); d != before {
+		t.Fatalf("node.2's deadline moved from %v to %v", before, d)
 	}
 }

@@ -49,6 +49,12 @@ type Hooks struct {
 	// Lost is called when a record could be put nowhere: Redis, the spool
 	// and the journal all failed. Its usage record is gone.
 	Lost func()
+	// Renewal is how far the settle script of a batch sent at now may
+	// renew lease of user (billing.LeaseBatch.Renew); 0 for not at all.
+	Renewal func(user, lease string, now time.Time) time.Duration
+	// Renewed is called for each lease a settle script sent at sent
+	// renewed by renew.
+	Renewed func(user, lease string, sent time.Time, renew time.Duration)
 }
 
 // Pipeline takes settlements from the end of their response to Redis. New

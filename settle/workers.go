@@ -245,6 +245,15 @@ func (w *workers) apply(batch []job, sc *scratch) {
 		groups = byShard(groups[0])
 	}
 	shards := splitScripts(groups, scriptMax)
+	sent := time.Now()
+	if p.hooks.Renewal != nil {
+		for _, sh := range shards {
+			for i := range sh.batches {
+				lb := &sh.batches[i]
+				lb.Renew = p.hooks.Renewal(lb.User, lb.Lease, sent)
+			}
+		}
+	}
 	// Holds first: a customer's next request may need its hold back, and
 	// nobody waits on the lease settlements.
 	for i, j := range batch {
@@ -257,10 +266,15 @@ func (w *workers) apply(batch []job, sc *scratch) {
 	}
 	_, _ = pipe.Exec(ctx)
 	for _, sh := range shards {
-		err := cmds[sh.first()].Err()
+		cmd := cmds[sh.first()]
+		var settled []billing.LeaseSettled
+		err := cmd.Err()
 		if redis.HasErrorPrefix(err, "NOSCRIPT") {
-			_, err = accounts.SettleLeases(ctx, sh.batches)
+			settled, err = accounts.SettleLeases(ctx, sh.batches)
+		} else if err == nil {
+			settled, _ = billing.LeasesSettled(cmd) // applied whatever it says
 		}
+		p.renewed(sh.batches, settled, sent)
 		for _, g := range sh.groups {
 			for _, i := range g.jobs {
 				errs[i] = err
@@ -284,5 +298,18 @@ func (w *workers) apply(batch []job, sc *scratch) {
 				zap.String("request_id", j.rec.RequestID))
 		}
 		j.done()
+	}
+}
+
+// renewed tells the Renewed hook of the leases a settle script sent at
+// sent renewed (settled is its reply for batches).
+func (p *Pipeline) renewed(batches []billing.LeaseBatch, settled []billing.LeaseSettled, sent time.Time) {
+	if p.hooks.Renewed == nil || len(settled) != len(batches) {
+		return
+	}
+	for i, lb := range batches {
+		if lb.Renew > 0 && settled[i].Renewed {
+			p.hooks.Renewed(lb.User, lb.Lease, sent, lb.Renew)
+		}
 	}
 }
