@@ -381,9 +381,7 @@ func (b *Book) leftover(l *Lease) money.Nanos {
 // account changed (a debit, a refund, a dispute) and the next request
 // must see the new balance.
 func (b *Book) Recall(user string) {
-	b.mu.RLock()
-	a := b.accounts[user]
-	b.mu.RUnlock()
+	a := b.known(user)
 	if a == nil {
 		return
 	}
@@ -423,6 +421,13 @@ func (a *account) retire() (*Lease, money.Nanos) {
 	give := l.free
 	l.free = 0
 	return l, give
+}
+
+// known returns user's account on this node, or nil.
+func (b *Book) known(user string) *account {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.accounts[user]
 }
 
 func (b *Book) account(user string) *account {

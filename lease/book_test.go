@@ -385,13 +385,23 @@ func TestSettlementsRenewTheLease(t *testing.T) {
 		t.Fatalf("after the renewal: deadline %v, renew at %v; want %v and %v",
 			gotDeadline, gotRenewAt, later.Add(ttl*5/6), later.Add(ttl/3))
 	}
+	// A report made under another lease_ttl is not trusted: a refill may
+	// have moved Redis's deadline closer since.
+	b.SetSizes(unit, 1, ttl/2)
+	b.Renewed("u", id, later.Add(ttl/2), ttl)
+	a.mu.Lock()
+	moved := !a.cur.deadline.Equal(gotDeadline)
+	a.mu.Unlock()
+	if moved {
+		t.Fatal("a renewal under the old lease_ttl moved the deadline")
+	}
 	// Recalled: no renewal, and a late report changes nothing.
 	b.Recall("u")
 	if r := b.Renewal("u", id, later.Add(ttl/2)); r != 0 {
 		t.Fatalf("renewal %v asked for a recalled lease", r)
 	}
 	b.Renewed("u", id, later.Add(ttl/2), ttl)
-	if b.Stats().Renewed.Load() != 2 {
-		t.Fatalf("renewals counted %d, want 2", b.Stats().Renewed.Load())
+	if b.Stats().Renewed.Load() != 3 {
+		t.Fatalf("renewals counted %d, want 3", b.Stats().Renewed.Load())
 	}
 }

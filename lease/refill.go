@@ -103,6 +103,8 @@ func (b *Book) refill(a *account) {
 		l.free += g.Granted
 	}
 	if l != nil && err == nil && !l.retired {
+		// Set, not extended: a shorter lease_ttl moved Redis's deadline
+		// closer too.
 		l.deadline = start.Add(ttl * 5 / 6)
 		l.renewAt = start.Add(ttl / 3)
 	}
@@ -176,9 +178,7 @@ func (b *Book) sweep(now time.Time) {
 // otherwise ask for itself. A customer who keeps it settling so needs no
 // renewal script of its own.
 func (b *Book) Renewal(user, id string, now time.Time) time.Duration {
-	b.mu.RLock()
-	a := b.accounts[user]
-	b.mu.RUnlock()
+	a := b.known(user)
 	if a == nil {
 		return 0
 	}
@@ -196,24 +196,25 @@ func (b *Book) Renewal(user, id string, now time.Time) time.Duration {
 // user by ttl: Redis's deadline is now past sent + ttl, so the node trusts
 // the lease as it does after a refill started at sent.
 func (b *Book) Renewed(user, id string, sent time.Time, ttl time.Duration) {
-	b.mu.RLock()
-	a := b.accounts[user]
-	b.mu.RUnlock()
+	b.stats.Renewed.Add(1)
+	a := b.known(user)
 	if a == nil {
 		return
 	}
 	a.mu.Lock()
-	if l := a.cur; l != nil && l.ID == id && !l.retired {
-		l.deadline = later(l.deadline, sent.Add(ttl*5/6))
-		l.renewAt = later(l.renewAt, sent.Add(ttl/3))
+	defer a.mu.Unlock()
+	l := a.cur
+	if l == nil || l.ID != id || l.retired || ttl != b.ttl() {
+		// With lease_ttl changed since, a refill may have set a closer
+		// deadline in Redis after this one: trust the lease no longer.
+		return
 	}
-	a.mu.Unlock()
-	b.stats.Renewed.Add(1)
-}
-
-func later(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
+	// Extended, never cut: Redis keeps the latest deadline written, and
+	// with one TTL that is the furthest.
+	if d := sent.Add(ttl * 5 / 6); d.After(l.deadline) {
+		l.deadline = d
 	}
-	return a
+	if r := sent.Add(ttl / 3); r.After(l.renewAt) {
+		l.renewAt = r
+	}
 }
