@@ -435,7 +435,7 @@ var benchRecord = []byte(`{"request_id":"req_bench","time":"2025-01-01T00:00:00Z
 // a gateway node's settlement workers do, and reports Redis's own CPU per
 // settlement (INFO cpu): the share of a metered request that Redis pays.
 func BenchmarkSettleLease(b *testing.B) {
-	for _, n := range []int{1, 12, 64} {
+	for _, n := range []int{1, 12, 64, 256} {
 		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) {
 			a, rdb := newTestAccounts(b)
 			ctx := b.Context()
