@@ -15,6 +15,7 @@ import (
 
 	"github.com/cnaitoken/caddy-aitoken/billing"
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
+	"github.com/cnaitoken/caddy-aitoken/lease"
 	"github.com/cnaitoken/caddy-aitoken/meter"
 )
 
@@ -290,7 +291,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.app.redis.leases.Prime(g.User, upTo)
 	}
 	setRateHeaders(w.Header(), g.Limits)
+	return h.forward(w, r, next, g, ticket, req, price, requestID)
+}
 
+// forward sends an admitted request upstream through next and settles
+// it, whatever the upstream does. It is a function of its own so that its
+// deferred calls are compiled inline: Go gives that up in a function with
+// as many returns as ServeHTTP has.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, g billing.Grant,
+	ticket lease.Ticket, req *meter.Request, price money.Price, requestID string) error {
 	if provider, ok := h.aliasOf(req.Model); ok {
 		caddyhttp.SetVar(r.Context(), "aitoken.requested_model", req.Model)
 		req.Rename(provider)
@@ -316,7 +325,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// http.ErrAbortHandler: settle anyway, and let the panic go on.
 		h.finish(r, mw, g, ticket, req, price, start, !finished)
 	}()
-	err = next.ServeHTTP(mw, up)
+	err := next.ServeHTTP(mw, up)
 	finished = true
 	if !mw.wroteHeader && r.Context().Err() != nil {
 		// The client left before any answer (on_client_gone cancel, or
