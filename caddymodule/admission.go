@@ -175,12 +175,12 @@ func clientAddr(r *http.Request) netip.Addr {
 
 // keyFromRequest returns the API key from Authorization: Bearer or x-api-key.
 func keyFromRequest(r *http.Request) string {
-	if auth := r.Header.Get("Authorization"); auth != "" {
+	if auth := header(r.Header, hdrAuthorization); auth != "" {
 		if scheme, token, ok := strings.Cut(auth, " "); ok && strings.EqualFold(scheme, "Bearer") {
 			return strings.TrimSpace(token)
 		}
 	}
-	return strings.TrimSpace(r.Header.Get("X-Api-Key"))
+	return strings.TrimSpace(header(r.Header, hdrAPIKey))
 }
 
 // keepHold renews g's hold deadline every third of the hold's lifetime

@@ -155,6 +155,16 @@ http://localhost:9080 {
 			header_up Authorization "Bearer upstream-secret"
 		}
 	}
+	# BenchmarkGatewayRequest: the same proxy with and without aitoken.
+	route /bench/bare/v1/* {
+		uri strip_prefix /bench/bare
+		reverse_proxy %[5]s
+	}
+	route /bench/metered/v1/* {
+		uri strip_prefix /bench/metered
+		aitoken
+		reverse_proxy %[5]s
+	}
 	route /limited/v1/* {
 		uri strip_prefix /limited
 		aitoken {
@@ -310,7 +320,7 @@ func load(tc *caddytest.Tester, cfg string) {
 }
 
 // admin calls the admin API and decodes the JSON answer into out.
-func admin(t *testing.T, method, path, body string, out any) int {
+func admin(t testing.TB, method, path, body string, out any) int {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {
@@ -364,7 +374,7 @@ type usageRecord struct {
 }
 
 // newAccount creates a user with the given credit and a key for it.
-func newAccount(t *testing.T, credit string, keyBody string) (userResp, keyResp) {
+func newAccount(t testing.TB, credit string, keyBody string) (userResp, keyResp) {
 	t.Helper()
 	var u userResp
 	if st := admin(t, "POST", "/aitoken/users", `{"email":"t@example.com"}`, &u); st != http.StatusCreated {

@@ -207,7 +207,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	requestID := billing.NewRequestID()
-	w.Header().Set("X-Request-Id", requestID)
+	w.Header()[hdrRequestID] = []string{requestID}
 
 	secret := keyFromRequest(r)
 	if secret == "" {

@@ -126,16 +126,17 @@ func (m *meteredWriter) WriteHeader(code int) {
 		return
 	}
 	m.wroteHeader, m.status = true, code
-	m.obs.Start(code, m.Header().Get("Content-Type"))
-	if enc := m.Header().Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
+	h := m.Header()
+	m.obs.Start(code, header(h, hdrContentType))
+	if enc := header(h, hdrContentEncoding); enc != "" && !strings.EqualFold(enc, "identity") {
 		m.compressed = newCompressedFeed(enc, m.obs)
 		m.unreadable = m.compressed == nil
 		m.hiding = false
 	}
 	if m.hiding {
 		// A hidden usage chunk changes the length.
-		m.Header().Del("Content-Length")
-	} else if n, err := strconv.ParseInt(m.Header().Get("Content-Length"), 10, 64); err == nil && n > 0 {
+		delete(h, hdrContentLength)
+	} else if n, err := strconv.ParseInt(header(h, hdrContentLength), 10, 64); err == nil && n > 0 {
 		m.left = n
 	}
 	m.ResponseWriter.WriteHeader(code)

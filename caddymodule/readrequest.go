@@ -18,7 +18,7 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 	if r.ContentLength > h.MaxRequestBody {
 		return nil, money.Price{}, errTooLarge
 	}
-	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+	if ce := header(r.Header, hdrContentEncoding); ce != "" && !strings.EqualFold(ce, "identity") {
 		// The meter could not read it; the upstream would.
 		return nil, money.Price{}, errEncodedBody
 	}

@@ -94,7 +94,7 @@ var allowedBetas = [...]string{"interleaved-thinking-", "fine-grained-tool-strea
 // checkBetas refuses a request that asks for an anthropic-beta feature
 // outside allowedBetas.
 func checkBetas(h http.Header) *apiError {
-	for _, v := range h.Values("Anthropic-Beta") {
+	for _, v := range h[hdrAnthropicBeta] {
 		for b := range strings.SplitSeq(v, ",") {
 			b = strings.TrimSpace(b)
 			if b == "" || betaName(b) && slices.ContainsFunc(allowedBetas[:], func(p string) bool { return strings.HasPrefix(b, p) }) {
@@ -124,11 +124,11 @@ func betaName(b string) bool {
 // body the meter can read (the encode handler may still compress for the
 // client).
 func prepareUpstream(r *http.Request) {
-	for _, h := range [...]string{"Authorization", "X-Api-Key", "Cookie", "Proxy-Authorization", "Openai-Organization", "Openai-Project"} {
-		r.Header.Del(h)
+	for _, h := range clientOnlyHeaders {
+		delete(r.Header, h)
 	}
 	// Set, not deleted: Go's transport would otherwise ask for gzip itself.
-	r.Header.Set("Accept-Encoding", "identity")
+	r.Header[hdrAcceptEncoding] = []string{"identity"}
 }
 
 // setBody replaces the consumed request body with body.
@@ -137,5 +137,5 @@ func setBody(r *http.Request, body []byte) {
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	r.ContentLength = int64(len(body))
 	r.TransferEncoding = nil
-	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	r.Header[hdrContentLength] = []string{strconv.Itoa(len(body))}
 }
