@@ -77,6 +77,7 @@ func TestMetricsCountRequestsAndSurviveReload(t *testing.T) {
 
 	// One completed request: 12 input + 7 output tokens, 26000 nanos.
 	u, k := newAccount(t, "1.00", `{"user":"$USER","rpm":1}`)
+	windowRoom(t) // the 429 below needs both requests in one minute
 	if resp, body := post(t, "/v1/chat/completions", k.Key, `{"model":"test-model","messages":[{"role":"user","content":"hi"}]}`,
 		"X-Mock-Deltas", "7"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("chat: %d %s", resp.StatusCode, body)
