@@ -287,12 +287,42 @@ func integer(v jsonValue, dst *int64) bool {
 	if v.kind != '0' {
 		return false
 	}
+	if n, ok := smallInt(v.text); ok {
+		*dst = n
+		return true
+	}
 	n, err := strconv.ParseInt(v.text, 10, 64)
 	if err != nil {
 		return false
 	}
 	*dst = n
 	return true
+}
+
+// smallInt reads s if it is an optional minus and 1 to 18 digits (no
+// int64 overflows in those), as strconv.ParseInt would; anything else is
+// left to ParseInt.
+func smallInt(s string) (int64, bool) {
+	neg := len(s) > 0 && s[0] == '-'
+	d := s
+	if neg {
+		d = s[1:]
+	}
+	if len(d) == 0 || len(d) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(d); i++ {
+		c := d[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if neg {
+		n = -n
+	}
+	return n, true
 }
 
 func boolean(v jsonValue, dst *bool) bool {

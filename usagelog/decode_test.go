@@ -3,6 +3,7 @@ package usagelog
 import (
 	"encoding/json"
 	"reflect"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -112,4 +113,21 @@ func BenchmarkDecodeRecord(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// smallInt agrees with strconv.ParseInt wherever it answers.
+func FuzzSmallInt(f *testing.F) {
+	for _, s := range []string{"0", "-0", "7", "-12", "123456789012345678", "1234567890123456789", "", "-", "1e3", "01", "+5", " 1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, ok := smallInt(s)
+		if !ok {
+			return
+		}
+		want, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n != want {
+			t.Fatalf("smallInt(%q) = %d, ParseInt: %d, %v", s, n, want, err)
+		}
+	})
 }
