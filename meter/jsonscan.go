@@ -3,7 +3,6 @@ package meter
 import (
 	"bytes"
 	"encoding/binary"
-	"math/bits"
 )
 
 // jsonScanner follows a JSON response body as it passes, without keeping
@@ -255,13 +254,10 @@ func (s *jsonScanner) endString() {
 // after i, or len(p). Keys and most values are short: 8 bytes at a time
 // beats IndexByte's call on those, which takes over for long strings.
 func plainEnd(p []byte, i int) int {
-	const ones, highs = 0x0101010101010101, 0x8080808080808080
 	for lim := min(len(p), i+32); i+8 <= lim; i += 8 {
 		w := binary.LittleEndian.Uint64(p[i:])
-		q, b := w^(ones*'"'), w^(ones*'\\')
-		// The lowest high bit of (x - ones) &^ x marks x's first zero byte.
-		if m := ((q-ones)&^q | (b-ones)&^b) & highs; m != 0 {
-			return i + bits.TrailingZeros64(m)/8
+		if m := bytesEqual(w, '"') | bytesEqual(w, '\\'); m != 0 {
+			return i + firstMarked(m)
 		}
 	}
 	if len(p)-i < 8 {

@@ -1,9 +1,6 @@
 package meter
 
-import (
-	"encoding/binary"
-	"math/bits"
-)
+import "encoding/binary"
 
 // validJSON reports whether b is one valid JSON value exactly when
 // encoding/json.Valid does: the same grammar, the same whitespace, bytes
@@ -149,13 +146,10 @@ func stringTail(b []byte, i int) int {
 // plainInString does not hold (len(b) if none), looking at 8 bytes at a
 // time.
 func stringRun(b []byte, i int) int {
-	const ones, highs = 0x0101010101010101, 0x8080808080808080
 	for ; i+8 <= len(b); i += 8 {
 		w := binary.LittleEndian.Uint64(b[i:])
-		q, s := w^(ones*'"'), w^(ones*'\\')
-		// As in plainEnd; (w - 0x20·ones) &^ w marks bytes below 0x20.
-		if m := ((q-ones)&^q | (s-ones)&^s | (w-ones*0x20)&^w) & highs; m != 0 {
-			return i + bits.TrailingZeros64(m)/8
+		if m := bytesEqual(w, '"') | bytesEqual(w, '\\') | bytesBelow(w, 0x20); m != 0 {
+			return i + firstMarked(m)
 		}
 	}
 	for i < len(b) && plainInString[b[i]] {
