@@ -273,3 +273,49 @@ func TestUpstreamErrorPassesThroughUnbilled(t *testing.T) {
 		t.Fatalf("account after upstream error: %+v", got)
 	}
 }
+
+// A client cannot send its credentials, or pick another organization or
+// project of the operator's upstream account, through the gateway: every
+// such header is gone before the upstream, however it is spelled on the
+// wire (the gateway looks headers up by their canonical names).
+func TestClientOnlyHeadersNeverReachTheUpstream(t *testing.T) {
+	gateway(t)
+	_, k := newAccount(t, "1.00", "")
+	marker := "marker-" + k.ID
+	req, _ := http.NewRequest("POST", gatewayURL+"/v1/chat/completions",
+		strings.NewReader(`{"model":"test-model","messages":[{"role":"user","content":"`+marker+`"}]}`))
+	// Set straight in the map: Go writes these names as they are.
+	for name, v := range map[string]string{
+		"authorization": "Bearer " + k.Key, "x-api-key": k.Key, "cookie": "session=s3cret",
+		"proxy-authorization": "Basic cHJveHk6cHc=", "openai-organization": "org-other", "OpenAI-Project": "proj-other",
+		"content-type": "application/json",
+	} {
+		req.Header[name] = []string{v}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("chat: %d %s", resp.StatusCode, body)
+	}
+	last, _ := env.mock.LastRequest()
+	if !strings.Contains(string(last.Body), marker) {
+		t.Fatal("the upstream's last request is not this test's")
+	}
+	if got := last.Header.Get("Authorization"); got != "Bearer upstream-secret" {
+		t.Errorf("upstream saw Authorization %q", got)
+	}
+	for _, name := range []string{"X-Api-Key", "Cookie", "Proxy-Authorization", "Openai-Organization", "Openai-Project"} {
+		if v := last.Header.Values(name); len(v) > 0 {
+			t.Errorf("upstream saw %s: %q", name, v)
+		}
+	}
+	for name, v := range last.Header {
+		if strings.Contains(strings.Join(v, ","), k.Key) {
+			t.Errorf("the client's key reached the upstream in %s", name)
+		}
+	}
+}
