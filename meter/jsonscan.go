@@ -22,8 +22,9 @@ type jsonScanner struct {
 	esc       bool
 	uHex      uint8 // hex digits of a \u escape still to skip
 	strKind   uint8
-	key       [maxKey]byte // the last key read, cut at maxKey
+	key       [maxKey]byte // the key being read across Feeds, cut at maxKey
 	keyLen    int
+	keyText   bool  // the last key read names generated text (textKey)
 	top       uint8 // the top-level member whose value is being read
 	// quoteAt is plainRun's index of the next quote in the Feed's bytes
 	// (their length when none), or below the run's start when unknown.
@@ -76,18 +77,29 @@ func (s *jsonScanner) feed(p []byte) {
 			s.appendCapture(p[capFrom:])
 		}
 	}()
+	if s.state >= jsDone {
+		return
+	}
+	// The state becomes jsDone or jsBad only where the loop returns.
 	for i := 0; i < len(p); i++ {
-		if s.state >= jsDone {
-			return
-		}
 		c := p[i]
 		if s.inStr {
 			i = s.stringByte(p, i)
 			continue
 		}
-		switch c {
-		case ' ', '\t', '\r', '\n':
-			continue
+		if inertByte[c] {
+			if s.state == jsBody && !s.errFirst {
+				// Nothing to do until the next quote or structural byte:
+				// take the run at once.
+				for i+1 < len(p) && inertByte[p[i+1]] {
+					i++
+				}
+				continue
+			}
+			switch c {
+			case ' ', '\t', '\r', '\n':
+				continue
+			}
 		}
 		if s.state == jsStart {
 			if c != '{' {
@@ -109,7 +121,7 @@ func (s *jsonScanner) feed(p []byte) {
 				s.strKind = strOther
 			case s.expectKey:
 				s.strKind, s.keyLen = strKey, 0
-			case s.keyLen <= maxKey && textKey(s.key[:s.keyLen]):
+			case s.keyText:
 				s.strKind = strCount
 				s.chars.esc, s.chars.uHex = false, 0
 			default:
@@ -117,8 +129,13 @@ func (s *jsonScanner) feed(p []byte) {
 			}
 			// A string that ends in p with no escape is taken whole.
 			if e := plainEnd(p, i+1); e < len(p) && p[e] == '"' {
-				s.plainText(p[i+1 : e])
-				s.endString()
+				if s.strKind == strKey { // read in place, not copied
+					s.inStr = false
+					s.endKey(p[i+1:e], true)
+				} else {
+					s.plainText(p[i+1 : e])
+					s.endString()
+				}
 				i = e
 			}
 		case '{', '[':
@@ -237,18 +254,44 @@ func (s *jsonScanner) endString() {
 	switch {
 	case s.strKind == strCount:
 		s.sample.endString()
-	case s.strKind == strKey && s.depth == 1:
-		s.top = topOther
-		if s.keyLen <= maxKey {
-			switch string(s.key[:s.keyLen]) {
-			case "usage":
-				s.top = topUsage
-			case "error":
-				s.top = topError
-			}
+	case s.strKind == strKey:
+		s.endKey(s.key[:min(s.keyLen, maxKey)], s.keyLen <= maxKey)
+	}
+}
+
+// endKey takes the key just read, k, whole when ok (not cut at maxKey nor
+// escaped): it says whether a string value under it is generated text, and
+// at the top level names the member whose value comes next.
+func (s *jsonScanner) endKey(k []byte, ok bool) {
+	s.keyText = ok && textKey(k)
+	if s.depth != 1 {
+		return
+	}
+	s.top = topOther
+	if ok {
+		switch string(k) {
+		case "usage":
+			s.top = topUsage
+		case "error":
+			s.top = topError
 		}
 	}
 }
+
+// inertByte marks the bytes the scanner passes over outside strings:
+// whitespace and the bytes of numbers, true, false and null. (Anything
+// else that is not JSON is passed over too: the scanner follows
+// structure, the upstream's JSON is not validated here.)
+var inertByte = func() (t [256]bool) {
+	for c := range 256 {
+		switch c {
+		case '"', '{', '}', '[', ']', ',', ':':
+		default:
+			t[c] = true
+		}
+	}
+	return t
+}()
 
 // plainEnd returns the index of the first quote or backslash in p at or
 // after i, or len(p). Keys and most values are short: 8 bytes at a time
