@@ -305,10 +305,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		req.Rename(provider)
 	}
 	h.setIdentity(r, g, req.Model)
-	setBody(r, req.Body)
-	prepareUpstream(r)
-
 	mw := newMeteredWriter(w, r, req, h.OnClientGone == onClientGoneCancel)
+	setBody(r, req.Body, &mw.body)
+	prepareUpstream(r, mw.identity[:])
 	up := r
 	if h.OnClientGone == onClientGoneFinish {
 		up = mw.detach.start(r, time.Duration(h.ClientGoneTimeout))

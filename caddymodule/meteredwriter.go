@@ -53,6 +53,11 @@ type meteredWriter struct {
 	detach detached
 	// log holds the access log's aitoken_* fields (see finish).
 	log logFields
+	// body is the request body as it goes upstream, and identity the
+	// upstream request's Accept-Encoding: here, they cost no allocation
+	// of their own.
+	body     requestBody
+	identity [1]string
 }
 
 func newMeteredWriter(w http.ResponseWriter, r *http.Request, req *meter.Request, cancelOnGone bool) *meteredWriter {
@@ -63,6 +68,7 @@ func newMeteredWriter(w http.ResponseWriter, r *http.Request, req *meter.Request
 		clientCtx:             r.Context(),
 		cancelOnGone:          cancelOnGone,
 		left:                  -1,
+		identity:              [1]string{"identity"},
 	}
 	m.client = clientSink{m}
 	return m

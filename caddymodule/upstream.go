@@ -122,20 +122,38 @@ func betaName(b string) bool {
 // provider, and the headers that would pick another organization or
 // project of the operator's upstream account; it asks for an uncompressed
 // body the meter can read (the encode handler may still compress for the
-// client).
-func prepareUpstream(r *http.Request) {
+// client). identity is the header value to use, a slice of one
+// "identity" that nothing else shares (a later handler may edit it in
+// place).
+func prepareUpstream(r *http.Request, identity []string) {
 	for _, h := range clientOnlyHeaders {
 		delete(r.Header, h)
 	}
 	// Set, not deleted: Go's transport would otherwise ask for gzip itself.
-	r.Header[hdrAcceptEncoding] = []string{"identity"}
+	if v := r.Header[hdrAcceptEncoding]; len(v) != 1 || v[0] != "identity" {
+		r.Header[hdrAcceptEncoding] = identity
+	}
 }
 
-// setBody replaces the consumed request body with body.
-func setBody(r *http.Request, body []byte) {
-	r.Body = io.NopCloser(bytes.NewReader(body))
+// identityEncoding is a new Accept-Encoding value of "identity".
+func identityEncoding() []string { return []string{"identity"} }
+
+// requestBody is a metered request's body as it goes upstream: the bytes
+// the meter read.
+type requestBody struct{ bytes.Reader }
+
+// Close does nothing: the bytes are in memory.
+func (*requestBody) Close() error { return nil }
+
+// setBody replaces the consumed request body with body, read through rb.
+func setBody(r *http.Request, body []byte, rb *requestBody) {
+	rb.Reset(body)
+	r.Body = rb
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	r.ContentLength = int64(len(body))
 	r.TransferEncoding = nil
-	r.Header[hdrContentLength] = []string{strconv.Itoa(len(body))}
+	r.ContentLength = int64(len(body))
+	var n [20]byte
+	if v := r.Header[hdrContentLength]; len(v) != 1 || v[0] != string(strconv.AppendInt(n[:0], r.ContentLength, 10)) {
+		r.Header[hdrContentLength] = []string{strconv.Itoa(len(body))}
+	}
 }
