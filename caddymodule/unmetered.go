@@ -39,7 +39,7 @@ func (h *Handler) serveUnmetered(w http.ResponseWriter, r *http.Request, next ca
 		// The upstream gets the very path that matched: no encoded
 		// separator or path parameter can make it read another.
 		r.URL.Path, r.URL.RawPath = clean, ""
-		prepareUpstream(r, identityEncoding())
+		prepareUpstream(r, []string{"identity"})
 		return next.ServeHTTP(w, r)
 	}
 	h.writeRefusal(w, errUnsupportedEndpoint(r.Method, r.URL.Path), "")

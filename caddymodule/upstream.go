@@ -135,9 +135,6 @@ func prepareUpstream(r *http.Request, identity []string) {
 	}
 }
 
-// identityEncoding is a new Accept-Encoding value of "identity".
-func identityEncoding() []string { return []string{"identity"} }
-
 // requestBody is a metered request's body as it goes upstream: the bytes
 // the meter read.
 type requestBody struct{ bytes.Reader }
