@@ -151,7 +151,7 @@ func (f *Flusher) decodeAll(streams []redis.XStream, m *decodeRoom) batch {
 	defer clear(rejects)
 	decodeRange := func(lo, hi int) {
 		for i := lo; i < hi; i++ {
-			recs[i], rejects[i] = f.decode(items[i])
+			rejects[i] = f.decode(items[i], &recs[i])
 		}
 	}
 	workers := min(runtime.GOMAXPROCS(0), len(items)/decodeShard)
@@ -320,22 +320,21 @@ func (f *Flusher) store(ctx context.Context, b batch) (int, error) {
 	return n, nil
 }
 
-// decode reads one record. One that is not a valid Record comes back as a
+// decode reads one record into r. One that is not a valid Record comes back as a
 // reject carrying its raw value; the log gets the entry ID and the reason
 // only, never the content.
-func (f *Flusher) decode(it item) (Record, *reject) {
+func (f *Flusher) decode(it item, r *Record) *reject {
 	if it.missing {
 		b, _ := json.Marshal(it.msg.Values)
-		return Record{}, f.rejected(it.stream, it.entryID(), string(b), "missing field "+f.cfg.Field)
+		return f.rejected(it.stream, it.entryID(), string(b), "missing field "+f.cfg.Field)
 	}
-	r, err := decodeRecord(it.raw)
-	if err != nil {
-		return Record{}, f.rejected(it.stream, it.entryID(), it.raw, "bad json: "+err.Error())
+	if err := decodeRecord(it.raw, r); err != nil {
+		return f.rejected(it.stream, it.entryID(), it.raw, "bad json: "+err.Error())
 	}
 	if err := r.validate(); err != nil {
-		return Record{}, f.rejected(it.stream, it.entryID(), it.raw, err.Error())
+		return f.rejected(it.stream, it.entryID(), it.raw, err.Error())
 	}
-	return r, nil
+	return nil
 }
 
 func (f *Flusher) rejected(stream, id, raw, reason string) *reject {

@@ -7,63 +7,65 @@ import (
 	"unicode/utf8"
 )
 
-// decodeRecord reads a Record from JSON with the result and errors of
+// decodeRecord reads a Record from JSON into r, with the result and errors of
 // encoding/json, several times faster for the shape producers write: a flat
 // object with the known keys, plain strings and integers. Decoding is a
 // large share of a flush, so this matters for the ledger's throughput.
 // Anything else (escapes, nulls, nested values, unknown or differently
 // cased keys, floats where integers go) is left to encoding/json;
 // FuzzDecodeRecord checks the two agree.
-func decodeRecord(raw string) (Record, error) {
-	if r, ok := fastDecode(raw); ok {
-		return r, nil
+func decodeRecord(raw string, r *Record) error {
+	if fastDecode(raw, r) {
+		return nil
 	}
-	var r Record
-	err := json.Unmarshal([]byte(raw), &r)
-	return r, err
+	*r = Record{} // encoding/json would merge into what r holds
+	return json.Unmarshal([]byte(raw), r)
 }
 
-// fastDecode reads raw in one pass if it is a JSON object whose keys are
-// Record's exact names and whose values are strings without escapes,
-// numbers or booleans, and every value fits its field as encoding/json
-// would put it there. Otherwise it reports false.
-func fastDecode(raw string) (Record, bool) {
-	if r, ok := decodeInOrder(raw); ok {
-		return r, true
+// fastDecode reads raw into r in one pass if it is a JSON object whose
+// keys are Record's exact names and whose values are strings without
+// escapes, numbers or booleans, and every value fits its field as
+// encoding/json would put it there. Otherwise it reports false, with r
+// partly set. (The records are filled in place: a Record handed to the
+// field setters, which are called through a table, would escape.)
+func fastDecode(raw string, r *Record) bool {
+	if decodeInOrder(raw, r) {
+		return true
 	}
-	var r Record
+	// decodeInOrder zeroed r; what it set before giving up is set again
+	// below, from the same keys.
 	i := skipSpace(raw, 0)
 	if i == len(raw) || raw[i] != '{' {
-		return Record{}, false
+		return false
 	}
 	i = skipSpace(raw, i+1)
 	if i < len(raw) && raw[i] == '}' {
-		return r, skipSpace(raw, i+1) == len(raw)
+		return skipSpace(raw, i+1) == len(raw)
 	}
 	for {
 		key, j, ok := scanValue(raw, i)
 		if !ok || key.kind != '"' {
-			return Record{}, false
+			return false
 		}
 		i = skipSpace(raw, j)
 		if i == len(raw) || raw[i] != ':' {
-			return Record{}, false
+			return false
 		}
 		v, j, ok := scanValue(raw, skipSpace(raw, i+1))
 		if !ok || !r.set(key.text, v) {
-			return Record{}, false
+			return false
 		}
 		i = skipSpace(raw, j)
 		if i == len(raw) {
-			return Record{}, false
+			return false
 		}
 		switch raw[i] {
 		case ',':
 			i = skipSpace(raw, i+1)
 		case '}':
-			return r, skipSpace(raw, i+1) == len(raw)
+			return skipSpace(raw, i+1) == len(raw)
 		default:
-			return Record{}, false
+			return false
 		}
 	}
 }
@@ -238,14 +240,14 @@ func field(name string, optional bool, set func(*Record, jsonValue) bool) record
 	return recordField{name: name, lit: `"` + name + `":`, optional: optional, set: set}
 }
 
-// decodeInOrder reads raw if it is exactly what AppendJSON writes: every
+// decodeInOrder reads raw into r if it is exactly what AppendJSON writes: every
 // key in recordFields' order, with no whitespace, and values fastDecode
 // takes. It skips the search for each key's field; anything else (another
 // order, spaces, a key missing or unknown) reports false.
-func decodeInOrder(raw string) (Record, bool) {
-	var r Record
+func decodeInOrder(raw string, r *Record) bool {
+	*r = Record{}
 	if len(raw) < 2 || raw[0] != '{' {
-		return Record{}, false
+		return false
 	}
 	i, sep := 1, byte('{')
 	for k := range recordFields {
@@ -254,11 +256,11 @@ func decodeInOrder(raw string) (Record, bool) {
 			if f.optional {
 				continue
 			}
-			return Record{}, false
+			return false
 		}
 		v, j, ok := scanValue(raw, i+len(f.lit))
-		if !ok || !f.set(&r, v) || j == len(raw) {
-			return Record{}, false
+		if !ok || !f.set(r, v) || j == len(raw) {
+			return false
 		}
 		sep = raw[j]
 		if sep != ',' {
@@ -267,10 +269,7 @@ func decodeInOrder(raw string) (Record, bool) {
 		}
 		i = j + 1
 	}
-	if sep != '}' || i != len(raw)-1 {
-		return Record{}, false
-	}
-	return r, true
+	return sep == '}' && i == len(raw)-1
 }
 
 // plainString accepts a string (scanValue took it: no escapes) in valid
