@@ -96,15 +96,19 @@ func Open(path string) (*Store, error) {
 // writerPragmas size the writer's page cache and WAL for the usage inserts.
 // Each transaction dirties a page of the per-user index for every user in
 // it, the same pages again and again under steady load:
-//   - a page cache of up to 64 MiB (SQLite's default is 2 MiB) keeps them,
+//   - a page cache of up to 16 MiB (SQLite's default is 2 MiB) keeps them,
 //     with the b-trees' upper levels, in memory, instead of reading them back
 //     and writing them out before the commit;
 //   - a checkpoint every 10,000 WAL pages (about 40 MiB; default 1,000) copies
 //     a page rewritten by many transactions to the database once.
 //
 // On a ledger of 300,000 rows of 1,000 users, this doubles the insert rate
-// (BenchmarkInsertLargeLedger).
-const writerPragmas = "&_pragma=cache_size(-65536)&_pragma=wal_autocheckpoint(10000)"
+// (BenchmarkInsertLargeLedger). A 64 MiB cache inserted no faster there,
+// nor with 10,000 users, but took four times the memory, and each page a
+// growing cache takes first costs page faults: on a new ledger, rows
+// cost 20 % more CPU until it was full (BenchmarkInsertUsage). 8 MiB
+// was a third slower at 5,000 rows per transaction.
+const writerPragmas = "&_pragma=cache_size(-16384)&_pragma=wal_autocheckpoint(10000)"
 
 // ledgerFileMode is the mode of the ledger's files; ledgerDirMode of the
 // folders Open creates.

@@ -300,14 +300,14 @@ func TestWriterPragmas(t *testing.T) {
 	for _, c := range []struct {
 		pragma string
 		want   int64
-	}{{"cache_size", -65536}, {"wal_autocheckpoint", 10000}} {
+	}{{"cache_size", -16384}, {"wal_autocheckpoint", 10000}} {
 		var got int64
 		if err := s.wr.QueryRow("PRAGMA " + c.pragma).Scan(&got); err != nil || got != c.want {
 			t.Errorf("writer: PRAGMA %s = %d, %v; want %d", c.pragma, got, err, c.want)
 		}
 	}
 	var cache int64
-	if err := s.rd.QueryRow("PRAGMA cache_size").Scan(&cache); err != nil || cache == -65536 {
+	if err := s.rd.QueryRow("PRAGMA cache_size").Scan(&cache); err != nil || cache == -16384 {
 		t.Errorf("reader: PRAGMA cache_size = %d, %v; want the default", cache, err)
 	}
 }
