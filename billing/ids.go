@@ -17,9 +17,9 @@ import (
 // and 64 random bits per millisecond keep them unique across nodes (a
 // collision would make the ledger drop a row as a duplicate).
 //
-// The random bits come from math/rand/v2's generator: ChaCha8, seeded from
-// the operating system per thread, as unpredictable as crypto/rand's for
-// an ID that is no secret, and it costs no system call on every request.
+// The random bits come from math/rand/v2's generator (ChaCha8, seeded from
+// the operating system), which keeps them unique as well as crypto/rand
+// would without a system call per request; an ID is no secret.
 func NewRequestID() string { return requestID(time.Now()) }
 
 func requestID(now time.Time) string {
