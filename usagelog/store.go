@@ -103,11 +103,13 @@ func Open(path string) (*Store, error) {
 //     a page rewritten by many transactions to the database once.
 //
 // On a ledger of 300,000 rows of 1,000 users, this doubles the insert rate
-// (BenchmarkInsertLargeLedger). A 64 MiB cache inserted no faster there,
-// nor with 10,000 users, but took four times the memory, and each page a
-// growing cache takes first costs page faults: on a new ledger, rows
-// cost 20 % more CPU until it was full (BenchmarkInsertUsage). 8 MiB
-// was a third slower at 5,000 rows per transaction.
+// (BenchmarkInsertLargeLedger). A 64 MiB cache inserted no faster there;
+// with 10,000 users it was faster at 5,000 rows per transaction (15k
+// against 17k ns a row) and slower at 1,000 (23k against 18k). It takes
+// four times the memory, and each page a growing cache takes first costs
+// page faults: on a new ledger, rows cost 20 % more CPU until it was full
+// (BenchmarkInsertUsage). 8 MiB was 40 % slower at 5,000 rows per
+// transaction.
 const writerPragmas = "&_pragma=cache_size(-16384)&_pragma=wal_autocheckpoint(10000)"
 
 // ledgerFileMode is the mode of the ledger's files; ledgerDirMode of the
