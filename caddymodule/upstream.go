@@ -150,7 +150,8 @@ func setBody(r *http.Request, body []byte, rb *requestBody) {
 	r.TransferEncoding = nil
 	r.ContentLength = int64(len(body))
 	var n [20]byte
-	if v := r.Header[hdrContentLength]; len(v) != 1 || v[0] != string(strconv.AppendInt(n[:0], r.ContentLength, 10)) {
-		r.Header[hdrContentLength] = []string{strconv.Itoa(len(body))}
+	length := strconv.AppendInt(n[:0], r.ContentLength, 10)
+	if v := r.Header[hdrContentLength]; len(v) != 1 || v[0] != string(length) {
+		r.Header[hdrContentLength] = []string{string(length)}
 	}
 }
