@@ -14,16 +14,19 @@ import (
 func TestAccountUsage(t *testing.T) {
 	gateway(t)
 	u, k := newAccount(t, "1.00", "")
-	_, other := newAccount(t, "1.00", "")
+	ou, other := newAccount(t, "1.00", "")
 	for _, deltas := range []string{"1", "2", "3"} {
 		if resp, body := post(t, "/v1/chat/completions", k.Key, `{"model":"test-model"}`, "X-Mock-Deltas", deltas); resp.StatusCode != 200 {
 			t.Fatalf("chat: %d %s", resp.StatusCode, body)
 		}
 	}
-	if resp, _ := post(t, "/v1/chat/completions", other.Key, `{"model":"test-model"}`); resp.StatusCode != 200 {
+	resp, _ := post(t, "/v1/chat/completions", other.Key, `{"model":"test-model"}`)
+	if resp.StatusCode != 200 {
 		t.Fatal("other account's chat failed")
 	}
+	otherRequest := resp.Header.Get("X-Request-Id")
 	waitUsage(t, u.ID, 3)
+	waitUsage(t, ou.ID, 1)
 
 	type page struct {
 		Object  string        `json:"object"`
@@ -67,6 +70,9 @@ func TestAccountUsage(t *testing.T) {
 	}
 	for _, q := range []struct{ query, param string }{
 		{"?from=yesterday", "from"}, {"?to=2026-02-30", "to"}, {"?limit=0", "limit"}, {"?limit=1001", "limit"}, {"?before=req_nope", "before"},
+		// Another customer's request ID is no cursor here: it is refused
+		// as an unknown one, telling nothing of that request.
+		{"?before=" + otherRequest, "before"},
 	} {
 		st, _, raw := get(q.query)
 		if code, param := openAIErr(raw); st != 400 || param != q.param || code != "invalid_request_error" {
