@@ -124,6 +124,33 @@ func TestHoldsCoverEveryChoice(t *testing.T) {
 	}
 }
 
+// A completions prompt array gets n completions for each prompt: the hold
+// covers them all. On a balance of 0.01 (test-model's output costs 2,000
+// nanos a token), 128 prompts × max_tokens 100 gets 402 without reaching
+// the upstream (one prompt's limit would have fitted), and two prompts'
+// report of 200 output tokens is billed whole, not cut to one prompt's 100.
+func TestHoldsCoverEveryPrompt(t *testing.T) {
+	gateway(t)
+	u, k := newAccount(t, "0.01", "")
+	many := `{"model":"test-model","max_tokens":100,"prompt":[` + strings.Repeat(`"hi",`, 127) + `"hi"]}`
+	resp, b := post(t, "/v1/completions", k.Key, many, "X-Test-Tag", "prompts128")
+	if resp.StatusCode != http.StatusPaymentRequired {
+		t.Fatalf("128 prompts on a 0.01 balance: %d %s, want 402", resp.StatusCode, b)
+	}
+	if n := hits("prompts128"); n != 0 {
+		t.Fatalf("%d requests reached the upstream", n)
+	}
+	resp, b = post(t, "/v1/completions", k.Key, `{"model":"test-model","max_tokens":100,"prompt":["hi","ho"]}`,
+		"X-Mock-Usage-Raw", `{"prompt_tokens":4,"completion_tokens":200}`)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("2 prompts: %d %s", resp.StatusCode, b)
+	}
+	rows := settled(t, u, 10_000_000, 1)
+	if r := row(t, rows, resp); r.OutputTokens != 200 || r.Estimated || r.Clamped {
+		t.Fatalf("row %+v, want 200 output tokens, exact", r)
+	}
+}
+
 // Image parts cost tokens their bytes do not show: each is held as 4000
 // input tokens. On a balance of 0.01 (10,000,000 nanos; test-model's input
 // costs 1,000 nanos a token, claude-test's 3,000), a request with two image

@@ -228,3 +228,26 @@ func TestBillMinOutput(t *testing.T) {
 		t.Errorf("an upstream error billed: %+v", got)
 	}
 }
+
+// TestBillPromptArray: a completions request of many prompts is bounded
+// by all of their completions, so a true report of their output is billed
+// whole, not cut to one prompt's limit.
+func TestBillPromptArray(t *testing.T) {
+	body := `{"model":"gpt-3.5-turbo-instruct","prompt":[` + strings.Repeat(`"p",`, 49) + `"p"],"max_tokens":4096}`
+	req, err := ParseRequest(FormatCompletions, []byte(body), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.Choices != 50 {
+		t.Fatalf("choices %d, want 50", req.Choices)
+	}
+	res := observeJSON(t, req, 200, `{"choices":[{"text":"the"}],"usage":{"prompt_tokens":50,"completion_tokens":187846}}`)
+	got := Bill(req, res, BillTerms{Outcome: res.Outcome, Status: 200, Answered: true, OutputLimit: 4096})
+	if got.Usage.OutputTokens != 187846 || got.Clamped {
+		t.Errorf("got %+v, want all 187846 output tokens billed", got)
+	}
+	over := observeJSON(t, req, 200, `{"choices":[{"text":"the"}],"usage":{"prompt_tokens":50,"completion_tokens":204801}}`)
+	if got := Bill(req, over, BillTerms{Outcome: over.Outcome, Status: 200, Answered: true, OutputLimit: 4096}); got.Usage.OutputTokens != 50*4096 || !got.Clamped {
+		t.Errorf("over the bound: got %+v, want 50 × 4096 output tokens, clamped", got)
+	}
+}

@@ -30,7 +30,8 @@ type Request struct {
 	// MaxOutputTokens, at least 1: for chat and completions the larger of n
 	// and best_of (best_of candidates are generated and billed, n of them
 	// returned; the upstream requires best_of >= n, and taking the larger
-	// also covers one that ignores best_of); 1 for the other formats. Hold
+	// also covers one that ignores best_of), times, for completions, the
+	// number of prompts (see promptCount); 1 for the other formats. Hold
 	// Choices × the output limit.
 	Choices int64
 	// MediaParts counts the image, audio, video and file input parts (see
@@ -86,6 +87,9 @@ const (
 	MaxOutputLimit = 1<<31 - 1
 	// MaxChoices is the largest n and best_of accepted.
 	MaxChoices = 128
+	// MaxPrompts is the most prompts a completions request's prompt array
+	// may hold: each gets n (best_of) completions of its own.
+	MaxPrompts = 2048
 )
 
 // field names a top-level member that ParseRequest reads or guards.
@@ -289,7 +293,11 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 		r.Choices = max(1, choices[0], choices[1])
 	case FormatCompletions:
 		r.MaxOutputTokens = maxTokens
-		r.Choices = max(1, choices[0], choices[1])
+		prompts, ok := promptCount(vals[fPrompt])
+		if !ok {
+			return nil, &FieldError{Field: "prompt", Reason: "holds more than " + strconv.Itoa(MaxPrompts) + " prompts"}
+		}
+		r.Choices = prompts * max(1, choices[0], choices[1])
 	case FormatResponses:
 		r.MaxOutputTokens = maxOutput
 	case FormatMessages:
@@ -434,4 +442,31 @@ func readFields(f Format, body []byte, vals *[numFields][]byte) (media int64, op
 			optsStart = start
 		}
 	}
+}
+
+// promptCount is how many prompts a completions request's prompt value v
+// holds: the upstream generates n (best_of) completions for each. A string,
+// a single array of token numbers, an empty array or no prompt is one; an
+// array holding anything other than numbers counts every element, which is
+// at least as many prompts as any reading of it gives (the API takes an
+// array of strings or an array of token arrays). ok is false above
+// MaxPrompts.
+func promptCount(v []byte) (n int64, ok bool) {
+	it, isArray := elements(v)
+	if !isArray {
+		return 1, true
+	}
+	numbers := true
+	for {
+		e, more := it.next()
+		if !more {
+			break
+		}
+		n++
+		numbers = numbers && (e[0] == '-' || isDigit(e[0]))
+	}
+	if numbers || n == 0 {
+		return 1, true
+	}
+	return n, n <= MaxPrompts
 }

@@ -126,6 +126,27 @@ func readFirst(t *testing.T, body []byte) reading {
 	}}
 }
 
+// prompts is how many prompts a completions prompt holds, as the API
+// reads it: one string, one array of token numbers, or an array of
+// strings or token arrays (each a prompt). An array mixing numbers with
+// anything else is counted element by element, the most prompts any
+// reading of it gives.
+func prompts(t *testing.T, name string, v []byte) int64 {
+	var arr []any
+	if len(v) == 0 || v[0] != '[' {
+		return 1
+	}
+	if err := json.Unmarshal(v, &arr); err != nil {
+		t.Fatalf("%s: prompt %s: %v", name, v, err)
+	}
+	for _, e := range arr {
+		if _, isNumber := e.(float64); !isNumber {
+			return int64(len(arr))
+		}
+	}
+	return 1
+}
+
 // billing is what a reading makes of the billing fields.
 type billing struct {
 	model                  string
@@ -182,7 +203,7 @@ func interpret(t *testing.T, f Format, r reading) billing {
 	case FormatChat:
 		b.maxOut, b.choices = max(mt, mct), max(1, n, bestOf)
 	case FormatCompletions:
-		b.maxOut, b.choices = mt, max(1, n, bestOf)
+		b.maxOut, b.choices = mt, prompts(t, r.name, get("prompt"))*max(1, n, bestOf)
 	case FormatResponses:
 		b.maxOut = mot
 	case FormatMessages:

@@ -245,6 +245,7 @@ func TestParseRequestRefused(t *testing.T) {
 		{FormatMessages, `{"model":"m","mcp_servers":[{"type":"url","url":"u","name":"n"}]}`, `invalid "mcp_servers": MCP servers are not supported`},
 		{FormatMessages, `{"model":"m","Mcp_Servers":[]}`, `invalid "mcp_servers": also given as "Mcp_Servers", which differs only in letter case`},
 		{FormatChat, `{"model":"m","tools":[],"tools":[]}`, `invalid "tools": given twice`},
+		{FormatCompletions, `{"model":"m","prompt":[` + strings.Repeat(`"p",`, MaxPrompts) + `"p"]}`, `invalid "prompt": holds more than 2048 prompts`},
 	} {
 		t.Run(tc.msg, func(t *testing.T) {
 			_, err := ParseRequest(tc.format, []byte(tc.body), true)
@@ -280,6 +281,15 @@ func TestParseRequestShapes(t *testing.T) {
 		{FormatChat, `{"model":"m","n":null,"best_of":null}`, 0, 1, false, false},
 		{FormatCompletions, `{"model":"m","n":2,"best_of":5,"max_tokens":16}`, 16, 5, false, false},
 		{FormatCompletions, `{"model":"m","n":128,"best_of":3}`, 0, 128, false, false},
+		// A completions prompt array: n (best_of) completions for each prompt.
+		{FormatCompletions, `{"model":"m","prompt":["a","b","c"],"n":2,"max_tokens":16}`, 16, 6, false, false},
+		{FormatCompletions, `{"model":"m","prompt":[[1,2],[3]],"best_of":3}`, 0, 6, false, false},
+		{FormatCompletions, `{"model":"m","prompt":["a",[1],7]}`, 0, 3, false, false},
+		{FormatCompletions, `{"model":"m","prompt":[1,2,-3]}`, 0, 1, false, false},
+		{FormatCompletions, `{"model":"m","prompt":"one","n":4}`, 0, 4, false, false},
+		{FormatCompletions, `{"model":"m","prompt":[]}`, 0, 1, false, false},
+		{FormatCompletions, `{"model":"m","prompt":null}`, 0, 1, false, false},
+		{FormatChat, `{"model":"m","prompt":["a","b"],"n":2}`, 0, 2, false, false},
 		{FormatResponses, `{"model":"m","n":4}`, 0, 1, false, false},
 		// Streams and stream options.
 		{FormatChat, `{"model":"m","stream":true,"stream_options":{"include_usage":null,"x":{"INCLUDE_USAGE":1}}}`, 0, 1, true, false},
