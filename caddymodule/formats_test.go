@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"regexp"
@@ -476,4 +477,37 @@ func TestInjectStreamUsageOff(t *testing.T) {
 		t.Errorf("estimated row cost %d, want %d (> 0): its tokens at the model's price", got, testModelPrice.rowCost(est))
 	}
 	exact(t, row(t, rows, rawExact), "/v1/chat/completions", true, 12, 0, 3, 0, 12*1_000+3*2_000)
+}
+
+// One-hour cache writes cost more than the one cache-write price the
+// gateway bills: the Anthropic SDK's cache_control with a 1h ttl gets a
+// 400 naming cache_control and never reaches the upstream; the default
+// 5m ttl goes through.
+func TestOneHourCacheIsRefused(t *testing.T) {
+	gateway(t)
+	_, k := newAccount(t, "1.00", "")
+	c := anthropicClient(k.Key, aoption.WithHeader("X-Test-Tag", "cache1h"))
+	params := func(ttl anthropic.CacheControlEphemeralTTL) anthropic.MessageNewParams {
+		return anthropic.MessageNewParams{
+			Model:     "claude-test",
+			MaxTokens: 64,
+			System: []anthropic.TextBlockParam{{Text: "You are brief.",
+				CacheControl: anthropic.CacheControlEphemeralParam{TTL: ttl}}},
+			Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("Hello"))},
+		}
+	}
+	_, err := c.Messages.New(context.Background(), params(anthropic.CacheControlEphemeralTTLTTL1h))
+	var apiErr *anthropic.Error
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusBadRequest || !strings.Contains(apiErr.RawJSON(), "cache_control") {
+		t.Fatalf("1h ttl: %v, want a 400 naming cache_control", err)
+	}
+	if n := hits("cache1h"); n != 0 {
+		t.Fatalf("a one-hour cache request reached the upstream %d times", n)
+	}
+	if _, err := c.Messages.New(context.Background(), params(anthropic.CacheControlEphemeralTTLTTL5m)); err != nil {
+		t.Fatalf("5m ttl: %v", err)
+	}
+	if n := hits("cache1h"); n != 1 {
+		t.Fatalf("the 5m request reached the upstream %d times, want 1", n)
+	}
 }

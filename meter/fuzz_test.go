@@ -314,6 +314,7 @@ func FuzzParseRequest(f *testing.F) {
 		`{"model":"m","input":[{"type":"item_reference","id":"x"}],"conversation":null}`,
 		`{"model":"m","mcp_servers":[],"prompt":{"id":"p"}}`,
 		`{"model":"m","tool\u0073":[{"type":"web_search_preview"}],"container":null}`,
+		`{"model":"m","system":[{"text":"s","cache_control":{"type":"ephemeral","ttl":"1h"}}],"prompt":["a",[1]]}`,
 	} {
 		f.Add([]byte(b), uint8(FormatResponses), false)
 		f.Add([]byte(b), uint8(FormatMessages), false)

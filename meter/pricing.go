@@ -1,6 +1,7 @@
 package meter
 
 import (
+	"bytes"
 	"strconv"
 	"strings"
 )
@@ -150,4 +151,107 @@ func jsonString(v []byte) (string, bool) {
 		return "", false
 	}
 	return unquote(v[1 : len(v)-1]), true
+}
+
+// checkCacheTTL refuses a Messages body that asks, in a cache_control
+// anywhere in it (system, message content, tools), for a cache lifetime
+// other than the default five minutes: Anthropic prices writes to its
+// one-hour cache higher than the one cache-write price the gateway bills.
+// Keys are matched in any letter case, escaped or not, as elsewhere.
+func checkCacheTTL(body []byte) error {
+	if !mayNameTTL(body) {
+		return nil
+	}
+	if end, bad := ttlWalk(body, skipWS(body, 0), false); end >= 0 && bad {
+		return &FieldError{Field: "cache_control", Reason: `only the default "5m" ttl is accepted: one-hour cache writes are priced higher`}
+	}
+	return nil
+}
+
+// mayNameTTL reports whether body can hold a "ttl" key: it has the letters
+// "tl" in some letter case, or an escape that could spell them.
+func mayNameTTL(body []byte) bool {
+	for _, s := range [...]string{"tl", "tL", "Tl", "TL", `\u`} {
+		if bytes.Contains(body, []byte(s)) {
+			return true
+		}
+	}
+	return false
+}
+
+// ttlWalk walks the JSON value at b[i] and returns the index just past it
+// (-1 if it is not valid JSON) and whether it holds a cache_control with a
+// ttl other than "5m". inCache is set for the value of a cache_control
+// member, whose own "ttl" is checked.
+func ttlWalk(b []byte, i int, inCache bool) (end int, bad bool) {
+	if i >= len(b) {
+		return -1, false
+	}
+	switch b[i] {
+	case '[':
+		if i = skipWS(b, i+1); i < len(b) && b[i] == ']' {
+			return i + 1, false
+		}
+		for {
+			e, found := ttlWalk(b, i, false)
+			if e < 0 || found {
+				return e, found
+			}
+			if i = skipWS(b, e); i >= len(b) {
+				return -1, false
+			}
+			switch b[i] {
+			case ',':
+				i = skipWS(b, i+1)
+			case ']':
+				return i + 1, false
+			default:
+				return -1, false
+			}
+		}
+	case '{':
+		if i = skipWS(b, i+1); i < len(b) && b[i] == '}' {
+			return i + 1, false
+		}
+		for {
+			if i >= len(b) || b[i] != '"' {
+				return -1, false
+			}
+			ke := stringEnd(b, i)
+			if ke < 0 {
+				return -1, false
+			}
+			k := unescapeKey(b[i+1 : ke-1])
+			if i = skipWS(b, ke); i >= len(b) || b[i] != ':' {
+				return -1, false
+			}
+			i = skipWS(b, i+1)
+			var e int
+			if inCache && foldsTo(k, "ttl") {
+				if e = valueEnd(b, i); e > i && !isNull(b[i:e]) && string(b[i:e]) != `"5m"` {
+					return e, true
+				}
+			} else {
+				var found bool
+				if e, found = ttlWalk(b, i, foldsTo(k, "cache_control")); found {
+					return e, true
+				}
+			}
+			if e < 0 {
+				return -1, false
+			}
+			if i = skipWS(b, e); i >= len(b) {
+				return -1, false
+			}
+			switch b[i] {
+			case ',':
+				i = skipWS(b, i+1)
+			case '}':
+				return i + 1, false
+			default:
+				return -1, false
+			}
+		}
+	}
+	return valueEnd(b, i), false
 }

@@ -276,6 +276,11 @@ func ParseRequest(f Format, body []byte, injectUsage bool) (*Request, error) {
 	if err := checkPricing(f, &vals); err != nil {
 		return nil, err
 	}
+	if f == FormatMessages {
+		if err := checkCacheTTL(body); err != nil {
+			return nil, err
+		}
+	}
 	if media > 0 && (f == FormatChat || f == FormatResponses) {
 		in := fMessages
 		if f == FormatResponses {

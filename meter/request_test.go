@@ -246,6 +246,14 @@ func TestParseRequestRefused(t *testing.T) {
 		{FormatMessages, `{"model":"m","Mcp_Servers":[]}`, `invalid "mcp_servers": also given as "Mcp_Servers", which differs only in letter case`},
 		{FormatChat, `{"model":"m","tools":[],"tools":[]}`, `invalid "tools": given twice`},
 		{FormatCompletions, `{"model":"m","prompt":[` + strings.Repeat(`"p",`, MaxPrompts) + `"p"]}`, `invalid "prompt": holds more than 2048 prompts`},
+		// One-hour cache writes, wherever a cache_control asks for them.
+		{FormatMessages, `{"model":"m","system":[{"type":"text","text":"s","cache_control":{"type":"ephemeral","ttl":"1h"}}]}`, cacheTTLError},
+		{FormatMessages, `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x","cache_control":{"ttl":"1h","type":"ephemeral"}}]}]}`, cacheTTLError},
+		{FormatMessages, `{"model":"m","tools":[{"name":"f","input_schema":{},"cache_control":{"type":"ephemeral","ttl":"60m"}}]}`, cacheTTLError},
+		{FormatMessages, `{"model":"m","cache_control":{"type":"ephemeral","ttl":"1h"}}`, cacheTTLError},
+		{FormatMessages, `{"model":"m","system":[{"text":"s","Cache_Control":{"TTL":"1h"}}]}`, cacheTTLError},
+		{FormatMessages, `{"model":"m","system":[{"text":"s","cache_c\u006fntrol":{"t\u0074l":"1h"}}]}`, cacheTTLError},
+		{FormatMessages, `{"model":"m","system":[{"text":"s","cache_control":{"ttl":3600}}]}`, cacheTTLError},
 	} {
 		t.Run(tc.msg, func(t *testing.T) {
 			_, err := ParseRequest(tc.format, []byte(tc.body), true)
@@ -256,6 +264,9 @@ func TestParseRequestRefused(t *testing.T) {
 		})
 	}
 }
+
+// cacheTTLError is ParseRequest's refusal of a one-hour cache write.
+const cacheTTLError = `invalid "cache_control": only the default "5m" ttl is accepted: one-hour cache writes are priced higher`
 
 // TestParseRequestShapes: accepted bodies and what is read from them.
 func TestParseRequestShapes(t *testing.T) {
@@ -302,6 +313,10 @@ func TestParseRequestShapes(t *testing.T) {
 		{FormatResponses, `{"model":"m","background":false,"tools":[{"type":"function","name":"f"},{"type":"custom","name":"c"}],"modalities":["audio"]}`, 0, 1, false, false},
 		{FormatResponses, `{"model":"m","background":null,"tools":null}`, 0, 1, false, false},
 		{FormatMessages, `{"model":"m","service_tier":"standard_only","mcp_servers":[],"tools":[{"name":"f"},{"type":"custom","name":"g"},{"type":null,"name":"h"},{"type":"bash_20250124","name":"bash"},{"type":"text_editor_20250728","name":"str_replace_based_edit_tool"},{"type":"computer_20250124","name":"computer"},{"type":"memory_20250818","name":"memory"}]}`, 0, 1, false, false},
+		// The default cache lifetime, and "ttl" outside a cache_control.
+		{FormatMessages, `{"model":"m","system":[{"type":"text","text":"ttl 1h","cache_control":{"type":"ephemeral","ttl":"5m"}}],"messages":[{"role":"user","content":[{"type":"text","text":"x","cache_control":{"type":"ephemeral","ttl":null}}]}]}`, 0, 1, false, false},
+		{FormatMessages, `{"model":"m","metadata":{"ttl":"1h"},"tools":[{"name":"f","input_schema":{"properties":{"ttl":{"type":"string"}}}}]}`, 0, 1, false, false},
+		{FormatChat, `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x","cache_control":{"ttl":"1h"}}]}]}`, 0, 1, false, false},
 		// Message content is never restricted.
 		{FormatChat, `{"model":"m","messages":[{"role":"user","content":"x","MODEL":"y","model":1,"stream":"yes","Stream":2}]}`, 0, 1, false, false},
 	} {
