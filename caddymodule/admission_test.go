@@ -411,6 +411,21 @@ func TestPricedOrAccountHeaders(t *testing.T) {
 	apiErr(t, resp, b, http.StatusUnsupportedMediaType, "unsupported_content_encoding")
 	resp, b = post(t, "/v1/chat/completions", "sk-not-a-key", body, "Content-Encoding", "gzip", "X-Test-Tag", "encoded")
 	apiErr(t, resp, b, http.StatusUnauthorized, "invalid_api_key")
+	// A coding after identity, in a second header line or after a comma,
+	// is one an upstream could apply: refused as well.
+	for _, ce := range [][]string{{"identity", "deflate"}, {"identity, gzip"}, {"Identity", " br"}} {
+		req, _ := http.NewRequest("POST", gatewayURL+"/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+k.Key)
+		req.Header.Set("X-Test-Tag", "encoded")
+		req.Header["Content-Encoding"] = ce
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		apiErr(t, resp, b, http.StatusUnsupportedMediaType, "unsupported_content_encoding")
+	}
 	if n := hits("encoded"); n != 0 {
 		t.Fatalf("an encoded body reached the upstream %d times", n)
 	}

@@ -18,7 +18,7 @@ func (h *Handler) readRequest(r *http.Request, format meter.Format) (*meter.Requ
 	if r.ContentLength > h.MaxRequestBody {
 		return nil, money.Price{}, errTooLarge
 	}
-	if ce := header(r.Header, hdrContentEncoding); ce != "" && !strings.EqualFold(ce, "identity") {
+	if !identityBody(r.Header[hdrContentEncoding]) {
 		// The meter could not read it; the upstream would.
 		return nil, money.Price{}, errEncodedBody
 	}
@@ -77,4 +77,19 @@ func requestError(err error) *apiError {
 		return errInvalidRequest(fe.Error(), fe.Field)
 	}
 	return errInvalidRequest("the request body is not a valid JSON object", "")
+}
+
+// identityBody reports whether the Content-Encoding values ce leave the
+// body as it is: every coding named, in every header line, is identity.
+// An upstream that applied a coding named in a second line, or after a
+// comma, would read another body than the one metered.
+func identityBody(ce []string) bool {
+	for _, v := range ce {
+		for c := range strings.SplitSeq(v, ",") {
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -122,13 +122,18 @@ func betaName(b string) bool {
 // provider, and the headers that would pick another organization or
 // project of the operator's upstream account; it asks for an uncompressed
 // body the meter can read (the encode handler may still compress for the
-// client). identity is the header value to use, a slice of one
-// "identity" that nothing else shares (a later handler may edit it in
-// place).
+// client). It also removes what could make the upstream read the request
+// other than the meter did: Content-Encoding (the body sent is the bytes
+// the meter read, in no coding), and Upgrade, whose 101 answer would hand
+// the connection to the upstream past the meter. identity is the header
+// value to use, a slice of one "identity" that nothing else shares (a
+// later handler may edit it in place).
 func prepareUpstream(r *http.Request, identity []string) {
 	for _, h := range clientOnlyHeaders {
 		delete(r.Header, h)
 	}
+	delete(r.Header, hdrContentEncoding)
+	delete(r.Header, "Upgrade")
 	// Set, not deleted: Go's transport would otherwise ask for gzip itself.
 	if v := r.Header[hdrAcceptEncoding]; len(v) != 1 || v[0] != "identity" {
 		r.Header[hdrAcceptEncoding] = identity
