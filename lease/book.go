@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,9 +93,13 @@ type Book struct {
 // account is one customer's state on this node; mu guards every field
 // and those of its leases.
 type account struct {
-	mu        sync.Mutex
-	user      string
-	cur       *Lease // the lease admitting now; nil when none
+	mu   sync.Mutex
+	user string
+	cur  *Lease // the lease admitting now; nil when none
+	// draining are the account's retired leases with requests still in
+	// flight: renewed until those settle, so that their holds stay
+	// reserved in Redis however long the requests run.
+	draining  []*Lease
 	refilling bool
 	// retryAt holds off a new lease after one was refused (balance too
 	// small) or failed.
@@ -124,6 +129,8 @@ type Lease struct {
 	// retired is set once it admits no more (recalled, idle, expired,
 	// lost): what its requests give back then goes back to Redis.
 	retired bool
+	// renewing is set while a renewal of a draining lease runs.
+	renewing bool
 }
 
 // Ticket is a request admitted from a lease: the hold taken from it.
@@ -344,7 +351,7 @@ func (b *Book) Settle(t Ticket, cost money.Nanos) int64 {
 	l.free += t.Hold - cost
 	l.seq++
 	seq := l.seq
-	give := b.leftover(l)
+	give := b.leftover(a, l)
 	a.mu.Unlock()
 	if give > 0 {
 		b.background(func() { b.giveBack(b.ctx, a.user, l.ID, give) })
@@ -359,7 +366,7 @@ func (b *Book) Release(t Ticket) {
 	a.mu.Lock()
 	l.inflight--
 	l.free += t.Hold
-	give := b.leftover(l)
+	give := b.leftover(a, l)
 	a.mu.Unlock()
 	if give > 0 {
 		b.background(func() { b.giveBack(b.ctx, a.user, l.ID, give) })
@@ -367,12 +374,15 @@ func (b *Book) Release(t Ticket) {
 }
 
 // leftover is what a retired lease with no request left in flight gives
-// back (a.mu held).
-func (b *Book) leftover(l *Lease) money.Nanos {
-	if !l.retired || l.inflight > 0 || l.free <= 0 {
+// back; such a lease leaves a's draining ones (a.mu held).
+func (b *Book) leftover(a *account, l *Lease) money.Nanos {
+	if !l.retired || l.inflight > 0 {
 		return 0
 	}
-	give := l.free
+	if i := slices.Index(a.draining, l); i >= 0 {
+		a.draining = slices.Delete(a.draining, i, i+1)
+	}
+	give := max(l.free, 0)
 	l.free = 0
 	return give
 }
@@ -410,7 +420,7 @@ func (b *Book) RecallAll() {
 
 // retire stops a's lease from admitting and returns it with what it has
 // free to give back now; requests still in flight give back their part as
-// they settle (a.mu held).
+// they settle, and the lease drains until then (a.mu held).
 func (a *account) retire() (*Lease, money.Nanos) {
 	l := a.cur
 	if l == nil {
@@ -418,6 +428,9 @@ func (a *account) retire() (*Lease, money.Nanos) {
 	}
 	a.cur = nil
 	l.retired = true
+	if l.inflight > 0 {
+		a.draining = append(a.draining, l)
+	}
 	give := l.free
 	l.free = 0
 	return l, give

@@ -405,3 +405,45 @@ func TestSettlementsRenewTheLease(t *testing.T) {
 		t.Fatalf("renewals counted %d, want 3", b.Stats().Renewed.Load())
 	}
 }
+
+// A recalled lease with a request still in flight stays reserved in Redis
+// for as long as the request runs, past the lease's TTL: the janitor
+// renews it, adding nothing. Another node can then lease none of the money
+// that request holds, and its settlement never overdraws.
+func TestRecalledLeaseStaysReservedWhileRequestsRun(t *testing.T) {
+	acc, _ := newAccounts(t)
+	if _, err := acc.Credit(t.Context(), "u", 4*unit); err != nil {
+		t.Fatal(err)
+	}
+	const ttl = 1500 * time.Millisecond
+	b := New(acc, Config{Share: 1, Max: 4 * unit, TTL: ttl, Idle: 300 * time.Millisecond})
+	defer b.Stop(context.Background())
+	b.Admit("u", 4*unit, 4*unit) // sizes the lease for such requests
+	leaseNow(b, "u")
+	tk, ok := b.Admit("u", 4*unit, 4*unit)
+	if !ok {
+		t.Fatal("not admitted from the lease")
+	}
+	b.Start()     // the janitor
+	b.Recall("u") // an admin debit of 0, say: the lease admits no more
+	// Twice the TTL: a lease nobody renewed would be gone from Redis.
+	time.Sleep(2*ttl + ttl/3)
+	g, err := acc.TakeLease(t.Context(), billing.LeaseTake{User: "u", ID: "other-node.1", Want: 4 * unit, Min: 1, Share: 1, TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Granted != 0 {
+		t.Fatalf("another node leased %s of the money a request in flight holds", g.Granted)
+	}
+	settle(t, b, tk, 4*unit)
+	if bal, held := balance(t, acc, "u"); bal != 0 || held != 0 {
+		t.Fatalf("after the request settled: balance %s, held %s; want 0 and 0", bal, held)
+	}
+	a := b.known("u")
+	a.mu.Lock()
+	draining := len(a.draining)
+	a.mu.Unlock()
+	if draining != 0 {
+		t.Fatalf("%d leases still draining after their last request settled", draining)
+	}
+}

@@ -6,6 +6,7 @@ package lease
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"time"
 
@@ -114,6 +115,36 @@ func (b *Book) refill(a *account) {
 	}
 }
 
+// renewDraining renews l, a retired lease of a whose requests are still in
+// flight, adding nothing to it: their holds stay reserved in Redis until
+// they settle, however long that takes. A lease Redis no longer has is
+// not renewed again.
+func (b *Book) renewDraining(a *account, l *Lease) {
+	start := time.Now()
+	ttl := b.ttl()
+	ctx, cancel := context.WithTimeout(b.ctx, callTimeout)
+	_, err := b.acc.TakeLease(billing.WithOp(ctx, billing.OpLease),
+		billing.LeaseTake{User: a.user, ID: l.ID, Share: 1, TTL: ttl, Refill: true})
+	cancel()
+	b.stats.Takes.Add(1)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	l.renewing = false
+	switch {
+	case err == nil:
+		l.deadline, l.renewAt = start.Add(ttl*5/6), start.Add(ttl/3)
+	case errors.Is(err, billing.ErrLeaseLost):
+		// Gone from Redis (expired, or Redis lost its data): nothing
+		// left to renew.
+		a.draining = slices.DeleteFunc(a.draining, func(d *Lease) bool { return d == l })
+	default:
+		l.renewAt = time.Now().Add(time.Second)
+		if b.ctx.Err() == nil {
+			b.cfg.Log.Warn("renewing a recalled balance lease with requests in flight", zap.String("user", a.user), zap.Error(err))
+		}
+	}
+}
+
 // giveBack returns amount of lease id to the balance.
 func (b *Book) giveBack(ctx context.Context, user, id string, amount money.Nanos) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), callTimeout)
@@ -146,7 +177,7 @@ func (b *Book) sweep(now time.Time) {
 	accts := make([]*account, 0, len(b.accounts))
 	for u, a := range b.accounts {
 		a.mu.Lock()
-		if a.cur == nil && !a.refilling && now.Sub(a.lastUse) > 2*b.cfg.Idle {
+		if a.cur == nil && len(a.draining) == 0 && !a.refilling && now.Sub(a.lastUse) > 2*b.cfg.Idle {
 			delete(b.accounts, u)
 		} else {
 			accts = append(accts, a)
@@ -156,6 +187,11 @@ func (b *Book) sweep(now time.Time) {
 	b.mu.Unlock()
 	for _, a := range accts {
 		a.mu.Lock()
+		for _, d := range a.draining {
+			if !d.renewing && !now.Before(d.renewAt) {
+				d.renewing = b.spawn(func() { b.renewDraining(a, d) })
+			}
+		}
 		l := a.cur
 		switch {
 		case l == nil:
