@@ -12,8 +12,10 @@ import (
 
 // EraseUser erases the personal data of user (usagelog.Store.EraseUser: one
 // transaction), then revokes every key of the user in Redis, which tells
-// every gateway node at once. It returns the erasure and how many key
-// records it revoked in Redis. Usage still in the stream is moved into the
+// every gateway node at once, and ends the user's dashboard sessions (a
+// signed-in browser is signed out, and the addresses and browsers they
+// kept are gone). It returns the erasure and how many key records it
+// revoked in Redis. Usage still in the stream is moved into the
 // ledger first, and again after, so the rows of requests that settle late
 // lose their client IPs too (the retention job's scrub takes any later).
 //
@@ -43,6 +45,9 @@ func (b *Books) EraseUser(ctx context.Context, user string) (usagelog.Erasure, i
 			return e, revoked, &RedisError{err}
 		}
 		revoked++
+	}
+	if err := b.accounts.EndDashboardSessions(ctx, user); err != nil {
+		return e, revoked, &RedisError{err}
 	}
 	// Requests admitted before the revocation may still settle: take what
 	// reached the stream now.

@@ -198,3 +198,20 @@ func (a *Accounts) Seed(ctx context.Context, balances map[string]money.Nanos, ke
 func (a *Accounts) RenewHold(ctx context.Context, user, requestID string, deadline time.Time) error {
 	return a.rdb.ZAddXX(ctx, holdsKey(user), redis.Z{Score: float64(deadline.UnixMilli()), Member: requestID}).Err()
 }
+
+// EndDashboardSessions deletes every dashboard session of user (each holds
+// the client's address and browser), so none of them signs in any more.
+func (a *Accounts) EndDashboardSessions(ctx context.Context, user string) error {
+	hashes, err := a.rdb.SMembers(ctx, DashSessionsKey(user)).Result()
+	if err != nil {
+		return err
+	}
+	for _, h := range hashes {
+		// One command each: a session's key has no hash tag of the
+		// account's (it is found by its token alone).
+		if err := a.rdb.Del(ctx, DashSessionKey(h)).Err(); err != nil {
+			return err
+		}
+	}
+	return a.rdb.Del(ctx, DashSessionsKey(user)).Err()
+}

@@ -91,6 +91,12 @@ func keyRecordKey(hash string) string {
 
 func expiredKey(user string) string { return AccountKey(user, "expired") }
 
+// DashSessionKey names a dashboard session, by the hash of its token.
+func DashSessionKey(hash string) string { return "ait:dash_session:" + hash }
+
+// DashSessionsKey names the set of user's dashboard session hashes.
+func DashSessionsKey(user string) string { return AccountKey(user, "dash_sessions") }
+
 func replayKey(user, requestID string) string { return AccountKey(user, "replayed:"+requestID) }
 
 // rateKey names the per-minute window of a key's requests ("r") or tokens

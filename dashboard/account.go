@@ -127,12 +127,10 @@ func (d *Dashboard) deleteAccount(w http.ResponseWriter, rq *request) {
 		return
 	}
 	user := rq.s.User
+	// The erasure ends every session of the user's, this one included.
 	if _, _, err := rq.b.Books.EraseUser(rq.Context(), user); err != nil {
 		d.fail(w, rq, "erasing the account", err)
 		return
-	}
-	if err := d.endAll(rq.Context(), rq.b.Redis, user); err != nil {
-		d.log.Error("dashboard: ending the sessions of an erased user", zap.String("user", user), zap.Error(err))
 	}
 	d.log.Info("dashboard: account deleted", zap.String("user", user))
 	http.SetCookie(w, d.cookie(rq.Request, "", -1))

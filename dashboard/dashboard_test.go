@@ -2,6 +2,8 @@ package dashboard_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
+	"github.com/cnaitoken/caddy-aitoken/billing"
 	"github.com/cnaitoken/caddy-aitoken/billing/money"
 	_ "github.com/cnaitoken/caddy-aitoken/caddymodule"
 	"github.com/cnaitoken/caddy-aitoken/internal/freeport"
@@ -449,4 +452,39 @@ func userOf(tb testing.TB, email string) string {
 		tb.Fatal(err)
 	}
 	return l.User.ID
+}
+
+// An erasure by the operator (the admin API, as `caddy aitoken users
+// delete` does) signs the customer's browsers out: the session cookie no
+// longer opens a page, and the sessions, with the addresses and browsers
+// they kept, are gone from Redis.
+func TestAdminEraseEndsSessions(t *testing.T) {
+	email, c := signUp(t)
+	if resp, _ := c.do("GET", "/sessions", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("sessions page before: %d", resp.StatusCode)
+	}
+	user := userOf(t, email)
+	rdb := redisClient(t)
+	if n := rdb.SCard(context.Background(), billing.DashSessionsKey(user)).Val(); n != 1 {
+		t.Fatalf("%d sessions in Redis before the erasure, want 1", n)
+	}
+	if st, b := adminCall(t, "DELETE", "/aitoken/users/"+user, ""); st != http.StatusOK {
+		t.Fatalf("erase: %d %s", st, b)
+	}
+	for _, page := range []string{"/", "/sessions"} {
+		if resp, _ := c.do("GET", page, nil); resp.StatusCode != http.StatusSeeOther {
+			t.Fatalf("%s after the erasure: %d, want a redirect to sign in", page, resp.StatusCode)
+		}
+	}
+	if resp, _ := c.do("POST", "/billing/topup", url.Values{"amount": {"10"}}); resp.StatusCode == http.StatusSeeOther &&
+		strings.Contains(resp.Header.Get("Location"), "stripe") {
+		t.Fatal("an erased account's session started a top-up")
+	}
+	sum := sha256.Sum256([]byte(c.session()))
+	if n := rdb.Exists(context.Background(), billing.DashSessionKey(hex.EncodeToString(sum[:]))).Val(); n != 0 {
+		t.Fatal("the session, with its address and browser, is still in Redis")
+	}
+	if n := rdb.Exists(context.Background(), billing.DashSessionsKey(user)).Val(); n != 0 {
+		t.Fatal("the user's set of sessions is still in Redis")
+	}
 }

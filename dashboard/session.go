@@ -51,10 +51,8 @@ type session struct {
 // which tells nothing of the token.
 func (s *session) ID() string { return s.hash[:16] }
 
-func sessionKey(hash string) string { return "ait:dash_session:" + hash }
-func userSessionsKey(user string) string {
-	return billing.AccountKey(user, "dash_sessions")
-}
+func sessionKey(hash string) string      { return billing.DashSessionKey(hash) }
+func userSessionsKey(user string) string { return billing.DashSessionsKey(user) }
 
 func hashToken(token string) string {
 	sum := sha256.Sum256([]byte(token))

@@ -75,8 +75,11 @@ func (s *Store) EraseUser(ctx context.Context, id string, at time.Time) (Erasure
 			}
 			return err
 		}
+		// ip_logging = 0: rows of the user's that reach the ledger after
+		// the erasure (a journal replayed days later) are stored without
+		// their client IPs, like an opted-out user's.
 		if err := exec(nil, `UPDATE users SET email = '', name = '', status = 'deleted',
-			password_hash = '', email_verified_at = NULL WHERE id = ?`, id); err != nil {
+			password_hash = '', email_verified_at = NULL, ip_logging = 0 WHERE id = ?`, id); err != nil {
 			return err
 		}
 		if err := exec(&e.KeysRevoked, `UPDATE keys SET status = 'revoked', revoked_at = ?
