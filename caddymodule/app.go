@@ -252,8 +252,9 @@ func (a *App) Validate() error {
 	if a.UsageRetention != 0 && a.UsageRetention < caddy.Duration(minRetention) {
 		return fmt.Errorf("usage_retention %s: want at least %s", time.Duration(a.UsageRetention), minRetention)
 	}
-	if a.PaymentRetention != 0 && a.PaymentRetention < caddy.Duration(minRetention) {
-		return fmt.Errorf("payment_retention %s: want at least %s", time.Duration(a.PaymentRetention), minRetention)
+	if a.PaymentRetention != 0 && a.PaymentRetention < caddy.Duration(minPaymentRetention) {
+		return fmt.Errorf("payment_retention %s: want at least 180d: refunds and card disputes of a top-up arrive up to "+
+			"120 days after it, and one whose record is gone can no longer be taken back", time.Duration(a.PaymentRetention))
 	}
 	if a.LeaseMax != nil && (*a.LeaseMax < 0 || *a.LeaseMax > money.MaxNanos) {
 		return fmt.Errorf("lease_max %s: want 0 (off) up to %s", *a.LeaseMax, money.MaxNanos)

@@ -19,6 +19,11 @@ const (
 	defaultPaymentRetention = 2555 * 24 * time.Hour
 	// minRetention bounds both settings from below: less is a typo.
 	minRetention = 24 * time.Hour
+	// minPaymentRetention bounds payment_retention from below: refunds
+	// and card disputes of a top-up arrive up to 120 days after it (card
+	// network rules), and a top-up whose record was purged can no longer
+	// be found to take its credit back.
+	minPaymentRetention = 180 * 24 * time.Hour
 
 	// retentionFirst is how long after a start the job first runs;
 	// retentionTick how often it wakes up after that; retentionEvery how

@@ -189,4 +189,14 @@ func TestPrivacyOptionsJSON(t *testing.T) {
 	if err := a.Validate(); err == nil || !strings.Contains(err.Error(), "payment_retention") {
 		t.Fatalf("a minute of payment retention: %v", err)
 	}
+	// A top-up's records must outlive the time its card disputes and
+	// refunds can arrive, or they could no longer be clawed back.
+	a.PaymentRetention = caddy.Duration(179 * 24 * time.Hour)
+	if err := a.Validate(); err == nil || !strings.Contains(err.Error(), "payment_retention") || !strings.Contains(err.Error(), "180d") {
+		t.Fatalf("179 days of payment retention: %v", err)
+	}
+	a.PaymentRetention = caddy.Duration(180 * 24 * time.Hour)
+	if err := a.Validate(); err != nil {
+		t.Fatalf("180 days of payment retention: %v", err)
+	}
 }
