@@ -65,6 +65,12 @@ type Export struct {
 	ExportedAt time.Time `json:"exported_at"`
 	// User is the profile.
 	User User `json:"user"`
+	// EmailVerifiedAt is when the user proved the email address theirs
+	// (the dashboard's sign-up), or null.
+	EmailVerifiedAt *time.Time `json:"email_verified_at"`
+	// IPLogging is the user's choice on client IP logging: false keeps
+	// none in their usage rows.
+	IPLogging bool `json:"ip_logging"`
 	// Balance is the ledger balance: credits minus usage (holds, which
 	// live only in Redis, are not included). One outside
 	// ±money.MaxNanos (stored before amounts were bounded) is clamped to
@@ -103,8 +109,10 @@ func (s *Store) ExportUser(ctx context.Context, id string, now time.Time, w io.W
 
 	doc := Export{ExportedAt: now.UTC()}
 	var created int64
-	err = tx.QueryRowContext(ctx, `SELECT id, email, name, status, created_at FROM users WHERE id = ?`, id).
-		Scan(&doc.User.ID, &doc.User.Email, &doc.User.Name, &doc.User.Status, &created)
+	var verified sql.NullInt64
+	err = tx.QueryRowContext(ctx, `SELECT id, email, name, status, created_at, email_verified_at, ip_logging
+		FROM users WHERE id = ?`, id).
+		Scan(&doc.User.ID, &doc.User.Email, &doc.User.Name, &doc.User.Status, &created, &verified, &doc.IPLogging)
 	if errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("user %s: %w", id, ErrNotFound)
 	}
@@ -112,6 +120,10 @@ func (s *Store) ExportUser(ctx context.Context, id string, now time.Time, w io.W
 		return fmt.Errorf("export: %w", err)
 	}
 	doc.User.CreatedAt = fromNanos(created)
+	if verified.Valid {
+		at := fromNanos(verified.Int64)
+		doc.EmailVerifiedAt = &at
+	}
 	_, bal, err := ledgerBalance(ctx, tx, id)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)

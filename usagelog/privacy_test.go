@@ -401,6 +401,28 @@ func TestExportUser(t *testing.T) {
 	if doc.Usage[0].RequestID != "r000" || doc.Usage[249].RequestID != "r249" || doc.Usage[0].ClientIP == "" {
 		t.Fatalf("usage order or content: %+v", doc.Usage[0])
 	}
+	if doc.EmailVerifiedAt != nil || !doc.IPLogging {
+		t.Fatalf("account settings before: verified %v, ip logging %v", doc.EmailVerifiedAt, doc.IPLogging)
+	}
+	// What the user chose and proved is in the export too.
+	verified := now.Add(-time.Hour)
+	if err := s.VerifyEmail(ctx, "u", "u@example.com", verified); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetIPLogging(ctx, "u", false); err != nil {
+		t.Fatal(err)
+	}
+	buf.Reset()
+	if err := s.ExportUser(ctx, "u", now, &buf); err != nil {
+		t.Fatal(err)
+	}
+	doc.EmailVerifiedAt, doc.IPLogging = nil, true
+	if err := json.Unmarshal(buf.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if doc.EmailVerifiedAt == nil || !doc.EmailVerifiedAt.Equal(verified) || doc.IPLogging {
+		t.Fatalf("account settings after: verified %v (want %v), ip logging %v", doc.EmailVerifiedAt, verified, doc.IPLogging)
+	}
 
 	buf.Reset()
 	if err := s.ExportUser(ctx, "nobody", now, &buf); !errors.Is(err, ErrNotFound) || buf.Len() != 0 {
