@@ -119,29 +119,17 @@ func (it *objIter) next() (key, val []byte, ok bool) {
 	if i < len(b) && b[i] == ',' {
 		i = skipWS(b, i+1)
 	}
-	if i >= len(b) || b[i] != '"' {
-		it.i = len(b)
-		return nil, nil, false
+	key, vi := memberValue(b, i)
+	ve := -1
+	if vi >= 0 {
+		ve = valueEnd(b, vi)
 	}
-	e := stringEnd(b, i)
-	if e < 0 {
-		it.i = len(b)
-		return nil, nil, false
-	}
-	key = b[i+1 : e-1]
-	i = skipWS(b, e)
-	if i >= len(b) || b[i] != ':' {
-		it.i = len(b)
-		return nil, nil, false
-	}
-	i = skipWS(b, i+1)
-	ve := valueEnd(b, i)
 	if ve < 0 {
 		it.i = len(b)
 		return nil, nil, false
 	}
 	it.i = ve
-	return key, b[i:ve], true
+	return key, b[vi:ve], true
 }
 
 // arrIter walks the elements of one JSON array.
@@ -271,4 +259,39 @@ func (c *charCounter) addByte(b byte) {
 	case b&0xC0 != 0x80:
 		c.n++
 	}
+}
+
+// memberValue reads the key of the object member that starts at b[i], and
+// the colon after it: it returns the raw key (escapes kept) and the index
+// of the value, or vi = -1 when no member starts there.
+func memberValue(b []byte, i int) (key []byte, vi int) {
+	if i >= len(b) || b[i] != '"' {
+		return nil, -1
+	}
+	ke := stringEnd(b, i)
+	if ke < 0 {
+		return nil, -1
+	}
+	j := skipWS(b, ke)
+	if j >= len(b) || b[j] != ':' {
+		return nil, -1
+	}
+	return b[i+1 : ke-1], skipWS(b, j+1)
+}
+
+// afterValue reads what follows a member or element that ends at b[e], in
+// a container that closer ends: a comma, and then next is the start of
+// the next one (more is set), or closer, and then next is just past it.
+// next is -1 when neither follows.
+func afterValue(b []byte, e int, closer byte) (next int, more bool) {
+	i := skipWS(b, e)
+	switch {
+	case i >= len(b):
+		return -1, false
+	case b[i] == ',':
+		return skipWS(b, i+1), true
+	case b[i] == closer:
+		return i + 1, false
+	}
+	return -1, false
 }

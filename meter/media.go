@@ -93,17 +93,14 @@ func mediaWalkOf(b []byte, i, depth int, types []string) (end int, n int64) {
 				return -1, 0
 			}
 			n += c
-			if i = skipWS(b, e); i >= len(b) {
+			next, more := afterValue(b, e, ']')
+			switch {
+			case next < 0:
 				return -1, 0
+			case !more:
+				return next, n
 			}
-			switch b[i] {
-			case ',':
-				i = skipWS(b, i+1)
-			case ']':
-				return i + 1, n
-			default:
-				return -1, 0
-			}
+			i = next
 		}
 	case '{':
 		media := false
@@ -111,18 +108,11 @@ func mediaWalkOf(b []byte, i, depth int, types []string) (end int, n int64) {
 			return i + 1, 0
 		}
 		for {
-			if i >= len(b) || b[i] != '"' {
+			k, vi := memberValue(b, i)
+			if vi < 0 {
 				return -1, 0
 			}
-			ke := stringEnd(b, i)
-			if ke < 0 {
-				return -1, 0
-			}
-			k := b[i+1 : ke-1]
-			if i = skipWS(b, ke); i >= len(b) || b[i] != ':' {
-				return -1, 0
-			}
-			i = skipWS(b, i+1)
+			i = vi
 			var e int
 			if key := mediaKey(k); key == keyNested {
 				var c int64
@@ -138,20 +128,17 @@ func mediaWalkOf(b []byte, i, depth int, types []string) (end int, n int64) {
 			if e < 0 {
 				return -1, 0
 			}
-			if i = skipWS(b, e); i >= len(b) {
+			next, more := afterValue(b, e, '}')
+			switch {
+			case next < 0:
 				return -1, 0
-			}
-			switch b[i] {
-			case ',':
-				i = skipWS(b, i+1)
-			case '}':
+			case !more:
 				if media {
 					n++
 				}
-				return i + 1, n
-			default:
-				return -1, 0
+				return next, n
 			}
+			i = next
 		}
 	}
 	return valueEnd(b, i), 0

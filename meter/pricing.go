@@ -197,60 +197,41 @@ func ttlWalk(b []byte, i int, inCache bool) (end int, bad bool) {
 			if e < 0 || found {
 				return e, found
 			}
-			if i = skipWS(b, e); i >= len(b) {
-				return -1, false
+			next, more := afterValue(b, e, ']')
+			if next < 0 || !more {
+				return next, false
 			}
-			switch b[i] {
-			case ',':
-				i = skipWS(b, i+1)
-			case ']':
-				return i + 1, false
-			default:
-				return -1, false
-			}
+			i = next
 		}
 	case '{':
 		if i = skipWS(b, i+1); i < len(b) && b[i] == '}' {
 			return i + 1, false
 		}
 		for {
-			if i >= len(b) || b[i] != '"' {
+			k, vi := memberValue(b, i)
+			if vi < 0 {
 				return -1, false
 			}
-			ke := stringEnd(b, i)
-			if ke < 0 {
-				return -1, false
-			}
-			k := unescapeKey(b[i+1 : ke-1])
-			if i = skipWS(b, ke); i >= len(b) || b[i] != ':' {
-				return -1, false
-			}
-			i = skipWS(b, i+1)
+			k = unescapeKey(k)
 			var e int
 			if inCache && foldsTo(k, "ttl") {
-				if e = valueEnd(b, i); e > i && !isNull(b[i:e]) && string(b[i:e]) != `"5m"` {
+				if e = valueEnd(b, vi); e > vi && !isNull(b[vi:e]) && string(b[vi:e]) != `"5m"` {
 					return e, true
 				}
 			} else {
 				var found bool
-				if e, found = ttlWalk(b, i, foldsTo(k, "cache_control")); found {
+				if e, found = ttlWalk(b, vi, foldsTo(k, "cache_control")); found {
 					return e, true
 				}
 			}
 			if e < 0 {
 				return -1, false
 			}
-			if i = skipWS(b, e); i >= len(b) {
-				return -1, false
+			next, more := afterValue(b, e, '}')
+			if next < 0 || !more {
+				return next, false
 			}
-			switch b[i] {
-			case ',':
-				i = skipWS(b, i+1)
-			case '}':
-				return i + 1, false
-			default:
-				return -1, false
-			}
+			i = next
 		}
 	}
 	return valueEnd(b, i), false
