@@ -12,7 +12,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -371,69 +370,6 @@ func (b *Book) Release(t Ticket) {
 	if give > 0 {
 		b.background(func() { b.giveBack(b.ctx, a.user, l.ID, give) })
 	}
-}
-
-// leftover is what a retired lease with no request left in flight gives
-// back; such a lease leaves a's draining ones (a.mu held).
-func (b *Book) leftover(a *account, l *Lease) money.Nanos {
-	if !l.retired || l.inflight > 0 {
-		return 0
-	}
-	if i := slices.Index(a.draining, l); i >= 0 {
-		a.draining = slices.Delete(a.draining, i, i+1)
-	}
-	give := max(l.free, 0)
-	l.free = 0
-	return give
-}
-
-// Recall retires user's lease and gives back what it has free: the
-// account changed (a debit, a refund, a dispute) and the next request
-// must see the new balance.
-func (b *Book) Recall(user string) {
-	a := b.known(user)
-	if a == nil {
-		return
-	}
-	a.mu.Lock()
-	l, give := a.retire()
-	a.retryAt = time.Time{}
-	a.recalls++
-	a.mu.Unlock()
-	if l != nil && give > 0 {
-		b.background(func() { b.giveBack(b.ctx, user, l.ID, give) })
-	}
-}
-
-// RecallAll recalls every lease (recall notices may have been missed).
-func (b *Book) RecallAll() {
-	b.mu.RLock()
-	users := make([]string, 0, len(b.accounts))
-	for u := range b.accounts {
-		users = append(users, u)
-	}
-	b.mu.RUnlock()
-	for _, u := range users {
-		b.Recall(u)
-	}
-}
-
-// retire stops a's lease from admitting and returns it with what it has
-// free to give back now; requests still in flight give back their part as
-// they settle, and the lease drains until then (a.mu held).
-func (a *account) retire() (*Lease, money.Nanos) {
-	l := a.cur
-	if l == nil {
-		return nil, 0
-	}
-	a.cur = nil
-	l.retired = true
-	if l.inflight > 0 {
-		a.draining = append(a.draining, l)
-	}
-	give := l.free
-	l.free = 0
-	return l, give
 }
 
 // known returns user's account on this node, or nil.

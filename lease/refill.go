@@ -6,7 +6,6 @@ package lease
 import (
 	"context"
 	"errors"
-	"slices"
 	"strconv"
 	"time"
 
@@ -112,36 +111,6 @@ func (b *Book) refill(a *account) {
 	a.mu.Unlock()
 	if give > 0 {
 		b.giveBack(b.ctx, a.user, take.ID, give)
-	}
-}
-
-// renewDraining renews l, a retired lease of a whose requests are still in
-// flight, adding nothing to it: their holds stay reserved in Redis until
-// they settle, however long that takes. A lease Redis no longer has is
-// not renewed again.
-func (b *Book) renewDraining(a *account, l *Lease) {
-	start := time.Now()
-	ttl := b.ttl()
-	ctx, cancel := context.WithTimeout(b.ctx, callTimeout)
-	_, err := b.acc.TakeLease(billing.WithOp(ctx, billing.OpLease),
-		billing.LeaseTake{User: a.user, ID: l.ID, Share: 1, TTL: ttl, Refill: true})
-	cancel()
-	b.stats.Takes.Add(1)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	l.renewing = false
-	switch {
-	case err == nil:
-		l.deadline, l.renewAt = start.Add(ttl*5/6), start.Add(ttl/3)
-	case errors.Is(err, billing.ErrLeaseLost):
-		// Gone from Redis (expired, or Redis lost its data): nothing
-		// left to renew.
-		a.draining = slices.DeleteFunc(a.draining, func(d *Lease) bool { return d == l })
-	default:
-		l.renewAt = time.Now().Add(time.Second)
-		if b.ctx.Err() == nil {
-			b.cfg.Log.Warn("renewing a recalled balance lease with requests in flight", zap.String("user", a.user), zap.Error(err))
-		}
 	}
 }
 

@@ -448,30 +448,3 @@ func readFields(f Format, body []byte, vals *[numFields][]byte) (media int64, op
 		}
 	}
 }
-
-// promptCount is how many prompts a completions request's prompt value v
-// holds: the upstream generates n (best_of) completions for each. A string,
-// a single array of token numbers, an empty array or no prompt is one; an
-// array holding anything other than numbers counts every element, which is
-// at least as many prompts as any reading of it gives (the API takes an
-// array of strings or an array of token arrays). ok is false above
-// MaxPrompts.
-func promptCount(v []byte) (n int64, ok bool) {
-	it, isArray := elements(v)
-	if !isArray {
-		return 1, true
-	}
-	numbers := true
-	for {
-		e, more := it.next()
-		if !more {
-			break
-		}
-		n++
-		numbers = numbers && (e[0] == '-' || isDigit(e[0]))
-	}
-	if numbers || n == 0 {
-		return 1, true
-	}
-	return n, n <= MaxPrompts
-}
