@@ -109,16 +109,8 @@ func TestHoldsCoverEveryChoice(t *testing.T) {
 	}
 	// n:2 × max_tokens 100 fits: an upstream reporting 200 output tokens
 	// is billed all of them, exactly.
-	resp, b := post(t, "/v1/chat/completions", k.Key,
-		`{"model":"test-model","n":2,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`,
-		"X-Mock-Usage-Raw", `{"prompt_tokens":12,"completion_tokens":200}`)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("n:2: %d %s", resp.StatusCode, b)
-	}
-	rows := settled(t, u, 10_000_000, 1)
-	if r := row(t, rows, resp); r.OutputTokens != 200 || r.Estimated || r.Clamped {
-		t.Fatalf("row %+v, want 200 output tokens, exact", r)
-	}
+	billedExactly(t, u, k.Key, "/v1/chat/completions",
+		`{"model":"test-model","n":2,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`, 12, 200)
 	if got := getUser(t, u.ID); mustNanos(t, got.Balance) < 0 {
 		t.Fatalf("balance overdrawn: %s", got.Balance)
 	}
@@ -140,14 +132,22 @@ func TestHoldsCoverEveryPrompt(t *testing.T) {
 	if n := hits("prompts128"); n != 0 {
 		t.Fatalf("%d requests reached the upstream", n)
 	}
-	resp, b = post(t, "/v1/completions", k.Key, `{"model":"test-model","max_tokens":100,"prompt":["hi","ho"]}`,
-		"X-Mock-Usage-Raw", `{"prompt_tokens":4,"completion_tokens":200}`)
+	billedExactly(t, u, k.Key, "/v1/completions", `{"model":"test-model","max_tokens":100,"prompt":["hi","ho"]}`, 4, 200)
+}
+
+// billedExactly sends body to path with the key and an upstream report of
+// input and output tokens, and checks that it is answered and that its
+// usage row (u's first, on a balance of 0.01) bills that output exactly.
+func billedExactly(t *testing.T, u userResp, key, path, body string, input, output int) {
+	t.Helper()
+	resp, b := post(t, path, key, body,
+		"X-Mock-Usage-Raw", fmt.Sprintf(`{"prompt_tokens":%d,"completion_tokens":%d}`, input, output))
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("2 prompts: %d %s", resp.StatusCode, b)
+		t.Fatalf("%s: %d %s", body, resp.StatusCode, b)
 	}
 	rows := settled(t, u, 10_000_000, 1)
-	if r := row(t, rows, resp); r.OutputTokens != 200 || r.Estimated || r.Clamped {
-		t.Fatalf("row %+v, want 200 output tokens, exact", r)
+	if r := row(t, rows, resp); r.OutputTokens != int64(output) || r.Estimated || r.Clamped {
+		t.Fatalf("row %+v, want %d output tokens, exact", r, output)
 	}
 }
 
