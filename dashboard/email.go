@@ -168,7 +168,7 @@ func (d *Dashboard) reset(w http.ResponseWriter, rq *request) {
 		d.fail(w, rq, "resetting a password", err)
 		return
 	}
-	if err := d.endAll(ctx, rq.b.Redis, user); err != nil {
+	if err := rq.b.Accounts.EndDashboardSessions(ctx, user); err != nil {
 		d.log.Error("dashboard: ending sessions after a reset", zap.String("user", user), zap.Error(err))
 	}
 	d.log.Info("dashboard: password reset", zap.String("user", user))

@@ -181,15 +181,6 @@ func (d *Dashboard) sessions(ctx context.Context, rdb redis.UniversalClient, use
 	return out, nil
 }
 
-// endAll ends every session of user.
-func (d *Dashboard) endAll(ctx context.Context, rdb redis.UniversalClient, user string) error {
-	list, err := d.sessions(ctx, rdb, user)
-	for _, s := range list {
-		d.endSession(ctx, rdb, s)
-	}
-	return err
-}
-
 // rateScript counts an attempt in a fixed window (KEYS[1], ARGV[1] the
 // window in ms) and returns the count with this one.
 var rateScript = redis.NewScript(`
